@@ -1,0 +1,82 @@
+//! Builds the parts from a [`Config`] and runs them until shutdown: the database, the catalog
+//! service and its refresher, the cloud, the installer's workers, and the UI API server.
+
+use crate::api::{self, AppState, nonce::NonceBook};
+use crate::cache::Cache;
+use crate::catalog::{CatalogError, CatalogService};
+use crate::cloud::{Cloud, fake::FakeCloud};
+use crate::config::{CloudMode, Config};
+use crate::db::{Db, DbError};
+use crate::fetch::{FetchError, Fetcher};
+use crate::install::Installer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How often the catalog is refreshed when nobody opens the dashboard.
+const BACKGROUND_REFRESH: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Catalog(#[from] CatalogError),
+    #[error("HTTP client: {0}")]
+    Http(#[from] FetchError),
+    #[error(
+        "no cloud to install into: this build installs only into the local fake cloud; run with --fake-eucalyptus=SECRET \
+         (installing into a real Eucalyptus or EC2 cloud is not implemented yet)"
+    )]
+    NoCloud,
+    #[error("serving the UI API: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the proxy on `listener` until `shutdown` is cancelled.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), AppError> {
+    let (cloud, secret): (Arc<dyn Cloud>, String) = match &config.cloud {
+        CloudMode::Fake { secret } => (Arc::new(FakeCloud::new(&config.data_dir)), secret.clone()),
+        CloudMode::Eucalyptus { .. } => return Err(AppError::NoCloud),
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| AppError::DataDir { path: config.data_dir.clone(), source })?;
+    if !config.keyring.exists() {
+        tracing::warn!("keyring {} does not exist: no catalog can be verified until it does", config.keyring.display());
+    }
+    let db = Db::open(&config.data_dir.join("state.sqlite"))?;
+    let fetcher = Fetcher::new(config.retry)?;
+    let catalog = Arc::new(CatalogService::new(
+        config.api_url.clone(),
+        config.keyring.clone(),
+        fetcher.clone(),
+        db.clone(),
+        config.catalog_max_age,
+    )?);
+    let installer = Installer::new(db, Cache::new(&config.data_dir), fetcher, config.keyring.clone(), cloud, config.workers)?;
+    let workers = tokio::spawn(installer.clone().run(shutdown.clone()));
+    let refresher = tokio::spawn(refresh_periodically(catalog.clone(), shutdown.clone()));
+    let state = AppState { catalog, installer, secret: Arc::from(secret.into_bytes()), nonces: Arc::new(NonceBook::new(nonce::DEFAULT_CAPACITY)) };
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = workers.await;
+    let _ = refresher.await;
+    served.map_err(AppError::Serve)
+}
+
+use crate::api::nonce;
+
+async fn refresh_periodically(catalog: Arc<CatalogService>, shutdown: CancellationToken) {
+    loop {
+        catalog.refresh().await;
+        tokio::select! {
+            _ = tokio::time::sleep(BACKGROUND_REFRESH) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The content-addressed file cache (SPEC §6): `<data-dir>/cache/sha256/<2 hex>/<hex>`, partial
+//! downloads beside it as `<hex>.part`. A file reaches its final name only after it verified; the
+//! database records which files did (`db::files`), and a file counts as verified only when both agree.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A SHA-256 digest as 64 lowercase hex digits: safe to use as a file name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim().to_ascii_lowercase();
+        (text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())).then_some(Self(text))
+    }
+
+    pub fn from_digest(digest: &[u8]) -> Self {
+        Self(hex::encode(digest))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `0123abcd…` for log lines and error messages.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl TryFrom<String> for Sha256Hex {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text).ok_or_else(|| format!("{text:?} is not a SHA-256 hex digest"))
+    }
+}
+
+impl From<Sha256Hex> for String {
+    fn from(hex: Sha256Hex) -> String {
+        hex.0
+    }
+}
+
+impl fmt::Display for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    pub fn new(data_dir: &Path) -> Self {
+        Self { root: data_dir.join("cache").join("sha256") }
+    }
+
+    pub fn path(&self, sha256: &Sha256Hex) -> PathBuf {
+        self.root.join(&sha256.as_str()[..2]).join(sha256.as_str())
+    }
+
+    pub fn partial_path(&self, sha256: &Sha256Hex) -> PathBuf {
+        self.root.join(&sha256.as_str()[..2]).join(format!("{}.part", sha256.as_str()))
+    }
+
+    /// Length of the final file if it is there with exactly `size` bytes.
+    pub fn has_complete(&self, sha256: &Sha256Hex, size: u64) -> bool {
+        std::fs::metadata(self.path(sha256)).is_ok_and(|meta| meta.is_file() && meta.len() == size)
+    }
+
+    pub fn prepare_dir(&self, sha256: &Sha256Hex) -> io::Result<()> {
+        std::fs::create_dir_all(self.root.join(&sha256.as_str()[..2]))
+    }
+
+    /// Moves a verified partial file to its final name, durably (fsync of file and directory).
+    pub fn promote(&self, sha256: &Sha256Hex) -> io::Result<PathBuf> {
+        let partial = self.partial_path(sha256);
+        let final_path = self.path(sha256);
+        File::open(&partial)?.sync_all()?;
+        std::fs::rename(&partial, &final_path)?;
+        if let Some(dir) = final_path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(final_path)
+    }
+
+    /// Throws away bytes that cannot be trusted (a mismatch, an oversize body).
+    pub fn discard_partial(&self, sha256: &Sha256Hex) {
+        let _ = std::fs::remove_file(self.partial_path(sha256));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_validated_and_laid_out_by_prefix() {
+        assert!(Sha256Hex::parse("../../etc/passwd").is_none());
+        assert!(Sha256Hex::parse(&"g".repeat(64)).is_none());
+        let hex = Sha256Hex::parse(&"AB".repeat(32)).unwrap();
+        assert_eq!(hex.as_str(), "ab".repeat(32));
+        let cache = Cache::new(Path::new("/data"));
+        assert_eq!(cache.path(&hex), PathBuf::from(format!("/data/cache/sha256/ab/{}", "ab".repeat(32))));
+        assert!(cache.partial_path(&hex).to_string_lossy().ends_with(".part"));
+    }
+}

@@ -1,0 +1,169 @@
+//! The only place that reads flags, environment and config files (SPEC §3). Flags keep the
+//! original proxy's names; each can also come from `--config FILE` (TOML, the same names as keys).
+
+use crate::fetch::RetryPolicy;
+use reqwest::Url;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The upstream the original proxy used.
+pub const DEFAULT_API_URL: &str = "https://imagestore.canonical.com/api";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/image-store-proxy";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:52780";
+
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DaemonArgs {
+    /// Upstream store API base URL [default: https://imagestore.canonical.com/api]
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// State, cache, bundles and keyring [default: /var/lib/image-store-proxy]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// OpenPGP public keyring (binary or armored) trusted for the catalog and files [default: <data-dir>/keyring.gpg]
+    #[arg(long, value_name = "FILE")]
+    pub keyring: Option<PathBuf>,
+    /// Install into a local fake cloud under the data dir; SECRET validates the UI's requests
+    #[arg(long, value_name = "SECRET")]
+    pub fake_eucalyptus: Option<String>,
+    /// Verbose logs
+    #[arg(long)]
+    #[serde(default)]
+    pub debug: bool,
+    /// Where the UI API listens [default: 127.0.0.1:52780]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Cloud endpoints and credentials (eucarc-style or TOML)
+    #[arg(long, value_name = "FILE")]
+    pub cloud_config: Option<PathBuf>,
+    /// Refresh the catalog on a dashboard request when it is older than this [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub catalog_max_age: Option<u64>,
+    /// Installs run at once [default: 2]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Pause before the first retry of a failed download, doubling after [default: 500]
+    #[arg(long, value_name = "MILLISECONDS")]
+    pub retry_delay_ms: Option<u64>,
+    /// Read these settings from a TOML file (keys as the flags: api-url = "...")
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CloudMode {
+    Fake { secret: String },
+    Eucalyptus { cloud_config: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub api_url: Url,
+    pub data_dir: PathBuf,
+    pub keyring: PathBuf,
+    pub listen: String,
+    pub cloud: CloudMode,
+    pub debug: bool,
+    pub catalog_max_age: Duration,
+    pub workers: usize,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {cause}")]
+    File { path: PathBuf, cause: String },
+    #[error("--api-url {url:?}: {cause}")]
+    ApiUrl { url: String, cause: String },
+}
+
+impl DaemonArgs {
+    /// Flags win over the config file; the file fills in what the flags leave out.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let merged = match self.config.clone() {
+            Some(path) => self.merge(read_file(&path)?),
+            None => self,
+        };
+        let api_url_text = merged.api_url.unwrap_or_else(|| DEFAULT_API_URL.to_string());
+        let api_url = Url::parse(&api_url_text)
+            .map_err(|e| ConfigError::ApiUrl { url: api_url_text.clone(), cause: e.to_string() })?;
+        if !matches!(api_url.scheme(), "http" | "https") {
+            return Err(ConfigError::ApiUrl { url: api_url_text, cause: "only http and https are supported".into() });
+        }
+        let data_dir = merged.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let keyring = merged.keyring.unwrap_or_else(|| data_dir.join("keyring.gpg"));
+        let cloud = match merged.fake_eucalyptus {
+            Some(secret) => CloudMode::Fake { secret },
+            None => CloudMode::Eucalyptus { cloud_config: merged.cloud_config },
+        };
+        let retry = RetryPolicy {
+            first_delay: Duration::from_millis(merged.retry_delay_ms.unwrap_or(500)),
+            ..RetryPolicy::default()
+        };
+        Ok(Config {
+            api_url,
+            data_dir,
+            keyring,
+            listen: merged.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+            cloud,
+            debug: merged.debug,
+            catalog_max_age: Duration::from_secs(merged.catalog_max_age.unwrap_or(60)),
+            workers: merged.workers.unwrap_or(2),
+            retry,
+        })
+    }
+
+    fn merge(self, file: DaemonArgs) -> DaemonArgs {
+        DaemonArgs {
+            api_url: self.api_url.or(file.api_url),
+            data_dir: self.data_dir.or(file.data_dir),
+            keyring: self.keyring.or(file.keyring),
+            fake_eucalyptus: self.fake_eucalyptus.or(file.fake_eucalyptus),
+            debug: self.debug || file.debug,
+            listen: self.listen.or(file.listen),
+            cloud_config: self.cloud_config.or(file.cloud_config),
+            catalog_max_age: self.catalog_max_age.or(file.catalog_max_age),
+            workers: self.workers.or(file.workers),
+            retry_delay_ms: self.retry_delay_ms.or(file.retry_delay_ms),
+            config: self.config,
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<DaemonArgs, ConfigError> {
+    let error = |cause: String| ConfigError::File { path: path.to_owned(), cause };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    toml::from_str(&text).map_err(|e| error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(&file, "api-url = \"http://file.example/api\"\ndata-dir = \"/srv/isp\"\nfake-eucalyptus = \"s3cret\"\n").unwrap();
+        let args = DaemonArgs { api_url: Some("http://flag.example/api".into()), config: Some(file), ..Default::default() };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.api_url.as_str(), "http://flag.example/api");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/isp"));
+        assert_eq!(config.keyring, PathBuf::from("/srv/isp/keyring.gpg"));
+        assert_eq!(config.listen, DEFAULT_LISTEN);
+        assert!(matches!(config.cloud, CloudMode::Fake { ref secret } if secret == "s3cret"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_urls_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "api_url = \"x\"\n").unwrap();
+        let error = DaemonArgs { config: Some(file), ..Default::default() }.resolve().unwrap_err();
+        assert!(error.to_string().contains("bad.toml"), "{error}");
+        let error = DaemonArgs { api_url: Some("ftp://x/api".into()), ..Default::default() }.resolve().unwrap_err();
+        assert!(error.to_string().contains("only http and https"), "{error}");
+    }
+}

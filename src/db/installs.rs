@@ -1,0 +1,190 @@
+//! Install rows: both the job queue and the state the UI sees (`installs`), with an event per change.
+
+use super::{Db, DbError, now_unix};
+use crate::catalog::model::Image;
+use crate::install::state::InstallState;
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use std::sync::Arc;
+
+/// The ids the cloud gave an image's parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegisteredIds {
+    pub eki: Option<String>,
+    pub eri: Option<String>,
+    pub emi: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstallRow {
+    /// The catalog entry as it was when install was pressed: an install survives catalog changes.
+    pub image: Arc<Image>,
+    pub state: InstallState,
+    pub status_detail: String,
+    pub error: Option<String>,
+    pub attempt: i64,
+    /// `image-store-<unix seconds>`, fixed when the attempt is queued (the original's naming).
+    pub bucket: String,
+    pub ids: RegisteredIds,
+    pub queued_at: i64,
+}
+
+const COLUMNS: &str = "image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, image_uri";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
+    let uri: String = row.get(10)?;
+    let image_json: String = row.get(0)?;
+    let state_text: String = row.get(1)?;
+    let corrupt = |cause: String| DbError::Corrupt { uri: uri.clone(), cause };
+    let image = match serde_json::from_str::<Image>(&image_json) {
+        Ok(image) => image,
+        Err(e) => return Ok(Err(corrupt(format!("image snapshot: {e}")))),
+    };
+    let Some(state) = InstallState::parse(&state_text) else {
+        return Ok(Err(corrupt(format!("unknown state {state_text:?}"))));
+    };
+    Ok(Ok(InstallRow {
+        image: Arc::new(image),
+        state,
+        status_detail: row.get(2)?,
+        error: row.get(3)?,
+        attempt: row.get(4)?,
+        bucket: row.get(5)?,
+        ids: RegisteredIds { eki: row.get(6)?, eri: row.get(7)?, emi: row.get(8)? },
+        queued_at: row.get(9)?,
+    }))
+}
+
+fn get(tx: &Transaction<'_>, uri: &str) -> Result<Option<InstallRow>, DbError> {
+    tx.query_row(&format!("SELECT {COLUMNS} FROM installs WHERE image_uri = ?1"), [uri], from_row)
+        .optional()?
+        .transpose()
+}
+
+fn log_event(tx: &Transaction<'_>, uri: &str, state: &str, detail: &str) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO events (image_uri, at, state, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![uri, now_unix(), state, detail],
+    )?;
+    Ok(())
+}
+
+/// What a state change writes besides the state itself.
+pub struct Change<'a> {
+    pub to: InstallState,
+    pub detail: &'a str,
+    pub error: Option<&'a str>,
+    pub ids: Option<&'a RegisteredIds>,
+}
+
+impl Db {
+    pub fn installs(&self) -> Result<Vec<InstallRow>, DbError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM installs ORDER BY queued_at, image_uri"))?;
+        let rows = stmt.query_map([], from_row)?;
+        let mut installs = Vec::new();
+        for row in rows {
+            installs.push(row??);
+        }
+        Ok(installs)
+    }
+
+    pub fn install(&self, uri: &str) -> Result<Option<InstallRow>, DbError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        get(&tx, uri)
+    }
+
+    /// Queues a new attempt unless one is queued, running or done; returns the row as it now is and
+    /// whether a new attempt was queued.
+    pub fn request_install(&self, image: &Image, detail: &str) -> Result<(InstallRow, bool), DbError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let existing = get(&tx, &image.uri)?;
+        if let Some(row) = existing.as_ref().filter(|row| row.state.is_active() || row.state == InstallState::Installed) {
+            return Ok((row.clone(), false));
+        }
+        let attempt = existing.as_ref().map_or(1, |row| row.attempt + 1);
+        let now = now_unix();
+        let image_json = serde_json::to_string(image).expect("an image always serialises");
+        tx.execute(
+            "INSERT INTO installs (image_uri, image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, updated_at)
+             VALUES (?1, ?2, 'queued', ?3, NULL, ?4, ?5, NULL, NULL, NULL, ?6, ?6)
+             ON CONFLICT (image_uri) DO UPDATE SET image = ?2, state = 'queued', status_detail = ?3, error = NULL,
+                 attempt = ?4, bucket = ?5, eki = NULL, eri = NULL, emi = NULL, queued_at = ?6, updated_at = ?6",
+            params![image.uri, image_json, detail, attempt, format!("image-store-{now}"), now],
+        )?;
+        log_event(&tx, &image.uri, "queued", &format!("attempt {attempt}"))?;
+        let row = get(&tx, &image.uri)?.expect("the row was just written");
+        tx.commit()?;
+        Ok((row, true))
+    }
+
+    /// Moves an install to `change.to`, refusing transitions the state machine does not allow.
+    pub fn transition(&self, uri: &str, change: Change<'_>) -> Result<InstallRow, DbError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let Some(current) = get(&tx, uri)? else {
+            return Err(DbError::IllegalTransition { uri: uri.into(), from: "nothing".into(), to: change.to.to_string() });
+        };
+        if current.state != change.to && !current.state.can_become(change.to) {
+            return Err(DbError::IllegalTransition {
+                uri: uri.into(),
+                from: current.state.to_string(),
+                to: change.to.to_string(),
+            });
+        }
+        let ids = change.ids.unwrap_or(&current.ids);
+        tx.execute(
+            "UPDATE installs SET state = ?2, status_detail = ?3, error = ?4, eki = ?5, eri = ?6, emi = ?7, updated_at = ?8
+             WHERE image_uri = ?1",
+            params![uri, change.to.as_str(), change.detail, change.error, ids.eki, ids.eri, ids.emi, now_unix()],
+        )?;
+        if current.state != change.to {
+            log_event(&tx, uri, change.to.as_str(), change.error.unwrap_or(change.detail))?;
+        }
+        let row = get(&tx, uri)?.expect("the row exists");
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// `clear-error`: forgets a failed attempt, so the image reads plain `uninstalled` again.
+    pub fn clear_error(&self, uri: &str) -> Result<bool, DbError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let cleared = tx.execute("DELETE FROM installs WHERE image_uri = ?1 AND state = 'failed'", [uri])? > 0;
+        if cleared {
+            log_event(&tx, uri, "cleared", "error cleared by the operator")?;
+        }
+        tx.commit()?;
+        Ok(cleared)
+    }
+
+    /// At start-up: every install a previous run left in flight goes back to the queue.
+    pub fn requeue_interrupted(&self) -> Result<usize, DbError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let uris: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT image_uri FROM installs WHERE state IN ('downloading', 'verifying', 'installing')",
+            )?;
+            stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?
+        };
+        for uri in &uris {
+            tx.execute(
+                "UPDATE installs SET state = 'queued', status_detail = 'Resuming after a restart', updated_at = ?2
+                 WHERE image_uri = ?1",
+                params![uri, now_unix()],
+            )?;
+            log_event(&tx, uri, "queued", "resumed after a restart")?;
+        }
+        tx.commit()?;
+        Ok(uris.len())
+    }
+
+    pub fn events(&self, uri: &str) -> Result<Vec<(String, String)>, DbError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT state, detail FROM events WHERE image_uri = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([uri], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,223 @@
+//! The durable state (SPEC §6): one SQLite file, WAL mode, migrations versioned in code
+//! (`PRAGMA user_version`). Every state change is one transaction that also appends to `events`.
+//!
+//! Calls are short and synchronous under one mutex; nothing here is on the hot path of the UI's
+//! polls, which read the in-memory board (`install::board`).
+
+pub mod installs;
+
+pub use installs::{InstallRow, RegisteredIds};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("state database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state database: the schema is version {found}, newer than this proxy knows ({known}); upgrade the proxy")]
+    TooNew { found: i64, known: i64 },
+    #[error("install of {uri}: {from} cannot become {to}")]
+    IllegalTransition { uri: String, from: String, to: String },
+    #[error("state database: install of {uri} is stored damaged: {cause}")]
+    Corrupt { uri: String, cause: String },
+}
+
+/// Each entry upgrades the schema by one version; never edit a shipped entry, append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE catalog (
+         id INTEGER PRIMARY KEY CHECK (id = 1),
+         updated TEXT NOT NULL,
+         updated_unix INTEGER NOT NULL,
+         document BLOB NOT NULL,
+         signature BLOB NOT NULL,
+         accepted_at INTEGER NOT NULL
+     );
+     CREATE TABLE files (
+         sha256 TEXT PRIMARY KEY,
+         size INTEGER NOT NULL,
+         url TEXT NOT NULL,
+         verified_at INTEGER NOT NULL
+     );
+     CREATE TABLE installs (
+         image_uri TEXT PRIMARY KEY,
+         image TEXT NOT NULL,
+         state TEXT NOT NULL,
+         status_detail TEXT NOT NULL,
+         error TEXT,
+         attempt INTEGER NOT NULL,
+         bucket TEXT NOT NULL,
+         eki TEXT,
+         eri TEXT,
+         emi TEXT,
+         queued_at INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE cloud_objects (
+         cloud TEXT NOT NULL,
+         artifact TEXT NOT NULL,
+         image_id TEXT NOT NULL,
+         location TEXT NOT NULL,
+         registered_at INTEGER NOT NULL,
+         PRIMARY KEY (cloud, artifact)
+     );
+     CREATE TABLE events (
+         id INTEGER PRIMARY KEY,
+         image_uri TEXT NOT NULL,
+         at INTEGER NOT NULL,
+         state TEXT NOT NULL,
+         detail TEXT NOT NULL
+     );",
+];
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// The last catalog that verified, exactly as it was signed.
+pub struct StoredCatalog {
+    pub document: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub updated_unix: i64,
+    pub accepted_at: i64,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let open_err = |source| DbError::Open { path: path.to_owned(), source };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        // FULL: a committed state change survives power loss, and commits are rare (state changes only).
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        migrate(&mut conn)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite itself consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn schema_version(&self) -> Result<i64, DbError> {
+        Ok(self.lock().pragma_query_value(None, "user_version", |row| row.get(0))?)
+    }
+
+    pub fn load_catalog(&self) -> Result<Option<StoredCatalog>, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT document, signature, updated_unix, accepted_at FROM catalog WHERE id = 1",
+                [],
+                |row| {
+                    Ok(StoredCatalog {
+                        document: row.get(0)?,
+                        signature: row.get(1)?,
+                        updated_unix: row.get(2)?,
+                        accepted_at: row.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn store_catalog(&self, document: &[u8], signature: &[u8], updated: &str, updated_unix: i64) -> Result<(), DbError> {
+        self.lock().execute(
+            "INSERT INTO catalog (id, updated, updated_unix, document, signature, accepted_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET updated = ?1, updated_unix = ?2, document = ?3,
+                 signature = ?4, accepted_at = ?5",
+            params![updated, updated_unix, document, signature, now_unix()],
+        )?;
+        Ok(())
+    }
+
+    pub fn file_is_verified(&self, sha256: &str, size: u64) -> Result<bool, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT 1 FROM files WHERE sha256 = ?1 AND size = ?2",
+                params![sha256, size as i64],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    pub fn mark_file_verified(&self, sha256: &str, size: u64, url: &str) -> Result<(), DbError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO files (sha256, size, url, verified_at) VALUES (?1, ?2, ?3, ?4)",
+            params![sha256, size as i64, url, now_unix()],
+        )?;
+        Ok(())
+    }
+
+    /// The id a cloud gave an artifact (a kernel, a ramdisk, a machine image with its kernel and
+    /// ramdisk), so that it is registered once per cloud.
+    pub fn cloud_object(&self, cloud: &str, artifact: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT image_id FROM cloud_objects WHERE cloud = ?1 AND artifact = ?2",
+                params![cloud, artifact],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn record_cloud_object(&self, cloud: &str, artifact: &str, image_id: &str, location: &str) -> Result<(), DbError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO cloud_objects (cloud, artifact, image_id, location, registered_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![cloud, artifact, image_id, location, now_unix()],
+        )?;
+        Ok(())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > known {
+        return Err(DbError::TooNew { found, known });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        db.mark_file_verified(&"a".repeat(64), 3, "http://x/").unwrap();
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert!(db.file_is_verified(&"a".repeat(64), 3).unwrap());
+        assert!(!db.file_is_verified(&"a".repeat(64), 4).unwrap());
+        db.lock().pragma_update(None, "user_version", 99).unwrap();
+        drop(db);
+        assert!(matches!(Db::open(&path), Err(DbError::TooNew { found: 99, .. })));
+    }
+}

@@ -1,0 +1,108 @@
+//! `image-store-proxy demo`: the whole road on one machine. Generates the demo images, serves them
+//! with fake-store (signed with the test key), runs the proxy against it in `--fake-eucalyptus`
+//! mode, and prints how to talk to it.
+
+use crate::config::{CloudMode, Config};
+use crate::fetch::RetryPolicy;
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The secret of the original proxy's README: the demo's UI requests are signed with it.
+pub const DEMO_SECRET: &str = "Wbh3dvZwRiqYiX6VtOeBycxGjJhShWORy6r0ng";
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its images, state and fake cloud
+    #[arg(long, value_name = "DIR", default_value = "demo-data")]
+    pub data_dir: PathBuf,
+    /// Where the proxy listens (another free port is taken if this one is busy)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:52780")]
+    pub listen: String,
+    /// Where fake-store listens (likewise)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:52781")]
+    pub store_listen: String,
+}
+
+async fn bind_or_any(addr: &str) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(error) => {
+            tracing::warn!("{addr} is busy ({error}); taking a free port instead");
+            Ok(TcpListener::bind("127.0.0.1:0").await?)
+        }
+    }
+}
+
+/// How to call this very binary from the current directory.
+fn own_command() -> String {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("image-store-proxy"));
+    let cwd = std::env::current_dir().unwrap_or_default();
+    exe.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(exe).display().to_string()
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let images = args.data_dir.join("images");
+    fake_store::demo::write_demo_images(&images).with_context(|| format!("writing demo images to {}", images.display()))?;
+    let proxy_dir = args.data_dir.join("proxy");
+    std::fs::create_dir_all(&proxy_dir).with_context(|| format!("creating {}", proxy_dir.display()))?;
+    let keyring = proxy_dir.join("keyring.gpg");
+    std::fs::write(&keyring, fake_store::TEST_KEYRING).with_context(|| format!("writing {}", keyring.display()))?;
+
+    let shutdown = CancellationToken::new();
+    let store_listener = bind_or_any(&args.store_listen).await?;
+    let store_addr = store_listener.local_addr()?;
+    let store = fake_store::FakeStore::open(fake_store::StoreConfig {
+        dir: images.clone(),
+        signing_key: None,
+        updated: None,
+        public_url: None,
+    })
+    .context("starting fake-store")?;
+    let store_task = tokio::spawn(fake_store::serve(store_listener, store, shutdown.clone().cancelled_owned()));
+
+    let listener = bind_or_any(&args.listen).await?;
+    let addr = listener.local_addr()?;
+    let config = Config {
+        api_url: format!("http://{store_addr}/api").parse()?,
+        data_dir: proxy_dir.clone(),
+        keyring,
+        listen: addr.to_string(),
+        cloud: CloudMode::Fake { secret: DEMO_SECRET.to_string() },
+        debug: false,
+        catalog_max_age: Duration::from_secs(10),
+        workers: 2,
+        retry: RetryPolicy::default(),
+    };
+    let me = own_command();
+    let client = format!("{me} client --url http://{addr} --secret {DEMO_SECRET}");
+    println!(
+        "\nimage-store-proxy demo\n\
+         \x20 fake store     http://{store_addr}/api   (images in {images})\n\
+         \x20 proxy          http://{addr}/api   (fake Eucalyptus; state in {proxy})\n\
+         \x20 secret         {DEMO_SECRET}\n\
+         \x20 fake cloud     {cloud}\n\n\
+         Each command below signs its request when it runs (signatures live 30 s):\n\
+         \x20 {client} dashboard\n\
+         \x20 {client} install 'Ubuntu 9.10'\n\
+         \x20 {client} states\n\n\
+         Ctrl-C stops the demo; run it again to see the state kept.\n",
+        images = images.display(),
+        proxy = proxy_dir.display(),
+        cloud = proxy_dir.join("fake-cloud").display(),
+    );
+    let proxy_task = tokio::spawn(crate::app::run(config, listener, shutdown.clone()));
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        result = wait_for(proxy_task) => return result,
+    }
+    shutdown.cancel();
+    let _ = store_task.await;
+    Ok(())
+}
+
+async fn wait_for(task: tokio::task::JoinHandle<Result<(), crate::app::AppError>>) -> anyhow::Result<()> {
+    Ok(task.await??)
+}

@@ -1,0 +1,73 @@
+//! The one-line `status-detail` texts (SPEC §4.3, after Image Factory's `status_detail`): what the
+//! install is doing right now, in words an operator reads; on failure it becomes
+//! "Failure encountered while: <status-detail>: <cause>".
+
+use crate::catalog::model::FileKind;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// "42 of 117 MiB": both numbers in the unit that suits the total.
+pub fn amount(done: u64, total: u64) -> String {
+    let (unit, name) = match total {
+        t if t >= 10 * GIB => (GIB, "GiB"),
+        t if t >= GIB => return format!("{:.1} of {:.1} GiB", done as f64 / GIB as f64, total as f64 / GIB as f64),
+        t if t >= 10 * MIB => (MIB, "MiB"),
+        t if t >= MIB => return format!("{:.1} of {:.1} MiB", done as f64 / MIB as f64, total as f64 / MIB as f64),
+        t if t >= KIB => (KIB, "KiB"),
+        _ => return format!("{done} of {total} bytes"),
+    };
+    format!("{} of {} {name}", done / unit, total.div_ceil(unit))
+}
+
+pub fn queued() -> String {
+    "Waiting for a free worker".to_string()
+}
+
+pub fn downloading(kind: FileKind, done: u64, total: u64) -> String {
+    format!("Downloading {}: {}", kind.noun(), amount(done, total))
+}
+
+pub fn fetching_signature(kind: FileKind) -> String {
+    format!("Fetching the {} signature", kind.noun())
+}
+
+pub fn verifying(kind: FileKind, signed: bool) -> String {
+    if signed {
+        format!("Verifying {} signature", kind.noun())
+    } else {
+        format!("Verifying {} checksum", kind.noun())
+    }
+}
+
+pub fn already_registered(kind: FileKind, id: &str) -> String {
+    format!("Reusing the {} already registered as {id}", kind.noun())
+}
+
+pub fn installed(emi: &str) -> String {
+    format!("Installed as {emi}")
+}
+
+pub fn failure(detail: &str, cause: &str) -> String {
+    format!("Failure encountered while: {detail}: {cause}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_read_naturally() {
+        assert_eq!(downloading(FileKind::Kernel, 42 * MIB, 117 * MIB), "Downloading kernel: 42 of 117 MiB");
+        assert_eq!(amount(MIB / 2, 2 * MIB + 1), "0.5 of 2.0 MiB");
+        assert_eq!(amount(3 * KIB, 64 * KIB), "3 of 64 KiB");
+        assert_eq!(amount(0, 100), "0 of 100 bytes");
+        assert_eq!(amount(GIB + GIB / 5, 4 * GIB), "1.2 of 4.0 GiB");
+        assert_eq!(amount(12 * GIB, 20 * GIB), "12 of 20 GiB");
+        assert_eq!(
+            failure("Verifying kernel signature", "made by a key not in the keyring (0x1234ABCD)"),
+            "Failure encountered while: Verifying kernel signature: made by a key not in the keyring (0x1234ABCD)"
+        );
+    }
+}

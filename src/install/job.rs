@@ -1,0 +1,295 @@
+//! One install attempt, step by step: each file downloaded (resuming), checked against the signed
+//! size and SHA-256, its detached signature verified, promoted into the cache; then kernel,
+//! ramdisk and machine image published to the cloud, each once per cloud.
+
+use super::Installer;
+use super::detail;
+use super::state::InstallState;
+use crate::catalog::model::{FileKind, FileRef, Image};
+use crate::cloud::{Artifact, CloudError, Progress};
+use crate::db::installs::Change;
+use crate::db::{DbError, InstallRow, RegisteredIds};
+use crate::fetch::FetchError;
+use crate::keyring::{Keyring, TrustError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Largest detached signature accepted for a file, in bytes.
+const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
+const SIGNATURE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Trust(#[from] TrustError),
+    #[error("{0}")]
+    Cloud(#[from] CloudError),
+    #[error("{0}")]
+    Db(#[from] DbError),
+    #[error("{what} {path}: {source}")]
+    Disk { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+}
+
+impl JobError {
+    fn is_cancel(&self) -> bool {
+        matches!(self, JobError::Fetch(FetchError::Cancelled) | JobError::Cloud(CloudError::Cancelled))
+    }
+}
+
+/// Runs the install of `uri` to its end: installed, failed or cancelled; or, on shutdown, leaves it
+/// in flight for the next start.
+pub(super) async fn run(installer: &Installer, uri: &str, cancel: &CancellationToken, shutdown: &CancellationToken) {
+    let row = match installer.db.install(uri) {
+        Ok(Some(row)) => row,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::error!(%uri, "cannot load the install: {error}");
+            return;
+        }
+    };
+    let job = Job { installer, row: &row, cancel };
+    let outcome = job.perform().await;
+    let change = match &outcome {
+        Ok(ids) => Change {
+            to: InstallState::Installed,
+            detail: &detail::installed(ids.emi.as_deref().unwrap_or("?")),
+            error: None,
+            ids: Some(ids),
+        },
+        Err(error) if error.is_cancel() && shutdown.is_cancelled() => return,
+        Err(error) if error.is_cancel() => {
+            Change { to: InstallState::Cancelled, detail: "Cancelled by the operator", error: None, ids: None }
+        }
+        Err(error) => {
+            let during = installer.board.detail(uri).unwrap_or_default();
+            let line = detail::failure(&during, &error.to_string());
+            tracing::warn!(%uri, "{line}");
+            return job.commit_failure(&during, &line);
+        }
+    };
+    let detail_text = change.detail.to_string();
+    match installer.db.transition(uri, change) {
+        Ok(row) => {
+            tracing::info!(%uri, "install {}: {detail_text}", row.state);
+            installer.board.put(&row);
+        }
+        Err(error) => tracing::error!(%uri, "cannot record the end of the install: {error}"),
+    }
+}
+
+struct Job<'a> {
+    installer: &'a Installer,
+    row: &'a InstallRow,
+    cancel: &'a CancellationToken,
+}
+
+impl Job<'_> {
+    fn image(&self) -> &Arc<Image> {
+        &self.row.image
+    }
+
+    fn uri(&self) -> &str {
+        &self.row.image.uri
+    }
+
+    fn set_state(&self, to: InstallState, detail: &str) -> Result<(), DbError> {
+        let row = self.installer.db.transition(self.uri(), Change { to, detail, error: None, ids: None })?;
+        self.installer.board.put(&row);
+        Ok(())
+    }
+
+    fn commit_failure(&self, during: &str, line: &str) {
+        let change = Change { to: InstallState::Failed, detail: during, error: Some(line), ids: None };
+        match self.installer.db.transition(self.uri(), change) {
+            Ok(row) => self.installer.board.put(&row),
+            Err(error) => tracing::error!(uri = %self.uri(), "cannot record the failure: {error}"),
+        }
+    }
+
+    async fn perform(&self) -> Result<RegisteredIds, JobError> {
+        let image = self.image().clone();
+        let total = image.total_bytes();
+        let mut done = 0;
+        for file in &image.files {
+            if !self.is_cached(file)? {
+                self.download(file, done, total).await?;
+            }
+            done += file.size;
+            self.installer.board.progress(self.uri(), done, total, detail::downloading(file.kind, file.size, file.size));
+        }
+        self.publish_all(&image).await
+    }
+
+    fn is_cached(&self, file: &FileRef) -> Result<bool, DbError> {
+        Ok(self.installer.db.file_is_verified(file.sha256.as_str(), file.size)?
+            && self.installer.cache.has_complete(&file.sha256, file.size))
+    }
+
+    async fn download(&self, file: &FileRef, done_before: u64, total: u64) -> Result<(), JobError> {
+        let installer = self.installer;
+        let cache = &installer.cache;
+        self.set_state(InstallState::Downloading, &detail::downloading(file.kind, 0, file.size))?;
+        let signature = match &file.signature_url {
+            Some(url) => {
+                installer.board.progress(self.uri(), done_before, total, detail::fetching_signature(file.kind));
+                Some(installer.fetcher.get_small(url, MAX_SIGNATURE_BYTES, SIGNATURE_TIMEOUT).await?)
+            }
+            None => None,
+        };
+        cache.prepare_dir(&file.sha256).map_err(|source| JobError::Disk {
+            what: "creating the cache directory for",
+            path: cache.partial_path(&file.sha256),
+            source,
+        })?;
+        let partial = cache.partial_path(&file.sha256);
+        let uri = self.uri().to_string();
+        let board = &installer.board;
+        let progress = |bytes: u64| {
+            board.progress(&uri, done_before + bytes, total, detail::downloading(file.kind, bytes, file.size));
+        };
+        let digest = installer.fetcher.download(&file.url, &partial, file.size, &progress, self.cancel).await;
+        let digest = match digest {
+            Err(error @ FetchError::TooLarge { .. }) => {
+                cache.discard_partial(&file.sha256);
+                return Err(error.into());
+            }
+            other => other?,
+        };
+        if digest != file.sha256 {
+            cache.discard_partial(&file.sha256);
+            return Err(FetchError::Digest { url: file.url.clone(), expected: file.sha256.to_string(), actual: digest.to_string() }.into());
+        }
+        self.set_state(InstallState::Verifying, &detail::verifying(file.kind, signature.is_some()))?;
+        if let Some(signature) = signature {
+            let keyring_path = installer.keyring_path.clone();
+            let path = partial.clone();
+            let verdict = tokio::task::spawn_blocking(move || -> Result<(), JobError> {
+                let keyring = Keyring::load(&keyring_path)?;
+                let data = std::fs::File::open(&path)
+                    .map_err(|source| JobError::Disk { what: "reading", path: path.clone(), source })?;
+                Ok(keyring.verify_reader(std::io::BufReader::with_capacity(1 << 20, data), &signature)?)
+            })
+            .await
+            .expect("verification does not panic");
+            if let Err(error) = verdict {
+                if matches!(error, JobError::Trust(TrustError::BadSignature(_) | TrustError::UnknownKey(_) | TrustError::BadKey { .. } | TrustError::Malformed(_))) {
+                    cache.discard_partial(&file.sha256);
+                }
+                return Err(error);
+            }
+        }
+        // Recorded first, then renamed: a file is trusted only where both agree (cache.rs).
+        installer.db.mark_file_verified(file.sha256.as_str(), file.size, &file.url)?;
+        cache
+            .promote(&file.sha256)
+            .map_err(|source| JobError::Disk { what: "storing", path: cache.path(&file.sha256), source })?;
+        tracing::info!(uri = %self.uri(), kind = file.kind.noun(), sha256 = file.sha256.short(), "file verified");
+        Ok(())
+    }
+
+    async fn publish_all(&self, image: &Image) -> Result<RegisteredIds, JobError> {
+        self.set_state(InstallState::Installing, &format!("Installing {}", image.title))?;
+        let total: u64 = image.total_bytes();
+        let mut ids = RegisteredIds::default();
+        let mut done = 0;
+        for file in &image.files {
+            let artifact = self.artifact(image, file, &ids);
+            let id = self.publish_once(&artifact, done, total).await?;
+            match file.kind {
+                FileKind::Kernel => ids.eki = Some(id),
+                FileKind::Ramdisk => ids.eri = Some(id),
+                FileKind::Image => ids.emi = Some(id),
+            }
+            done += file.size;
+        }
+        Ok(ids)
+    }
+
+    fn artifact(&self, image: &Image, file: &FileRef, ids: &RegisteredIds) -> Artifact {
+        let (kernel_id, ramdisk_id) = match file.kind {
+            FileKind::Image => (ids.eki.clone(), ids.eri.clone()),
+            _ => (None, None),
+        };
+        let suffix = match file.kind {
+            FileKind::Kernel => "kernel",
+            FileKind::Ramdisk => "ramdisk",
+            FileKind::Image => "image",
+        };
+        let identity = format!(
+            "{suffix}:{}:{}:{}:{}",
+            file.sha256,
+            image.arch,
+            kernel_id.as_deref().unwrap_or("-"),
+            ramdisk_id.as_deref().unwrap_or("-")
+        );
+        Artifact {
+            kind: file.kind,
+            source: self.installer.cache.path(&file.sha256),
+            source_size: file.size,
+            compression: file.compression,
+            packing: file.packing,
+            name: bundle_name(&image.product, &image.version, suffix),
+            arch: image.arch.clone(),
+            bucket: self.row.bucket.clone(),
+            kernel_id,
+            ramdisk_id,
+            identity,
+        }
+    }
+
+    /// Publishes an artifact unless this cloud already has it (a kernel shared by two images).
+    async fn publish_once(&self, artifact: &Artifact, done_before: u64, total: u64) -> Result<String, JobError> {
+        let installer = self.installer;
+        let cloud_id = installer.cloud.id().to_string();
+        if let Some(id) = installer.db.cloud_object(&cloud_id, &artifact.identity)? {
+            installer.board.progress(self.uri(), done_before + artifact.source_size, total, detail::already_registered(artifact.kind, &id));
+            return Ok(id);
+        }
+        let progress = BoardProgress { installer, uri: self.uri(), done_before, total };
+        let published = installer.cloud.publish(artifact, &progress, self.cancel).await?;
+        installer.db.record_cloud_object(&cloud_id, &artifact.identity, &published.image_id, &published.location)?;
+        tracing::info!(uri = %self.uri(), id = %published.image_id, location = %published.location, "registered {}", artifact.kind.noun());
+        Ok(published.image_id)
+    }
+}
+
+struct BoardProgress<'a> {
+    installer: &'a Installer,
+    uri: &'a str,
+    done_before: u64,
+    total: u64,
+}
+
+impl Progress for BoardProgress<'_> {
+    fn report(&self, detail: String, source_done: u64) {
+        self.installer.board.progress(self.uri, self.done_before + source_done, self.total, detail);
+    }
+}
+
+/// A bundle prefix made only of `[A-Za-z0-9._-]`: `ubuntu-server-amd64-9.10-kernel`.
+fn bundle_name(product: &str, version: &str, suffix: &str) -> String {
+    let clean = |text: &str| -> String {
+        text.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+            .collect::<String>()
+            .trim_matches('-')
+            .to_string()
+    };
+    [clean(product), clean(version), suffix.to_string()]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bundle_names_are_path_safe() {
+        assert_eq!(super::bundle_name("ubuntu server/amd64", "9.10", "kernel"), "ubuntu-server-amd64-9.10-kernel");
+        assert_eq!(super::bundle_name("../..", "", "image"), "..-..-image");
+    }
+}

@@ -1,0 +1,157 @@
+//! Installs (SPEC §1, §6): requests from the UI become rows in `installs` (the job queue and the
+//! state at once); worker tasks take queued rows, download and verify each file into the cache,
+//! and publish kernel, ramdisk and machine image to the cloud. Every state change is committed
+//! before it is announced; a restart requeues whatever was in flight.
+
+pub mod board;
+pub mod detail;
+mod job;
+pub mod state;
+
+use crate::cache::Cache;
+use crate::catalog::model::Image;
+use crate::cloud::Cloud;
+use crate::db::{Db, DbError};
+use crate::db::installs::Change;
+use crate::fetch::Fetcher;
+use board::{Board, InstallView};
+use state::InstallState;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub struct Installer {
+    db: Db,
+    board: Board,
+    cache: Cache,
+    fetcher: Fetcher,
+    keyring_path: PathBuf,
+    cloud: Arc<dyn Cloud>,
+    /// The installs a worker owns right now, with the token that cancels each.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    wake: Notify,
+    workers: usize,
+}
+
+impl Installer {
+    pub fn new(
+        db: Db,
+        cache: Cache,
+        fetcher: Fetcher,
+        keyring_path: PathBuf,
+        cloud: Arc<dyn Cloud>,
+        workers: usize,
+    ) -> Result<Arc<Self>, DbError> {
+        let requeued = db.requeue_interrupted()?;
+        if requeued > 0 {
+            tracing::info!(requeued, "resuming installs interrupted by the last stop");
+        }
+        let board = Board::default();
+        for row in db.installs()? {
+            board.put(&row);
+        }
+        Ok(Arc::new(Self {
+            db,
+            board,
+            cache,
+            fetcher,
+            keyring_path,
+            cloud,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            workers: workers.max(1),
+        }))
+    }
+
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
+    /// `install`: queues an attempt, or returns the state of one already queued, running or done.
+    pub fn request_install(&self, image: &Image) -> Result<InstallView, DbError> {
+        let (row, queued) = self.db.request_install(image, &detail::queued())?;
+        self.board.put(&row);
+        if queued {
+            tracing::info!(uri = %image.uri, attempt = row.attempt, "install queued");
+            self.wake.notify_waiters();
+        }
+        Ok(self.board.get(&image.uri).expect("just put"))
+    }
+
+    /// `cancel`: a queued install is cancelled at once; a running one at its next step.
+    pub fn cancel(&self, uri: &str) -> Result<Option<InstallView>, DbError> {
+        let running = self.running.lock().expect("running lock");
+        if let Some(token) = running.get(uri) {
+            token.cancel();
+        } else if self.board.get(uri).is_some_and(|view| view.state == InstallState::Queued) {
+            let row = self.db.transition(
+                uri,
+                Change { to: InstallState::Cancelled, detail: "Cancelled by the operator", error: None, ids: None },
+            )?;
+            self.board.put(&row);
+        }
+        Ok(self.board.get(uri))
+    }
+
+    /// `clear-error`: forgets a failed attempt's message.
+    pub fn clear_error(&self, uri: &str) -> Result<(), DbError> {
+        if self.db.clear_error(uri)? {
+            self.board.remove(uri);
+        }
+        Ok(())
+    }
+
+    /// Runs the workers until `shutdown`; interrupted installs stay in flight in the database and
+    /// resume at the next start.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let workers: Vec<_> = (0..self.workers)
+            .map(|_| tokio::spawn(self.clone().work(shutdown.clone())))
+            .collect();
+        for worker in workers {
+            let _ = worker.await;
+        }
+    }
+
+    async fn work(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let wake = self.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            match self.claim_next(&shutdown) {
+                Ok(Some((uri, token))) => {
+                    job::run(&self, &uri, &token, &shutdown).await;
+                    self.running.lock().expect("running lock").remove(&uri);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => tracing::error!("cannot read the install queue: {error}"),
+            }
+            tokio::select! {
+                _ = &mut wake => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Takes the oldest queued install no worker owns.
+    fn claim_next(&self, shutdown: &CancellationToken) -> Result<Option<(String, CancellationToken)>, DbError> {
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let mut running = self.running.lock().expect("running lock");
+        let next = self
+            .db
+            .installs()?
+            .into_iter()
+            .find(|row| row.state == InstallState::Queued && !running.contains_key(&row.image.uri));
+        Ok(next.map(|row| {
+            let token = shutdown.child_token();
+            running.insert(row.image.uri.clone(), token.clone());
+            (row.image.uri.clone(), token)
+        }))
+    }
+}

@@ -1,0 +1,33 @@
+//! image-store-proxy: installs OS images from an upstream image store into a Eucalyptus (or any
+//! EC2/S3) cloud, driven by the Eucalyptus admin UI's Store tab. The code map:
+//!
+//! - [`config`]: flags, environment and config file -> [`config::Config`]
+//! - [`app`]: builds the parts and runs them until shutdown
+//! - [`api`]: the UI side: routes, the servlet's request signature, JSON shapes, errors -> HTTP
+//! - [`catalog`]: the upstream side: fetch, verify, keep and search the signed catalog
+//! - [`keyring`]: OpenPGP trust: the keyring and detached-signature checks (sequoia)
+//! - [`fetch`]: HTTP downloads with resume, size cap and hashing as bytes flow
+//! - [`cache`]: content-addressed files, promoted only once verified
+//! - [`db`]: SQLite state: catalog, files, installs (the job queue), cloud objects, events
+//! - [`install`]: the state machine, the workers, status lines, the live board the UI polls
+//! - [`unpack`]: gunzip and tarball member streaming for what gets installed
+//! - [`cloud`]: the one trait a cloud implements, and the fake cloud
+//! - [`client`]: a client that signs like the servlet (CLI and tests)
+//! - [`json`]: ASCII-only JSON, as the servlet needs
+//! - `demo`: fake-store and the proxy together, for a first run
+
+pub mod api;
+pub mod app;
+pub mod cache;
+pub mod catalog;
+pub mod client;
+pub mod cloud;
+pub mod config;
+pub mod db;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod fetch;
+pub mod install;
+pub mod json;
+pub mod keyring;
+pub mod unpack;

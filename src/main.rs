@@ -1,0 +1,88 @@
+//! The `image-store-proxy` command: the daemon (flags of the original proxy), `demo`, `client`.
+
+use clap::{Parser, Subcommand};
+use image_store_proxy::{app, client, config::DaemonArgs};
+use std::io::Write;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "image-store-proxy", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run fake-store with demo images and the proxy in fake-Eucalyptus mode, and say how to use them
+    #[cfg(feature = "demo")]
+    Demo(image_store_proxy::demo::DemoArgs),
+    /// Send signed requests to a running proxy, as the Store tab does
+    Client(client::ClientArgs),
+}
+
+fn init_logs(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        #[cfg(feature = "demo")]
+        Some(Command::Demo(args)) => {
+            init_logs(false);
+            image_store_proxy::demo::run(args).await
+        }
+        Some(Command::Client(args)) => {
+            init_logs(false);
+            client::run(args).await.map_err(anyhow::Error::from)
+        }
+        None => {
+            init_logs(cli.daemon.debug);
+            run_daemon(cli.daemon).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("image-store-proxy: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    // One line on stdout for whoever started us (tests pass --listen 127.0.0.1:0 and read it).
+    println!("image-store-proxy listening on http://{addr}/api");
+    std::io::stdout().flush()?;
+    tracing::info!(api_url = %config.api_url, data_dir = %config.data_dir.display(), "starting");
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        on_signal.cancel();
+    });
+    app::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,135 @@
+//! Turns a cached download into the bytes that get installed (SPEC §5): gunzip when compressed,
+//! and for a UEC-style tarball the `*.img` member, streamed straight out of the archive. Nothing is
+//! extracted to disk, so a hostile tarball's paths, links and devices are never written anywhere:
+//! only a regular file's bytes are read.
+
+use crate::catalog::model::{Compression, Packing};
+use flate2::read::MultiGzDecoder;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("the tarball {path} holds no regular *.img file")]
+    NoImage { path: PathBuf },
+}
+
+/// Reports how many bytes of the source file were consumed, once per MiB.
+struct Metered<'a> {
+    inner: File,
+    consumed: u64,
+    reported: u64,
+    report: &'a (dyn Fn(u64) + Sync),
+}
+
+impl Read for Metered<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed += n as u64;
+        if self.consumed - self.reported >= 1 << 20 || n == 0 {
+            self.reported = self.consumed;
+            (self.report)(self.consumed);
+        }
+        Ok(n)
+    }
+}
+
+/// Calls `install` with the image's name (for tarballs, the member's file name) and a reader of its
+/// raw bytes. `consumed` is told how far into the source file the work has got.
+pub fn with_image_bytes<T, E: From<UnpackError>>(
+    path: &Path,
+    compression: Compression,
+    packing: Packing,
+    consumed: &(dyn Fn(u64) + Sync),
+    install: impl FnOnce(Option<&str>, &mut dyn Read) -> Result<T, E>,
+) -> Result<T, E> {
+    let read_error = |source| UnpackError::Read { path: path.to_owned(), source };
+    let file = File::open(path).map_err(read_error)?;
+    let metered = Metered { inner: file, consumed: 0, reported: 0, report: consumed };
+    let mut decompressed: Box<dyn Read + '_> = match compression {
+        Compression::None => Box::new(BufReader::with_capacity(1 << 20, metered)),
+        Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::with_capacity(1 << 20, metered))),
+    };
+    match packing {
+        Packing::Raw => install(None, &mut decompressed),
+        Packing::Tar => {
+            let mut archive = tar::Archive::new(decompressed);
+            for entry in archive.entries().map_err(read_error)? {
+                let mut entry = entry.map_err(read_error)?;
+                if entry.header().entry_type() != tar::EntryType::Regular {
+                    continue;
+                }
+                let entry_path = entry.path().map_err(read_error)?.into_owned();
+                let Some(name) = entry_path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                    continue;
+                };
+                if name.ends_with(".img") {
+                    return install(Some(&name), &mut entry);
+                }
+            }
+            Err(UnpackError::NoImage { path: path.to_owned() }.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Compression as Level, write::GzEncoder};
+    use std::io::Write;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Level::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn read_all(path: &Path, compression: Compression, packing: Packing) -> Result<(Option<String>, Vec<u8>), UnpackError> {
+        with_image_bytes(path, compression, packing, &|_| {}, |name, reader| {
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out).map_err(|source| UnpackError::Read { path: path.into(), source })?;
+            Ok((name.map(str::to_owned), out))
+        })
+    }
+
+    #[test]
+    fn gunzips_and_picks_the_img_member_skipping_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tarball = tar::Builder::new(Vec::new());
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        tarball.append_link(&mut link, "evil.img", "/etc/passwd").unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        tarball.append_data(&mut header, "README", &b"hello"[..]).unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(6);
+        tarball.append_data(&mut header, "sub/disk.img", &b"IMAGE!"[..]).unwrap();
+        let path = dir.path().join("image.tar.gz");
+        std::fs::write(&path, gzip(&tarball.into_inner().unwrap())).unwrap();
+        let (name, bytes) = read_all(&path, Compression::Gzip, Packing::Tar).unwrap();
+        assert_eq!(name.as_deref(), Some("disk.img"));
+        assert_eq!(bytes, b"IMAGE!");
+
+        let raw = dir.path().join("kernel.gz");
+        std::fs::write(&raw, gzip(b"kernel bytes")).unwrap();
+        assert_eq!(read_all(&raw, Compression::Gzip, Packing::Raw).unwrap().1, b"kernel bytes");
+    }
+
+    #[test]
+    fn a_tarball_without_an_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tarball = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        tarball.append_data(&mut header, "notes.txt", &b"hi"[..]).unwrap();
+        let path = dir.path().join("image.tar");
+        std::fs::write(&path, tarball.into_inner().unwrap()).unwrap();
+        assert!(matches!(read_all(&path, Compression::None, Packing::Tar), Err(UnpackError::NoImage { .. })));
+    }
+}
