@@ -1,0 +1,226 @@
+//! Serves the store API: the catalog and its signature, files with Range support and their
+//! signatures, icons; records every request and applies the test faults.
+
+use crate::{Inner, RequestRecord, range};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt;
+use std::io::SeekFrom;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+pub fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/api/dashboard", get(dashboard))
+        .route("/api/dashboard.asc", get(dashboard_signature))
+        .route("/api/files/{set}/{name}", get(file))
+        .route("/api/icons/{name}", get(icon))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such thing\n") })
+        .layer(middleware::from_fn_with_state(
+            inner.clone(),
+            record_and_fault,
+        ))
+        .with_state(inner)
+}
+
+async fn record_and_fault(
+    State(inner): State<Arc<Inner>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let range = request
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let forced = inner.faults.lock().expect("faults lock").status;
+    let response = match forced {
+        Some(status) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, format!("fault injected: {status}\n")).into_response()
+        }
+        None => next.run(request).await,
+    };
+    let status = response.status().as_u16();
+    inner
+        .requests
+        .lock()
+        .expect("requests lock")
+        .push(RequestRecord {
+            method,
+            path,
+            range,
+            status,
+        });
+    response
+}
+
+fn json(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+fn armored(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/pgp-signature")], bytes).into_response()
+}
+
+async fn dashboard(State(inner): State<Arc<Inner>>) -> Response {
+    let mut bytes = inner.state.read().expect("state lock").catalog.clone();
+    if inner.faults.lock().expect("faults lock").tamper_catalog {
+        tamper(&mut bytes);
+    }
+    json(bytes)
+}
+
+/// Changes one letter of the first title: still valid JSON, no longer what was signed.
+fn tamper(bytes: &mut [u8]) {
+    let needle = b"\"title\": \"";
+    if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+        let letter = &mut bytes[at + needle.len()];
+        *letter = if letter.is_ascii_uppercase() {
+            letter.to_ascii_lowercase()
+        } else {
+            b'X'
+        };
+    }
+}
+
+async fn dashboard_signature(State(inner): State<Arc<Inner>>) -> Response {
+    armored(
+        inner
+            .state
+            .read()
+            .expect("state lock")
+            .catalog_signature
+            .clone(),
+    )
+}
+
+async fn icon(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> Response {
+    let Some(set) = name.strip_suffix(".svg") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !inner
+        .state
+        .read()
+        .expect("state lock")
+        .sets
+        .iter()
+        .any(|s| s.name == set)
+    {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let initial = set.chars().next().unwrap_or('?').to_ascii_uppercase();
+    let hue = set
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % 360;
+    let svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"64\" height=\"64\" viewBox=\"0 0 64 64\">\
+         <rect width=\"64\" height=\"64\" rx=\"10\" fill=\"hsl({hue},55%,45%)\"/>\
+         <text x=\"32\" y=\"43\" font-family=\"sans-serif\" font-size=\"32\" fill=\"#fff\" text-anchor=\"middle\">{initial}</text></svg>"
+    );
+    ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
+}
+
+async fn file(
+    State(inner): State<Arc<Inner>>,
+    Path((set, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let (data_name, is_signature) = match name.strip_suffix(".asc") {
+        Some(base) => (base.to_string(), true),
+        None => (name.clone(), false),
+    };
+    // Only names in the catalog are served: nothing else of the disk is reachable.
+    let found = {
+        let state = inner.state.read().expect("state lock");
+        state
+            .sets
+            .iter()
+            .find(|s| s.name == set)
+            .and_then(|s| s.files.iter().find(|f| f.name == data_name))
+            .map(|f| (f.path.clone(), state.file_signatures.get(&f.path).cloned()))
+    };
+    let Some((path, generated_signature)) = found else {
+        return (StatusCode::NOT_FOUND, "no such file\n").into_response();
+    };
+    if is_signature {
+        let on_disk = path.with_file_name(format!("{data_name}.asc"));
+        return match tokio::fs::read(&on_disk).await {
+            Ok(bytes) => armored(bytes),
+            Err(_) => armored(generated_signature.unwrap_or_default()),
+        };
+    }
+    serve_file(&inner, &path, headers.get(header::RANGE)).await
+}
+
+async fn serve_file(
+    inner: &Inner,
+    path: &std::path::Path,
+    range_header: Option<&HeaderValue>,
+) -> Response {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}: {e}\n", path.display()),
+            )
+                .into_response();
+        }
+    };
+    let len = match file.metadata().await {
+        Ok(meta) => meta.len(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    let (status, start, end) = match range::parse(range_header.and_then(|v| v.to_str().ok()), len) {
+        Ok(Some((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
+        Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Err(()) => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response();
+        }
+    };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    if file.seek(SeekFrom::Start(start)).await.is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let drop_after = {
+        let mut faults = inner.faults.lock().expect("faults lock");
+        match faults.drop_file_after {
+            Some(cut) if cut < count => faults.drop_file_after.take(),
+            _ => None,
+        }
+    };
+    let sent = drop_after.unwrap_or(count);
+    let stream = ReaderStream::with_capacity(file.take(sent), 64 << 10);
+    let body = if drop_after.is_some() {
+        // Promise `count` bytes, send `sent`, then fail the body: the connection is cut mid-file.
+        let cut = futures_util::stream::once(async {
+            Err(std::io::Error::other("fault: connection dropped"))
+        });
+        Body::from_stream(stream.chain(cut))
+    } else {
+        Body::from_stream(stream)
+    };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+    }
+    response.body(body).expect("a valid response")
+}

@@ -1,0 +1,239 @@
+//! fake-store: a fake upstream image store API (the proxy's SPEC §3, §5), for offline tests and
+//! the demo. It serves a directory of image sets as a signed catalog, with files that support
+//! HTTP Range and carry detached OpenPGP signatures, and it can misbehave on purpose (`Faults`).
+//!
+//! - `catalog.rs`: scans the directory and writes the catalog document
+//! - `signing.rs`: detached armored signatures with an OpenPGP secret key (sequoia)
+//! - `http.rs`: the HTTP API, the request log and the faults
+//! - `range.rs`: `Range` header parsing
+//! - [`demo`]: generates the demo image sets
+
+mod catalog;
+pub mod demo;
+mod http;
+mod range;
+mod signing;
+
+pub use catalog::Error;
+
+use catalog::ImageSet;
+use signing::SigningKey;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The test signing key: published, so anyone can sign with it. Tests and the demo only.
+pub const TEST_SIGNING_KEY: &str = include_str!("../../keyrings/test-signing-key.asc");
+/// The public keyring that trusts [`TEST_SIGNING_KEY`].
+pub const TEST_KEYRING: &[u8] = include_bytes!("../../keyrings/test-keyring.gpg");
+
+pub struct StoreConfig {
+    /// The image directory: one set at the top level, or one per subdirectory.
+    pub dir: PathBuf,
+    /// Armored OpenPGP secret key; `None` is [`TEST_SIGNING_KEY`].
+    pub signing_key: Option<String>,
+    /// The catalog's `updated` (RFC 3339); `None` is now.
+    pub updated: Option<String>,
+    /// The API base URL written into the catalog; `None` is `http://<listener address>/api`.
+    pub public_url: Option<String>,
+}
+
+/// What the next requests get wrong, on purpose.
+#[derive(Default, Debug, Clone)]
+pub struct Faults {
+    /// Serve the catalog with one letter of a title changed after signing.
+    pub tamper_catalog: bool,
+    /// Answer every request with this status.
+    pub status: Option<u16>,
+    /// The next file download longer than this sends this many bytes, then cuts the connection.
+    pub drop_file_after: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub range: Option<String>,
+    pub status: u16,
+}
+
+struct StoreState {
+    dir: PathBuf,
+    key: SigningKey,
+    updated: String,
+    base: Option<String>,
+    sets: Vec<ImageSet>,
+    file_signatures: HashMap<PathBuf, Vec<u8>>,
+    catalog: Vec<u8>,
+    catalog_signature: Vec<u8>,
+}
+
+struct Inner {
+    state: RwLock<StoreState>,
+    faults: Mutex<Faults>,
+    requests: Mutex<Vec<RequestRecord>>,
+}
+
+#[derive(Clone)]
+pub struct FakeStore {
+    inner: Arc<Inner>,
+}
+
+fn check_time(text: &str) -> Result<String, Error> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|_| Error::Time(text.to_string()))?;
+    Ok(text.to_string())
+}
+
+fn now_rfc3339() -> String {
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 ns is valid");
+    now.format(&Rfc3339).expect("UTC formats")
+}
+
+impl StoreState {
+    fn sign_files(&mut self) -> Result<(), Error> {
+        self.file_signatures.clear();
+        for file in self.sets.iter().flat_map(|s| &s.files) {
+            let io = |source| Error::Io {
+                path: file.path.clone(),
+                source,
+            };
+            let data = std::fs::File::open(&file.path).map_err(io)?;
+            let signature = self.key.sign(std::io::BufReader::new(data)).map_err(io)?;
+            self.file_signatures.insert(file.path.clone(), signature);
+        }
+        Ok(())
+    }
+
+    fn sign_catalog(&mut self) -> Result<(), Error> {
+        let Some(base) = &self.base else {
+            return Ok(()); // built when serving starts and the address is known
+        };
+        self.catalog = catalog::document(&self.sets, base, &self.updated);
+        self.catalog_signature = self
+            .key
+            .sign(&self.catalog[..])
+            .map_err(|source| Error::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+impl FakeStore {
+    /// Scans the directory, hashes and signs every file and (once the base URL is known) the catalog.
+    pub fn open(config: StoreConfig) -> Result<FakeStore, Error> {
+        let key =
+            SigningKey::from_armored(config.signing_key.as_deref().unwrap_or(TEST_SIGNING_KEY))
+                .map_err(Error::Key)?;
+        let updated = match config.updated {
+            Some(text) => check_time(&text)?,
+            None => now_rfc3339(),
+        };
+        let mut state = StoreState {
+            sets: catalog::scan(&config.dir)?,
+            dir: config.dir,
+            key,
+            updated,
+            base: config
+                .public_url
+                .map(|u| u.trim_end_matches('/').to_string()),
+            file_signatures: HashMap::new(),
+            catalog: Vec::new(),
+            catalog_signature: Vec::new(),
+        };
+        state.sign_files()?;
+        state.sign_catalog()?;
+        Ok(FakeStore {
+            inner: Arc::new(Inner {
+                state: RwLock::new(state),
+                faults: Mutex::default(),
+                requests: Mutex::default(),
+            }),
+        })
+    }
+
+    fn update(
+        &self,
+        change: impl FnOnce(&mut StoreState) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut state = self.inner.state.write().expect("state lock");
+        change(&mut state)?;
+        state.sign_catalog()
+    }
+
+    /// Re-scans the directory (files may have changed) and signs everything again.
+    pub fn reload(&self) -> Result<(), Error> {
+        self.update(|state| {
+            state.sets = catalog::scan(&state.dir)?;
+            state.sign_files()
+        })
+    }
+
+    pub fn set_updated(&self, rfc3339: &str) -> Result<(), Error> {
+        let updated = check_time(rfc3339)?;
+        self.update(|state| {
+            state.updated = updated;
+            Ok(())
+        })
+    }
+
+    /// Signs the catalog and the files with another key from now on.
+    pub fn set_signing_key(&self, armored_secret_key: &str) -> Result<(), Error> {
+        let key = SigningKey::from_armored(armored_secret_key).map_err(Error::Key)?;
+        self.update(|state| {
+            state.key = key;
+            state.sign_files()
+        })
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, Faults> {
+        self.inner.faults.lock().expect("faults lock")
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.inner.requests.lock().expect("requests lock").clone()
+    }
+
+    /// The exact catalog bytes served at `/api/dashboard` (empty before `serve` knows its address,
+    /// unless a public URL was given).
+    pub fn catalog_json(&self) -> Vec<u8> {
+        self.inner.state.read().expect("state lock").catalog.clone()
+    }
+
+    /// The image set names, in catalog order.
+    pub fn set_names(&self) -> Vec<String> {
+        self.inner
+            .state
+            .read()
+            .expect("state lock")
+            .sets
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+}
+
+/// Serves until `shutdown` resolves. The caller binds (tests bind 127.0.0.1:0).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: FakeStore,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    store
+        .update(|state| {
+            state
+                .base
+                .get_or_insert_with(|| format!("http://{addr}/api"));
+            Ok(())
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    axum::serve(listener, http::router(store.inner.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,60 @@
+//! `fake-store DIR`: serves a directory of image sets as a signed upstream store API.
+
+use clap::Parser;
+use fake_store::{FakeStore, StoreConfig};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "fake-store",
+    version,
+    about = "A fake upstream image store API, signed with a test key"
+)]
+struct Args {
+    /// Image sets: kernel, ramdisk, image (each may end in .gz) at the top, or one set per subdirectory
+    dir: PathBuf,
+    /// Where to listen
+    #[arg(long, default_value = "127.0.0.1:52781")]
+    listen: String,
+    /// Armored OpenPGP secret key to sign with [default: the test key from keyrings/]
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// The API base URL written into the catalog [default: http://<listen address>/api]
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// The catalog's "updated" time, RFC 3339 [default: now]
+    #[arg(long, value_name = "TIME")]
+    updated: Option<String>,
+    /// Write the demo image sets into DIR first
+    #[arg(long)]
+    generate_demo: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.generate_demo {
+        fake_store::demo::write_demo_images(&args.dir)?;
+    }
+    let signing_key = args.signing_key.map(std::fs::read_to_string).transpose()?;
+    let store = FakeStore::open(StoreConfig {
+        dir: args.dir.clone(),
+        signing_key,
+        updated: args.updated,
+        public_url: args.public_url,
+    })?;
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    println!(
+        "fake-store serving http://{}/api from {}",
+        listener.local_addr()?,
+        args.dir.display()
+    );
+    for name in store.set_names() {
+        println!("  image set {name}");
+    }
+    fake_store::serve(listener, store, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
