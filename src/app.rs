@@ -20,7 +20,10 @@ const BACKGROUND_REFRESH: Duration = Duration::from_secs(15 * 60);
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Db(#[from] DbError),
     #[error("{0}")]
@@ -37,15 +40,24 @@ pub enum AppError {
 }
 
 /// Runs the proxy on `listener` until `shutdown` is cancelled.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), AppError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
     let (cloud, secret): (Arc<dyn Cloud>, String) = match &config.cloud {
         CloudMode::Fake { secret } => (Arc::new(FakeCloud::new(&config.data_dir)), secret.clone()),
         CloudMode::Eucalyptus { .. } => return Err(AppError::NoCloud),
     };
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| AppError::DataDir { path: config.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     if !config.keyring.exists() {
-        tracing::warn!("keyring {} does not exist: no catalog can be verified until it does", config.keyring.display());
+        tracing::warn!(
+            "keyring {} does not exist: no catalog can be verified until it does",
+            config.keyring.display()
+        );
     }
     let db = Db::open(&config.data_dir.join("state.sqlite"))?;
     let fetcher = Fetcher::new(config.retry)?;
@@ -56,10 +68,22 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         db.clone(),
         config.catalog_max_age,
     )?);
-    let installer = Installer::new(db, Cache::new(&config.data_dir), fetcher, config.keyring.clone(), cloud, config.workers)?;
+    let installer = Installer::new(
+        db,
+        Cache::new(&config.data_dir),
+        fetcher,
+        config.keyring.clone(),
+        cloud,
+        config.workers,
+    )?;
     let workers = tokio::spawn(installer.clone().run(shutdown.clone()));
     let refresher = tokio::spawn(refresh_periodically(catalog.clone(), shutdown.clone()));
-    let state = AppState { catalog, installer, secret: Arc::from(secret.into_bytes()), nonces: Arc::new(NonceBook::new(nonce::DEFAULT_CAPACITY)) };
+    let state = AppState {
+        catalog,
+        installer,
+        secret: Arc::from(secret.into_bytes()),
+        nonces: Arc::new(NonceBook::new(nonce::DEFAULT_CAPACITY)),
+    };
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;

@@ -59,7 +59,9 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(data_dir: &Path) -> Self {
-        Self { root: data_dir.join("cache").join("sha256") }
+        Self {
+            root: data_dir.join("cache").join("sha256"),
+        }
     }
 
     pub fn path(&self, sha256: &Sha256Hex) -> PathBuf {
@@ -67,7 +69,9 @@ impl Cache {
     }
 
     pub fn partial_path(&self, sha256: &Sha256Hex) -> PathBuf {
-        self.root.join(&sha256.as_str()[..2]).join(format!("{}.part", sha256.as_str()))
+        self.root
+            .join(&sha256.as_str()[..2])
+            .join(format!("{}.part", sha256.as_str()))
     }
 
     /// Length of the final file if it is there with exactly `size` bytes.
@@ -108,7 +112,15 @@ mod tests {
         let hex = Sha256Hex::parse(&"AB".repeat(32)).unwrap();
         assert_eq!(hex.as_str(), "ab".repeat(32));
         let cache = Cache::new(Path::new("/data"));
-        assert_eq!(cache.path(&hex), PathBuf::from(format!("/data/cache/sha256/ab/{}", "ab".repeat(32))));
-        assert!(cache.partial_path(&hex).to_string_lossy().ends_with(".part"));
+        assert_eq!(
+            cache.path(&hex),
+            PathBuf::from(format!("/data/cache/sha256/ab/{}", "ab".repeat(32)))
+        );
+        assert!(
+            cache
+                .partial_path(&hex)
+                .to_string_lossy()
+                .ends_with(".part")
+        );
     }
 }

@@ -22,7 +22,11 @@ pub enum ClientError {
     #[error("{query:?} matches several images: {titles}")]
     Ambiguous { query: String, titles: String },
     #[error("image {title:?} offers no {action} action now (status {status})")]
-    NoAction { title: String, action: String, status: String },
+    NoAction {
+        title: String,
+        action: String,
+        status: String,
+    },
 }
 
 /// A reply: the HTTP status (the real UI ignores it) and the JSON object.
@@ -54,46 +58,84 @@ fn fresh_nonce() -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     let count = NONCE_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}{count:04}", nanos ^ (u64::from(std::process::id()) << 40))
+    format!(
+        "{}{count:04}",
+        nanos ^ (u64::from(std::process::id()) << 40)
+    )
 }
 
 impl ProxyClient {
     /// `url` is the proxy's address, e.g. `http://localhost:52780`.
     pub fn new(url: &str, secret: &str, client_id: &str) -> Result<Self, ClientError> {
         let base = Url::parse(url).map_err(|_| ClientError::Url(url.into()))?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| ClientError::Http { url: url.into(), cause: e.to_string() })?;
-        Ok(Self { base, secret: secret.as_bytes().to_vec(), client_id: client_id.into(), http })
+        crate::fetch::install_crypto_provider();
+        let http =
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .map_err(|e| ClientError::Http {
+                    url: url.into(),
+                    cause: e.to_string(),
+                })?;
+        Ok(Self {
+            base,
+            secret: secret.as_bytes().to_vec(),
+            client_id: client_id.into(),
+            http,
+        })
     }
 
     /// Signs `params` for `method` on `url` as the servlet does; returns them with `Signature` last.
-    pub fn sign(&self, method: &str, url: &Url, mut params: Vec<(String, String)>) -> Vec<(String, String)> {
-        let host = signature::signing_host(url.host_str().unwrap_or(""), url.port_or_known_default());
+    pub fn sign(
+        &self,
+        method: &str,
+        url: &Url,
+        mut params: Vec<(String, String)>,
+    ) -> Vec<(String, String)> {
+        let host =
+            signature::signing_host(url.host_str().unwrap_or(""), url.port_or_known_default());
         signature::sign_request(
             &self.secret,
             method,
             &host,
             url.path(),
             &mut params,
-            &signature::Stamp { client_id: &self.client_id, expires: now_unix() + CLIENT_TTL_SECS, nonce: &fresh_nonce() },
+            &signature::Stamp {
+                client_id: &self.client_id,
+                expires: now_unix() + CLIENT_TTL_SECS,
+                nonce: &fresh_nonce(),
+            },
         );
         params
     }
 
     /// Sends a signed request to `target` (a path like `/api/states`, or an absolute action URI).
-    pub async fn call(&self, method: &str, target: &str, params: Vec<(String, String)>) -> Result<Reply, ClientError> {
-        let url = self.base.join(target).map_err(|_| ClientError::Url(target.into()))?;
+    pub async fn call(
+        &self,
+        method: &str,
+        target: &str,
+        params: Vec<(String, String)>,
+    ) -> Result<Reply, ClientError> {
+        let url = self
+            .base
+            .join(target)
+            .map_err(|_| ClientError::Url(target.into()))?;
         let signed = self.sign(method, &url, params);
         self.send(method, url, &signed).await
     }
 
     /// Sends already-built parameters as-is (tests use it to send what a forger would).
-    pub async fn send(&self, method: &str, mut url: Url, params: &[(String, String)]) -> Result<Reply, ClientError> {
+    pub async fn send(
+        &self,
+        method: &str,
+        mut url: Url,
+        params: &[(String, String)],
+    ) -> Result<Reply, ClientError> {
         let encoded = params
             .iter()
-            .map(|(name, value)| format!("{}={}", signature::encode(name), signature::encode(value)))
+            .map(|(name, value)| {
+                format!("{}={}", signature::encode(name), signature::encode(value))
+            })
             .collect::<Vec<_>>()
             .join("&");
         let request = if method == "GET" {
@@ -102,16 +144,25 @@ impl ProxyClient {
         } else {
             self.http
                 .post(url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
                 .body(encoded)
         };
-        let http_error = |e: reqwest::Error| ClientError::Http { url: url.to_string(), cause: crate::fetch::describe(&e) };
+        let http_error = |e: reqwest::Error| ClientError::Http {
+            url: url.to_string(),
+            cause: crate::fetch::describe(&e),
+        };
         let response = request.send().await.map_err(http_error)?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(http_error)?;
         match serde_json::from_str::<Value>(&text) {
             Ok(body) if body.is_object() => Ok(Reply { status, body }),
-            _ => Err(ClientError::NotJson { url: url.to_string(), body: text.chars().take(200).collect() }),
+            _ => Err(ClientError::NotJson {
+                url: url.to_string(),
+                body: text.chars().take(200).collect(),
+            }),
         }
     }
 
@@ -120,11 +171,15 @@ impl ProxyClient {
     }
 
     pub async fn search(&self, query: &str) -> Result<Reply, ClientError> {
-        self.call("GET", "/api/search", vec![("q".into(), query.into())]).await
+        self.call("GET", "/api/search", vec![("q".into(), query.into())])
+            .await
     }
 
     pub async fn states(&self, uris: &[&str]) -> Result<Reply, ClientError> {
-        let params = uris.iter().map(|uri| ("image-uri".to_string(), uri.to_string())).collect();
+        let params = uris
+            .iter()
+            .map(|uri| ("image-uri".to_string(), uri.to_string()))
+            .collect();
         self.call("POST", "/api/states", params).await
     }
 
@@ -132,13 +187,23 @@ impl ProxyClient {
     /// dashboard and POSTs to the action URI its state offers.
     pub async fn act(&self, query: &str, action: &str) -> Result<Reply, ClientError> {
         let dashboard = self.dashboard().await?;
-        let images = dashboard.body["images"].as_array().cloned().unwrap_or_default();
+        let images = dashboard.body["images"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let lower = query.to_lowercase();
-        let exact: Vec<&Value> = images.iter().filter(|image| image["uri"] == query).collect();
+        let exact: Vec<&Value> = images
+            .iter()
+            .filter(|image| image["uri"] == query)
+            .collect();
         let matches: Vec<&Value> = if exact.is_empty() {
             images
                 .iter()
-                .filter(|image| image["title"].as_str().is_some_and(|t| t.to_lowercase().contains(&lower)))
+                .filter(|image| {
+                    image["title"]
+                        .as_str()
+                        .is_some_and(|t| t.to_lowercase().contains(&lower))
+                })
                 .collect()
         } else {
             exact
@@ -147,12 +212,26 @@ impl ProxyClient {
             [one] => *one,
             [] => return Err(ClientError::NoSuchImage(query.into())),
             many => {
-                let titles = many.iter().filter_map(|i| i["title"].as_str()).collect::<Vec<_>>().join(", ");
-                return Err(ClientError::Ambiguous { query: query.into(), titles });
+                let titles = many
+                    .iter()
+                    .filter_map(|i| i["title"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(ClientError::Ambiguous {
+                    query: query.into(),
+                    titles,
+                });
             }
         };
-        let states = dashboard.body["states"].as_array().cloned().unwrap_or_default();
-        let state = states.iter().find(|state| state["image-uri"] == image["uri"]).cloned().unwrap_or_default();
+        let states = dashboard.body["states"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let state = states
+            .iter()
+            .find(|state| state["image-uri"] == image["uri"])
+            .cloned()
+            .unwrap_or_default();
         let Some(uri) = state["actions"][action].as_str() else {
             return Err(ClientError::NoAction {
                 title: image["title"].as_str().unwrap_or("?").into(),
@@ -167,13 +246,21 @@ impl ProxyClient {
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
     /// The proxy's address
-    #[arg(long, env = "IMAGE_STORE_PROXY_URL", default_value = "http://localhost:52780")]
+    #[arg(
+        long,
+        env = "IMAGE_STORE_PROXY_URL",
+        default_value = "http://localhost:52780"
+    )]
     pub url: String,
     /// The secret that signs requests (--fake-eucalyptus's SECRET, or the admin's EC2_SECRET_KEY)
     #[arg(long, env = "IMAGE_STORE_PROXY_SECRET", hide_env_values = true)]
     pub secret: String,
     /// Sent as ClientId (logged by the proxy, not checked)
-    #[arg(long, env = "IMAGE_STORE_PROXY_CLIENT_ID", default_value = "image-store-proxy-client")]
+    #[arg(
+        long,
+        env = "IMAGE_STORE_PROXY_CLIENT_ID",
+        default_value = "image-store-proxy-client"
+    )]
     pub client_id: String,
     #[command(subcommand)]
     pub call: Call,
@@ -201,14 +288,23 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
     let reply = match &args.call {
         Call::Dashboard => client.dashboard().await?,
         Call::Search { words } => client.search(&words.join(" ")).await?,
-        Call::States { uris } => client.states(&uris.iter().map(String::as_str).collect::<Vec<_>>()).await?,
+        Call::States { uris } => {
+            client
+                .states(&uris.iter().map(String::as_str).collect::<Vec<_>>())
+                .await?
+        }
         Call::Install { image } => client.act(image, "install").await?,
         Call::Cancel { image } => client.act(image, "cancel").await?,
         Call::ClearError { image } => client.act(image, "clear-error").await?,
     };
-    println!("{}", serde_json::to_string_pretty(&reply.body).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&reply.body).unwrap_or_default()
+    );
     match reply.error_message() {
-        Some(message) if !matches!(args.call, Call::Dashboard | Call::Search { .. }) => Err(ClientError::Proxy(message.into())),
+        Some(message) if !matches!(args.call, Call::Dashboard | Call::Search { .. }) => {
+            Err(ClientError::Proxy(message.into()))
+        }
         _ => Ok(()),
     }
 }

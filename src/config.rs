@@ -86,17 +86,30 @@ impl DaemonArgs {
             Some(path) => self.merge(read_file(&path)?),
             None => self,
         };
-        let api_url_text = merged.api_url.unwrap_or_else(|| DEFAULT_API_URL.to_string());
-        let api_url = Url::parse(&api_url_text)
-            .map_err(|e| ConfigError::ApiUrl { url: api_url_text.clone(), cause: e.to_string() })?;
+        let api_url_text = merged
+            .api_url
+            .unwrap_or_else(|| DEFAULT_API_URL.to_string());
+        let api_url = Url::parse(&api_url_text).map_err(|e| ConfigError::ApiUrl {
+            url: api_url_text.clone(),
+            cause: e.to_string(),
+        })?;
         if !matches!(api_url.scheme(), "http" | "https") {
-            return Err(ConfigError::ApiUrl { url: api_url_text, cause: "only http and https are supported".into() });
+            return Err(ConfigError::ApiUrl {
+                url: api_url_text,
+                cause: "only http and https are supported".into(),
+            });
         }
-        let data_dir = merged.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let keyring = merged.keyring.unwrap_or_else(|| data_dir.join("keyring.gpg"));
+        let data_dir = merged
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let keyring = merged
+            .keyring
+            .unwrap_or_else(|| data_dir.join("keyring.gpg"));
         let cloud = match merged.fake_eucalyptus {
             Some(secret) => CloudMode::Fake { secret },
-            None => CloudMode::Eucalyptus { cloud_config: merged.cloud_config },
+            None => CloudMode::Eucalyptus {
+                cloud_config: merged.cloud_config,
+            },
         };
         let retry = RetryPolicy {
             first_delay: Duration::from_millis(merged.retry_delay_ms.unwrap_or(500)),
@@ -133,7 +146,10 @@ impl DaemonArgs {
 }
 
 fn read_file(path: &Path) -> Result<DaemonArgs, ConfigError> {
-    let error = |cause: String| ConfigError::File { path: path.to_owned(), cause };
+    let error = |cause: String| ConfigError::File {
+        path: path.to_owned(),
+        cause,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
     toml::from_str(&text).map_err(|e| error(e.to_string()))
 }
@@ -147,7 +163,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("proxy.toml");
         std::fs::write(&file, "api-url = \"http://file.example/api\"\ndata-dir = \"/srv/isp\"\nfake-eucalyptus = \"s3cret\"\n").unwrap();
-        let args = DaemonArgs { api_url: Some("http://flag.example/api".into()), config: Some(file), ..Default::default() };
+        let args = DaemonArgs {
+            api_url: Some("http://flag.example/api".into()),
+            config: Some(file),
+            ..Default::default()
+        };
         let config = args.resolve().unwrap();
         assert_eq!(config.api_url.as_str(), "http://flag.example/api");
         assert_eq!(config.data_dir, PathBuf::from("/srv/isp"));
@@ -161,9 +181,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "api_url = \"x\"\n").unwrap();
-        let error = DaemonArgs { config: Some(file), ..Default::default() }.resolve().unwrap_err();
+        let error = DaemonArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert!(error.to_string().contains("bad.toml"), "{error}");
-        let error = DaemonArgs { api_url: Some("ftp://x/api".into()), ..Default::default() }.resolve().unwrap_err();
+        let error = DaemonArgs {
+            api_url: Some("ftp://x/api".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert!(error.to_string().contains("only http and https"), "{error}");
     }
 }

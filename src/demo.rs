@@ -40,16 +40,23 @@ async fn bind_or_any(addr: &str) -> anyhow::Result<TcpListener> {
 fn own_command() -> String {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("image-store-proxy"));
     let cwd = std::env::current_dir().unwrap_or_default();
-    exe.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(exe).display().to_string()
+    exe.strip_prefix(&cwd)
+        .map(Path::to_path_buf)
+        .unwrap_or(exe)
+        .display()
+        .to_string()
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let images = args.data_dir.join("images");
-    fake_store::demo::write_demo_images(&images).with_context(|| format!("writing demo images to {}", images.display()))?;
+    fake_store::demo::write_demo_images(&images)
+        .with_context(|| format!("writing demo images to {}", images.display()))?;
     let proxy_dir = args.data_dir.join("proxy");
-    std::fs::create_dir_all(&proxy_dir).with_context(|| format!("creating {}", proxy_dir.display()))?;
+    std::fs::create_dir_all(&proxy_dir)
+        .with_context(|| format!("creating {}", proxy_dir.display()))?;
     let keyring = proxy_dir.join("keyring.gpg");
-    std::fs::write(&keyring, fake_store::TEST_KEYRING).with_context(|| format!("writing {}", keyring.display()))?;
+    std::fs::write(&keyring, fake_store::TEST_KEYRING)
+        .with_context(|| format!("writing {}", keyring.display()))?;
 
     let shutdown = CancellationToken::new();
     let store_listener = bind_or_any(&args.store_listen).await?;
@@ -61,7 +68,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         public_url: None,
     })
     .context("starting fake-store")?;
-    let store_task = tokio::spawn(fake_store::serve(store_listener, store, shutdown.clone().cancelled_owned()));
+    let store_task = tokio::spawn(fake_store::serve(
+        store_listener,
+        store,
+        shutdown.clone().cancelled_owned(),
+    ));
 
     let listener = bind_or_any(&args.listen).await?;
     let addr = listener.local_addr()?;
@@ -70,7 +81,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: proxy_dir.clone(),
         keyring,
         listen: addr.to_string(),
-        cloud: CloudMode::Fake { secret: DEMO_SECRET.to_string() },
+        cloud: CloudMode::Fake {
+            secret: DEMO_SECRET.to_string(),
+        },
         debug: false,
         catalog_max_age: Duration::from_secs(10),
         workers: 2,
@@ -103,6 +116,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for(task: tokio::task::JoinHandle<Result<(), crate::app::AppError>>) -> anyhow::Result<()> {
+async fn wait_for(
+    task: tokio::task::JoinHandle<Result<(), crate::app::AppError>>,
+) -> anyhow::Result<()> {
     Ok(task.await??)
 }

@@ -21,11 +21,25 @@ pub enum FetchError {
     #[error("GET {url}: the server sent more than the signed size of {expected} bytes")]
     TooLarge { url: String, expected: u64 },
     #[error("GET {url}: the transfer stopped at {got} of {expected} bytes: {cause}")]
-    Truncated { url: String, got: u64, expected: u64, cause: String },
-    #[error("SHA-256 mismatch for {url}: the signed catalog says {expected}, the download is {actual}")]
-    Digest { url: String, expected: String, actual: String },
+    Truncated {
+        url: String,
+        got: u64,
+        expected: u64,
+        cause: String,
+    },
+    #[error(
+        "SHA-256 mismatch for {url}: the signed catalog says {expected}, the download is {actual}"
+    )]
+    Digest {
+        url: String,
+        expected: String,
+        actual: String,
+    },
     #[error("writing {path}: {source}")]
-    Disk { path: PathBuf, source: std::io::Error },
+    Disk {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cancelled")]
     Cancelled,
 }
@@ -51,13 +65,19 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { attempts: 5, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30) }
+        Self {
+            attempts: 5,
+            first_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
     }
 }
 
 impl RetryPolicy {
     fn delay(&self, attempt: u32) -> Duration {
-        self.first_delay.saturating_mul(1 << attempt.min(16)).min(self.max_delay)
+        self.first_delay
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_delay)
     }
 }
 
@@ -70,16 +90,24 @@ pub struct Fetcher {
 /// Buffer between the network and the disk: large writes, few syscalls.
 const WRITE_BUFFER: usize = 1 << 20;
 
+/// reqwest is built without a default crypto provider (no C build): rustls needs one chosen before
+/// any client is built, or building one panics.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Fetcher {
     pub fn new(retry: RetryPolicy) -> Result<Self, FetchError> {
-        // reqwest is built without a default crypto provider (no C build); rustls needs one chosen.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("image-store-proxy/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| FetchError::Transport { url: String::new(), cause: e.to_string() })?;
+            .map_err(|e| FetchError::Transport {
+                url: String::new(),
+                cause: e.to_string(),
+            })?;
         Ok(Self { client, retry })
     }
 
@@ -88,17 +116,31 @@ impl Fetcher {
     }
 
     /// GETs a small document (a catalog, a signature) whole, refusing more than `cap` bytes.
-    pub async fn get_small(&self, url: &str, cap: u64, timeout: Duration) -> Result<Vec<u8>, FetchError> {
-        let transport = |e: reqwest::Error| FetchError::Transport { url: url.to_string(), cause: describe(&e) };
+    pub async fn get_small(
+        &self,
+        url: &str,
+        cap: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, FetchError> {
+        let transport = |e: reqwest::Error| FetchError::Transport {
+            url: url.to_string(),
+            cause: describe(&e),
+        };
         let work = async {
             let mut response = self.client.get(url).send().await.map_err(transport)?;
             if !response.status().is_success() {
-                return Err(FetchError::Status { url: url.to_string(), status: response.status().as_u16() });
+                return Err(FetchError::Status {
+                    url: url.to_string(),
+                    status: response.status().as_u16(),
+                });
             }
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(transport)? {
                 if body.len() as u64 + chunk.len() as u64 > cap {
-                    return Err(FetchError::TooLarge { url: url.to_string(), expected: cap });
+                    return Err(FetchError::TooLarge {
+                        url: url.to_string(),
+                        expected: cap,
+                    });
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -106,7 +148,12 @@ impl Fetcher {
         };
         tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or_else(|_| Err(FetchError::Transport { url: url.to_string(), cause: format!("no answer within {}s", timeout.as_secs()) }))
+            .unwrap_or_else(|_| {
+                Err(FetchError::Transport {
+                    url: url.to_string(),
+                    cause: format!("no answer within {}s", timeout.as_secs()),
+                })
+            })
     }
 
     /// Downloads `url` into `partial` until it holds `expected` bytes, resuming what is already
@@ -124,7 +171,18 @@ impl Fetcher {
         progress(have);
         let mut failures = 0;
         while have < expected {
-            match self.fetch_from(url, partial, expected, &mut have, &mut hasher, progress, cancel).await {
+            match self
+                .fetch_from(
+                    url,
+                    partial,
+                    expected,
+                    &mut have,
+                    &mut hasher,
+                    progress,
+                    cancel,
+                )
+                .await
+            {
                 Ok(()) => {}
                 Err(error) if error.is_transient() && failures + 1 < self.retry.attempts => {
                     tracing::warn!(%url, have, "download interrupted, resuming: {error}");
@@ -152,7 +210,10 @@ impl Fetcher {
         progress: &(dyn Fn(u64) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<(), FetchError> {
-        let transport = |e: reqwest::Error| FetchError::Transport { url: url.to_string(), cause: describe(&e) };
+        let transport = |e: reqwest::Error| FetchError::Transport {
+            url: url.to_string(),
+            cause: describe(&e),
+        };
         let mut request = self.client.get(url);
         if *have > 0 {
             request = request.header(RANGE, format!("bytes={have}-"));
@@ -162,21 +223,39 @@ impl Fetcher {
             _ = cancel.cancelled() => return Err(FetchError::Cancelled),
         };
         let status = response.status();
-        let resumed = status == StatusCode::PARTIAL_CONTENT
-            && content_range_start(&response) == Some(*have);
+        let resumed =
+            status == StatusCode::PARTIAL_CONTENT && content_range_start(&response) == Some(*have);
         if !(status == StatusCode::OK || resumed) {
-            return Err(FetchError::Status { url: url.to_string(), status: status.as_u16() });
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
         }
         if !resumed {
             // The server sent the whole file: start over.
             *have = 0;
             *hasher = Sha256::new();
         }
-        if response.content_length().is_some_and(|length| *have + length > expected) {
-            return Err(FetchError::TooLarge { url: url.to_string(), expected });
+        if response
+            .content_length()
+            .is_some_and(|length| *have + length > expected)
+        {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                expected,
+            });
         }
-        let disk = |source| FetchError::Disk { path: partial.to_owned(), source };
-        let file = tokio::fs::OpenOptions::new().create(true).write(true).truncate(false).open(partial).await.map_err(disk)?;
+        let disk = |source| FetchError::Disk {
+            path: partial.to_owned(),
+            source,
+        };
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(partial)
+            .await
+            .map_err(disk)?;
         file.set_len(*have).await.map_err(disk)?;
         let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
         file.seek(SeekFrom::Start(*have)).await.map_err(disk)?;
@@ -188,7 +267,10 @@ impl Fetcher {
             match chunk {
                 Ok(Some(bytes)) => {
                     if *have + bytes.len() as u64 > expected {
-                        break Err(FetchError::TooLarge { url: url.to_string(), expected });
+                        break Err(FetchError::TooLarge {
+                            url: url.to_string(),
+                            expected,
+                        });
                     }
                     if let Err(source) = file.write_all(&bytes).await {
                         break Err(disk(source));
@@ -198,11 +280,21 @@ impl Fetcher {
                     progress(*have);
                 }
                 Ok(None) if *have < expected => {
-                    break Err(FetchError::Truncated { url: url.to_string(), got: *have, expected, cause: "the server closed the connection".into() });
+                    break Err(FetchError::Truncated {
+                        url: url.to_string(),
+                        got: *have,
+                        expected,
+                        cause: "the server closed the connection".into(),
+                    });
                 }
                 Ok(None) => break Ok(()),
                 Err(e) => {
-                    break Err(FetchError::Truncated { url: url.to_string(), got: *have, expected, cause: describe(&e) });
+                    break Err(FetchError::Truncated {
+                        url: url.to_string(),
+                        got: *have,
+                        expected,
+                        cause: describe(&e),
+                    });
                 }
             }
         };
@@ -225,7 +317,10 @@ fn content_range_start(response: &reqwest::Response) -> Option<u64> {
 async fn hash_existing(partial: &Path, expected: u64) -> Result<(u64, Sha256), FetchError> {
     let path = partial.to_owned();
     tokio::task::spawn_blocking(move || {
-        let disk = |source| FetchError::Disk { path: path.clone(), source };
+        let disk = |source| FetchError::Disk {
+            path: path.clone(),
+            source,
+        };
         let mut hasher = Sha256::new();
         let mut file = match std::fs::File::open(&path) {
             Ok(file) => file,

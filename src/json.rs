@@ -8,7 +8,11 @@ use std::io::{self, Write};
 struct AsciiFormatter;
 
 impl Formatter for AsciiFormatter {
-    fn write_string_fragment<W: ?Sized + Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
         let mut start = 0;
         for (index, ch) in fragment.char_indices() {
             if ch.is_ascii() {
@@ -45,7 +49,10 @@ mod tests {
         let bytes = to_ascii_json(&value);
         assert!(bytes.is_ascii());
         let text = String::from_utf8(bytes).unwrap();
-        assert!(text.contains(r"Lucid Lynx \u2014 caf\u00e9 \ud83d\ude00"), "{text}");
+        assert!(
+            text.contains(r"Lucid Lynx \u2014 caf\u00e9 \ud83d\ude00"),
+            "{text}"
+        );
         assert!(text.contains(r#""a\"b\n""#), "{text}");
         let back: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back, value);

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TrustError {
-    #[error("keyring {path} does not exist (import the store's public key there, see keyrings/README.md)")]
+    #[error(
+        "keyring {path} does not exist (import the store's public key there, see keyrings/README.md)"
+    )]
     KeyringMissing { path: PathBuf },
     #[error("keyring {path} is unreadable: {cause}")]
     KeyringUnreadable { path: PathBuf, cause: String },
@@ -43,24 +45,39 @@ impl Keyring {
     /// Reads a binary or armored keyring (one or more certificates, as GnuPG exports them).
     pub fn load(path: &Path) -> Result<Self, TrustError> {
         let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => TrustError::KeyringMissing { path: path.to_owned() },
-            _ => TrustError::KeyringUnreadable { path: path.to_owned(), cause: e.to_string() },
+            std::io::ErrorKind::NotFound => TrustError::KeyringMissing {
+                path: path.to_owned(),
+            },
+            _ => TrustError::KeyringUnreadable {
+                path: path.to_owned(),
+                cause: e.to_string(),
+            },
         })?;
         Self::from_bytes(&bytes).map_err(|e| match e {
-            TrustError::KeyringEmpty { .. } => TrustError::KeyringEmpty { path: path.to_owned() },
-            TrustError::KeyringUnreadable { cause, .. } => TrustError::KeyringUnreadable { path: path.to_owned(), cause },
+            TrustError::KeyringEmpty { .. } => TrustError::KeyringEmpty {
+                path: path.to_owned(),
+            },
+            TrustError::KeyringUnreadable { cause, .. } => TrustError::KeyringUnreadable {
+                path: path.to_owned(),
+                cause,
+            },
             other => other,
         })
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TrustError> {
-        let unreadable = |e: anyhow::Error| TrustError::KeyringUnreadable { path: PathBuf::new(), cause: e.to_string() };
+        let unreadable = |e: anyhow::Error| TrustError::KeyringUnreadable {
+            path: PathBuf::new(),
+            cause: e.to_string(),
+        };
         let certs = CertParser::from_bytes(bytes)
             .map_err(unreadable)?
             .collect::<Result<Vec<Cert>, _>>()
             .map_err(unreadable)?;
         if certs.is_empty() {
-            return Err(TrustError::KeyringEmpty { path: PathBuf::new() });
+            return Err(TrustError::KeyringEmpty {
+                path: PathBuf::new(),
+            });
         }
         Ok(Self { certs })
     }
@@ -71,9 +88,16 @@ impl Keyring {
     }
 
     /// Checks a detached signature over everything `data` yields, streaming (files can be GiBs).
-    pub fn verify_reader<R: Read + Send + Sync>(&self, data: R, signature: &[u8]) -> Result<(), TrustError> {
+    pub fn verify_reader<R: Read + Send + Sync>(
+        &self,
+        data: R,
+        signature: &[u8],
+    ) -> Result<(), TrustError> {
         let policy = StandardPolicy::new();
-        let helper = Helper { certs: &self.certs, failure: None };
+        let helper = Helper {
+            certs: &self.certs,
+            failure: None,
+        };
         let mut verifier = DetachedVerifierBuilder::from_bytes(signature)
             .map_err(|e| TrustError::Malformed(e.to_string()))?
             .with_policy(&policy, None, helper)
@@ -127,19 +151,24 @@ impl VerificationHelper for Helper<'_> {
                     Err(VerificationError::MissingKey { sig }) => {
                         TrustError::UnknownKey(key_name(sig.get_issuers().into_iter().next()))
                     }
-                    Err(VerificationError::BadKey { ka, error, .. }) => {
-                        TrustError::BadKey { key: format!("0x{}", ka.key().keyid().to_hex()), cause: error.to_string() }
+                    Err(VerificationError::BadKey { ka, error, .. }) => TrustError::BadKey {
+                        key: format!("0x{}", ka.key().keyid().to_hex()),
+                        cause: error.to_string(),
+                    },
+                    Err(VerificationError::UnboundKey { cert, error, .. }) => TrustError::BadKey {
+                        key: format!("0x{}", cert.keyid().to_hex()),
+                        cause: error.to_string(),
+                    },
+                    Err(VerificationError::BadSignature { error, .. }) => {
+                        TrustError::BadSignature(error.to_string())
                     }
-                    Err(VerificationError::UnboundKey { cert, error, .. }) => {
-                        TrustError::BadKey { key: format!("0x{}", cert.keyid().to_hex()), cause: error.to_string() }
-                    }
-                    Err(VerificationError::BadSignature { error, .. }) => TrustError::BadSignature(error.to_string()),
                     Err(other) => TrustError::Malformed(other.to_string()),
                 };
                 first_failure.get_or_insert(failure);
             }
         }
-        let failure = first_failure.unwrap_or_else(|| TrustError::Malformed("no signature in it".into()));
+        let failure =
+            first_failure.unwrap_or_else(|| TrustError::Malformed("no signature in it".into()));
         let message = failure.to_string();
         self.failure = Some(failure);
         Err(anyhow::anyhow!(message))

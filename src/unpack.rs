@@ -46,12 +46,23 @@ pub fn with_image_bytes<T, E: From<UnpackError>>(
     consumed: &(dyn Fn(u64) + Sync),
     install: impl FnOnce(Option<&str>, &mut dyn Read) -> Result<T, E>,
 ) -> Result<T, E> {
-    let read_error = |source| UnpackError::Read { path: path.to_owned(), source };
+    let read_error = |source| UnpackError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let file = File::open(path).map_err(read_error)?;
-    let metered = Metered { inner: file, consumed: 0, reported: 0, report: consumed };
+    let metered = Metered {
+        inner: file,
+        consumed: 0,
+        reported: 0,
+        report: consumed,
+    };
     let mut decompressed: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(BufReader::with_capacity(1 << 20, metered)),
-        Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::with_capacity(1 << 20, metered))),
+        Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::with_capacity(
+            1 << 20,
+            metered,
+        ))),
     };
     match packing {
         Packing::Raw => install(None, &mut decompressed),
@@ -63,14 +74,21 @@ pub fn with_image_bytes<T, E: From<UnpackError>>(
                     continue;
                 }
                 let entry_path = entry.path().map_err(read_error)?.into_owned();
-                let Some(name) = entry_path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                let Some(name) = entry_path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_owned)
+                else {
                     continue;
                 };
                 if name.ends_with(".img") {
                     return install(Some(&name), &mut entry);
                 }
             }
-            Err(UnpackError::NoImage { path: path.to_owned() }.into())
+            Err(UnpackError::NoImage {
+                path: path.to_owned(),
+            }
+            .into())
         }
     }
 }
@@ -87,10 +105,19 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    fn read_all(path: &Path, compression: Compression, packing: Packing) -> Result<(Option<String>, Vec<u8>), UnpackError> {
+    fn read_all(
+        path: &Path,
+        compression: Compression,
+        packing: Packing,
+    ) -> Result<(Option<String>, Vec<u8>), UnpackError> {
         with_image_bytes(path, compression, packing, &|_| {}, |name, reader| {
             let mut out = Vec::new();
-            reader.read_to_end(&mut out).map_err(|source| UnpackError::Read { path: path.into(), source })?;
+            reader
+                .read_to_end(&mut out)
+                .map_err(|source| UnpackError::Read {
+                    path: path.into(),
+                    source,
+                })?;
             Ok((name.map(str::to_owned), out))
         })
     }
@@ -102,14 +129,20 @@ mod tests {
         let mut link = tar::Header::new_gnu();
         link.set_entry_type(tar::EntryType::Symlink);
         link.set_size(0);
-        tarball.append_link(&mut link, "evil.img", "/etc/passwd").unwrap();
+        tarball
+            .append_link(&mut link, "evil.img", "/etc/passwd")
+            .unwrap();
         let mut header = tar::Header::new_gnu();
         header.set_size(5);
         header.set_mode(0o644);
-        tarball.append_data(&mut header, "README", &b"hello"[..]).unwrap();
+        tarball
+            .append_data(&mut header, "README", &b"hello"[..])
+            .unwrap();
         let mut header = tar::Header::new_gnu();
         header.set_size(6);
-        tarball.append_data(&mut header, "sub/disk.img", &b"IMAGE!"[..]).unwrap();
+        tarball
+            .append_data(&mut header, "sub/disk.img", &b"IMAGE!"[..])
+            .unwrap();
         let path = dir.path().join("image.tar.gz");
         std::fs::write(&path, gzip(&tarball.into_inner().unwrap())).unwrap();
         let (name, bytes) = read_all(&path, Compression::Gzip, Packing::Tar).unwrap();
@@ -118,7 +151,10 @@ mod tests {
 
         let raw = dir.path().join("kernel.gz");
         std::fs::write(&raw, gzip(b"kernel bytes")).unwrap();
-        assert_eq!(read_all(&raw, Compression::Gzip, Packing::Raw).unwrap().1, b"kernel bytes");
+        assert_eq!(
+            read_all(&raw, Compression::Gzip, Packing::Raw).unwrap().1,
+            b"kernel bytes"
+        );
     }
 
     #[test]
@@ -127,9 +163,14 @@ mod tests {
         let mut tarball = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
         header.set_size(2);
-        tarball.append_data(&mut header, "notes.txt", &b"hi"[..]).unwrap();
+        tarball
+            .append_data(&mut header, "notes.txt", &b"hi"[..])
+            .unwrap();
         let path = dir.path().join("image.tar");
         std::fs::write(&path, tarball.into_inner().unwrap()).unwrap();
-        assert!(matches!(read_all(&path, Compression::None, Packing::Tar), Err(UnpackError::NoImage { .. })));
+        assert!(matches!(
+            read_all(&path, Compression::None, Packing::Tar),
+            Err(UnpackError::NoImage { .. })
+        ));
     }
 }

@@ -22,7 +22,10 @@ pub struct Signed {
 
 impl Signed {
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.params.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -31,7 +34,9 @@ impl FromRequest<AppState> for Signed {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
-        let bad = |reason: &str| ApiError::BadSignature { reason: reason.to_string() };
+        let bad = |reason: &str| ApiError::BadSignature {
+            reason: reason.to_string(),
+        };
         let host = parts
             .headers
             .get(header::HOST)
@@ -43,51 +48,103 @@ impl FromRequest<AppState> for Signed {
         if parts.method == Method::POST {
             let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
                 .await
-                .map_err(|_| ApiError::BodyTooLarge { limit: MAX_BODY_BYTES })?;
+                .map_err(|_| ApiError::BodyTooLarge {
+                    limit: MAX_BODY_BYTES,
+                })?;
             params.extend(parse_form(&bytes));
         }
-        verify(state, parts.method.as_str(), &host, parts.uri.path(), &params)?;
+        verify(
+            state,
+            parts.method.as_str(),
+            &host,
+            parts.uri.path(),
+            &params,
+        )?;
         params.retain(|(name, _)| !is_signing_parameter(name));
         Ok(Signed { params, host })
     }
 }
 
 fn is_signing_parameter(name: &str) -> bool {
-    matches!(name, "Signature" | "SignatureMethod" | "SignatureVersion" | "Version" | "ClientId" | "Expires" | "Nonce")
+    matches!(
+        name,
+        "Signature"
+            | "SignatureMethod"
+            | "SignatureVersion"
+            | "Version"
+            | "ClientId"
+            | "Expires"
+            | "Nonce"
+    )
 }
 
 fn single<'a>(params: &'a [(String, String)], name: &str) -> Result<&'a str, ApiError> {
-    let mut values = params.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let mut values = params
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str());
     match (values.next(), values.next()) {
         (Some(value), None) => Ok(value),
-        (None, _) => Err(ApiError::BadSignature { reason: format!("no {name}") }),
-        (Some(_), Some(_)) => Err(ApiError::BadSignature { reason: format!("{name} given twice") }),
+        (None, _) => Err(ApiError::BadSignature {
+            reason: format!("no {name}"),
+        }),
+        (Some(_), Some(_)) => Err(ApiError::BadSignature {
+            reason: format!("{name} given twice"),
+        }),
     }
 }
 
-fn verify(state: &AppState, method: &str, host: &str, path: &str, params: &[(String, String)]) -> Result<(), ApiError> {
+fn verify(
+    state: &AppState,
+    method: &str,
+    host: &str,
+    path: &str,
+    params: &[(String, String)],
+) -> Result<(), ApiError> {
     let bad = |reason: String| ApiError::BadSignature { reason };
     let signature_text = single(params, "Signature")?;
-    if single(params, "SignatureMethod")? != SIGNATURE_METHOD || single(params, "SignatureVersion")? != SIGNATURE_VERSION {
+    if single(params, "SignatureMethod")? != SIGNATURE_METHOD
+        || single(params, "SignatureVersion")? != SIGNATURE_VERSION
+    {
         return Err(bad("unsupported SignatureMethod or SignatureVersion".into()));
     }
-    let expires: i64 = single(params, "Expires")?.parse().map_err(|_| bad("Expires is not a number".into()))?;
+    let expires: i64 = single(params, "Expires")?
+        .parse()
+        .map_err(|_| bad("Expires is not a number".into()))?;
     let nonce = single(params, "Nonce")?;
-    let client_id = params.iter().find(|(n, _)| n == "ClientId").map_or("", |(_, v)| v.as_str());
-    let string_to_sign = signature::string_to_sign(method, &signature::signing_host_from_header(host), path, params);
+    let client_id = params
+        .iter()
+        .find(|(n, _)| n == "ClientId")
+        .map_or("", |(_, v)| v.as_str());
+    let string_to_sign = signature::string_to_sign(
+        method,
+        &signature::signing_host_from_header(host),
+        path,
+        params,
+    );
     if !signature::signature_matches(&state.secret, &string_to_sign, signature_text) {
-        return Err(bad(format!("signature mismatch (ClientId {client_id:?}, string to sign {string_to_sign:?})")));
+        return Err(bad(format!(
+            "signature mismatch (ClientId {client_id:?}, string to sign {string_to_sign:?})"
+        )));
     }
     let now = now_unix();
     if expires < now {
-        return Err(bad(format!("expired {}s ago (ClientId {client_id:?})", now - expires)));
+        return Err(bad(format!(
+            "expired {}s ago (ClientId {client_id:?})",
+            now - expires
+        )));
     }
     if expires > now + MAX_EXPIRES_AHEAD_SECS {
-        return Err(bad(format!("Expires is {}s ahead, more than {MAX_EXPIRES_AHEAD_SECS}s", expires - now)));
+        return Err(bad(format!(
+            "Expires is {}s ahead, more than {MAX_EXPIRES_AHEAD_SECS}s",
+            expires - now
+        )));
     }
     match state.nonces.check_and_remember(nonce, expires, now) {
         NonceVerdict::Fresh => Ok(()),
-        NonceVerdict::Replayed => Err(bad(format!("nonce {nonce} replayed (ClientId {client_id:?})"))),
+        NonceVerdict::Replayed => Err(bad(format!(
+            "nonce {nonce} replayed (ClientId {client_id:?})"
+        ))),
         NonceVerdict::Full => Err(bad("too many live nonces".into())),
     }
 }
@@ -96,7 +153,10 @@ fn verify(state: &AppState, method: &str, host: &str, path: &str, params: &[(Str
 /// (the servlet's httpclient 3.1 encodes POST bodies in ISO-8859-1 by default).
 pub fn parse_form(bytes: &[u8]) -> Vec<(String, String)> {
     let decode = |raw: &[u8]| -> String {
-        let plus_as_space: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        let plus_as_space: Vec<u8> = raw
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
         let bytes: Vec<u8> = percent_decode(&plus_as_space).collect();
         match String::from_utf8(bytes) {
             Ok(text) => text,
@@ -120,7 +180,13 @@ mod tests {
     #[test]
     fn forms_decode_utf8_latin1_plus_and_bare_names() {
         let pairs = parse_form(b"q=caf%C3%A9+%7Ex&image-uri=a&image-uri=b&flag&&x=%E9t%E9");
-        let expect = [("q", "café ~x"), ("image-uri", "a"), ("image-uri", "b"), ("flag", ""), ("x", "été")];
+        let expect = [
+            ("q", "café ~x"),
+            ("image-uri", "a"),
+            ("image-uri", "b"),
+            ("flag", ""),
+            ("x", "été"),
+        ];
         assert_eq!(pairs.len(), expect.len());
         for ((name, value), (en, ev)) in pairs.iter().zip(expect) {
             assert_eq!((name.as_str(), value.as_str()), (en, ev));

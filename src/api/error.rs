@@ -29,7 +29,9 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadSignature { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::UnknownImage { .. } | ApiError::UnknownAction { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::UnknownImage { .. }
+            | ApiError::UnknownAction { .. }
+            | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -45,13 +47,20 @@ impl From<crate::db::DbError> for ApiError {
 
 /// An ASCII-only JSON body with the right content type.
 pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], to_ascii_json(body)).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        to_ascii_json(body),
+    )
+        .into_response()
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::BadSignature { reason } => tracing::info!("refused a request: bad signature: {reason}"),
+            ApiError::BadSignature { reason } => {
+                tracing::info!("refused a request: bad signature: {reason}")
+            }
             ApiError::Internal(cause) => tracing::error!("request failed: {cause}"),
             other => tracing::debug!("request refused: {other}"),
         }

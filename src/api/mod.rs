@@ -47,11 +47,17 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::NotFound { method: method.to_string(), path: uri.path().to_string() }
+    ApiError::NotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
@@ -77,7 +83,11 @@ impl<'a> Page<'a> {
             app,
             links: ActionLinks::new(host),
             installs: app.installer.board().all(),
-            envelope: Envelope { images: Some(Vec::new()), states: Some(Vec::new()), ..Envelope::default() },
+            envelope: Envelope {
+                images: Some(Vec::new()),
+                states: Some(Vec::new()),
+                ..Envelope::default()
+            },
             seen: HashSet::new(),
         }
     }
@@ -86,17 +96,27 @@ impl<'a> Page<'a> {
         if !self.seen.insert(image.uri.clone()) {
             return;
         }
-        let install = self.installs.iter().find(|view| view.image.uri == image.uri);
+        let install = self
+            .installs
+            .iter()
+            .find(|view| view.image.uri == image.uri);
         let state = views::image_state(image, install, &self.installs, &self.links);
-        self.envelope.images.get_or_insert_default().push(ImageInfo::of(image));
+        self.envelope
+            .images
+            .get_or_insert_default()
+            .push(ImageInfo::of(image));
         self.envelope.states.get_or_insert_default().push(state);
     }
 
     /// Installs the UI must hear about even if it did not ask: running, failed, or (for the full
     /// page) installed images that left the catalog. Returns the URIs added.
     fn add_installs(&mut self, keep: impl Fn(&InstallView) -> bool) -> Vec<String> {
-        let wanted: Vec<Arc<Image>> =
-            self.installs.iter().filter(|view| keep(view)).map(|view| view.image.clone()).collect();
+        let wanted: Vec<Arc<Image>> = self
+            .installs
+            .iter()
+            .filter(|view| keep(view))
+            .map(|view| view.image.clone())
+            .collect();
         let mut added = Vec::new();
         for image in wanted {
             if !self.seen.contains(&image.uri) {
@@ -135,19 +155,30 @@ async fn dashboard(State(app): State<AppState>, signed: Signed) -> Response {
             image_uris: section.image_uris.clone(),
         });
     }
-    let unsectioned: Vec<String> =
-        catalog.images.iter().filter(|image| !page.seen.contains(&image.uri)).map(|image| image.uri.clone()).collect();
+    let unsectioned: Vec<String> = catalog
+        .images
+        .iter()
+        .filter(|image| !page.seen.contains(&image.uri))
+        .map(|image| image.uri.clone())
+        .collect();
     for uri in &unsectioned {
         page.add(catalog.by_uri(uri).expect("listed"));
     }
     if !unsectioned.is_empty() {
-        sections.push(Section { title: "Other images".into(), summary: String::new(), image_uris: unsectioned });
+        sections.push(Section {
+            title: "Other images".into(),
+            summary: String::new(),
+            image_uris: unsectioned,
+        });
     }
-    let gone = page.add_installs(|view| view.state == crate::install::state::InstallState::Installed || needs_attention(view));
+    let gone = page.add_installs(|view| {
+        view.state == crate::install::state::InstallState::Installed || needs_attention(view)
+    });
     if !gone.is_empty() {
         sections.push(Section {
             title: "No longer in the store".into(),
-            summary: "Installed or in progress here, but no longer offered by the image store.".into(),
+            summary: "Installed or in progress here, but no longer offered by the image store."
+                .into(),
             image_uris: gone,
         });
     }
@@ -166,7 +197,11 @@ async fn search(State(app): State<AppState>, signed: Signed) -> Response {
         page.add(image);
         uris.push(image.uri.clone());
     }
-    page.envelope.sections = Some(vec![Section { title: "Search results".into(), summary: String::new(), image_uris: uris }]);
+    page.envelope.sections = Some(vec![Section {
+        title: "Search results".into(),
+        summary: String::new(),
+        image_uris: uris,
+    }]);
     page.envelope.error_message = app.catalog.last_error();
     page.finish()
 }
@@ -179,7 +214,12 @@ async fn states(State(app): State<AppState>, signed: Signed) -> Response {
     for uri in signed.values("image-uri") {
         if let Some(image) = catalog.by_uri(uri) {
             page.add(image);
-        } else if let Some(view) = page.installs.iter().find(|view| view.image.uri == uri).cloned() {
+        } else if let Some(view) = page
+            .installs
+            .iter()
+            .find(|view| view.image.uri == uri)
+            .cloned()
+        {
             page.add(&view.image);
         }
     }
@@ -196,7 +236,14 @@ async fn action(
     let image = app
         .catalog
         .find_by_key(&key)
-        .or_else(|| app.installer.board().all().into_iter().find(|view| view.image.key == key).map(|view| view.image))
+        .or_else(|| {
+            app.installer
+                .board()
+                .all()
+                .into_iter()
+                .find(|view| view.image.key == key)
+                .map(|view| view.image)
+        })
         .ok_or_else(|| ApiError::UnknownImage { key: key.clone() })?;
     match action.as_str() {
         "install" => {
@@ -212,5 +259,11 @@ async fn action(
     let installs = app.installer.board().all();
     let install = installs.iter().find(|view| view.image.uri == image.uri);
     let state = views::image_state(&image, install, &installs, &links);
-    Ok(json_response(StatusCode::OK, &Envelope { state: Some(state), ..Envelope::default() }))
+    Ok(json_response(
+        StatusCode::OK,
+        &Envelope {
+            state: Some(state),
+            ..Envelope::default()
+        },
+    ))
 }

@@ -24,7 +24,10 @@ pub enum NonceVerdict {
 
 impl NonceBook {
     pub fn new(capacity: usize) -> Self {
-        Self { seen: Mutex::new(HashMap::new()), capacity }
+        Self {
+            seen: Mutex::new(HashMap::new()),
+            capacity,
+        }
     }
 
     /// Records `nonce` (valid until `expires`, Unix seconds) unless it is still remembered.
@@ -51,16 +54,28 @@ mod tests {
     #[test]
     fn replay_is_refused_until_expiry() {
         let book = NonceBook::new(10);
-        assert_eq!(book.check_and_remember("-42", 130, 100), NonceVerdict::Fresh);
-        assert_eq!(book.check_and_remember("-42", 130, 129), NonceVerdict::Replayed);
-        assert_eq!(book.check_and_remember("-42", 200, 131), NonceVerdict::Fresh);
+        assert_eq!(
+            book.check_and_remember("-42", 130, 100),
+            NonceVerdict::Fresh
+        );
+        assert_eq!(
+            book.check_and_remember("-42", 130, 129),
+            NonceVerdict::Replayed
+        );
+        assert_eq!(
+            book.check_and_remember("-42", 200, 131),
+            NonceVerdict::Fresh
+        );
     }
 
     #[test]
     fn stays_bounded_and_forgets_only_expired() {
         let book = NonceBook::new(3);
         for n in 0..3 {
-            assert_eq!(book.check_and_remember(&n.to_string(), 110, 100), NonceVerdict::Fresh);
+            assert_eq!(
+                book.check_and_remember(&n.to_string(), 110, 100),
+                NonceVerdict::Fresh
+            );
         }
         assert_eq!(book.check_and_remember("x", 110, 100), NonceVerdict::Full);
         assert_eq!(book.check_and_remember("x", 200, 111), NonceVerdict::Fresh);

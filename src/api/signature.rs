@@ -39,8 +39,10 @@ fn java_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 /// The fourth line of the string to sign: every parameter but `Signature`, sorted by raw name and
 /// then raw value, encoded and joined with `&`.
 pub fn canonical_parameters(params: &[(String, String)]) -> String {
-    let mut pairs: Vec<&(String, String)> =
-        params.iter().filter(|(name, _)| name != "Signature").collect();
+    let mut pairs: Vec<&(String, String)> = params
+        .iter()
+        .filter(|(name, _)| name != "Signature")
+        .collect();
     pairs.sort_by(|a, b| java_cmp(&a.0, &b.0).then_with(|| java_cmp(&a.1, &b.1)));
     pairs
         .iter()
@@ -114,7 +116,14 @@ pub struct Stamp<'a> {
 }
 
 /// Adds the servlet's signing parameters to `params` and the `Signature` last, as the CLC does.
-pub fn sign_request(secret: &[u8], method: &str, host: &str, path: &str, params: &mut Vec<(String, String)>, stamp: &Stamp<'_>) {
+pub fn sign_request(
+    secret: &[u8],
+    method: &str,
+    host: &str,
+    path: &str,
+    params: &mut Vec<(String, String)>,
+    stamp: &Stamp<'_>,
+) {
     for (name, value) in [
         ("SignatureMethod", SIGNATURE_METHOD),
         ("SignatureVersion", SIGNATURE_VERSION),
@@ -138,8 +147,10 @@ mod tests {
     const HOST: &str = "localhost:52780";
 
     fn with_common(ui: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut params: Vec<(String, String)> =
-            ui.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let mut params: Vec<(String, String)> = ui
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
         for (n, v) in [
             ("SignatureMethod", SIGNATURE_METHOD),
             ("SignatureVersion", SIGNATURE_VERSION),
@@ -161,7 +172,10 @@ mod tests {
             "ClientId=WKy3rMzOWPouVOxK1p3Ar1C2uRBwa2FBXnCw&Expires=1262304030&Nonce=1234567890123&SignatureMethod=HmacSHA256&SignatureVersion=2&Version=2009-10-01&q=ubuntu%209.10"
         );
         let sts = string_to_sign("GET", HOST, "/api/search", &params);
-        assert_eq!(sign(SECRET.as_bytes(), &sts), "tTZbJbkIy9d7dsZRp6UoVve71zsMFl9CWIyQymBuhMM=");
+        assert_eq!(
+            sign(SECRET.as_bytes(), &sts),
+            "tTZbJbkIy9d7dsZRp6UoVve71zsMFl9CWIyQymBuhMM="
+        );
     }
 
     #[test]
@@ -174,13 +188,19 @@ mod tests {
             "image-uri=http%3A%2F%2Flocalhost%3A52781%2Fapi%2Fimages%2F1&image-uri=http%3A%2F%2Flocalhost%3A52781%2Fapi%2Fimages%2F2"
         ));
         let sts = string_to_sign("POST", HOST, "/api/states", &params);
-        assert_eq!(sign(SECRET.as_bytes(), &sts), "papSDLgieLuBfxN0u4UeqAbdxC4qf9+ssx2OA4whcJQ=");
+        assert_eq!(
+            sign(SECRET.as_bytes(), &sts),
+            "papSDLgieLuBfxN0u4UeqAbdxC4qf9+ssx2OA4whcJQ="
+        );
     }
 
     #[test]
     fn dashboard_vector() {
         let sts = string_to_sign("GET", HOST, "/api/dashboard", &with_common(&[]));
-        assert_eq!(sign(SECRET.as_bytes(), &sts), "zwnGBdQ4U0HINmJKP+IHc0RTGv2twjBzvuKG474TqpY=");
+        assert_eq!(
+            sign(SECRET.as_bytes(), &sts),
+            "zwnGBdQ4U0HINmJKP+IHc0RTGv2twjBzvuKG474TqpY="
+        );
     }
 
     #[test]
@@ -189,14 +209,20 @@ mod tests {
         let host = signing_host("LocalHost", Some(80));
         let sts = string_to_sign("GET", &host, "/api/search", &params);
         assert_eq!(sts, "GET\nlocalhost\n/api/search\nq=caf%C3%A9%20~x%2A");
-        assert_eq!(sign(b"k", &sts), "uDsIZGt1rcqtfPoH65nuvj8resFT+M+wwDzwVkEnyC0=");
+        assert_eq!(
+            sign(b"k", &sts),
+            "uDsIZGt1rcqtfPoH65nuvj8resFT+M+wwDzwVkEnyC0="
+        );
     }
 
     #[test]
     fn host_header_normalisation() {
         assert_eq!(signing_host_from_header("LocalHost:80"), "localhost");
         assert_eq!(signing_host_from_header("localhost"), "localhost");
-        assert_eq!(signing_host_from_header("LOCALHOST:52780"), "localhost:52780");
+        assert_eq!(
+            signing_host_from_header("LOCALHOST:52780"),
+            "localhost:52780"
+        );
         assert_eq!(signing_host_from_header("[::1]:52780"), "[::1]:52780");
         assert_eq!(signing_host_from_header("[::1]"), "[::1]");
     }

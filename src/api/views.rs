@@ -42,7 +42,10 @@ impl ImageInfo {
             size_in_mb: image.total_bytes().div_ceil(1 << 20),
             tags: image.tags.clone(),
             icon_uri: image.icon_uri.clone(),
-            provider: image.provider.as_ref().map(|p| ProviderInfo { title: p.title.clone(), uri: p.uri.clone() }),
+            provider: image.provider.as_ref().map(|p| ProviderInfo {
+                title: p.title.clone(),
+                uri: p.uri.clone(),
+            }),
         }
     }
 }
@@ -109,7 +112,11 @@ impl ActionLinks {
             Some(bracket) => host[bracket..].contains(':'),
             None => host.contains(':'),
         };
-        let base = if has_port { format!("http://{host}") } else { format!("http://{host}:80") };
+        let base = if has_port {
+            format!("http://{host}")
+        } else {
+            format!("http://{host}:80")
+        };
         Self { base }
     }
 
@@ -119,7 +126,12 @@ impl ActionLinks {
 }
 
 /// The state the UI sees for `image`, given its install (if any) and every install (for `is-upgrade`).
-pub fn image_state(image: &Image, install: Option<&InstallView>, all: &[InstallView], links: &ActionLinks) -> ImageState {
+pub fn image_state(
+    image: &Image,
+    install: Option<&InstallView>,
+    all: &[InstallView],
+    links: &ActionLinks,
+) -> ImageState {
     let state = install.map(|view| view.state);
     let status = state.map_or(UiStatus::Uninstalled, InstallState::ui_status);
     let mut actions = BTreeMap::new();
@@ -210,7 +222,10 @@ mod tests {
         let image = crate::catalog::model::image_key("u");
         let links = ActionLinks::new("localhost");
         assert!(links.base.ends_with("localhost:80"));
-        assert_eq!(ActionLinks::new("127.0.0.1:52780").base, "http://127.0.0.1:52780");
+        assert_eq!(
+            ActionLinks::new("127.0.0.1:52780").base,
+            "http://127.0.0.1:52780"
+        );
         assert_eq!(ActionLinks::new("[::1]").base, "http://[::1]:80");
         assert_eq!(ActionLinks::new("[::1]:9").base, "http://[::1]:9");
         assert_eq!(image.len(), 16);

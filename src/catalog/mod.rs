@@ -30,7 +30,9 @@ pub enum CatalogError {
     Signature(#[from] TrustError),
     #[error("{0}")]
     Format(#[from] CatalogFormatError),
-    #[error("it is older ({offered}) than the catalog already accepted ({accepted}): refusing a rollback")]
+    #[error(
+        "it is older ({offered}) than the catalog already accepted ({accepted}): refusing a rollback"
+    )]
     Rollback { offered: String, accepted: String },
     #[error("{0}")]
     Db(#[from] DbError),
@@ -57,7 +59,13 @@ pub struct CatalogService {
 
 impl CatalogService {
     /// Starts from the last catalog accepted (verified when it was accepted).
-    pub fn new(api_url: Url, keyring_path: PathBuf, fetcher: Fetcher, db: Db, max_age: Duration) -> Result<Self, CatalogError> {
+    pub fn new(
+        api_url: Url,
+        keyring_path: PathBuf,
+        fetcher: Fetcher,
+        db: Db,
+        max_age: Duration,
+    ) -> Result<Self, CatalogError> {
         let mut catalog = Catalog::empty();
         let mut accepted_updated = 0;
         if let Some(stored) = db.load_catalog()? {
@@ -75,7 +83,11 @@ impl CatalogService {
             fetcher,
             db,
             current: RwLock::new(Arc::new(catalog)),
-            status: Mutex::new(RefreshStatus { last_attempt: None, last_error: None, accepted_updated }),
+            status: Mutex::new(RefreshStatus {
+                last_attempt: None,
+                last_error: None,
+                accepted_updated,
+            }),
             refresh_gate: tokio::sync::Mutex::new(()),
             max_age,
         })
@@ -87,7 +99,11 @@ impl CatalogService {
 
     /// Why the last refresh failed, as one line for the dashboard; `None` once a refresh succeeds.
     pub fn last_error(&self) -> Option<String> {
-        self.status.lock().expect("catalog status lock").last_error.clone()
+        self.status
+            .lock()
+            .expect("catalog status lock")
+            .last_error
+            .clone()
     }
 
     pub fn find_by_key(&self, key: &str) -> Option<Arc<Image>> {
@@ -96,7 +112,11 @@ impl CatalogService {
 
     /// Refreshes when the catalog is older than `max_age` (the dashboard calls this).
     pub async fn refresh_if_stale(&self) {
-        let stale = |status: &RefreshStatus| status.last_attempt.is_none_or(|at| at.elapsed() >= self.max_age);
+        let stale = |status: &RefreshStatus| {
+            status
+                .last_attempt
+                .is_none_or(|at| at.elapsed() >= self.max_age)
+        };
         if !stale(&self.status.lock().expect("catalog status lock")) {
             return;
         }
@@ -119,7 +139,11 @@ impl CatalogService {
         status.last_attempt = Some(Instant::now());
         match outcome {
             Ok((catalog, updated_unix)) => {
-                tracing::info!(images = catalog.images.len(), "accepted the catalog of {}", self.api_url);
+                tracing::info!(
+                    images = catalog.images.len(),
+                    "accepted the catalog of {}",
+                    self.api_url
+                );
                 status.accepted_updated = updated_unix;
                 status.last_error = None;
                 *self.current.write().expect("catalog lock") = Arc::new(catalog);
@@ -137,21 +161,46 @@ impl CatalogService {
     async fn fetch_verified(&self) -> Result<(Catalog, i64), CatalogError> {
         let keyring = Keyring::load(&self.keyring_path)?;
         let base = model::directory_url(&self.api_url);
-        let document_url = base.join("dashboard").expect("a fixed relative path").to_string();
+        let document_url = base
+            .join("dashboard")
+            .expect("a fixed relative path")
+            .to_string();
         let signature_url = format!("{document_url}.asc");
-        let document = self.fetcher.get_small(&document_url, CatalogLimits::MAX_DOCUMENT_BYTES, FETCH_TIMEOUT).await?;
-        let signature = self.fetcher.get_small(&signature_url, MAX_SIGNATURE_BYTES, FETCH_TIMEOUT).await?;
+        let document = self
+            .fetcher
+            .get_small(
+                &document_url,
+                CatalogLimits::MAX_DOCUMENT_BYTES,
+                FETCH_TIMEOUT,
+            )
+            .await?;
+        let signature = self
+            .fetcher
+            .get_small(&signature_url, MAX_SIGNATURE_BYTES, FETCH_TIMEOUT)
+            .await?;
         keyring.verify_bytes(&document, &signature)?;
         let (catalog, dropped) = Catalog::parse(&document, &self.api_url)?;
         for reason in &dropped {
             tracing::warn!("catalog entry skipped: {reason}");
         }
         let updated_unix = catalog.updated.unix_timestamp();
-        let accepted = self.status.lock().expect("catalog status lock").accepted_updated;
+        let accepted = self
+            .status
+            .lock()
+            .expect("catalog status lock")
+            .accepted_updated;
         if updated_unix < accepted {
-            return Err(CatalogError::Rollback { offered: rfc3339(catalog.updated), accepted: rfc3339_unix(accepted) });
+            return Err(CatalogError::Rollback {
+                offered: rfc3339(catalog.updated),
+                accepted: rfc3339_unix(accepted),
+            });
         }
-        self.db.store_catalog(&document, &signature, &rfc3339(catalog.updated), updated_unix)?;
+        self.db.store_catalog(
+            &document,
+            &signature,
+            &rfc3339(catalog.updated),
+            updated_unix,
+        )?;
         Ok((catalog, updated_unix))
     }
 
@@ -164,7 +213,10 @@ impl CatalogService {
         match error {
             CatalogError::Fetch(cause) => format!("Image store unreachable: {cause}; {kept}"),
             CatalogError::Db(cause) => format!("Could not keep the image catalog: {cause}; {kept}"),
-            cause => format!("Refused the image catalog from {}: {cause}; {kept}", self.api_url),
+            cause => format!(
+                "Refused the image catalog from {}: {cause}; {kept}",
+                self.api_url
+            ),
         }
     }
 }
@@ -174,7 +226,9 @@ fn rfc3339(time: OffsetDateTime) -> String {
 }
 
 fn rfc3339_unix(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix).map(rfc3339).unwrap_or_else(|_| unix.to_string())
+    OffsetDateTime::from_unix_timestamp(unix)
+        .map(rfc3339)
+        .unwrap_or_else(|_| unix.to_string())
 }
 
 /// Search (SPEC §4.2) over the cached catalog: every word of `query` must appear, case-insensitively,

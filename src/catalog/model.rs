@@ -26,7 +26,10 @@ pub enum CatalogFormatError {
     #[error("the catalog is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("unsupported catalog format {found:?} (expected {expected:?})")]
-    Format { found: String, expected: &'static str },
+    Format {
+        found: String,
+        expected: &'static str,
+    },
     #[error("the catalog's \"updated\" time {0:?} is not RFC 3339")]
     Updated(String),
 }
@@ -141,9 +144,23 @@ impl Catalog {
     }
 
     fn new(updated: OffsetDateTime, sections: Vec<Section>, images: Vec<Arc<Image>>) -> Self {
-        let by_uri = images.iter().enumerate().map(|(i, image)| (image.uri.clone(), i)).collect();
-        let by_key = images.iter().enumerate().map(|(i, image)| (image.key.clone(), i)).collect();
-        Self { updated, sections, images, by_uri, by_key }
+        let by_uri = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| (image.uri.clone(), i))
+            .collect();
+        let by_key = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| (image.key.clone(), i))
+            .collect();
+        Self {
+            updated,
+            sections,
+            images,
+            by_uri,
+            by_key,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,14 +177,23 @@ impl Catalog {
 
     /// Parses and validates a (signature-checked) catalog document. File URLs are resolved against
     /// `api_url` taken as a directory. Returns the catalog and one line per image entry dropped.
-    pub fn parse(document: &[u8], api_url: &Url) -> Result<(Catalog, Vec<String>), CatalogFormatError> {
+    pub fn parse(
+        document: &[u8],
+        api_url: &Url,
+    ) -> Result<(Catalog, Vec<String>), CatalogFormatError> {
         let wire: WireCatalog = serde_json::from_slice(document)?;
         Self::from_wire(wire, api_url)
     }
 
-    fn from_wire(wire: WireCatalog, api_url: &Url) -> Result<(Catalog, Vec<String>), CatalogFormatError> {
+    fn from_wire(
+        wire: WireCatalog,
+        api_url: &Url,
+    ) -> Result<(Catalog, Vec<String>), CatalogFormatError> {
         if wire.format != wire::FORMAT {
-            return Err(CatalogFormatError::Format { found: wire.format, expected: wire::FORMAT });
+            return Err(CatalogFormatError::Format {
+                found: wire.format,
+                expected: wire::FORMAT,
+            });
         }
         let updated = OffsetDateTime::parse(&wire.updated, &Rfc3339)
             .map_err(|_| CatalogFormatError::Updated(wire.updated.clone()))?;
@@ -213,15 +239,22 @@ pub fn directory_url(api_url: &Url) -> Url {
 }
 
 fn resolve(base: &Url, reference: &str) -> Result<String, String> {
-    let url = base.join(reference).map_err(|e| format!("bad URL {reference:?}: {e}"))?;
+    let url = base
+        .join(reference)
+        .map_err(|e| format!("bad URL {reference:?}: {e}"))?;
     match url.scheme() {
         "http" | "https" => Ok(url.to_string()),
-        other => Err(format!("URL {url} has scheme {other:?}; only http and https are fetched")),
+        other => Err(format!(
+            "URL {url} has scheme {other:?}; only http and https are fetched"
+        )),
     }
 }
 
 fn validate_image(entry: WireImage, base: &Url) -> Result<Image, String> {
-    if entry.uri.is_empty() || !entry.uri.is_ascii() || entry.uri.chars().any(|c| c.is_ascii_control()) {
+    if entry.uri.is_empty()
+        || !entry.uri.is_ascii()
+        || entry.uri.chars().any(|c| c.is_ascii_control())
+    {
         return Err("the uri must be non-empty printable ASCII".into());
     }
     let arch = match entry.arch.as_deref().unwrap_or("x86_64") {
@@ -241,7 +274,11 @@ fn validate_image(entry: WireImage, base: &Url) -> Result<Image, String> {
         return Err("no machine image file".into());
     }
     files.sort_by_key(|file| file.kind as u8);
-    let title = if entry.title.is_empty() { entry.uri.clone() } else { entry.title };
+    let title = if entry.title.is_empty() {
+        entry.uri.clone()
+    } else {
+        entry.title
+    };
     Ok(Image {
         key: image_key(&entry.uri),
         product: entry.product.unwrap_or_else(|| title.clone()),
@@ -250,7 +287,10 @@ fn validate_image(entry: WireImage, base: &Url) -> Result<Image, String> {
         summary: entry.summary,
         description_html: ammonia::clean(&entry.description_html),
         icon_uri: entry.icon_uri.and_then(|icon| resolve(base, &icon).ok()),
-        provider: entry.provider.map(|provider| Provider { title: provider.title, uri: provider.uri }),
+        provider: entry.provider.map(|provider| Provider {
+            title: provider.title,
+            uri: provider.uri,
+        }),
         tags: entry.tags,
         arch: arch.to_string(),
         files,
@@ -265,15 +305,29 @@ fn validate_file(file: WireFile, base: &Url) -> Result<FileRef, String> {
         "image" => FileKind::Image,
         other => return Err(format!("unknown file kind {other:?}")),
     };
-    let sha256 = Sha256Hex::parse(&file.sha256)
-        .ok_or_else(|| format!("{} sha256 {:?} is not 64 hex digits", kind.noun(), file.sha256))?;
+    let sha256 = Sha256Hex::parse(&file.sha256).ok_or_else(|| {
+        format!(
+            "{} sha256 {:?} is not 64 hex digits",
+            kind.noun(),
+            file.sha256
+        )
+    })?;
     if file.size == 0 || file.size > CatalogLimits::MAX_FILE_BYTES {
-        return Err(format!("{} size {} is out of range", kind.noun(), file.size));
+        return Err(format!(
+            "{} size {} is out of range",
+            kind.noun(),
+            file.size
+        ));
     }
     let compression = match file.compression.as_deref().unwrap_or("none") {
         "none" => Compression::None,
         "gzip" => Compression::Gzip,
-        other => return Err(format!("{} compression {other:?} is not supported", kind.noun())),
+        other => {
+            return Err(format!(
+                "{} compression {other:?} is not supported",
+                kind.noun()
+            ));
+        }
     };
     let packing = match file.format.as_deref().unwrap_or("raw") {
         "raw" => Packing::Raw,
@@ -285,7 +339,10 @@ fn validate_file(file: WireFile, base: &Url) -> Result<FileRef, String> {
         url: resolve(base, &file.url)?,
         size: file.size,
         sha256,
-        signature_url: file.signature_url.map(|url| resolve(base, &url)).transpose()?,
+        signature_url: file
+            .signature_url
+            .map(|url| resolve(base, &url))
+            .transpose()?,
         compression,
         packing,
     })
@@ -318,7 +375,10 @@ mod tests {
         let image = catalog.by_uri("u1").unwrap();
         assert_eq!(image.files[0].kind, FileKind::Kernel);
         assert_eq!(image.files[0].url, "http://cdn.example/k");
-        assert_eq!(image.files[1].url, "http://store.example:52781/api/files/one/image.gz");
+        assert_eq!(
+            image.files[1].url,
+            "http://store.example:52781/api/files/one/image.gz"
+        );
         assert_eq!(
             image.files[1].signature_url.as_deref(),
             Some("http://store.example:52781/api/files/one/image.gz.asc")
@@ -332,23 +392,42 @@ mod tests {
     fn drops_bad_entries_with_a_reason_and_keeps_the_rest() {
         let bad = [
             (r#"{"uri":"b1","files":[]}"#, "no machine image"),
-            (r#"{"uri":"b2","files":[{"kind":"image","url":"x","size":1,"sha256":"zz"}]}"#, "not 64 hex"),
-            (r#"{"uri":"b3","files":[{"kind":"image","url":"file:///etc/passwd","size":1,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}]}"#, "scheme"),
+            (
+                r#"{"uri":"b2","files":[{"kind":"image","url":"x","size":1,"sha256":"zz"}]}"#,
+                "not 64 hex",
+            ),
+            (
+                r#"{"uri":"b3","files":[{"kind":"image","url":"file:///etc/passwd","size":1,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}]}"#,
+                "scheme",
+            ),
             (r#"{"uri":"b4","arch":"sparc","files":[]}"#, "architecture"),
-            (r#"{"uri":"b5","files":[{"kind":"image","url":"x","size":0,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}]}"#, "out of range"),
+            (
+                r#"{"uri":"b5","files":[{"kind":"image","url":"x","size":0,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}]}"#,
+                "out of range",
+            ),
         ];
         for (entry, reason) in bad {
-            let (catalog, dropped) = Catalog::parse(&document(&format!("{GOOD},{entry}")), &api()).unwrap();
+            let (catalog, dropped) =
+                Catalog::parse(&document(&format!("{GOOD},{entry}")), &api()).unwrap();
             assert_eq!(catalog.images.len(), 1, "{entry}");
-            assert!(dropped[0].contains(reason), "{dropped:?} should mention {reason}");
+            assert!(
+                dropped[0].contains(reason),
+                "{dropped:?} should mention {reason}"
+            );
         }
     }
 
     #[test]
     fn refuses_unknown_formats_and_bad_times() {
         let wrong = br#"{"format":"other/2","updated":"2026-11-21T10:00:00Z"}"#;
-        assert!(matches!(Catalog::parse(wrong, &api()), Err(CatalogFormatError::Format { .. })));
+        assert!(matches!(
+            Catalog::parse(wrong, &api()),
+            Err(CatalogFormatError::Format { .. })
+        ));
         let time = br#"{"format":"image-store/1","updated":"yesterday"}"#;
-        assert!(matches!(Catalog::parse(time, &api()), Err(CatalogFormatError::Updated(_))));
+        assert!(matches!(
+            Catalog::parse(time, &api()),
+            Err(CatalogFormatError::Updated(_))
+        ));
     }
 }

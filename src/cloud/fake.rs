@@ -34,16 +34,28 @@ struct Registration<'a> {
 impl FakeCloud {
     pub fn new(data_dir: &Path) -> Self {
         let root = data_dir.join("fake-cloud");
-        Self { id: format!("fake:{}", root.display()), root }
+        Self {
+            id: format!("fake:{}", root.display()),
+            root,
+        }
     }
 
     /// The id a registration gets: stable for the same artifact, distinct for different ones.
     pub fn image_id(artifact: &Artifact) -> String {
         let digest = Sha256::digest(artifact.identity.as_bytes());
-        format!("{}-{}", id_prefix(artifact.kind), hex::encode_upper(&digest[..4]))
+        format!(
+            "{}-{}",
+            id_prefix(artifact.kind),
+            hex::encode_upper(&digest[..4])
+        )
     }
 
-    fn publish_blocking(&self, artifact: &Artifact, progress: &dyn Progress, cancel: &CancellationToken) -> Result<Published, CloudError> {
+    fn publish_blocking(
+        &self,
+        artifact: &Artifact,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Published, CloudError> {
         let bucket = self.root.join(&artifact.bucket);
         let write_error = |path: &Path| {
             let path = path.to_owned();
@@ -54,16 +66,34 @@ impl FakeCloud {
         let partial = bucket.join(format!("{}.part", artifact.name));
         let noun = artifact.kind.noun();
         let report = |done: u64| {
-            progress.report(format!("Storing {noun} in the fake cloud: {}", detail::amount(done, artifact.source_size)), done)
+            progress.report(
+                format!(
+                    "Storing {noun} in the fake cloud: {}",
+                    detail::amount(done, artifact.source_size)
+                ),
+                done,
+            )
         };
-        let (size, sha256) = unpack::with_image_bytes(&artifact.source, artifact.compression, artifact.packing, &report, |_, reader| {
-            let file = File::create(&partial).map_err(write_error(&partial))?;
-            let copied = copy_hashing(reader, BufWriter::with_capacity(1 << 20, file), cancel, &artifact.source, &partial);
-            if copied.is_err() {
-                let _ = std::fs::remove_file(&partial);
-            }
-            copied
-        })?;
+        let (size, sha256) = unpack::with_image_bytes(
+            &artifact.source,
+            artifact.compression,
+            artifact.packing,
+            &report,
+            |_, reader| {
+                let file = File::create(&partial).map_err(write_error(&partial))?;
+                let copied = copy_hashing(
+                    reader,
+                    BufWriter::with_capacity(1 << 20, file),
+                    cancel,
+                    &artifact.source,
+                    &partial,
+                );
+                if copied.is_err() {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                copied
+            },
+        )?;
         std::fs::rename(&partial, &target).map_err(write_error(&target))?;
         progress.report(format!("Registering {noun}"), artifact.source_size);
         let image_id = Self::image_id(artifact);
@@ -93,8 +123,14 @@ fn copy_hashing(
     source_path: &Path,
     path: &Path,
 ) -> Result<(u64, String), CloudError> {
-    let write_error = |source| CloudError::Write { path: path.to_owned(), source };
-    let read_error = |source| UnpackError::Read { path: source_path.to_owned(), source };
+    let write_error = |source| CloudError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let read_error = |source| UnpackError::Read {
+        path: source_path.to_owned(),
+        source,
+    };
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -110,7 +146,9 @@ fn copy_hashing(
         writer.write_all(&buffer[..n]).map_err(write_error)?;
         size += n as u64;
     }
-    let file = writer.into_inner().map_err(|e| write_error(e.into_error()))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| write_error(e.into_error()))?;
     file.sync_all().map_err(write_error)?;
     Ok((size, hex::encode(hasher.finalize())))
 }
@@ -120,9 +158,16 @@ impl Cloud for FakeCloud {
         &self.id
     }
 
-    fn publish<'a>(&'a self, artifact: &'a Artifact, progress: &'a dyn Progress, cancel: &'a CancellationToken) -> PublishFuture<'a> {
+    fn publish<'a>(
+        &'a self,
+        artifact: &'a Artifact,
+        progress: &'a dyn Progress,
+        cancel: &'a CancellationToken,
+    ) -> PublishFuture<'a> {
         // Disk and decompression work: off the async threads, but borrowing is simplest with
         // block_in_place (the daemon runs the multi-threaded runtime).
-        Box::pin(async move { tokio::task::block_in_place(|| self.publish_blocking(artifact, progress, cancel)) })
+        Box::pin(async move {
+            tokio::task::block_in_place(|| self.publish_blocking(artifact, progress, cancel))
+        })
     }
 }

@@ -52,21 +52,33 @@ pub enum CloudError {
     #[error("{0}")]
     Unpack(#[from] UnpackError),
     #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the cloud refused {action}: {reason}")]
-    Refused { action: &'static str, reason: String },
+    Refused {
+        action: &'static str,
+        reason: String,
+    },
     #[error("cancelled")]
     Cancelled,
 }
 
-pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<Published, CloudError>> + Send + 'a>>;
+pub type PublishFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Published, CloudError>> + Send + 'a>>;
 
 pub trait Cloud: Send + Sync {
     /// Names this cloud in `cloud_objects`, so a registration is reused only in the cloud that has it.
     fn id(&self) -> &str;
 
     /// Bundles, uploads and registers one artifact.
-    fn publish<'a>(&'a self, artifact: &'a Artifact, progress: &'a dyn Progress, cancel: &'a CancellationToken) -> PublishFuture<'a>;
+    fn publish<'a>(
+        &'a self,
+        artifact: &'a Artifact,
+        progress: &'a dyn Progress,
+        cancel: &'a CancellationToken,
+    ) -> PublishFuture<'a>;
 }
 
 /// The EC2 id prefix of each kind (Eucalyptus' naming).

@@ -28,13 +28,17 @@ pub struct InstallRow {
     pub queued_at: i64,
 }
 
-const COLUMNS: &str = "image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, image_uri";
+const COLUMNS: &str =
+    "image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, image_uri";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
     let uri: String = row.get(10)?;
     let image_json: String = row.get(0)?;
     let state_text: String = row.get(1)?;
-    let corrupt = |cause: String| DbError::Corrupt { uri: uri.clone(), cause };
+    let corrupt = |cause: String| DbError::Corrupt {
+        uri: uri.clone(),
+        cause,
+    };
     let image = match serde_json::from_str::<Image>(&image_json) {
         Ok(image) => image,
         Err(e) => return Ok(Err(corrupt(format!("image snapshot: {e}")))),
@@ -49,15 +53,23 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
         error: row.get(3)?,
         attempt: row.get(4)?,
         bucket: row.get(5)?,
-        ids: RegisteredIds { eki: row.get(6)?, eri: row.get(7)?, emi: row.get(8)? },
+        ids: RegisteredIds {
+            eki: row.get(6)?,
+            eri: row.get(7)?,
+            emi: row.get(8)?,
+        },
         queued_at: row.get(9)?,
     }))
 }
 
 fn get(tx: &Transaction<'_>, uri: &str) -> Result<Option<InstallRow>, DbError> {
-    tx.query_row(&format!("SELECT {COLUMNS} FROM installs WHERE image_uri = ?1"), [uri], from_row)
-        .optional()?
-        .transpose()
+    tx.query_row(
+        &format!("SELECT {COLUMNS} FROM installs WHERE image_uri = ?1"),
+        [uri],
+        from_row,
+    )
+    .optional()?
+    .transpose()
 }
 
 fn log_event(tx: &Transaction<'_>, uri: &str, state: &str, detail: &str) -> Result<(), DbError> {
@@ -79,7 +91,9 @@ pub struct Change<'a> {
 impl Db {
     pub fn installs(&self) -> Result<Vec<InstallRow>, DbError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM installs ORDER BY queued_at, image_uri"))?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM installs ORDER BY queued_at, image_uri"
+        ))?;
         let rows = stmt.query_map([], from_row)?;
         let mut installs = Vec::new();
         for row in rows {
@@ -96,11 +110,18 @@ impl Db {
 
     /// Queues a new attempt unless one is queued, running or done; returns the row as it now is and
     /// whether a new attempt was queued.
-    pub fn request_install(&self, image: &Image, detail: &str) -> Result<(InstallRow, bool), DbError> {
+    pub fn request_install(
+        &self,
+        image: &Image,
+        detail: &str,
+    ) -> Result<(InstallRow, bool), DbError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let existing = get(&tx, &image.uri)?;
-        if let Some(row) = existing.as_ref().filter(|row| row.state.is_active() || row.state == InstallState::Installed) {
+        if let Some(row) = existing
+            .as_ref()
+            .filter(|row| row.state.is_active() || row.state == InstallState::Installed)
+        {
             return Ok((row.clone(), false));
         }
         let attempt = existing.as_ref().map_or(1, |row| row.attempt + 1);
@@ -124,7 +145,11 @@ impl Db {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let Some(current) = get(&tx, uri)? else {
-            return Err(DbError::IllegalTransition { uri: uri.into(), from: "nothing".into(), to: change.to.to_string() });
+            return Err(DbError::IllegalTransition {
+                uri: uri.into(),
+                from: "nothing".into(),
+                to: change.to.to_string(),
+            });
         };
         if current.state != change.to && !current.state.can_become(change.to) {
             return Err(DbError::IllegalTransition {
@@ -140,7 +165,12 @@ impl Db {
             params![uri, change.to.as_str(), change.detail, change.error, ids.eki, ids.eri, ids.emi, now_unix()],
         )?;
         if current.state != change.to {
-            log_event(&tx, uri, change.to.as_str(), change.error.unwrap_or(change.detail))?;
+            log_event(
+                &tx,
+                uri,
+                change.to.as_str(),
+                change.error.unwrap_or(change.detail),
+            )?;
         }
         let row = get(&tx, uri)?.expect("the row exists");
         tx.commit()?;
@@ -151,7 +181,10 @@ impl Db {
     pub fn clear_error(&self, uri: &str) -> Result<bool, DbError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let cleared = tx.execute("DELETE FROM installs WHERE image_uri = ?1 AND state = 'failed'", [uri])? > 0;
+        let cleared = tx.execute(
+            "DELETE FROM installs WHERE image_uri = ?1 AND state = 'failed'",
+            [uri],
+        )? > 0;
         if cleared {
             log_event(&tx, uri, "cleared", "error cleared by the operator")?;
         }
@@ -167,7 +200,8 @@ impl Db {
             let mut stmt = tx.prepare(
                 "SELECT image_uri FROM installs WHERE state IN ('downloading', 'verifying', 'installing')",
             )?;
-            stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()?
         };
         for uri in &uris {
             tx.execute(
@@ -183,7 +217,8 @@ impl Db {
 
     pub fn events(&self, uri: &str) -> Result<Vec<(String, String)>, DbError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT state, detail FROM events WHERE image_uri = ?1 ORDER BY id")?;
+        let mut stmt =
+            conn.prepare("SELECT state, detail FROM events WHERE image_uri = ?1 ORDER BY id")?;
         let rows = stmt.query_map([uri], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -16,13 +16,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("state database {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("state database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("state database: the schema is version {found}, newer than this proxy knows ({known}); upgrade the proxy")]
+    #[error(
+        "state database: the schema is version {found}, newer than this proxy knows ({known}); upgrade the proxy"
+    )]
     TooNew { found: i64, known: i64 },
     #[error("install of {uri}: {from} cannot become {to}")]
-    IllegalTransition { uri: String, from: String, to: String },
+    IllegalTransition {
+        uri: String,
+        from: String,
+        to: String,
+    },
     #[error("state database: install of {uri} is stored damaged: {cause}")]
     Corrupt { uri: String, cause: String },
 }
@@ -76,7 +85,10 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// The last catalog that verified, exactly as it was signed.
@@ -94,24 +106,37 @@ pub struct Db {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let open_err = |source| DbError::Open { path: path.to_owned(), source };
+        let open_err = |source| DbError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
         // FULL: a committed state change survives power loss, and commits are rare (state changes only).
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         migrate(&mut conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite itself consistent (transactions roll back).
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn schema_version(&self) -> Result<i64, DbError> {
-        Ok(self.lock().pragma_query_value(None, "user_version", |row| row.get(0))?)
+        Ok(self
+            .lock()
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
     }
 
     pub fn load_catalog(&self) -> Result<Option<StoredCatalog>, DbError> {
@@ -132,7 +157,13 @@ impl Db {
             .optional()?)
     }
 
-    pub fn store_catalog(&self, document: &[u8], signature: &[u8], updated: &str, updated_unix: i64) -> Result<(), DbError> {
+    pub fn store_catalog(
+        &self,
+        document: &[u8],
+        signature: &[u8],
+        updated: &str,
+        updated_unix: i64,
+    ) -> Result<(), DbError> {
         self.lock().execute(
             "INSERT INTO catalog (id, updated, updated_unix, document, signature, accepted_at)
              VALUES (1, ?1, ?2, ?3, ?4, ?5)
@@ -176,7 +207,13 @@ impl Db {
             .optional()?)
     }
 
-    pub fn record_cloud_object(&self, cloud: &str, artifact: &str, image_id: &str, location: &str) -> Result<(), DbError> {
+    pub fn record_cloud_object(
+        &self,
+        cloud: &str,
+        artifact: &str,
+        image_id: &str,
+        location: &str,
+    ) -> Result<(), DbError> {
         self.lock().execute(
             "INSERT OR REPLACE INTO cloud_objects (cloud, artifact, image_id, location, registered_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -211,13 +248,17 @@ mod tests {
         let path = dir.path().join("state.sqlite");
         let db = Db::open(&path).unwrap();
         assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        db.mark_file_verified(&"a".repeat(64), 3, "http://x/").unwrap();
+        db.mark_file_verified(&"a".repeat(64), 3, "http://x/")
+            .unwrap();
         drop(db);
         let db = Db::open(&path).unwrap();
         assert!(db.file_is_verified(&"a".repeat(64), 3).unwrap());
         assert!(!db.file_is_verified(&"a".repeat(64), 4).unwrap());
         db.lock().pragma_update(None, "user_version", 99).unwrap();
         drop(db);
-        assert!(matches!(Db::open(&path), Err(DbError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            Db::open(&path),
+            Err(DbError::TooNew { found: 99, .. })
+        ));
     }
 }

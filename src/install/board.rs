@@ -74,10 +74,19 @@ impl Board {
     }
 
     pub fn detail(&self, uri: &str) -> Option<String> {
-        self.views.read().expect("board lock").get(uri).map(|view| view.detail.clone())
+        self.views
+            .read()
+            .expect("board lock")
+            .get(uri)
+            .map(|view| view.detail.clone())
     }
 
     pub fn all(&self) -> Vec<InstallView> {
-        self.views.read().expect("board lock").values().cloned().collect()
+        self.views
+            .read()
+            .expect("board lock")
+            .values()
+            .cloned()
+            .collect()
     }
 }

@@ -12,9 +12,21 @@ const GIB: u64 = 1 << 30;
 pub fn amount(done: u64, total: u64) -> String {
     let (unit, name) = match total {
         t if t >= 10 * GIB => (GIB, "GiB"),
-        t if t >= GIB => return format!("{:.1} of {:.1} GiB", done as f64 / GIB as f64, total as f64 / GIB as f64),
+        t if t >= GIB => {
+            return format!(
+                "{:.1} of {:.1} GiB",
+                done as f64 / GIB as f64,
+                total as f64 / GIB as f64
+            );
+        }
         t if t >= 10 * MIB => (MIB, "MiB"),
-        t if t >= MIB => return format!("{:.1} of {:.1} MiB", done as f64 / MIB as f64, total as f64 / MIB as f64),
+        t if t >= MIB => {
+            return format!(
+                "{:.1} of {:.1} MiB",
+                done as f64 / MIB as f64,
+                total as f64 / MIB as f64
+            );
+        }
         t if t >= KIB => (KIB, "KiB"),
         _ => return format!("{done} of {total} bytes"),
     };
@@ -59,14 +71,20 @@ mod tests {
 
     #[test]
     fn amounts_read_naturally() {
-        assert_eq!(downloading(FileKind::Kernel, 42 * MIB, 117 * MIB), "Downloading kernel: 42 of 117 MiB");
+        assert_eq!(
+            downloading(FileKind::Kernel, 42 * MIB, 117 * MIB),
+            "Downloading kernel: 42 of 117 MiB"
+        );
         assert_eq!(amount(MIB / 2, 2 * MIB + 1), "0.5 of 2.0 MiB");
         assert_eq!(amount(3 * KIB, 64 * KIB), "3 of 64 KiB");
         assert_eq!(amount(0, 100), "0 of 100 bytes");
         assert_eq!(amount(GIB + GIB / 5, 4 * GIB), "1.2 of 4.0 GiB");
         assert_eq!(amount(12 * GIB, 20 * GIB), "12 of 20 GiB");
         assert_eq!(
-            failure("Verifying kernel signature", "made by a key not in the keyring (0x1234ABCD)"),
+            failure(
+                "Verifying kernel signature",
+                "made by a key not in the keyring (0x1234ABCD)"
+            ),
             "Failure encountered while: Verifying kernel signature: made by a key not in the keyring (0x1234ABCD)"
         );
     }

@@ -30,18 +30,30 @@ enum JobError {
     #[error("{0}")]
     Db(#[from] DbError),
     #[error("{what} {path}: {source}")]
-    Disk { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    Disk {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl JobError {
     fn is_cancel(&self) -> bool {
-        matches!(self, JobError::Fetch(FetchError::Cancelled) | JobError::Cloud(CloudError::Cancelled))
+        matches!(
+            self,
+            JobError::Fetch(FetchError::Cancelled) | JobError::Cloud(CloudError::Cancelled)
+        )
     }
 }
 
 /// Runs the install of `uri` to its end: installed, failed or cancelled; or, on shutdown, leaves it
 /// in flight for the next start.
-pub(super) async fn run(installer: &Installer, uri: &str, cancel: &CancellationToken, shutdown: &CancellationToken) {
+pub(super) async fn run(
+    installer: &Installer,
+    uri: &str,
+    cancel: &CancellationToken,
+    shutdown: &CancellationToken,
+) {
     let row = match installer.db.install(uri) {
         Ok(Some(row)) => row,
         Ok(None) => return,
@@ -50,7 +62,11 @@ pub(super) async fn run(installer: &Installer, uri: &str, cancel: &CancellationT
             return;
         }
     };
-    let job = Job { installer, row: &row, cancel };
+    let job = Job {
+        installer,
+        row: &row,
+        cancel,
+    };
     let outcome = job.perform().await;
     let change = match &outcome {
         Ok(ids) => Change {
@@ -60,9 +76,12 @@ pub(super) async fn run(installer: &Installer, uri: &str, cancel: &CancellationT
             ids: Some(ids),
         },
         Err(error) if error.is_cancel() && shutdown.is_cancelled() => return,
-        Err(error) if error.is_cancel() => {
-            Change { to: InstallState::Cancelled, detail: "Cancelled by the operator", error: None, ids: None }
-        }
+        Err(error) if error.is_cancel() => Change {
+            to: InstallState::Cancelled,
+            detail: "Cancelled by the operator",
+            error: None,
+            ids: None,
+        },
         Err(error) => {
             let during = installer.board.detail(uri).unwrap_or_default();
             let line = detail::failure(&during, &error.to_string());
@@ -96,13 +115,26 @@ impl Job<'_> {
     }
 
     fn set_state(&self, to: InstallState, detail: &str) -> Result<(), DbError> {
-        let row = self.installer.db.transition(self.uri(), Change { to, detail, error: None, ids: None })?;
+        let row = self.installer.db.transition(
+            self.uri(),
+            Change {
+                to,
+                detail,
+                error: None,
+                ids: None,
+            },
+        )?;
         self.installer.board.put(&row);
         Ok(())
     }
 
     fn commit_failure(&self, during: &str, line: &str) {
-        let change = Change { to: InstallState::Failed, detail: during, error: Some(line), ids: None };
+        let change = Change {
+            to: InstallState::Failed,
+            detail: during,
+            error: Some(line),
+            ids: None,
+        };
         match self.installer.db.transition(self.uri(), change) {
             Ok(row) => self.installer.board.put(&row),
             Err(error) => tracing::error!(uri = %self.uri(), "cannot record the failure: {error}"),
@@ -118,39 +150,70 @@ impl Job<'_> {
                 self.download(file, done, total).await?;
             }
             done += file.size;
-            self.installer.board.progress(self.uri(), done, total, detail::downloading(file.kind, file.size, file.size));
+            self.installer.board.progress(
+                self.uri(),
+                done,
+                total,
+                detail::downloading(file.kind, file.size, file.size),
+            );
         }
         self.publish_all(&image).await
     }
 
     fn is_cached(&self, file: &FileRef) -> Result<bool, DbError> {
-        Ok(self.installer.db.file_is_verified(file.sha256.as_str(), file.size)?
+        Ok(self
+            .installer
+            .db
+            .file_is_verified(file.sha256.as_str(), file.size)?
             && self.installer.cache.has_complete(&file.sha256, file.size))
     }
 
     async fn download(&self, file: &FileRef, done_before: u64, total: u64) -> Result<(), JobError> {
         let installer = self.installer;
         let cache = &installer.cache;
-        self.set_state(InstallState::Downloading, &detail::downloading(file.kind, 0, file.size))?;
+        self.set_state(
+            InstallState::Downloading,
+            &detail::downloading(file.kind, 0, file.size),
+        )?;
         let signature = match &file.signature_url {
             Some(url) => {
-                installer.board.progress(self.uri(), done_before, total, detail::fetching_signature(file.kind));
-                Some(installer.fetcher.get_small(url, MAX_SIGNATURE_BYTES, SIGNATURE_TIMEOUT).await?)
+                installer.board.progress(
+                    self.uri(),
+                    done_before,
+                    total,
+                    detail::fetching_signature(file.kind),
+                );
+                Some(
+                    installer
+                        .fetcher
+                        .get_small(url, MAX_SIGNATURE_BYTES, SIGNATURE_TIMEOUT)
+                        .await?,
+                )
             }
             None => None,
         };
-        cache.prepare_dir(&file.sha256).map_err(|source| JobError::Disk {
-            what: "creating the cache directory for",
-            path: cache.partial_path(&file.sha256),
-            source,
-        })?;
+        cache
+            .prepare_dir(&file.sha256)
+            .map_err(|source| JobError::Disk {
+                what: "creating the cache directory for",
+                path: cache.partial_path(&file.sha256),
+                source,
+            })?;
         let partial = cache.partial_path(&file.sha256);
         let uri = self.uri().to_string();
         let board = &installer.board;
         let progress = |bytes: u64| {
-            board.progress(&uri, done_before + bytes, total, detail::downloading(file.kind, bytes, file.size));
+            board.progress(
+                &uri,
+                done_before + bytes,
+                total,
+                detail::downloading(file.kind, bytes, file.size),
+            );
         };
-        let digest = installer.fetcher.download(&file.url, &partial, file.size, &progress, self.cancel).await;
+        let digest = installer
+            .fetcher
+            .download(&file.url, &partial, file.size, &progress, self.cancel)
+            .await;
         let digest = match digest {
             Err(error @ FetchError::TooLarge { .. }) => {
                 cache.discard_partial(&file.sha256);
@@ -160,38 +223,67 @@ impl Job<'_> {
         };
         if digest != file.sha256 {
             cache.discard_partial(&file.sha256);
-            return Err(FetchError::Digest { url: file.url.clone(), expected: file.sha256.to_string(), actual: digest.to_string() }.into());
+            return Err(FetchError::Digest {
+                url: file.url.clone(),
+                expected: file.sha256.to_string(),
+                actual: digest.to_string(),
+            }
+            .into());
         }
-        self.set_state(InstallState::Verifying, &detail::verifying(file.kind, signature.is_some()))?;
+        self.set_state(
+            InstallState::Verifying,
+            &detail::verifying(file.kind, signature.is_some()),
+        )?;
         if let Some(signature) = signature {
             let keyring_path = installer.keyring_path.clone();
             let path = partial.clone();
             let verdict = tokio::task::spawn_blocking(move || -> Result<(), JobError> {
                 let keyring = Keyring::load(&keyring_path)?;
-                let data = std::fs::File::open(&path)
-                    .map_err(|source| JobError::Disk { what: "reading", path: path.clone(), source })?;
-                Ok(keyring.verify_reader(std::io::BufReader::with_capacity(1 << 20, data), &signature)?)
+                let data = std::fs::File::open(&path).map_err(|source| JobError::Disk {
+                    what: "reading",
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(keyring
+                    .verify_reader(std::io::BufReader::with_capacity(1 << 20, data), &signature)?)
             })
             .await
             .expect("verification does not panic");
             if let Err(error) = verdict {
-                if matches!(error, JobError::Trust(TrustError::BadSignature(_) | TrustError::UnknownKey(_) | TrustError::BadKey { .. } | TrustError::Malformed(_))) {
+                if matches!(
+                    error,
+                    JobError::Trust(
+                        TrustError::BadSignature(_)
+                            | TrustError::UnknownKey(_)
+                            | TrustError::BadKey { .. }
+                            | TrustError::Malformed(_)
+                    )
+                ) {
                     cache.discard_partial(&file.sha256);
                 }
                 return Err(error);
             }
         }
         // Recorded first, then renamed: a file is trusted only where both agree (cache.rs).
-        installer.db.mark_file_verified(file.sha256.as_str(), file.size, &file.url)?;
+        installer
+            .db
+            .mark_file_verified(file.sha256.as_str(), file.size, &file.url)?;
         cache
             .promote(&file.sha256)
-            .map_err(|source| JobError::Disk { what: "storing", path: cache.path(&file.sha256), source })?;
+            .map_err(|source| JobError::Disk {
+                what: "storing",
+                path: cache.path(&file.sha256),
+                source,
+            })?;
         tracing::info!(uri = %self.uri(), kind = file.kind.noun(), sha256 = file.sha256.short(), "file verified");
         Ok(())
     }
 
     async fn publish_all(&self, image: &Image) -> Result<RegisteredIds, JobError> {
-        self.set_state(InstallState::Installing, &format!("Installing {}", image.title))?;
+        self.set_state(
+            InstallState::Installing,
+            &format!("Installing {}", image.title),
+        )?;
         let total: u64 = image.total_bytes();
         let mut ids = RegisteredIds::default();
         let mut done = 0;
@@ -241,16 +333,39 @@ impl Job<'_> {
     }
 
     /// Publishes an artifact unless this cloud already has it (a kernel shared by two images).
-    async fn publish_once(&self, artifact: &Artifact, done_before: u64, total: u64) -> Result<String, JobError> {
+    async fn publish_once(
+        &self,
+        artifact: &Artifact,
+        done_before: u64,
+        total: u64,
+    ) -> Result<String, JobError> {
         let installer = self.installer;
         let cloud_id = installer.cloud.id().to_string();
         if let Some(id) = installer.db.cloud_object(&cloud_id, &artifact.identity)? {
-            installer.board.progress(self.uri(), done_before + artifact.source_size, total, detail::already_registered(artifact.kind, &id));
+            installer.board.progress(
+                self.uri(),
+                done_before + artifact.source_size,
+                total,
+                detail::already_registered(artifact.kind, &id),
+            );
             return Ok(id);
         }
-        let progress = BoardProgress { installer, uri: self.uri(), done_before, total };
-        let published = installer.cloud.publish(artifact, &progress, self.cancel).await?;
-        installer.db.record_cloud_object(&cloud_id, &artifact.identity, &published.image_id, &published.location)?;
+        let progress = BoardProgress {
+            installer,
+            uri: self.uri(),
+            done_before,
+            total,
+        };
+        let published = installer
+            .cloud
+            .publish(artifact, &progress, self.cancel)
+            .await?;
+        installer.db.record_cloud_object(
+            &cloud_id,
+            &artifact.identity,
+            &published.image_id,
+            &published.location,
+        )?;
         tracing::info!(uri = %self.uri(), id = %published.image_id, location = %published.location, "registered {}", artifact.kind.noun());
         Ok(published.image_id)
     }
@@ -265,7 +380,9 @@ struct BoardProgress<'a> {
 
 impl Progress for BoardProgress<'_> {
     fn report(&self, detail: String, source_done: u64) {
-        self.installer.board.progress(self.uri, self.done_before + source_done, self.total, detail);
+        self.installer
+            .board
+            .progress(self.uri, self.done_before + source_done, self.total, detail);
     }
 }
 
@@ -273,7 +390,13 @@ impl Progress for BoardProgress<'_> {
 fn bundle_name(product: &str, version: &str, suffix: &str) -> String {
     let clean = |text: &str| -> String {
         text.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect::<String>()
             .trim_matches('-')
             .to_string()
@@ -289,7 +412,10 @@ fn bundle_name(product: &str, version: &str, suffix: &str) -> String {
 mod tests {
     #[test]
     fn bundle_names_are_path_safe() {
-        assert_eq!(super::bundle_name("ubuntu server/amd64", "9.10", "kernel"), "ubuntu-server-amd64-9.10-kernel");
+        assert_eq!(
+            super::bundle_name("ubuntu server/amd64", "9.10", "kernel"),
+            "ubuntu-server-amd64-9.10-kernel"
+        );
         assert_eq!(super::bundle_name("../..", "", "image"), "..-..-image");
     }
 }

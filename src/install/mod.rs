@@ -11,8 +11,8 @@ pub mod state;
 use crate::cache::Cache;
 use crate::catalog::model::Image;
 use crate::cloud::Cloud;
-use crate::db::{Db, DbError};
 use crate::db::installs::Change;
+use crate::db::{Db, DbError};
 use crate::fetch::Fetcher;
 use board::{Board, InstallView};
 use state::InstallState;
@@ -86,10 +86,19 @@ impl Installer {
         let running = self.running.lock().expect("running lock");
         if let Some(token) = running.get(uri) {
             token.cancel();
-        } else if self.board.get(uri).is_some_and(|view| view.state == InstallState::Queued) {
+        } else if self
+            .board
+            .get(uri)
+            .is_some_and(|view| view.state == InstallState::Queued)
+        {
             let row = self.db.transition(
                 uri,
-                Change { to: InstallState::Cancelled, detail: "Cancelled by the operator", error: None, ids: None },
+                Change {
+                    to: InstallState::Cancelled,
+                    detail: "Cancelled by the operator",
+                    error: None,
+                    ids: None,
+                },
             )?;
             self.board.put(&row);
         }
@@ -138,16 +147,18 @@ impl Installer {
     }
 
     /// Takes the oldest queued install no worker owns.
-    fn claim_next(&self, shutdown: &CancellationToken) -> Result<Option<(String, CancellationToken)>, DbError> {
+    fn claim_next(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<(String, CancellationToken)>, DbError> {
         if shutdown.is_cancelled() {
             return Ok(None);
         }
         let mut running = self.running.lock().expect("running lock");
-        let next = self
-            .db
-            .installs()?
-            .into_iter()
-            .find(|row| row.state == InstallState::Queued && !running.contains_key(&row.image.uri));
+        let next =
+            self.db.installs()?.into_iter().find(|row| {
+                row.state == InstallState::Queued && !running.contains_key(&row.image.uri)
+            });
         Ok(next.map(|row| {
             let token = shutdown.child_token();
             running.insert(row.image.uri.clone(), token.clone());

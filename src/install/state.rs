@@ -65,13 +65,18 @@ impl InstallState {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            InstallState::Queued | InstallState::Downloading | InstallState::Verifying | InstallState::Installing
+            InstallState::Queued
+                | InstallState::Downloading
+                | InstallState::Verifying
+                | InstallState::Installing
         )
     }
 
     pub fn ui_status(self) -> UiStatus {
         match self {
-            InstallState::Queued | InstallState::Downloading | InstallState::Verifying => UiStatus::Downloading,
+            InstallState::Queued | InstallState::Downloading | InstallState::Verifying => {
+                UiStatus::Downloading
+            }
             InstallState::Installing => UiStatus::Installing,
             InstallState::Installed => UiStatus::Installed,
             InstallState::Failed | InstallState::Cancelled => UiStatus::Uninstalled,
@@ -135,7 +140,11 @@ mod tests {
         ];
         for from in InstallState::ALL {
             for to in InstallState::ALL {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
     }

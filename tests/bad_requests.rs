@@ -1,0 +1,233 @@
+//! Requests the proxy must refuse, each with "Bad request signature" and no state change, and the
+//! JSON every reply carries, errors included (the servlet ignores status codes).
+
+mod common;
+
+use common::{SECRET, TestEnv, state_in};
+use image_store_proxy::api::signature;
+use image_store_proxy::client::ProxyClient;
+use reqwest::Url;
+
+async fn assert_refused(env: &TestEnv, method: &str, url: &Url, params: &[(String, String)]) {
+    let reply = env
+        .client()
+        .send(method, url.clone(), params)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert_eq!(
+        reply.error_message(),
+        Some("Bad request signature"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.body.as_object().unwrap().len(), 1, "{}", reply.body);
+}
+
+fn replace(params: &[(String, String)], name: &str, value: &str) -> Vec<(String, String)> {
+    params
+        .iter()
+        .map(|(n, v)| {
+            if n == name {
+                (n.clone(), value.to_string())
+            } else {
+                (n.clone(), v.clone())
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_forged_expired_and_replayed_requests_change_nothing() {
+    let env = TestEnv::start().await;
+    let karmic = env.image_uri("karmic");
+    let install = Url::parse(
+        state_in(&env.dashboard().await, &karmic).unwrap()["actions"]["install"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let client = env.client();
+    let signed = client.sign("POST", &install, Vec::new());
+
+    // No signature at all.
+    assert_refused(&env, "POST", &install, &[]).await;
+    let unsigned: Vec<_> = signed
+        .iter()
+        .filter(|(n, _)| n != "Signature")
+        .cloned()
+        .collect();
+    assert_refused(&env, "POST", &install, &unsigned).await;
+    // Signed with another secret.
+    let forger = ProxyClient::new(&env.proxy_url(), "not-the-secret", "x").unwrap();
+    assert_refused(
+        &env,
+        "POST",
+        &install,
+        &forger.sign("POST", &install, Vec::new()),
+    )
+    .await;
+    // A parameter changed after signing; the method changed; another signature method named.
+    let tampered = replace(&signed, "ClientId", "someone-else");
+    assert_refused(&env, "POST", &install, &tampered).await;
+    let states = Url::parse(&format!("{}/api/states", env.proxy_url())).unwrap();
+    assert_refused(
+        &env,
+        "GET",
+        &states,
+        &client.sign("POST", &states, Vec::new()),
+    )
+    .await;
+    let other_method = replace(&signed, "SignatureMethod", "HmacSHA1");
+    assert_refused(&env, "POST", &install, &other_method).await;
+    // Expired, and too far in the future: signed correctly, but refused for the time.
+    for expires in [
+        image_store_proxy::db::now_unix() - 1,
+        image_store_proxy::db::now_unix() + 3600,
+    ] {
+        let mut params = Vec::new();
+        let host = signature::signing_host(install.host_str().unwrap(), install.port());
+        let stamp = signature::Stamp {
+            client_id: "c",
+            expires,
+            nonce: "77",
+        };
+        signature::sign_request(
+            SECRET.as_bytes(),
+            "POST",
+            &host,
+            install.path(),
+            &mut params,
+            &stamp,
+        );
+        assert_refused(&env, "POST", &install, &params).await;
+    }
+    // None of that installed anything.
+    assert_eq!(env.state(&karmic).await["status"], "uninstalled");
+    assert!(env.served("/files/").is_empty());
+
+    // The genuine request works once; replayed, it is refused.
+    let reply = client.send("POST", install.clone(), &signed).await.unwrap();
+    assert!(reply.body["state"].is_object(), "{}", reply.body);
+    assert_refused(&env, "POST", &install, &signed).await;
+    env.wait_for_status(&karmic, "installed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_is_an_ascii_json_object_even_errors() {
+    let env = TestEnv::start().await;
+    let client = env.client();
+    let base = env.proxy_url();
+
+    let unknown_image = client
+        .call(
+            "POST",
+            &format!("{base}/api/images/0123456789abcdef/install"),
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown_image.status, 404);
+    assert_eq!(
+        unknown_image.error_message(),
+        Some("Unknown image: 0123456789abcdef")
+    );
+
+    let key = image_store_proxy::catalog::model::image_key(&env.image_uri("karmic"));
+    let unknown_action = client
+        .call(
+            "POST",
+            &format!("{base}/api/images/{key}/explode"),
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        unknown_action
+            .error_message()
+            .unwrap()
+            .starts_with("Unknown action \"explode\""),
+        "{}",
+        unknown_action.body
+    );
+
+    let no_route = client
+        .call("GET", "/api/nothing-here", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(no_route.status, 404);
+    assert!(
+        no_route
+            .error_message()
+            .unwrap()
+            .contains("/api/nothing-here")
+    );
+    let wrong_method = client
+        .call(
+            "GET",
+            &format!("{base}/api/images/{key}/install"),
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status, 405, "{}", wrong_method.body);
+
+    // Raw bytes: the em dash in the lucid summary travels as \u2014.
+    let raw = reqwest::get(format!("{base}/api/dashboard"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(raw.is_ascii());
+    let url = Url::parse(&format!("{base}/api/dashboard")).unwrap();
+    let signed = client.sign("GET", &url, Vec::new());
+    let mut with_query = url.clone();
+    with_query
+        .query_pairs_mut()
+        .extend_pairs(signed.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let raw = reqwest::get(with_query)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(raw.is_ascii());
+    let text = String::from_utf8(raw.to_vec()).unwrap();
+    assert!(
+        text.contains(r"Lucid Lynx \u2014 long-term support"),
+        "{text}"
+    );
+    assert!(text.contains("\"sections\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_and_states_answer_from_the_cache() {
+    let env = TestEnv::start().await;
+    let results = env.client().search("LUCID lts").await.unwrap().body;
+    let uris: Vec<_> = results["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["uri"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(uris, vec![env.image_uri("lucid")]);
+    assert_eq!(results["sections"][0]["title"], "Search results");
+    assert_eq!(
+        results["sections"][0]["image-uris"][0],
+        env.image_uri("lucid").as_str()
+    );
+    assert_eq!(results["states"][0]["status"], "uninstalled");
+
+    // A states poll never carries sections, and answers for each asked image.
+    let states = env
+        .client()
+        .states(&[&env.image_uri("karmic"), &env.image_uri("lucid")])
+        .await
+        .unwrap()
+        .body;
+    assert!(states.get("sections").is_none());
+    assert_eq!(states["states"].as_array().unwrap().len(), 2);
+    let empty = env.client().states(&[]).await.unwrap().body;
+    assert_eq!(empty["states"].as_array().unwrap().len(), 0, "{empty}");
+}

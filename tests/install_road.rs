@@ -1,0 +1,258 @@
+//! The whole road on the embedded defaults: dashboard, install through the signed action URI,
+//! progress, installed in the fake cloud, and everything kept across a restart.
+
+mod common;
+
+use common::{TestEnv, state_in};
+use serde_json::Value;
+
+fn is_id(value: &Value, prefix: &str) -> bool {
+    value.as_str().is_some_and(|id| {
+        id.len() == prefix.len() + 9
+            && id.starts_with(prefix)
+            && id[prefix.len() + 1..]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_goes_from_uninstalled_to_installed_and_stays_installed_after_a_restart() {
+    let mut env = TestEnv::start().await;
+    let karmic = env.image_uri("karmic");
+
+    let dashboard = env.dashboard().await;
+    assert!(dashboard.get("error-message").is_none(), "{dashboard}");
+    let images = dashboard["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    let info = images.iter().find(|i| i["uri"] == karmic.as_str()).unwrap();
+    assert_eq!(info["title"], "Ubuntu 9.10 Server");
+    assert_eq!(info["version"], "9.10");
+    assert!(info["size-in-mb"].as_u64().unwrap() >= 1);
+    let sections = dashboard["sections"].as_array().unwrap();
+    assert!(sections.iter().any(|s| {
+        s["image-uris"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == karmic.as_str())
+    }));
+    let state = state_in(&dashboard, &karmic).unwrap();
+    assert_eq!(state["status"], "uninstalled");
+    let install_uri = state["actions"]["install"].as_str().unwrap();
+    assert_eq!(
+        install_uri,
+        format!(
+            "{}/api/images/{}/install",
+            env.proxy_url(),
+            install_uri.split('/').nth(5).unwrap()
+        )
+    );
+
+    let after_press = env.act(&karmic, "install").await;
+    assert!(
+        ["downloading", "installing", "installed"]
+            .contains(&after_press["status"].as_str().unwrap()),
+        "{after_press}"
+    );
+    let installed = env.wait_for_status(&karmic, "installed").await;
+    assert!(is_id(&installed["emi"], "emi"), "{installed}");
+    assert!(is_id(&installed["eki"], "eki"), "{installed}");
+    assert!(is_id(&installed["eri"], "eri"), "{installed}");
+    assert_eq!(
+        installed["status-detail"],
+        format!("Installed as {}", installed["emi"].as_str().unwrap())
+    );
+    assert!(installed.get("progress-percentage").is_none());
+    assert!(installed["actions"].as_object().unwrap().is_empty());
+
+    // The fake cloud holds the raw kernel, ramdisk and machine image, registered with their links.
+    let cloud = env.data_dir.join("fake-cloud");
+    let bucket = std::fs::read_dir(&cloud)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        bucket
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("image-store-")
+    );
+    let read = |name: &str| std::fs::read(bucket.join(name)).unwrap();
+    assert_eq!(
+        read("ubuntu-server-amd64-9.10-kernel"),
+        env.originals.kernel
+    );
+    assert_eq!(
+        read("ubuntu-server-amd64-9.10-ramdisk"),
+        env.originals.ramdisk
+    );
+    assert_eq!(read("ubuntu-server-amd64-9.10-image"), env.originals.karmic);
+    let registration: Value =
+        serde_json::from_slice(&read("ubuntu-server-amd64-9.10-image.registration.json")).unwrap();
+    assert_eq!(registration["image_id"], installed["emi"]);
+    assert_eq!(registration["kernel_id"], installed["eki"]);
+    assert_eq!(registration["ramdisk_id"], installed["eri"]);
+    assert_eq!(registration["architecture"], "x86_64");
+    assert_eq!(env.cache_files().len(), 3, "{:?}", env.cache_files());
+
+    // Restart on the same data dir: the state and the cache are kept, nothing is fetched again.
+    let file_requests = env.served("/files/").len();
+    env.kill_proxy();
+    env.start_proxy();
+    let dashboard = env.dashboard().await;
+    let state = state_in(&dashboard, &karmic).unwrap();
+    assert_eq!(state["status"], "installed");
+    assert_eq!(state["emi"], installed["emi"]);
+    // Pressing install on an installed image answers its current state.
+    let install_again = format!(
+        "{}/api/images/{}/install",
+        env.proxy_url(),
+        image_store_proxy::catalog::model::image_key(&karmic)
+    );
+    let again = env
+        .client()
+        .call("POST", &install_again, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(again.body["state"]["status"], "installed", "{}", again.body);
+    assert_eq!(
+        env.served("/files/").len(),
+        file_requests,
+        "nothing is downloaded again"
+    );
+    assert_eq!(env.cache_files().len(), 3);
+
+    // The second image shares the kernel and ramdisk: fetched once, registered once.
+    let lucid = env.image_uri("lucid");
+    let lucid_state = state_in(&env.dashboard().await, &lucid).unwrap();
+    assert_eq!(
+        lucid_state["is-upgrade"], true,
+        "an older version of the product is installed: {lucid_state}"
+    );
+    env.act(&lucid, "install").await;
+    let lucid_installed = env.wait_for_status(&lucid, "installed").await;
+    assert_eq!(lucid_installed["eki"], installed["eki"]);
+    assert_eq!(lucid_installed["eri"], installed["eri"]);
+    assert_ne!(lucid_installed["emi"], installed["emi"]);
+    assert!(
+        env.served("/files/lucid/kernel").is_empty(),
+        "the shared kernel comes from the cache"
+    );
+    let lucid_bucket = std::fs::read_dir(&cloud)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("ubuntu-server-amd64-10.04-image").exists())
+        .unwrap();
+    assert_eq!(
+        std::fs::read(lucid_bucket.join("ubuntu-server-amd64-10.04-image")).unwrap(),
+        env.originals.lucid
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_status_detail_move_while_bytes_flow_and_a_dropped_download_resumes_with_range()
+ {
+    let mut env = TestEnv::with_store().await;
+    env.retry_delay_ms = 1500;
+    env.start_proxy();
+    let karmic = env.image_uri("karmic");
+    env.dashboard().await;
+    let cut = 512 << 10;
+    env.store.faults().drop_file_after = Some(cut);
+    env.act(&karmic, "install").await;
+    // The kernel (300 KiB) and ramdisk arrive whole; the machine image is cut at 512 KiB, then
+    // resumed after the retry pause: in that pause the poll shows where it stands.
+    let midway = env
+        .wait_for(
+            &karmic,
+            "a partial machine image download",
+            partial_image_download,
+        )
+        .await;
+    assert!(
+        midway["status-detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(" of 1.1 MiB"),
+        "{midway}"
+    );
+    assert_eq!(midway["status"], "downloading");
+    let percent = midway["progress-percentage"].as_u64().unwrap();
+    assert!(percent > 0 && percent < 100, "{midway}");
+    assert!(midway["actions"]["cancel"].is_string(), "{midway}");
+    env.wait_for_status(&karmic, "installed").await;
+    let image_requests = env.served("/files/karmic/image.gz");
+    assert_eq!(image_requests.len(), 2, "{image_requests:?}");
+    assert_eq!(image_requests[0].range, None);
+    let resumed_at = resumed_from(&image_requests[1]);
+    assert!(
+        resumed_at > 0 && resumed_at <= cut,
+        "resumed at {resumed_at}, cut at {cut}"
+    );
+}
+
+/// The machine image is part-way down: the poll shows it in the status line and the percentage.
+fn partial_image_download(state: &Value) -> bool {
+    let detail = state["status-detail"].as_str().unwrap_or("");
+    detail.starts_with("Downloading machine image: ")
+        && !detail.starts_with("Downloading machine image: 0.0 of")
+        && {
+            let (done, total) = detail
+                .trim_start_matches("Downloading machine image: ")
+                .split_once(" of ")
+                .unwrap();
+            done != total.trim_end_matches(" MiB")
+        }
+}
+
+/// The offset a `Range: bytes=N-` request resumed from.
+fn resumed_from(request: &fake_store::RequestRecord) -> u64 {
+    let range = request
+        .range
+        .as_deref()
+        .unwrap_or_else(|| panic!("no Range in {request:?}"));
+    range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_an_install_and_a_new_install_resumes_the_partial_download() {
+    let mut env = TestEnv::with_store().await;
+    env.retry_delay_ms = 60_000;
+    env.start_proxy();
+    let karmic = env.image_uri("karmic");
+    env.dashboard().await;
+    env.store.faults().drop_file_after = Some(512 << 10);
+    env.act(&karmic, "install").await;
+    env.wait_for(&karmic, "the cut download", partial_image_download)
+        .await;
+    let cancelled = env.act(&karmic, "cancel").await;
+    assert!(
+        cancelled["status"] == "downloading" || cancelled["status"] == "uninstalled",
+        "{cancelled}"
+    );
+    let state = env.wait_for_status(&karmic, "uninstalled").await;
+    assert!(
+        state.get("error-message").is_none(),
+        "a cancel is not an error: {state}"
+    );
+    assert!(state["actions"]["install"].is_string());
+
+    env.kill_proxy();
+    env.retry_delay_ms = 100;
+    env.start_proxy();
+    env.act(&karmic, "install").await;
+    env.wait_for_status(&karmic, "installed").await;
+    let image_requests = env.served("/files/karmic/image.gz");
+    assert_eq!(image_requests.len(), 2, "{image_requests:?}");
+    assert!(resumed_from(&image_requests[1]) > 0, "{image_requests:?}");
+}
