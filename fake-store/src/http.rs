@@ -207,7 +207,9 @@ async fn serve_file(
     let stream = ReaderStream::with_capacity(file.take(sent), 64 << 10);
     let body = if drop_after.is_some() {
         // Promise `count` bytes, send `sent`, then fail the body: the connection is cut mid-file.
+        // The pause makes hyper flush what it buffered, so the client really gets the `sent` bytes.
         let cut = futures_util::stream::once(async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             Err(std::io::Error::other("fault: connection dropped"))
         });
         Body::from_stream(stream.chain(cut))
