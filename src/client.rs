@@ -183,46 +183,27 @@ impl ProxyClient {
         self.call("POST", "/api/states", params).await
     }
 
+    /// Resolves what a person typed (an image URI, or a unique part of its title) to image URIs,
+    /// fetching the dashboard only when some query is not already a URI.
+    pub async fn image_uris(&self, queries: &[String]) -> Result<Vec<String>, ClientError> {
+        if queries.iter().all(|q| q.contains("://")) {
+            return Ok(queries.to_vec());
+        }
+        let dashboard = self.dashboard().await?;
+        queries
+            .iter()
+            .map(|query| {
+                let image = find_image(&dashboard.body, query)?;
+                Ok(image["uri"].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+
     /// Finds the image `query` names (its exact URI, or a unique part of its title) on the
     /// dashboard and POSTs to the action URI its state offers.
     pub async fn act(&self, query: &str, action: &str) -> Result<Reply, ClientError> {
         let dashboard = self.dashboard().await?;
-        let images = dashboard.body["images"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let lower = query.to_lowercase();
-        let exact: Vec<&Value> = images
-            .iter()
-            .filter(|image| image["uri"] == query)
-            .collect();
-        let matches: Vec<&Value> = if exact.is_empty() {
-            images
-                .iter()
-                .filter(|image| {
-                    image["title"]
-                        .as_str()
-                        .is_some_and(|t| t.to_lowercase().contains(&lower))
-                })
-                .collect()
-        } else {
-            exact
-        };
-        let image = match matches.as_slice() {
-            [one] => *one,
-            [] => return Err(ClientError::NoSuchImage(query.into())),
-            many => {
-                let titles = many
-                    .iter()
-                    .filter_map(|i| i["title"].as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(ClientError::Ambiguous {
-                    query: query.into(),
-                    titles,
-                });
-            }
-        };
+        let image = find_image(&dashboard.body, query)?;
         let states = dashboard.body["states"]
             .as_array()
             .cloned()
@@ -240,6 +221,38 @@ impl ProxyClient {
             });
         };
         self.call("POST", uri, Vec::new()).await
+    }
+}
+
+/// The dashboard image whose URI is `query`, or the only one whose title contains it.
+fn find_image<'a>(dashboard: &'a Value, query: &str) -> Result<&'a Value, ClientError> {
+    let images = dashboard["images"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if let Some(image) = images.iter().find(|image| image["uri"] == query) {
+        return Ok(image);
+    }
+    let lower = query.to_lowercase();
+    let matches: Vec<&Value> = images
+        .iter()
+        .filter(|image| {
+            image["title"]
+                .as_str()
+                .is_some_and(|t| t.to_lowercase().contains(&lower))
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => Err(ClientError::NoSuchImage(query.into())),
+        many => Err(ClientError::Ambiguous {
+            query: query.into(),
+            titles: many
+                .iter()
+                .filter_map(|i| i["title"].as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 
@@ -272,8 +285,9 @@ pub enum Call {
     Dashboard,
     /// Search the cached catalog
     Search { words: Vec<String> },
-    /// States of the given image URIs plus every install under way or failed
-    States { uris: Vec<String> },
+    /// States of the given images (URIs or unique parts of titles) plus every install under way
+    /// or failed
+    States { images: Vec<String> },
     /// Install an image (its URI or a unique part of its title)
     Install { image: String },
     /// Cancel an install
@@ -288,7 +302,8 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
     let reply = match &args.call {
         Call::Dashboard => client.dashboard().await?,
         Call::Search { words } => client.search(&words.join(" ")).await?,
-        Call::States { uris } => {
+        Call::States { images } => {
+            let uris = client.image_uris(images).await?;
             client
                 .states(&uris.iter().map(String::as_str).collect::<Vec<_>>())
                 .await?
@@ -306,5 +321,32 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
             Err(ClientError::Proxy(message.into()))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_image_is_found_by_uri_or_by_a_unique_part_of_its_title() {
+        let dashboard = json!({"images": [
+            {"uri": "http://store/images/a", "title": "Ubuntu 9.10 Server"},
+            {"uri": "http://store/images/b", "title": "Ubuntu 10.04 LTS Server"},
+        ]});
+        let uri = |q| find_image(&dashboard, q).map(|i| i["uri"].as_str().unwrap().to_string());
+        assert_eq!(
+            uri("http://store/images/b").unwrap(),
+            "http://store/images/b"
+        );
+        assert_eq!(uri("ubuntu 9.10").unwrap(), "http://store/images/a");
+        assert!(matches!(uri("Debian"), Err(ClientError::NoSuchImage(_))));
+        match uri("Server") {
+            Err(ClientError::Ambiguous { titles, .. }) => {
+                assert_eq!(titles, "Ubuntu 9.10 Server, Ubuntu 10.04 LTS Server")
+            }
+            other => panic!("expected an ambiguity, got {other:?}"),
+        }
     }
 }

@@ -100,7 +100,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          Each command below signs its request when it runs (signatures live 30 s):\n\
          \x20 {client} dashboard\n\
          \x20 {client} install 'Ubuntu 9.10'\n\
-         \x20 {client} states\n\n\
+         \x20 {client} states 'Ubuntu 9.10'\n\n\
          Ctrl-C stops the demo; run it again to see the state kept.\n",
         images = images.display(),
         proxy = proxy_dir.display(),

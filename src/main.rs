@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use image_store_proxy::{app, client, config::DaemonArgs};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,7 @@ fn init_logs(debug: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
