@@ -43,6 +43,11 @@ async fn get(url: &str, range: Option<&str>) -> reqwest::Response {
     request.send().await.unwrap()
 }
 
+/// The image set a top-level directory serves: its own name.
+fn set_name(dir: &Path) -> String {
+    dir.file_name().unwrap().to_str().unwrap().to_string()
+}
+
 /// `gpgv` with the committed test keyring: did GnuPG accept `signature` over `data`?
 fn gpgv_accepts(data: &[u8], signature: &[u8]) -> bool {
     let dir = tempfile::tempdir().unwrap();
@@ -109,13 +114,7 @@ async fn ranges_are_served_as_http_says() {
     let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     std::fs::write(dir.path().join("image"), &bytes).unwrap();
     let served = serve(dir.path()).await;
-    let name = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let name = set_name(dir.path());
     let url = format!("{}/files/{name}/image", served.base);
 
     let whole = get(&url, None).await;
@@ -226,13 +225,7 @@ async fn a_signature_file_on_disk_is_served_as_is_and_faults_apply() {
     std::fs::write(dir.path().join("image"), &image).unwrap();
     std::fs::write(dir.path().join("image.asc"), b"whatever the test put here").unwrap();
     let served = serve(dir.path()).await;
-    let name = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let name = set_name(dir.path());
     let asc = get(&format!("{}/files/{name}/image.asc", served.base), None)
         .await
         .bytes()
