@@ -83,10 +83,11 @@ impl Demo {
 
     /// Ctrl-C, as the demo's last line says.
     fn interrupt(mut self) {
-        let pid = self.child.id().to_string();
+        // The shell's `kill` builtin: a bare machine may have no procps.
+        let kill = format!("kill -INT {}", self.child.id());
         assert!(
-            Command::new("kill")
-                .args(["-INT", &pid])
+            Command::new("sh")
+                .args(["-c", &kill])
                 .status()
                 .unwrap()
                 .success()
