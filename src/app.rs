@@ -4,7 +4,9 @@
 use crate::api::{self, AppState, nonce::NonceBook};
 use crate::cache::Cache;
 use crate::catalog::{CatalogError, CatalogService};
-use crate::cloud::{Cloud, fake::FakeCloud};
+use crate::cloud::credentials::{self, CredentialsError};
+use crate::cloud::eucalyptus::EucalyptusCloud;
+use crate::cloud::{Cloud, CloudError, fake::FakeCloud};
 use crate::config::{CloudMode, Config};
 use crate::db::{Db, DbError};
 use crate::fetch::{FetchError, Fetcher};
@@ -30,11 +32,10 @@ pub enum AppError {
     Catalog(#[from] CatalogError),
     #[error("HTTP client: {0}")]
     Http(#[from] FetchError),
-    #[error(
-        "no cloud to install into: this build installs only into the local fake cloud; run with --fake-eucalyptus=SECRET \
-         (installing into a real Eucalyptus or EC2 cloud is not implemented yet)"
-    )]
-    NoCloud,
+    #[error("{0}")]
+    Credentials(#[from] CredentialsError),
+    #[error("{0}")]
+    Cloud(#[from] CloudError),
     #[error("serving the UI API: {0}")]
     Serve(std::io::Error),
 }
@@ -47,7 +48,23 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let (cloud, secret): (Arc<dyn Cloud>, String) = match &config.cloud {
         CloudMode::Fake { secret } => (Arc::new(FakeCloud::new(&config.data_dir)), secret.clone()),
-        CloudMode::Eucalyptus { .. } => return Err(AppError::NoCloud),
+        CloudMode::Eucalyptus { cloud_config } => {
+            // The Store servlet signs with the administrator's secret key (SPEC §4.1).
+            let credentials = match cloud_config {
+                Some(file) => credentials::load(file)?,
+                None => credentials::from_euca_conf(&config.data_dir)?,
+            };
+            tracing::info!(
+                ec2 = %credentials.ec2_url,
+                s3 = %credentials.s3_url,
+                signature = ?credentials.signature,
+                "installing into the cloud of {}",
+                credentials.source.display()
+            );
+            let secret = credentials.key.secret.clone();
+            let cloud = EucalyptusCloud::new(credentials, &config.data_dir, config.retry)?;
+            (Arc::new(cloud), secret)
+        }
     };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
         path: config.data_dir.clone(),

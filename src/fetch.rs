@@ -74,7 +74,7 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         self.first_delay
             .saturating_mul(1 << attempt.min(16))
             .min(self.max_delay)

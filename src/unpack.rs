@@ -37,20 +37,31 @@ impl Read for Metered<'_> {
     }
 }
 
-/// Calls `install` with the image's name (for tarballs, the member's file name) and a reader of its
-/// raw bytes. `consumed` is told how far into the source file the work has got.
+/// The raw image bytes as they stream out of the source file.
+pub struct ImageStream<'a> {
+    /// For a tarball, the member's file name.
+    pub name: Option<&'a str>,
+    /// The number of bytes `reader` yields, when known before reading them: a tar member's
+    /// header says, and an uncompressed file is its own size. A gzipped file does not say.
+    pub size: Option<u64>,
+    pub reader: &'a mut dyn Read,
+}
+
+/// Calls `install` with a stream of the image's raw bytes. `consumed` is told how far into the
+/// source file the work has got.
 pub fn with_image_bytes<T, E: From<UnpackError>>(
     path: &Path,
     compression: Compression,
     packing: Packing,
     consumed: &(dyn Fn(u64) + Sync),
-    install: impl FnOnce(Option<&str>, &mut dyn Read) -> Result<T, E>,
+    install: impl FnOnce(ImageStream<'_>) -> Result<T, E>,
 ) -> Result<T, E> {
     let read_error = |source| UnpackError::Read {
         path: path.to_owned(),
         source,
     };
     let file = File::open(path).map_err(read_error)?;
+    let source_size = file.metadata().map_err(read_error)?.len();
     let metered = Metered {
         inner: file,
         consumed: 0,
@@ -65,7 +76,11 @@ pub fn with_image_bytes<T, E: From<UnpackError>>(
         ))),
     };
     match packing {
-        Packing::Raw => install(None, &mut decompressed),
+        Packing::Raw => install(ImageStream {
+            name: None,
+            size: (compression == Compression::None).then_some(source_size),
+            reader: &mut decompressed,
+        }),
         Packing::Tar => {
             let mut archive = tar::Archive::new(decompressed);
             for entry in archive.entries().map_err(read_error)? {
@@ -82,7 +97,12 @@ pub fn with_image_bytes<T, E: From<UnpackError>>(
                     continue;
                 };
                 if name.ends_with(".img") {
-                    return install(Some(&name), &mut entry);
+                    let size = entry.size();
+                    return install(ImageStream {
+                        name: Some(&name),
+                        size: Some(size),
+                        reader: &mut entry,
+                    });
                 }
             }
             Err(UnpackError::NoImage {
@@ -91,6 +111,26 @@ pub fn with_image_bytes<T, E: From<UnpackError>>(
             .into())
         }
     }
+}
+
+/// The number of raw image bytes in a source file: read off a tar header or the file itself when
+/// possible, else counted by decompressing once (a gzip trailer holds the size only modulo 4 GiB,
+/// and only for its last member).
+pub fn image_size(
+    path: &Path,
+    compression: Compression,
+    packing: Packing,
+    consumed: &(dyn Fn(u64) + Sync),
+) -> Result<u64, UnpackError> {
+    with_image_bytes(path, compression, packing, consumed, |stream| {
+        if let Some(size) = stream.size {
+            return Ok(size);
+        }
+        io::copy(stream.reader, &mut io::sink()).map_err(|source| UnpackError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    })
 }
 
 #[cfg(test)]
@@ -110,15 +150,16 @@ mod tests {
         compression: Compression,
         packing: Packing,
     ) -> Result<(Option<String>, Vec<u8>), UnpackError> {
-        with_image_bytes(path, compression, packing, &|_| {}, |name, reader| {
+        with_image_bytes(path, compression, packing, &|_| {}, |stream| {
             let mut out = Vec::new();
-            reader
+            stream
+                .reader
                 .read_to_end(&mut out)
                 .map_err(|source| UnpackError::Read {
                     path: path.into(),
                     source,
                 })?;
-            Ok((name.map(str::to_owned), out))
+            Ok((stream.name.map(str::to_owned), out))
         })
     }
 

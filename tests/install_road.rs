@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::openssl::{self, WrappedFor};
 use common::{TestEnv, state_in};
 use serde_json::Value;
 
@@ -66,38 +67,54 @@ async fn an_image_goes_from_uninstalled_to_installed_and_stays_installed_after_a
     assert!(installed.get("progress-percentage").is_none());
     assert!(installed["actions"].as_object().unwrap().is_empty());
 
-    // The fake cloud holds the raw kernel, ramdisk and machine image, registered with their links.
+    // The fake cloud holds an EC2 bundle of each (the same bundle code a real cloud gets), which
+    // openssl, gzip and tar open with the fake cloud's user key, registered with their links.
     let cloud = env.data_dir.join("fake-cloud");
     let bucket = std::fs::read_dir(&cloud)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    assert!(
-        bucket
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with("image-store-")
-    );
-    let read = |name: &str| std::fs::read(bucket.join(name)).unwrap();
-    assert_eq!(
-        read("ubuntu-server-amd64-9.10-kernel"),
-        env.originals.kernel
-    );
-    assert_eq!(
-        read("ubuntu-server-amd64-9.10-ramdisk"),
-        env.originals.ramdisk
-    );
-    assert_eq!(read("ubuntu-server-amd64-9.10-image"), env.originals.karmic);
-    let registration: Value =
-        serde_json::from_slice(&read("ubuntu-server-amd64-9.10-image.registration.json")).unwrap();
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("image-store-")
+        })
+        .expect("the fake cloud holds the install's bucket");
+    let user_key = cloud.join("keys/user-pk.pem");
+    for (prefix, original) in [
+        ("ubuntu-server-amd64-9.10-kernel", &env.originals.kernel),
+        ("ubuntu-server-amd64-9.10-ramdisk", &env.originals.ramdisk),
+        ("ubuntu-server-amd64-9.10-image", &env.originals.karmic),
+    ] {
+        let manifest = bucket.join(format!("{prefix}.manifest.xml"));
+        let opened = openssl::open_bundle(
+            &manifest,
+            &user_key,
+            WrappedFor::User,
+            &env.dir.path().join(prefix),
+        );
+        assert_eq!(opened.member, prefix);
+        assert!(
+            &opened.image == original,
+            "{prefix} differs from what upstream served"
+        );
+    }
+    let registration: Value = serde_json::from_slice(
+        &std::fs::read(bucket.join("ubuntu-server-amd64-9.10-image.registration.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(registration["image_id"], installed["emi"]);
     assert_eq!(registration["kernel_id"], installed["eki"]);
     assert_eq!(registration["ramdisk_id"], installed["eri"]);
     assert_eq!(registration["architecture"], "x86_64");
+    assert!(
+        registration["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("/ubuntu-server-amd64-9.10-image.manifest.xml"),
+        "{registration}"
+    );
     assert_eq!(env.cache_files().len(), 3, "{:?}", env.cache_files());
 
     // Restart on the same data dir: the state and the cache are kept, nothing is fetched again.
@@ -147,11 +164,27 @@ async fn an_image_goes_from_uninstalled_to_installed_and_stays_installed_after_a
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.join("ubuntu-server-amd64-10.04-image").exists())
+        .find(|p| {
+            p.join("ubuntu-server-amd64-10.04-image.manifest.xml")
+                .exists()
+        })
         .unwrap();
-    assert_eq!(
-        std::fs::read(lucid_bucket.join("ubuntu-server-amd64-10.04-image")).unwrap(),
-        env.originals.lucid
+    assert!(
+        !lucid_bucket
+            .join("ubuntu-server-amd64-10.04-kernel.manifest.xml")
+            .exists(),
+        "the shared kernel is bundled once"
+    );
+    let opened = openssl::open_bundle(
+        &lucid_bucket.join("ubuntu-server-amd64-10.04-image.manifest.xml"),
+        &user_key,
+        WrappedFor::User,
+        &env.dir.path().join("lucid"),
+    );
+    assert_eq!(opened.member, "ubuntu-server-amd64-10.04-image");
+    assert!(
+        opened.image == env.originals.lucid,
+        "the tarball's image, bundled"
     );
 }
 

@@ -17,19 +17,8 @@ pub const CLIENT_TTL_SECS: i64 = 30;
 /// The furthest in the future an `Expires` may lie before we call it forged.
 pub const MAX_EXPIRES_AHEAD_SECS: i64 = 15 * 60;
 
-/// Writes `name=value` pairs the way the servlet's signer does: every byte of the UTF-8 form but
-/// `A-Z a-z 0-9 - _ . ~` becomes `%XX`, upper-case hex (so a space is `%20`, never `+`).
-pub fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
+/// Writes `name=value` pairs the way the servlet's signer does (RFC 3986 unreserved bytes kept).
+pub use crate::rfc3986::encode;
 
 /// Java `String` order (UTF-16 code units), which the servlet's `TreeMap`s use.
 fn java_cmp(a: &str, b: &str) -> std::cmp::Ordering {

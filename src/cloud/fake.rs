@@ -1,21 +1,25 @@
-//! `--fake-eucalyptus`: a cloud on the local disk. Each artifact's image bytes land in
-//! `<data-dir>/fake-cloud/<bucket>/<name>` beside a `<name>.registration.json` record, under an id
-//! derived from what was registered (so the same artifact always gets the same id), in the form
-//! Eucalyptus uses: `emi-` and 8 upper-case hex digits. Nothing leaves the machine.
+//! `--fake-eucalyptus`: a cloud on the local disk. Each artifact is bundled exactly as for a real
+//! cloud (`bundle.rs`): parts and manifest land in `<data-dir>/fake-cloud/<bucket>/` beside a
+//! `<prefix>.registration.json` record, under an id derived from what was registered (so the same
+//! artifact always gets the same id) in the form Eucalyptus uses: `emi-` and 8 upper-case hex
+//! digits. The "user" and "cloud" keys are made once in `<data-dir>/fake-cloud/keys/`, so the
+//! bundles can be decrypted with `openssl` as the cloud would. Nothing leaves the machine.
 
-use super::{Artifact, Cloud, CloudError, Progress, PublishFuture, Published, id_prefix};
-use crate::install::detail;
-use crate::unpack::{self, UnpackError};
+use super::keys::{self, BundleKeys};
+use super::{
+    Artifact, Cloud, CloudError, Progress, PublishFuture, Published, bundle_artifact, id_prefix,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub struct FakeCloud {
     root: PathBuf,
     id: String,
+    /// Made or loaded on the first install, not at start-up: key generation takes a moment.
+    keys: Mutex<Option<BundleKeys>>,
 }
 
 #[derive(Serialize)]
@@ -28,7 +32,10 @@ struct Registration<'a> {
     kernel_id: Option<&'a str>,
     ramdisk_id: Option<&'a str>,
     size: u64,
-    sha256: String,
+    bundled_size: u64,
+    parts: Vec<&'a str>,
+    /// SHA-1 of the bundle's tar stream, as the manifest states it.
+    digest: &'a str,
 }
 
 impl FakeCloud {
@@ -37,7 +44,13 @@ impl FakeCloud {
         Self {
             id: format!("fake:{}", root.display()),
             root,
+            keys: Mutex::new(None),
         }
+    }
+
+    /// Where the fake cloud's "user" and "cloud" private keys are kept.
+    pub fn keys_dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("fake-cloud").join("keys")
     }
 
     /// The id a registration gets: stable for the same artifact, distinct for different ones.
@@ -50,6 +63,20 @@ impl FakeCloud {
         )
     }
 
+    fn keys(&self) -> Result<BundleKeys, CloudError> {
+        let mut keys = self.keys.lock().expect("the key lock is never poisoned");
+        if let Some(keys) = keys.as_ref() {
+            return Ok(keys.clone());
+        }
+        let dir = self.root.join("keys");
+        let made = keys::fake_cloud_keys(&dir).map_err(|e| CloudError::Write {
+            path: dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        *keys = Some(made.clone());
+        Ok(made)
+    }
+
     fn publish_blocking(
         &self,
         artifact: &Artifact,
@@ -57,47 +84,12 @@ impl FakeCloud {
         cancel: &CancellationToken,
     ) -> Result<Published, CloudError> {
         let bucket = self.root.join(&artifact.bucket);
-        let write_error = |path: &Path| {
-            let path = path.to_owned();
-            move |source| CloudError::Write { path, source }
-        };
-        std::fs::create_dir_all(&bucket).map_err(write_error(&bucket))?;
-        let target = bucket.join(&artifact.name);
-        let partial = bucket.join(format!("{}.part", artifact.name));
+        let keys = self.keys()?;
+        let bundle = bundle_artifact(artifact, &keys, &bucket, progress, cancel)?;
         let noun = artifact.kind.noun();
-        let report = |done: u64| {
-            progress.report(
-                format!(
-                    "Storing {noun} in the fake cloud: {}",
-                    detail::amount(done, artifact.source_size)
-                ),
-                done,
-            )
-        };
-        let (size, sha256) = unpack::with_image_bytes(
-            &artifact.source,
-            artifact.compression,
-            artifact.packing,
-            &report,
-            |_, reader| {
-                let file = File::create(&partial).map_err(write_error(&partial))?;
-                let copied = copy_hashing(
-                    reader,
-                    BufWriter::with_capacity(1 << 20, file),
-                    cancel,
-                    &artifact.source,
-                    &partial,
-                );
-                if copied.is_err() {
-                    let _ = std::fs::remove_file(&partial);
-                }
-                copied
-            },
-        )?;
-        std::fs::rename(&partial, &target).map_err(write_error(&target))?;
         progress.report(format!("Registering {noun}"), artifact.source_size);
         let image_id = Self::image_id(artifact);
-        let location = format!("{}/{}", artifact.bucket, artifact.name);
+        let location = format!("{}/{}", artifact.bucket, bundle.manifest_name);
         let record = Registration {
             image_id: &image_id,
             kind: noun,
@@ -106,51 +98,19 @@ impl FakeCloud {
             architecture: &artifact.arch,
             kernel_id: artifact.kernel_id.as_deref(),
             ramdisk_id: artifact.ramdisk_id.as_deref(),
-            size,
-            sha256,
+            size: bundle.size,
+            bundled_size: bundle.bundled_size,
+            parts: bundle.parts.iter().map(|p| p.file_name.as_str()).collect(),
+            digest: &bundle.digest,
         };
         let record_path = bucket.join(format!("{}.registration.json", artifact.name));
         let json = serde_json::to_vec_pretty(&record).expect("a registration serialises");
-        std::fs::write(&record_path, json).map_err(write_error(&record_path))?;
+        std::fs::write(&record_path, json).map_err(|source| CloudError::Write {
+            path: record_path.clone(),
+            source,
+        })?;
         Ok(Published { image_id, location })
     }
-}
-
-fn copy_hashing(
-    reader: &mut dyn Read,
-    mut writer: BufWriter<File>,
-    cancel: &CancellationToken,
-    source_path: &Path,
-    path: &Path,
-) -> Result<(u64, String), CloudError> {
-    let write_error = |source| CloudError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let read_error = |source| UnpackError::Read {
-        path: source_path.to_owned(),
-        source,
-    };
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        if cancel.is_cancelled() {
-            return Err(CloudError::Cancelled);
-        }
-        let n = reader.read(&mut buffer).map_err(read_error)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        writer.write_all(&buffer[..n]).map_err(write_error)?;
-        size += n as u64;
-    }
-    let file = writer
-        .into_inner()
-        .map_err(|e| write_error(e.into_error()))?;
-    file.sync_all().map_err(write_error)?;
-    Ok((size, hex::encode(hasher.finalize())))
 }
 
 impl Cloud for FakeCloud {

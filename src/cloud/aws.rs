@@ -1,0 +1,162 @@
+//! What the S3 and EC2 clients share: one HTTP client, retries with backoff for what may pass (5xx,
+//! timeouts, dropped connections), and the clouds' XML errors turned into one line a person can act
+//! on ("the cloud refused RegisterImage: AuthFailure: ...").
+
+use super::CloudError;
+use crate::fetch::{RetryPolicy, describe};
+use reqwest::{Response, StatusCode, Url};
+use std::future::Future;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A cloud call's outcome when it did not succeed: worth another try, or final.
+pub enum Failure {
+    Transient(CloudError),
+    Permanent(CloudError),
+}
+
+impl Failure {
+    pub fn into_error(self) -> CloudError {
+        match self {
+            Failure::Transient(e) | Failure::Permanent(e) => e,
+        }
+    }
+}
+
+pub fn http_client() -> Result<reqwest::Client, CloudError> {
+    crate::fetch::install_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(concat!("image-store-proxy/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        // A 10 MiB part over a slow link still fits; a hung server does not hold an install forever.
+        .timeout(Duration::from_secs(600))
+        .build()
+        .map_err(|e| CloudError::Unreachable {
+            action: "starting",
+            url: String::new(),
+            cause: e.to_string(),
+        })
+}
+
+/// `host[:port]` as the request's `Host` header carries it.
+pub fn host_header(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    }
+}
+
+/// A transport error: always worth another try.
+pub fn unreachable(action: &'static str, url: &Url, error: &reqwest::Error) -> Failure {
+    Failure::Transient(CloudError::Unreachable {
+        action,
+        url: url.to_string(),
+        cause: describe(error),
+    })
+}
+
+/// Reads a non-success response into a failure: 5xx, 408 and 429 are transient.
+pub async fn refused(action: &'static str, response: Response) -> Failure {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let error = CloudError::Refused {
+        action,
+        reason: error_line(status, &body),
+    };
+    if status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+    {
+        Failure::Transient(error)
+    } else {
+        Failure::Permanent(error)
+    }
+}
+
+/// `Code: Message` from an S3 (`<Error>`) or EC2 (`<Response><Errors><Error>`) error body, or the
+/// HTTP status when the body says nothing useful.
+pub fn error_line(status: StatusCode, body: &str) -> String {
+    let parsed = roxmltree::Document::parse(body).ok().and_then(|doc| {
+        let error = doc
+            .descendants()
+            .find(|n| n.has_tag_name("Error") || n.has_tag_name("error"))?;
+        let text = |name: &str| {
+            error
+                .children()
+                .find(|n| n.tag_name().name().eq_ignore_ascii_case(name))
+                .and_then(|n| n.text())
+                .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+        };
+        let code = text("Code")?;
+        Some(match text("Message") {
+            Some(message) if !message.is_empty() => format!("{code}: {message}"),
+            _ => code,
+        })
+    });
+    parsed.unwrap_or_else(|| {
+        let reason = status.canonical_reason().unwrap_or("");
+        format!("HTTP {} {reason}", status.as_u16())
+            .trim_end()
+            .to_string()
+    })
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or transient failures use up the policy;
+/// the pause doubles each time. Cancelling stops the waiting.
+pub async fn with_retries<T, F, Fut>(
+    retry: &RetryPolicy,
+    cancel: &CancellationToken,
+    mut attempt: F,
+) -> Result<T, CloudError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let mut tries = 0;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(CloudError::Cancelled);
+        }
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(Failure::Permanent(error)) => return Err(error),
+            Err(Failure::Transient(error)) => {
+                tries += 1;
+                if tries >= retry.attempts {
+                    return Err(error);
+                }
+                tracing::warn!("{error}; trying again ({tries} of {})", retry.attempts);
+                tokio::select! {
+                    _ = tokio::time::sleep(retry.delay(tries - 1)) => {}
+                    _ = cancel.cancelled() => return Err(CloudError::Cancelled),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec2_and_s3_errors_become_one_line() {
+        let ec2 = "<?xml version=\"1.0\"?><Response><Errors><Error><Code>AuthFailure</Code>\
+                   <Message>AWS was not able to validate the provided access credentials</Message>\
+                   </Error></Errors><RequestID>x</RequestID></Response>";
+        assert_eq!(
+            error_line(StatusCode::UNAUTHORIZED, ec2),
+            "AuthFailure: AWS was not able to validate the provided access credentials"
+        );
+        let s3 = "<Error><Code>NoSuchBucket</Code><Message>The specified bucket\n does not exist</Message></Error>";
+        assert_eq!(
+            error_line(StatusCode::NOT_FOUND, s3),
+            "NoSuchBucket: The specified bucket does not exist"
+        );
+        assert_eq!(
+            error_line(StatusCode::INTERNAL_SERVER_ERROR, "<html>oops"),
+            "HTTP 500 Internal Server Error"
+        );
+    }
+}

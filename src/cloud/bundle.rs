@@ -1,0 +1,586 @@
+//! EC2 image bundles, byte-compatible with `euca-bundle-image` (SPEC §7): the image as the one
+//! member of a GNU tar stream, the SHA-1 of that stream, gzip, AES-128-CBC under a random key and
+//! IV, cut into 10 MiB parts `<prefix>.part.NN`, and `<prefix>.manifest.xml` describing and signing
+//! it all. Every byte passes once through one chain of writers, so memory stays flat whatever the
+//! image's size. Pure and synchronous: the caller runs it on a blocking thread.
+
+use super::keys::BundleKeys;
+use crate::catalog::model::FileKind;
+use aes::Aes128;
+use cbc::cipher::{BlockEncryptMut, KeyIvInit, generic_array::GenericArray};
+use flate2::write::GzEncoder;
+use rsa::{Pkcs1v15Encrypt, Pkcs1v15Sign};
+use sha1::{Digest, Sha1};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// euca2ools' part size: 10 MiB.
+pub const PART_SIZE: u64 = 10 << 20;
+/// Python's `tarfile` pads a stream to a whole record of 20 blocks.
+const TAR_RECORD: u64 = 20 * 512;
+/// The longest prefix a GNU tar header holds without extensions.
+pub const MAX_PREFIX: usize = 100;
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("reading the image: {0}")]
+    Read(io::Error),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("the image gave {actual} bytes where {expected} were expected")]
+    SizeMismatch { expected: u64, actual: u64 },
+    #[error("bundle name {0:?} must be 1-100 characters of A-Z a-z 0-9 . _ -")]
+    BadName(String),
+    #[error("encrypting the bundle key for the {which} certificate: {cause}")]
+    WrapKey { which: &'static str, cause: String },
+    #[error("signing the manifest with the user key: {0}")]
+    Sign(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What to bundle.
+#[derive(Debug, Clone)]
+pub struct BundleSpec<'a> {
+    /// The bundle prefix: the tar member's name and the parts' and manifest's file names.
+    pub prefix: &'a str,
+    pub kind: FileKind,
+    /// `i386`, `x86_64`, ...
+    pub arch: &'a str,
+    /// For a machine image: the kernel and ramdisk it boots with.
+    pub kernel_id: Option<&'a str>,
+    pub ramdisk_id: Option<&'a str>,
+    /// The image's size in bytes: the tar header states it before the bytes flow.
+    pub size: u64,
+    /// gzip level, 0-9.
+    pub level: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub file_name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha1: String,
+}
+
+/// A finished bundle on disk.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest_name: String,
+    pub manifest_path: PathBuf,
+    pub parts: Vec<Part>,
+    /// SHA-1 of the tar stream.
+    pub digest: String,
+    pub size: u64,
+    pub bundled_size: u64,
+}
+
+/// Told how many image bytes went in; `false` stops the bundle (cancelled).
+pub type Progress<'a> = &'a mut dyn FnMut(u64) -> bool;
+
+/// Writes the bundle of the `spec.size` bytes `image` yields into `dir`.
+pub fn write_bundle(
+    image: &mut dyn Read,
+    spec: &BundleSpec<'_>,
+    keys: &BundleKeys,
+    dir: &Path,
+    progress: Progress<'_>,
+) -> Result<Bundle, BundleError> {
+    if spec.prefix.is_empty()
+        || spec.prefix.len() > MAX_PREFIX
+        || !spec
+            .prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        || spec.prefix.starts_with('.')
+    {
+        return Err(BundleError::BadName(spec.prefix.to_string()));
+    }
+    let mut rng = rand::rngs::OsRng;
+    let key: [u8; 16] = rand::Rng::r#gen(&mut rng);
+    let iv: [u8; 16] = rand::Rng::r#gen(&mut rng);
+
+    let sink = PartSink::new(dir, spec.prefix);
+    let cipher = CbcWriter::new(sink, &key, &iv);
+    let gzip = GzEncoder::new(cipher, flate2::Compression::new(spec.level.min(9)));
+    let mut tar = HashingWriter {
+        inner: gzip,
+        hasher: Sha1::new(),
+    };
+    let write_error = |source| BundleError::Write {
+        path: dir.join(format!("{}.part.*", spec.prefix)),
+        source,
+    };
+
+    tar.write_all(&tar_header(spec.prefix, spec.size))
+        .map_err(write_error)?;
+    let copied = copy_exact(image, &mut tar, spec.size, progress)?;
+    let padding = (512 - copied % 512) % 512;
+    let body_end = 512 + copied + padding + 1024;
+    let record_padding = (TAR_RECORD - body_end % TAR_RECORD) % TAR_RECORD;
+    write_zeros(&mut tar, padding + 1024 + record_padding).map_err(write_error)?;
+
+    let digest = hex::encode(tar.hasher.finalize());
+    let cipher = tar.inner.finish().map_err(write_error)?;
+    let sink = cipher.finish().map_err(write_error)?;
+    let parts = sink.finish()?;
+
+    let manifest = Manifest {
+        spec,
+        keys,
+        digest: &digest,
+        parts: &parts,
+        key_hex: &hex::encode(key),
+        iv_hex: &hex::encode(iv),
+    }
+    .render()?;
+    let manifest_name = format!("{}.manifest.xml", spec.prefix);
+    let manifest_path = dir.join(&manifest_name);
+    write_file_synced(&manifest_path, manifest.as_bytes())?;
+    Ok(Bundle {
+        manifest_name,
+        manifest_path,
+        bundled_size: parts.iter().map(|p| p.size).sum(),
+        parts,
+        digest,
+        size: spec.size,
+    })
+}
+
+fn copy_exact(
+    image: &mut dyn Read,
+    out: &mut dyn Write,
+    expected: u64,
+    progress: Progress<'_>,
+) -> Result<u64, BundleError> {
+    let mut buffer = vec![0u8; CHUNK];
+    let mut copied = 0u64;
+    loop {
+        let n = match image.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(BundleError::Read(e)),
+        };
+        copied += n as u64;
+        if copied > expected {
+            return Err(BundleError::SizeMismatch {
+                expected,
+                actual: copied,
+            });
+        }
+        out.write_all(&buffer[..n])
+            .map_err(|source| BundleError::Write {
+                path: PathBuf::from("bundle part"),
+                source,
+            })?;
+        if !progress(copied) {
+            return Err(BundleError::Cancelled);
+        }
+    }
+    if copied != expected {
+        return Err(BundleError::SizeMismatch {
+            expected,
+            actual: copied,
+        });
+    }
+    Ok(copied)
+}
+
+fn write_zeros(out: &mut dyn Write, mut count: u64) -> io::Result<()> {
+    let zeros = [0u8; 512];
+    while count > 0 {
+        let n = count.min(zeros.len() as u64) as usize;
+        out.write_all(&zeros[..n])?;
+        count -= n as u64;
+    }
+    Ok(())
+}
+
+/// The GNU tar header Python's `tarfile` writes for a stream member: mode 0644, owner 0/0, mtime 0.
+fn tar_header(name: &str, size: u64) -> [u8; 512] {
+    let mut header = tar::Header::new_gnu();
+    header
+        .set_path(name)
+        .expect("a validated prefix fits a tar header");
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    *header.as_bytes()
+}
+
+fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let error = |source| BundleError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::create(path).map_err(error)?;
+    file.write_all(bytes).map_err(error)?;
+    file.sync_all().map_err(error)
+}
+
+/// Hashes what passes through on its way to `inner`.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha1,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// AES-128-CBC with PKCS#7 padding, as `openssl enc -aes-128-cbc -K .. -iv ..` writes it (no
+/// `Salted__` header).
+struct CbcWriter<W> {
+    inner: W,
+    cipher: cbc::Encryptor<Aes128>,
+    /// Bytes waiting to fill a block.
+    pending: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl<W: Write> CbcWriter<W> {
+    fn new(inner: W, key: &[u8; 16], iv: &[u8; 16]) -> Self {
+        Self {
+            inner,
+            cipher: cbc::Encryptor::<Aes128>::new(key.into(), iv.into()),
+            pending: Vec::with_capacity(16),
+            scratch: Vec::with_capacity(CHUNK + 16),
+        }
+    }
+
+    fn encrypt_in_place(cipher: &mut cbc::Encryptor<Aes128>, blocks: &mut [u8]) {
+        for block in blocks.chunks_exact_mut(16) {
+            cipher.encrypt_block_mut(GenericArray::from_mut_slice(block));
+        }
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        let pad = 16 - self.pending.len() as u8;
+        self.pending.resize(16, pad);
+        let mut last = std::mem::take(&mut self.pending);
+        Self::encrypt_in_place(&mut self.cipher, &mut last);
+        self.inner.write_all(&last)?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for CbcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let total = self.pending.len() + buf.len();
+        if total < 16 {
+            self.pending.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        let whole = total - total % 16;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.pending);
+        let from_buf = whole - self.pending.len();
+        self.scratch.extend_from_slice(&buf[..from_buf]);
+        Self::encrypt_in_place(&mut self.cipher, &mut self.scratch);
+        self.inner.write_all(&self.scratch)?;
+        self.pending.clear();
+        self.pending.extend_from_slice(&buf[from_buf..]);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Cuts the encrypted stream into `PART_SIZE` files, each with its SHA-1.
+struct PartSink {
+    dir: PathBuf,
+    prefix: String,
+    current: Option<(BufWriter<File>, Part, Sha1)>,
+    done: Vec<Part>,
+}
+
+impl PartSink {
+    fn new(dir: &Path, prefix: &str) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            prefix: prefix.to_string(),
+            current: None,
+            done: Vec::new(),
+        }
+    }
+
+    fn open_next(&mut self) -> io::Result<()> {
+        let file_name = format!("{}.part.{:02}", self.prefix, self.done.len());
+        let path = self.dir.join(&file_name);
+        let file = File::create(&path)?;
+        self.current = Some((
+            BufWriter::with_capacity(CHUNK, file),
+            Part {
+                file_name,
+                path,
+                size: 0,
+                sha1: String::new(),
+            },
+            Sha1::new(),
+        ));
+        Ok(())
+    }
+
+    fn close_current(&mut self) -> io::Result<()> {
+        if let Some((writer, mut part, hasher)) = self.current.take() {
+            let file = writer.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            part.sha1 = hex::encode(hasher.finalize());
+            self.done.push(part);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<Part>, BundleError> {
+        let path = self
+            .current
+            .as_ref()
+            .map(|(_, part, _)| part.path.clone())
+            .unwrap_or_else(|| self.dir.clone());
+        self.close_current()
+            .map_err(|source| BundleError::Write { path, source })?;
+        Ok(self.done)
+    }
+}
+
+impl Write for PartSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|(_, part, _)| part.size == PART_SIZE)
+        {
+            self.close_current()?;
+        }
+        if self.current.is_none() {
+            self.open_next()?;
+        }
+        let (writer, part, hasher) = self.current.as_mut().expect("a part is open");
+        let room = (PART_SIZE - part.size) as usize;
+        let n = buf.len().min(room);
+        writer.write_all(&buf[..n])?;
+        hasher.update(&buf[..n]);
+        part.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.current.as_mut() {
+            Some((writer, _, _)) => writer.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The manifest, version 2007-10-10, in euca2ools' element order and with no whitespace between
+/// elements. The signature covers `<machine_configuration>…</machine_configuration><image>…</image>`
+/// exactly as written, because Eucalyptus finds both by substring search.
+struct Manifest<'a> {
+    spec: &'a BundleSpec<'a>,
+    keys: &'a BundleKeys,
+    digest: &'a str,
+    parts: &'a [Part],
+    key_hex: &'a str,
+    iv_hex: &'a str,
+}
+
+/// Eucalyptus' default block device mapping for a machine image, sorted by virtual name.
+const MACHINE_BLOCK_DEVICES: [(&str, &str); 4] = [
+    ("ami", "sda1"),
+    ("ephemeral0", "sda2"),
+    ("root", "/dev/sda1"),
+    ("swap", "sda3"),
+];
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+impl Manifest<'_> {
+    fn machine_configuration(&self) -> String {
+        let spec = self.spec;
+        let mut xml = String::from("<machine_configuration>");
+        xml.push_str(&format!(
+            "<architecture>{}</architecture>",
+            escape(spec.arch)
+        ));
+        match spec.kind {
+            FileKind::Image => {
+                xml.push_str("<block_device_mapping>");
+                for (virtual_name, device) in MACHINE_BLOCK_DEVICES {
+                    xml.push_str(&format!(
+                        "<mapping><virtual>{virtual_name}</virtual><device>{device}</device></mapping>"
+                    ));
+                }
+                xml.push_str("</block_device_mapping>");
+                if let Some(kernel) = spec.kernel_id {
+                    xml.push_str(&format!("<kernel_id>{}</kernel_id>", escape(kernel)));
+                }
+                if let Some(ramdisk) = spec.ramdisk_id {
+                    xml.push_str(&format!("<ramdisk_id>{}</ramdisk_id>", escape(ramdisk)));
+                }
+            }
+            // Eucalyptus' mark for a kernel or ramdisk, beside the image type.
+            FileKind::Kernel => xml.push_str("<kernel_id>true</kernel_id>"),
+            FileKind::Ramdisk => xml.push_str("<ramdisk_id>true</ramdisk_id>"),
+        }
+        xml.push_str("</machine_configuration>");
+        xml
+    }
+
+    fn image(&self) -> Result<String, BundleError> {
+        let spec = self.spec;
+        let kind = match spec.kind {
+            FileKind::Kernel => "kernel",
+            FileKind::Ramdisk => "ramdisk",
+            FileKind::Image => "machine",
+        };
+        let wrap = |which: &'static str, key: &rsa::RsaPublicKey, text: &str| {
+            key.encrypt(&mut rand::rngs::OsRng, Pkcs1v15Encrypt, text.as_bytes())
+                .map(hex::encode)
+                .map_err(|e| BundleError::WrapKey {
+                    which,
+                    cause: e.to_string(),
+                })
+        };
+        let keys = self.keys;
+        let mut xml = String::from("<image>");
+        xml.push_str(&format!("<name>{}</name>", escape(spec.prefix)));
+        xml.push_str(&format!("<user>{}</user>", escape(&keys.user_id)));
+        xml.push_str(&format!("<type>{kind}</type>"));
+        xml.push_str(&format!(
+            "<digest algorithm=\"SHA1\">{}</digest>",
+            self.digest
+        ));
+        xml.push_str(&format!("<size>{}</size>", spec.size));
+        xml.push_str(&format!(
+            "<bundled_size>{}</bundled_size>",
+            self.parts.iter().map(|p| p.size).sum::<u64>()
+        ));
+        xml.push_str(&format!(
+            "<ec2_encrypted_key algorithm=\"AES-128-CBC\">{}</ec2_encrypted_key>",
+            wrap("cloud", &keys.cloud_cert, self.key_hex)?
+        ));
+        xml.push_str(&format!(
+            "<user_encrypted_key algorithm=\"AES-128-CBC\">{}</user_encrypted_key>",
+            wrap("user", &keys.user_cert, self.key_hex)?
+        ));
+        xml.push_str(&format!(
+            "<ec2_encrypted_iv>{}</ec2_encrypted_iv>",
+            wrap("cloud", &keys.cloud_cert, self.iv_hex)?
+        ));
+        xml.push_str(&format!(
+            "<user_encrypted_iv>{}</user_encrypted_iv>",
+            wrap("user", &keys.user_cert, self.iv_hex)?
+        ));
+        xml.push_str(&format!("<parts count=\"{}\">", self.parts.len()));
+        for (index, part) in self.parts.iter().enumerate() {
+            xml.push_str(&format!(
+                "<part index=\"{index}\"><filename>{}</filename><digest algorithm=\"SHA1\">{}</digest></part>",
+                escape(&part.file_name),
+                part.sha1
+            ));
+        }
+        xml.push_str("</parts></image>");
+        Ok(xml)
+    }
+
+    fn render(&self) -> Result<String, BundleError> {
+        let machine_configuration = self.machine_configuration();
+        let image = self.image()?;
+        let signed = format!("{machine_configuration}{image}");
+        let signature = self
+            .keys
+            .user_key
+            .sign(
+                Pkcs1v15Sign::new::<Sha1>(),
+                &Sha1::digest(signed.as_bytes()),
+            )
+            .map_err(|e| BundleError::Sign(e.to_string()))?;
+        Ok(format!(
+            "<?xml version='1.0' encoding='ASCII'?>\n<manifest><version>2007-10-10</version>\
+             <bundler><name>image-store-proxy</name><version>{}</version><release>0</release></bundler>\
+             {signed}<signature>{}</signature></manifest>",
+            env!("CARGO_PKG_VERSION"),
+            hex::encode(signature)
+        ))
+    }
+}
+
+/// The string the manifest's signature covers, cut out of a manifest as Eucalyptus does.
+pub fn signed_text(manifest: &str) -> Option<&str> {
+    let start = manifest.find("<machine_configuration>")?;
+    let end = manifest.find("</image>")? + "</image>".len();
+    (start < end).then(|| &manifest[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cbc_writer_pads_like_pkcs7_whatever_the_write_sizes() {
+        let key = [7u8; 16];
+        let iv = [9u8; 16];
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let one_go = {
+            let mut writer = CbcWriter::new(Vec::new(), &key, &iv);
+            writer.write_all(&data).unwrap();
+            writer.finish().unwrap()
+        };
+        let dribbled = {
+            let mut writer = CbcWriter::new(Vec::new(), &key, &iv);
+            for chunk in data.chunks(7) {
+                writer.write_all(chunk).unwrap();
+            }
+            writer.finish().unwrap()
+        };
+        assert_eq!(one_go, dribbled);
+        assert_eq!(one_go.len(), 1008, "1000 bytes pad to 63 blocks");
+        use cbc::cipher::{BlockDecryptMut, block_padding::Pkcs7};
+        let plain = cbc::Decryptor::<Aes128>::new(&key.into(), &iv.into())
+            .decrypt_padded_vec_mut::<Pkcs7>(&one_go)
+            .unwrap();
+        assert_eq!(plain, data);
+    }
+
+    #[test]
+    fn tar_header_is_gnu_with_zeroed_owner_and_time() {
+        let header = tar_header("vmlinuz", 1234);
+        let parsed = tar::Header::from_byte_slice(&header);
+        assert!(parsed.as_gnu().is_some());
+        assert_eq!(parsed.size().unwrap(), 1234);
+        assert_eq!(parsed.mode().unwrap(), 0o644);
+        assert_eq!(parsed.mtime().unwrap(), 0);
+        assert_eq!(&*parsed.path().unwrap(), Path::new("vmlinuz"));
+    }
+
+    #[test]
+    fn signed_text_spans_configuration_and_image() {
+        let manifest = "<manifest><machine_configuration>a</machine_configuration><image>b</image><signature>s</signature></manifest>";
+        assert_eq!(
+            signed_text(manifest),
+            Some("<machine_configuration>a</machine_configuration><image>b</image>")
+        );
+    }
+}

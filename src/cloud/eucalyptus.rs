@@ -1,0 +1,202 @@
+//! A real cloud: Eucalyptus, or any EC2/S3-compatible one (SPEC §7). Each artifact is bundled under
+//! `<data-dir>/bundles/<bucket>/<prefix>/`, its parts and manifest uploaded (parts the bucket
+//! already holds with the same MD5 are skipped), and the manifest registered. Registration looks
+//! first: `DescribeImages` finds an image registered from the same manifest (or, on clouds that do
+//! not report locations, under the same name), so a retry after a lost reply never registers twice.
+
+use super::aws;
+use super::bundle::{Bundle, Part};
+use super::credentials::CloudCredentials;
+use super::ec2::{Ec2, Registration};
+use super::keys::BundleKeys;
+use super::s3::S3;
+use super::{Artifact, Cloud, CloudError, Progress, PublishFuture, Published, bundle_artifact};
+use crate::fetch::RetryPolicy;
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+pub struct EucalyptusCloud {
+    id: String,
+    s3: S3,
+    ec2: Ec2,
+    keys: BundleKeys,
+    bundles: PathBuf,
+    bucket: Option<String>,
+    retry: RetryPolicy,
+}
+
+impl EucalyptusCloud {
+    pub fn new(
+        credentials: CloudCredentials,
+        data_dir: &Path,
+        retry: RetryPolicy,
+    ) -> Result<Self, CloudError> {
+        let client = aws::http_client()?;
+        let id = format!(
+            "ec2:{}#{}",
+            credentials.ec2_url, credentials.bundle_keys.user_id
+        );
+        Ok(Self {
+            id,
+            s3: S3::new(
+                client.clone(),
+                credentials.s3_url,
+                credentials.key.clone(),
+                credentials.signature,
+                credentials.region.clone(),
+                retry,
+            ),
+            ec2: Ec2::new(
+                client,
+                credentials.ec2_url,
+                credentials.key,
+                credentials.signature,
+                credentials.region,
+            ),
+            keys: credentials.bundle_keys,
+            bundles: data_dir.join("bundles"),
+            bucket: credentials.bucket,
+            retry,
+        })
+    }
+
+    async fn publish_artifact(
+        &self,
+        artifact: &Artifact,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Published, CloudError> {
+        let bucket = self.bucket.as_deref().unwrap_or(&artifact.bucket);
+        let dir = self.bundles.join(bucket).join(&artifact.name);
+        let bundle = match finished_bundle(&dir, &artifact.name) {
+            Some(bundle) => bundle,
+            None => tokio::task::block_in_place(|| {
+                bundle_artifact(artifact, &self.keys, &dir, progress, cancel)
+            })?,
+        };
+        let noun = artifact.kind.noun();
+        let size = artifact.source_size;
+        let count = bundle.parts.len() as u64;
+        progress.report(
+            format!("Uploading {noun} bundle: checking the bucket"),
+            size / 2,
+        );
+        self.s3.ensure_bucket(bucket, cancel).await?;
+        for (index, part) in bundle.parts.iter().enumerate() {
+            let number = index as u64 + 1;
+            progress.report(
+                format!("Uploading {noun} bundle: part {number} of {count}"),
+                size / 2 + size / 2 * index as u64 / count.max(1),
+            );
+            let bytes = read(&part.path).await?;
+            self.s3
+                .put_unless_present(bucket, &part.file_name, bytes, cancel)
+                .await?;
+        }
+        progress.report(format!("Uploading {noun} bundle: manifest"), size);
+        let manifest = read(&bundle.manifest_path).await?;
+        self.s3
+            .put_unless_present(bucket, &bundle.manifest_name, manifest, cancel)
+            .await?;
+
+        let location = format!("{bucket}/{}", bundle.manifest_name);
+        progress.report(format!("Registering {noun}"), size);
+        let registration = Registration {
+            location: &location,
+            name: &artifact.name,
+            architecture: &artifact.arch,
+            kernel_id: artifact.kernel_id.as_deref(),
+            ramdisk_id: artifact.ramdisk_id.as_deref(),
+        };
+        let image_id = aws::with_retries(&self.retry, cancel, || async {
+            let images = self.ec2.own_images().await?;
+            let earlier = images.iter().find(|image| match &image.location {
+                Some(found) => *found == location,
+                None => image.name.as_deref() == Some(artifact.name.as_str()),
+            });
+            if let Some(image) = earlier {
+                tracing::info!(id = %image.id, %location, "already registered");
+                return Ok(image.id.clone());
+            }
+            self.ec2.register(&registration).await
+        })
+        .await?;
+        if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+            tracing::warn!("removing the uploaded bundle {}: {error}", dir.display());
+        }
+        Ok(Published { image_id, location })
+    }
+}
+
+async fn read(path: &Path) -> Result<bytes::Bytes, CloudError> {
+    tokio::fs::read(path)
+        .await
+        .map(bytes::Bytes::from)
+        .map_err(|source| CloudError::Write {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// A bundle an earlier attempt finished: its manifest is written last, after every part, so a
+/// manifest whose parts are all present describes a whole bundle (uploaded again only where the
+/// bucket lacks a part).
+fn finished_bundle(dir: &Path, prefix: &str) -> Option<Bundle> {
+    let manifest_name = format!("{prefix}.manifest.xml");
+    let manifest_path = dir.join(&manifest_name);
+    let text = std::fs::read_to_string(&manifest_path).ok()?;
+    let doc = roxmltree::Document::parse(&text).ok()?;
+    let field = |name: &str| {
+        doc.descendants()
+            .find(|n| n.has_tag_name(name))
+            .and_then(|n| n.text())
+            .map(str::to_string)
+    };
+    let mut parts = Vec::new();
+    for part in doc.descendants().filter(|n| n.has_tag_name("part")) {
+        let file_name = part
+            .children()
+            .find(|n| n.has_tag_name("filename"))?
+            .text()?
+            .to_string();
+        let sha1 = part
+            .children()
+            .find(|n| n.has_tag_name("digest"))?
+            .text()?
+            .to_string();
+        if file_name.contains('/') {
+            return None;
+        }
+        let path = dir.join(&file_name);
+        let size = std::fs::metadata(&path).ok()?.len();
+        parts.push(Part {
+            file_name,
+            path,
+            size,
+            sha1,
+        });
+    }
+    Some(Bundle {
+        manifest_name,
+        manifest_path,
+        digest: field("digest")?,
+        size: field("size")?.parse().ok()?,
+        bundled_size: parts.iter().map(|p| p.size).sum(),
+        parts,
+    })
+}
+
+impl Cloud for EucalyptusCloud {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn publish<'a>(
+        &'a self,
+        artifact: &'a Artifact,
+        progress: &'a dyn Progress,
+        cancel: &'a CancellationToken,
+    ) -> PublishFuture<'a> {
+        Box::pin(self.publish_artifact(artifact, progress, cancel))
+    }
+}

@@ -1,0 +1,278 @@
+//! The S3 calls a bundle upload needs, as `euca-upload-bundle` makes them (SPEC §7): check the
+//! bucket (`GET ?max-keys=0`) and create it when missing, then `PUT` each part and the manifest with
+//! `x-amz-acl: aws-exec-read` (the cloud reads manifests as that system account), with an explicit
+//! Content-Length and Content-MD5. A part already there with the same MD5 is not sent again.
+//! Path-style addressing under the endpoint's own path (Walrus lives at `/services/Walrus`).
+
+use super::CloudError;
+use super::aws::{self, Failure};
+use super::sign::{self, AccessKey, SignatureVersion, V4Scope};
+use crate::fetch::RetryPolicy;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use md5::{Digest, Md5};
+use reqwest::{Method, StatusCode, Url};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+use tokio_util::sync::CancellationToken;
+
+/// The canned ACL that lets the cloud's image service read the bundle.
+pub const BUNDLE_ACL: &str = "aws-exec-read";
+
+pub struct S3 {
+    client: reqwest::Client,
+    endpoint: Url,
+    key: AccessKey,
+    signature: SignatureVersion,
+    region: String,
+    retry: RetryPolicy,
+}
+
+/// One request before signing.
+struct Call<'a> {
+    method: Method,
+    /// `/bucket` or `/bucket/key`, under the endpoint's path.
+    resource: String,
+    query: &'a str,
+    headers: Vec<(&'static str, String)>,
+    body: bytes::Bytes,
+}
+
+impl S3 {
+    pub fn new(
+        client: reqwest::Client,
+        endpoint: Url,
+        key: AccessKey,
+        signature: SignatureVersion,
+        region: String,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            client,
+            endpoint,
+            key,
+            signature,
+            region,
+            retry,
+        }
+    }
+
+    /// `/services/Walrus/bucket/key`: the endpoint's path, then the object's.
+    fn path(&self, bucket: &str, key: Option<&str>) -> String {
+        let base = self.endpoint.path().trim_end_matches('/');
+        match key {
+            Some(key) => format!("{base}/{bucket}/{}", sign::encode_path(key)),
+            None => format!("{base}/{bucket}"),
+        }
+    }
+
+    fn url(&self, path: &str, query: &str) -> Url {
+        let mut url = self.endpoint.clone();
+        url.set_path(path);
+        url.set_query((!query.is_empty()).then_some(query));
+        url
+    }
+
+    /// Sends `call` signed as configured. The body is cloned per attempt (cheap: `Bytes`).
+    async fn send(
+        &self,
+        action: &'static str,
+        call: &Call<'_>,
+    ) -> Result<reqwest::Response, Failure> {
+        let url = self.url(&call.resource, call.query);
+        let now = OffsetDateTime::now_utc();
+        let mut headers = call.headers.clone();
+        let content_md5 = headers
+            .iter()
+            .find(|(n, _)| *n == "content-md5")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        match self.signature {
+            SignatureVersion::V2 => {
+                let date = now.format(&Rfc2822).expect("a date formats");
+                let amz: Vec<(&str, &str)> = headers
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("x-amz-"))
+                    .map(|(n, v)| (*n, v.as_str()))
+                    .collect();
+                // Only sub-resources are signed; `max-keys` is a plain parameter.
+                let string_to_sign = sign::s3_v2_string_to_sign(
+                    call.method.as_str(),
+                    &content_md5,
+                    "",
+                    &date,
+                    &amz,
+                    &call.resource,
+                );
+                headers.push(("date", date));
+                headers.push((
+                    "authorization",
+                    sign::s3_v2_authorization(&self.key, &string_to_sign),
+                ));
+            }
+            SignatureVersion::V4 => {
+                let amz_date = sign::amz_date(now);
+                let payload = sign::sha256_hex(&call.body);
+                headers.push(("x-amz-date", amz_date.clone()));
+                headers.push(("x-amz-content-sha256", payload.clone()));
+                let mut signed: Vec<(String, String)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.clone()))
+                    .collect();
+                signed.push(("host".into(), aws::host_header(&url)));
+                let query: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(n, v)| (n.into_owned(), v.into_owned()))
+                    .collect();
+                let authorization = sign::v4_authorization(
+                    &self.key,
+                    &V4Scope {
+                        region: self.region.clone(),
+                        service: "s3".into(),
+                    },
+                    &amz_date,
+                    &sign::V4Request {
+                        method: call.method.as_str(),
+                        path: url.path(),
+                        query: &query,
+                        headers: &signed,
+                        payload_sha256: &payload,
+                    },
+                );
+                headers.push(("authorization", authorization));
+            }
+        }
+        let mut request = self
+            .client
+            .request(call.method.clone(), url.clone())
+            .header("content-length", call.body.len())
+            .body(call.body.clone());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| aws::unreachable(action, &url, &e))
+    }
+
+    /// Creates `bucket` unless it exists (and is ours).
+    pub async fn ensure_bucket(
+        &self,
+        bucket: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), CloudError> {
+        aws::with_retries(&self.retry, cancel, || async {
+            let check = Call {
+                method: Method::GET,
+                resource: self.path(bucket, None),
+                query: "max-keys=0",
+                headers: Vec::new(),
+                body: bytes::Bytes::new(),
+            };
+            let response = self.send("checking the bucket", &check).await?;
+            match response.status() {
+                status if status.is_success() => return Ok(()),
+                StatusCode::NOT_FOUND => {}
+                _ => return Err(aws::refused("checking the bucket", response).await),
+            }
+            let body = if self.signature == SignatureVersion::V4 && self.region != "us-east-1" {
+                format!(
+                    "<CreateBucketConfiguration><LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
+                    self.region
+                )
+            } else {
+                String::new()
+            };
+            let create = Call {
+                method: Method::PUT,
+                resource: self.path(bucket, None),
+                query: "",
+                headers: Vec::new(),
+                body: body.into(),
+            };
+            let response = self.send("CreateBucket", &create).await?;
+            if response.status().is_success() {
+                return Ok(());
+            }
+            let failure = aws::refused("CreateBucket", response).await;
+            match &failure {
+                // Created by a retry of ours that the network hid from us.
+                Failure::Permanent(CloudError::Refused { reason, .. })
+                    if reason.starts_with("BucketAlreadyOwnedByYou") =>
+                {
+                    Ok(())
+                }
+                _ => Err(failure),
+            }
+        })
+        .await
+    }
+
+    /// The object's MD5 (hex) as its ETag gives it, or `None` when it is not there.
+    async fn stored_md5(&self, bucket: &str, key: &str) -> Result<Option<String>, Failure> {
+        let call = Call {
+            method: Method::HEAD,
+            resource: self.path(bucket, Some(key)),
+            query: "",
+            headers: Vec::new(),
+            body: bytes::Bytes::new(),
+        };
+        let response = self.send("checking an uploaded part", &call).await?;
+        match response.status() {
+            status if status.is_success() => Ok(response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim_matches('"').to_ascii_lowercase())),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(aws::refused("checking an uploaded part", response).await),
+        }
+    }
+
+    /// PUTs `body` as `bucket/key` readable by the cloud, unless an object with the same MD5 is
+    /// already there. Returns whether bytes were sent.
+    pub async fn put_unless_present(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: bytes::Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<bool, CloudError> {
+        let md5 = Md5::digest(&body);
+        let md5_hex = hex::encode(md5);
+        let md5_base64 = BASE64.encode(md5);
+        aws::with_retries(&self.retry, cancel, || async {
+            if self.stored_md5(bucket, key).await?.as_deref() == Some(md5_hex.as_str()) {
+                return Ok(false);
+            }
+            let call = Call {
+                method: Method::PUT,
+                resource: self.path(bucket, Some(key)),
+                query: "",
+                headers: vec![
+                    ("content-md5", md5_base64.clone()),
+                    ("x-amz-acl", BUNDLE_ACL.to_string()),
+                ],
+                body: body.clone(),
+            };
+            let response = self.send("PutObject", &call).await?;
+            if !response.status().is_success() {
+                return Err(aws::refused("PutObject", response).await);
+            }
+            let etag = response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim_matches('"').to_ascii_lowercase());
+            match etag {
+                Some(etag) if etag != md5_hex => Err(Failure::Transient(CloudError::Refused {
+                    action: "PutObject",
+                    reason: format!("{key} arrived damaged: ETag {etag}, MD5 sent {md5_hex}"),
+                })),
+                _ => Ok(true),
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,188 @@
+//! The bundle format, proved with the standard tools only: keys and certificates made by `openssl`,
+//! the AES key and IV recovered with `openssl pkeyutl`, the parts decrypted by `openssl enc`,
+//! gunzipped and untarred, the image compared byte for byte, the manifest's signature checked by
+//! `openssl dgst -sha1 -verify`, and every digest and size recomputed.
+
+mod common;
+
+use common::openssl::{self, WrappedFor};
+use image_store_proxy::catalog::model::FileKind;
+use image_store_proxy::cloud::bundle::{self, BundleSpec, PART_SIZE};
+use image_store_proxy::cloud::keys::{self, BundleKeys};
+use std::path::Path;
+
+fn keys(dir: &Path) -> (BundleKeys, [std::path::PathBuf; 4]) {
+    let (user_key, user_cert) = openssl::make_identity(dir, "user");
+    let (cloud_key, cloud_cert) = openssl::make_identity(dir, "cloud");
+    let keys = BundleKeys {
+        user_id: "123456789012".into(),
+        user_cert: keys::load_certificate_key(&user_cert).unwrap(),
+        user_key: keys::load_private_key(&user_key).unwrap(),
+        cloud_cert: keys::load_certificate_key(&cloud_cert).unwrap(),
+    };
+    (keys, [user_key, user_cert, cloud_key, cloud_cert])
+}
+
+#[test]
+fn a_machine_image_bundle_opens_with_openssl_gzip_and_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, [user_key, user_cert, cloud_key, _]) = keys(dir.path());
+    // Disk-image-like bytes, then enough noise (which gzip cannot shrink) for three parts.
+    let mut image = common::image_bytes(7, 3_000_001);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    image.extend((0..2 * PART_SIZE as usize + 123).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u8
+    }));
+    let out = dir.path().join("bundle");
+    std::fs::create_dir_all(&out).unwrap();
+    let spec = BundleSpec {
+        prefix: "ubuntu-9.10-image",
+        kind: FileKind::Image,
+        arch: "x86_64",
+        kernel_id: Some("eki-1234ABCD"),
+        ramdisk_id: Some("eri-5678EF01"),
+        size: image.len() as u64,
+        level: 6,
+    };
+    let mut reported = 0;
+    let made = bundle::write_bundle(&mut &image[..], &spec, &keys, &out, &mut |done| {
+        reported = done;
+        true
+    })
+    .unwrap();
+    assert_eq!(reported, image.len() as u64);
+
+    // The image comes back byte for byte through the user's key and through the cloud's.
+    let opened = openssl::open_bundle(
+        &made.manifest_path,
+        &user_key,
+        WrappedFor::User,
+        &dir.path().join("u"),
+    );
+    assert_eq!(opened.member, "ubuntu-9.10-image");
+    assert!(opened.image == image, "the untarred image differs");
+    let by_cloud = openssl::open_bundle(
+        &made.manifest_path,
+        &cloud_key,
+        WrappedFor::Cloud,
+        &dir.path().join("c"),
+    );
+    assert!(by_cloud.image == image);
+    // A tar stream as Python's tarfile writes it: whole 10240-byte records.
+    assert_eq!(opened.tar.len() % 10240, 0);
+    let listing = openssl::run("tar", &["-tvf", "-"], Some(&opened.tar));
+    let listing = String::from_utf8_lossy(&listing);
+    assert!(listing.starts_with("-rw-r--r-- 0/0"), "{listing}");
+
+    openssl::verify_manifest_signature(&made.manifest_path, &user_cert, &dir.path().join("s"));
+
+    // Every digest and size the manifest states, recomputed.
+    let manifest = std::fs::read_to_string(&made.manifest_path).unwrap();
+    assert!(manifest.starts_with(
+        "<?xml version='1.0' encoding='ASCII'?>\n<manifest><version>2007-10-10</version>"
+    ));
+    assert_eq!(
+        openssl::element(&manifest, "digest"),
+        openssl::sha1_of_bytes(&opened.tar)
+    );
+    assert_eq!(openssl::element(&manifest, "size"), image.len().to_string());
+    assert_eq!(openssl::element(&manifest, "user"), "123456789012");
+    assert_eq!(openssl::element(&manifest, "type"), "machine");
+    assert_eq!(openssl::element(&manifest, "architecture"), "x86_64");
+    assert_eq!(openssl::element(&manifest, "kernel_id"), "eki-1234ABCD");
+    assert_eq!(openssl::element(&manifest, "ramdisk_id"), "eri-5678EF01");
+    let names = openssl::part_names(&manifest);
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(manifest.contains("<parts count=\"3\">"));
+    let mut bundled = 0;
+    for (index, name) in names.iter().enumerate() {
+        assert_eq!(name, &format!("ubuntu-9.10-image.part.{index:02}"));
+        let path = out.join(name);
+        let size = std::fs::metadata(&path).unwrap().len();
+        if index < 2 {
+            assert_eq!(size, PART_SIZE, "every part but the last is 10 MiB");
+        }
+        bundled += size;
+        let digest = openssl::sha1_of(&path);
+        assert!(
+            manifest.contains(&format!(
+                "<part index=\"{index}\"><filename>{name}</filename><digest algorithm=\"SHA1\">{digest}</digest></part>"
+            )),
+            "part {index}'s digest"
+        );
+    }
+    assert_eq!(
+        openssl::element(&manifest, "bundled_size"),
+        bundled.to_string()
+    );
+    assert_eq!(made.bundled_size, bundled);
+}
+
+#[test]
+fn kernels_and_ramdisks_carry_eucalyptus_marks_and_a_bad_signature_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, [user_key, user_cert, _, _]) = keys(dir.path());
+    let kernel = common::image_bytes(3, 100_000);
+    let out = dir.path().join("k");
+    std::fs::create_dir_all(&out).unwrap();
+    let spec = BundleSpec {
+        prefix: "vmlinuz-2.6.31",
+        kind: FileKind::Kernel,
+        arch: "i386",
+        kernel_id: None,
+        ramdisk_id: None,
+        size: kernel.len() as u64,
+        level: 1,
+    };
+    let made = bundle::write_bundle(&mut &kernel[..], &spec, &keys, &out, &mut |_| true).unwrap();
+    let manifest = std::fs::read_to_string(&made.manifest_path).unwrap();
+    assert_eq!(openssl::element(&manifest, "type"), "kernel");
+    assert_eq!(openssl::element(&manifest, "kernel_id"), "true");
+    assert!(!manifest.contains("block_device_mapping"));
+    assert_eq!(made.parts.len(), 1);
+    let opened = openssl::open_bundle(
+        &made.manifest_path,
+        &user_key,
+        WrappedFor::User,
+        &dir.path().join("o"),
+    );
+    assert!(opened.image == kernel);
+    openssl::verify_manifest_signature(&made.manifest_path, &user_cert, &dir.path().join("s"));
+
+    // The check above can fail: one changed byte in the signed text and openssl says no.
+    let tampered = manifest.replace("<architecture>i386<", "<architecture>i686<");
+    std::fs::write(&made.manifest_path, tampered).unwrap();
+    let result = std::panic::catch_unwind(|| {
+        openssl::verify_manifest_signature(&made.manifest_path, &user_cert, &dir.path().join("t"))
+    });
+    assert!(result.is_err(), "a tampered manifest must not verify");
+}
+
+#[test]
+fn an_image_shorter_or_longer_than_declared_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, _) = keys(dir.path());
+    let bytes = vec![1u8; 5000];
+    for declared in [4000u64, 6000] {
+        let spec = BundleSpec {
+            prefix: "short",
+            kind: FileKind::Ramdisk,
+            arch: "x86_64",
+            kernel_id: None,
+            ramdisk_id: None,
+            size: declared,
+            level: 1,
+        };
+        let error = bundle::write_bundle(&mut &bytes[..], &spec, &keys, dir.path(), &mut |_| true)
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("{declared} were expected")),
+            "{error}"
+        );
+    }
+}
