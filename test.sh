@@ -8,6 +8,9 @@ cd "$(dirname "$0")"
 missing=()
 command -v gpg >/dev/null 2>&1 || missing+=(gnupg)
 command -v gpgv >/dev/null 2>&1 || missing+=(gpgv)
+# openssl, gzip and tar open the proxy's EC2 bundles the way the cloud does.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]}"
     sudo=""
@@ -15,6 +18,20 @@ if ((${#missing[@]})); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
+
+# moto (the S3/EC2 server the cloud tests install into) and boto3, pinned, in a virtualenv under
+# target/; reinstalled only when tests/peers/ pins change.
+venv="${IMAGE_STORE_PROXY_TEST_VENV:-$PWD/target/test-peers/venv}"
+pins="$(cat tests/peers/requirements.txt tests/peers/constraints.txt | sha256sum | cut -c1-16)"
+if [ "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]; then
+    echo "test.sh: installing moto and boto3 into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+        -r tests/peers/requirements.txt -c tests/peers/constraints.txt
+    echo "$pins" >"$venv/.pins"
+fi
+export IMAGE_STORE_PROXY_TEST_VENV="$venv"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

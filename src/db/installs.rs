@@ -131,7 +131,7 @@ impl Db {
             "INSERT INTO installs (image_uri, image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, updated_at)
              VALUES (?1, ?2, 'queued', ?3, NULL, ?4, ?5, NULL, NULL, NULL, ?6, ?6)
              ON CONFLICT (image_uri) DO UPDATE SET image = ?2, state = 'queued', status_detail = ?3, error = NULL,
-                 attempt = ?4, bucket = ?5, eki = NULL, eri = NULL, emi = NULL, queued_at = ?6, updated_at = ?6",
+                 attempt = ?4, bucket = COALESCE(installs.bucket, ?5), eki = NULL, eri = NULL, emi = NULL, queued_at = ?6, updated_at = ?6",
             params![image.uri, image_json, detail, attempt, format!("image-store-{now}"), now],
         )?;
         log_event(&tx, &image.uri, "queued", &format!("attempt {attempt}"))?;

@@ -3,6 +3,7 @@
 //! the Store servlet does, and GnuPG for keys and signatures. Tests wait on state, never on sleeps.
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod openssl;
 
 use fake_store::{FakeStore, StoreConfig};
@@ -119,6 +120,9 @@ pub struct TestEnv {
     proxy_starts: usize,
     /// The pause before a failed download is retried, for the next proxy start.
     pub retry_delay_ms: u64,
+    /// Install into the cloud this `--cloud-config` names instead of the fake cloud; the UI's
+    /// requests are then signed with its secret key.
+    pub cloud: Option<(PathBuf, String)>,
 }
 
 pub struct Proxy {
@@ -164,6 +168,7 @@ impl TestEnv {
             proxy: None,
             proxy_starts: 0,
             retry_delay_ms: 100,
+            cloud: None,
         };
         env.start_store().await;
         env
@@ -221,12 +226,11 @@ impl TestEnv {
                 "--catalog-max-age",
                 "0",
             ])
-            .args([
-                "--retry-delay-ms",
-                &self.retry_delay_ms.to_string(),
-                "--fake-eucalyptus",
-                SECRET,
-            ])
+            .args(["--retry-delay-ms", &self.retry_delay_ms.to_string()])
+            .args(match &self.cloud {
+                Some((config, _)) => vec!["--cloud-config".into(), config.clone().into_os_string()],
+                None => vec!["--fake-eucalyptus".into(), SECRET.into()],
+            })
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--keyring")
@@ -269,7 +273,8 @@ impl TestEnv {
 
     pub fn client(&self) -> ProxyClient {
         let proxy = self.proxy.as_ref().expect("proxy running");
-        ProxyClient::new(&proxy.url, SECRET, "WKy3rMzOWPouVOxK1p3Ar1C2uRBwa2FBXnCw").unwrap()
+        let secret = self.cloud.as_ref().map_or(SECRET, |(_, secret)| secret);
+        ProxyClient::new(&proxy.url, secret, "WKy3rMzOWPouVOxK1p3Ar1C2uRBwa2FBXnCw").unwrap()
     }
 
     pub fn proxy_url(&self) -> String {

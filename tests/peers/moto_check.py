@@ -1,0 +1,114 @@
+"""Looks at what landed in the moto test peer, with boto3 and moto's request recorder, and prints
+JSON for the Rust tests to assert on.
+
+  moto_check.py S3URL EC2URL objects BUCKET          keys, sizes and ETags in BUCKET
+  moto_check.py S3URL EC2URL download BUCKET DIR     every object of BUCKET into DIR
+  moto_check.py S3URL EC2URL images                  our images, as DescribeImages shows them
+  moto_check.py S3URL EC2URL recorded RECORDING      the requests moto received, parsed
+  moto_check.py S3URL EC2URL setup-auth              an IAM user with a key, then SigV4 checking on
+"""
+
+import base64
+import json
+import os
+import sys
+import urllib.parse
+import urllib.request
+
+import boto3
+from botocore.config import Config
+
+
+def clients(s3_url, ec2_url, key="test", secret="test"):
+    common = dict(region_name="us-east-1", aws_access_key_id=key, aws_secret_access_key=secret)
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_url, config=Config(s3={"addressing_style": "path"}), **common
+    )
+    # SigV4 with the ec2 scope: moto's main port routes it to EC2.
+    ec2 = boto3.client("ec2", endpoint_url=s3_url, **common)
+    iam = boto3.client("iam", endpoint_url=s3_url, **common)
+    return s3, ec2, iam
+
+
+def objects(s3, bucket):
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"].strip('"')} for o in listed]
+
+
+def recorded(path):
+    out = []
+    with open(path) as lines:
+        for line in lines:
+            entry = json.loads(line)
+            body = entry.get("body") or ""
+            if entry.get("body_encoded"):
+                body = base64.b64decode(body).decode("latin-1")
+            url = urllib.parse.urlsplit(entry["url"])
+            params = dict(urllib.parse.parse_qsl(url.query))
+            if entry["method"] == "POST":
+                params.update(urllib.parse.parse_qsl(body))
+            headers = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
+            out.append(
+                {
+                    "method": entry["method"],
+                    "path": url.path,
+                    "params": params,
+                    "acl": headers.get("x-amz-acl"),
+                    "authorization": headers.get("authorization", ""),
+                }
+            )
+    return out
+
+
+def main(argv):
+    s3_url, ec2_url, command, *rest = argv
+    # Once SigV4 checking is on, boto3 must sign with a key moto's IAM knows.
+    s3, ec2, iam = clients(
+        s3_url,
+        ec2_url,
+        os.environ.get("CHECK_KEY", "test"),
+        os.environ.get("CHECK_SECRET", "test"),
+    )
+    if command == "objects":
+        result = objects(s3, rest[0])
+    elif command == "download":
+        bucket, target = rest
+        os.makedirs(target, exist_ok=True)
+        for o in objects(s3, bucket):
+            s3.download_file(bucket, o["key"], os.path.join(target, o["key"]))
+        result = objects(s3, bucket)
+    elif command == "images":
+        result = [
+            {"id": i["ImageId"], "name": i.get("Name"), "type": i.get("ImageType")}
+            for i in ec2.describe_images(Owners=["self"])["Images"]
+        ]
+    elif command == "recorded":
+        result = recorded(rest[0])
+    elif command == "setup-auth":
+        iam.create_user(UserName="proxy")
+        iam.put_user_policy(
+            UserName="proxy",
+            PolicyName="all",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+                }
+            ),
+        )
+        key = iam.create_access_key(UserName="proxy")["AccessKey"]
+        # Not form-encoded: moto reads the raw body as the number of requests left unchecked.
+        request = urllib.request.Request(
+            s3_url.rstrip("/") + "/moto-api/reset-auth",
+            data=b"0",
+            headers={"Content-Type": "text/plain"},
+        )
+        urllib.request.urlopen(request).read()
+        result = {"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    else:
+        raise SystemExit(f"unknown command {command}")
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
