@@ -11,7 +11,8 @@
 //! - [`db`]: SQLite state: catalog, files, installs (the job queue), cloud objects, events
 //! - [`install`]: the state machine, the workers, status lines, the live board the UI polls
 //! - [`unpack`]: gunzip and tarball member streaming for what gets installed
-//! - [`cloud`]: the one trait a cloud implements, and the fake cloud
+//! - [`cloud`]: the one trait a cloud implements; EC2 image bundles, S3 upload, EC2 registration,
+//!   request signing, credentials; the fake cloud
 //! - [`client`]: a client that signs like the servlet (CLI and tests)
 //! - [`json`]: ASCII-only JSON, as the servlet needs
 //! - [`rfc3986`]: the percent-encoding every signature here uses
