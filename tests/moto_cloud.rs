@@ -107,6 +107,21 @@ async fn an_image_offered_by_fake_store_lands_registered_in_moto_through_the_ui_
         );
     }
 
+    // moto checks no V2 signature: botocore's signers recompute every one as the oracle, and a
+    // wrong secret shows the check can fail.
+    let recording = moto.recording.to_str().unwrap().to_string();
+    let verdict = moto.check(&["verify-v2", &recording, ACCESS_KEY, SECRET]);
+    assert!(
+        verdict["checked"].as_u64().unwrap() >= puts.len() as u64 + 3,
+        "{verdict}"
+    );
+    assert_eq!(verdict["mismatches"], json!([]), "{verdict}");
+    let wrong = moto.check(&["verify-v2", &recording, ACCESS_KEY, "not-the-secret"]);
+    assert_eq!(
+        wrong["mismatches"].as_array().unwrap().len() as u64,
+        wrong["checked"].as_u64().unwrap()
+    );
+
     // What landed: every part and manifest, which openssl, gzip and tar open into the originals.
     let landed = dir.path().join("landed");
     let objects = moto.check(&["download", &bucket, landed.to_str().unwrap()]);

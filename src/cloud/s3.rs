@@ -276,3 +276,41 @@ impl S3 {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_live_under_the_endpoint_s_own_path() {
+        crate::fetch::install_crypto_provider();
+        let s3 = |endpoint: &str| {
+            S3::new(
+                reqwest::Client::new(),
+                Url::parse(endpoint).unwrap(),
+                AccessKey {
+                    id: "a".into(),
+                    secret: "b".into(),
+                },
+                SignatureVersion::V2,
+                "us-east-1".into(),
+                RetryPolicy::default(),
+            )
+        };
+        let walrus = s3("http://clc:8773/services/Walrus/");
+        assert_eq!(
+            walrus.path("image-store-1", Some("k.part.00")),
+            "/services/Walrus/image-store-1/k.part.00"
+        );
+        assert_eq!(
+            walrus.path("image-store-1", None),
+            "/services/Walrus/image-store-1"
+        );
+        let root = s3("http://127.0.0.1:9000");
+        assert_eq!(root.path("b", Some("a b")), "/b/a%20b");
+        assert_eq!(
+            root.url("/b", "max-keys=0").as_str(),
+            "http://127.0.0.1:9000/b?max-keys=0"
+        );
+    }
+}
