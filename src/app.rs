@@ -94,7 +94,11 @@ pub async fn run(
         config.workers,
     )?;
     let workers = tokio::spawn(installer.clone().run(shutdown.clone()));
-    let refresher = tokio::spawn(refresh_periodically(catalog.clone(), shutdown.clone()));
+    let refresher = tokio::spawn(refresh_periodically(
+        catalog.clone(),
+        installer.clone(),
+        shutdown.clone(),
+    ));
     let state = AppState {
         catalog,
         installer,
@@ -112,9 +116,15 @@ pub async fn run(
 
 use crate::api::nonce;
 
-async fn refresh_periodically(catalog: Arc<CatalogService>, shutdown: CancellationToken) {
+/// The catalog, and the installs against the cloud's list of images, every so often.
+async fn refresh_periodically(
+    catalog: Arc<CatalogService>,
+    installer: Arc<Installer>,
+    shutdown: CancellationToken,
+) {
     loop {
         catalog.refresh().await;
+        installer.reconcile_if_stale(BACKGROUND_REFRESH / 2);
         tokio::select! {
             _ = tokio::time::sleep(BACKGROUND_REFRESH) => {}
             _ = shutdown.cancelled() => return,

@@ -289,3 +289,57 @@ async fn cancel_stops_an_install_and_a_new_install_resumes_the_partial_download(
     assert_eq!(image_requests.len(), 2, "{image_requests:?}");
     assert!(resumed_from(&image_requests[1]) > 0, "{image_requests:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_deregistered_in_the_cloud_shows_uninstalled_and_installs_again() {
+    let env = TestEnv::start().await;
+    let karmic = env.image_uri("karmic");
+    env.act(&karmic, "install").await;
+    let installed = env.wait_for_status(&karmic, "installed").await;
+    let emi = installed["emi"].as_str().unwrap().to_string();
+
+    // An operator deregisters the machine image (in the fake cloud: its registration record goes).
+    let bucket = std::fs::read_dir(env.data_dir.join("fake-cloud"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("image-store-")
+        })
+        .unwrap();
+    let record = bucket.join("ubuntu-server-amd64-9.10-image.registration.json");
+    std::fs::remove_file(&record).unwrap();
+
+    let state = env.reconcile_until(&karmic, "uninstalled").await;
+    assert_eq!(
+        state["status-detail"],
+        format!("No longer in the cloud: machine image {emi} deregistered"),
+        "{state}"
+    );
+    assert!(state.get("emi").is_none(), "{state}");
+    assert!(state["actions"]["install"].is_string(), "{state}");
+    assert!(state.get("error-message").is_none(), "{state}");
+
+    // Installing again registers the machine image anew; the kernel and ramdisk are still there.
+    let kernel_record =
+        std::fs::metadata(bucket.join("ubuntu-server-amd64-9.10-kernel.registration.json"))
+            .unwrap()
+            .modified()
+            .unwrap();
+    env.act(&karmic, "install").await;
+    let again = env.wait_for_status(&karmic, "installed").await;
+    assert_eq!(again["emi"], emi.as_str());
+    assert_eq!(again["eki"], installed["eki"]);
+    assert!(record.exists(), "registered again");
+    assert_eq!(
+        std::fs::metadata(bucket.join("ubuntu-server-amd64-9.10-kernel.registration.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        kernel_record,
+        "the kernel, still registered, is not published again"
+    );
+}

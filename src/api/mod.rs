@@ -140,6 +140,7 @@ fn needs_attention(view: &InstallView) -> bool {
 /// the image and its state as it reads `sections`).
 async fn dashboard(State(app): State<AppState>, signed: Signed) -> Response {
     app.catalog.refresh_if_stale().await;
+    app.installer.reconcile_if_stale(app.catalog.max_age());
     let catalog = app.catalog.current();
     let mut page = Page::new(&app, &signed.host);
     let mut sections: Vec<Section> = Vec::new();

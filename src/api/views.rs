@@ -136,7 +136,7 @@ pub fn image_state(
     let status = state.map_or(UiStatus::Uninstalled, InstallState::ui_status);
     let mut actions = BTreeMap::new();
     match state {
-        None | Some(InstallState::Cancelled) => {
+        None | Some(InstallState::Cancelled | InstallState::Deregistered) => {
             actions.insert("install", links.action(image, "install"));
         }
         Some(InstallState::Failed) => {

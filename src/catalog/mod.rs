@@ -110,6 +110,11 @@ impl CatalogService {
         self.current().by_key(key).cloned()
     }
 
+    /// How old the catalog may get before a dashboard request refreshes it.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
     /// Refreshes when the catalog is older than `max_age` (the dashboard calls this).
     pub async fn refresh_if_stale(&self) {
         let stale = |status: &RefreshStatus| {

@@ -10,7 +10,10 @@ use super::credentials::CloudCredentials;
 use super::ec2::{Ec2, Registration};
 use super::keys::BundleKeys;
 use super::s3::S3;
-use super::{Artifact, Cloud, CloudError, Progress, PublishFuture, Published, bundle_artifact};
+use super::{
+    Artifact, Cloud, CloudError, Progress, PublishFuture, Published, RegisteredFuture,
+    bundle_artifact,
+};
 use crate::fetch::RetryPolicy;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
@@ -198,5 +201,13 @@ impl Cloud for EucalyptusCloud {
         cancel: &'a CancellationToken,
     ) -> PublishFuture<'a> {
         Box::pin(self.publish_artifact(artifact, progress, cancel))
+    }
+
+    fn registered(&self) -> RegisteredFuture<'_> {
+        Box::pin(async move {
+            let never = CancellationToken::new();
+            let images = aws::with_retries(&self.retry, &never, || self.ec2.own_images()).await?;
+            Ok(images.into_iter().map(|image| image.id).collect())
+        })
     }
 }

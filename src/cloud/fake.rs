@@ -7,10 +7,12 @@
 
 use super::keys::{self, BundleKeys};
 use super::{
-    Artifact, Cloud, CloudError, Progress, PublishFuture, Published, bundle_artifact, id_prefix,
+    Artifact, Cloud, CloudError, Progress, PublishFuture, Published, RegisteredFuture,
+    bundle_artifact, id_prefix,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,12 @@ pub struct FakeCloud {
     id: String,
     /// Made or loaded on the first install, not at start-up: key generation takes a moment.
     keys: Mutex<Option<BundleKeys>>,
+}
+
+/// What `registered` reads back from a registration record.
+#[derive(Deserialize)]
+struct RecordedId {
+    image_id: String,
 }
 
 #[derive(Serialize)]
@@ -111,6 +119,39 @@ impl FakeCloud {
         })?;
         Ok(Published { image_id, location })
     }
+
+    /// Every `*.registration.json` under the fake cloud: deleting one deregisters its image.
+    fn registered_ids(&self) -> Result<HashSet<String>, CloudError> {
+        let mut ids = HashSet::new();
+        let buckets = match std::fs::read_dir(&self.root) {
+            Ok(buckets) => buckets,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(source) => {
+                return Err(CloudError::Write {
+                    path: self.root.clone(),
+                    source,
+                });
+            }
+        };
+        for bucket in buckets.flatten() {
+            let Ok(files) = std::fs::read_dir(bucket.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let path = file.path();
+                if !path.to_string_lossy().ends_with(".registration.json") {
+                    continue;
+                }
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
+                if let Ok(record) = serde_json::from_slice::<RecordedId>(&bytes) {
+                    ids.insert(record.image_id);
+                }
+            }
+        }
+        Ok(ids)
+    }
 }
 
 impl Cloud for FakeCloud {
@@ -129,5 +170,9 @@ impl Cloud for FakeCloud {
         Box::pin(async move {
             tokio::task::block_in_place(|| self.publish_blocking(artifact, progress, cancel))
         })
+    }
+
+    fn registered(&self) -> RegisteredFuture<'_> {
+        Box::pin(async move { tokio::task::block_in_place(|| self.registered_ids()) })
     }
 }

@@ -21,6 +21,7 @@ use crate::install::detail;
 use crate::unpack::{self, UnpackError};
 use bundle::{Bundle, BundleError, BundleSpec};
 use keys::BundleKeys;
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -92,6 +93,8 @@ pub enum CloudError {
 
 pub type PublishFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Published, CloudError>> + Send + 'a>>;
+pub type RegisteredFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<HashSet<String>, CloudError>> + Send + 'a>>;
 
 pub trait Cloud: Send + Sync {
     /// Names this cloud in `cloud_objects`, so a registration is reused only in the cloud that has it.
@@ -104,6 +107,10 @@ pub trait Cloud: Send + Sync {
         progress: &'a dyn Progress,
         cancel: &'a CancellationToken,
     ) -> PublishFuture<'a>;
+
+    /// The ids of every image registered for us in this cloud right now: what is installed is
+    /// reconciled with it, so an image deregistered by an operator shows as uninstalled again.
+    fn registered(&self) -> RegisteredFuture<'_>;
 }
 
 /// The EC2 id prefix of each kind (Eucalyptus' naming).

@@ -26,10 +26,11 @@ pub struct InstallRow {
     pub bucket: String,
     pub ids: RegisteredIds,
     pub queued_at: i64,
+    /// When the row last changed (Unix seconds).
+    pub updated_at: i64,
 }
 
-const COLUMNS: &str =
-    "image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, image_uri";
+const COLUMNS: &str = "image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, image_uri, updated_at";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
     let uri: String = row.get(10)?;
@@ -59,6 +60,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
             emi: row.get(8)?,
         },
         queued_at: row.get(9)?,
+        updated_at: row.get(11)?,
     }))
 }
 

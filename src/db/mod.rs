@@ -207,6 +207,38 @@ impl Db {
             .optional()?)
     }
 
+    /// Forgets this cloud's registrations made before `listed_at` whose ids `listed` lacks: the
+    /// cloud no longer has them, so installing again must register anew. Returns how many.
+    pub fn forget_cloud_objects(
+        &self,
+        cloud: &str,
+        listed: &std::collections::HashSet<String>,
+        listed_at: i64,
+    ) -> Result<usize, DbError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let gone: Vec<(String, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT artifact, image_id FROM cloud_objects WHERE cloud = ?1 AND registered_at < ?2",
+            )?;
+            stmt.query_map(params![cloud, listed_at], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<Result<Vec<(String, String)>, _>>()?
+            .into_iter()
+            .filter(|(_, id)| !listed.contains(id))
+            .collect()
+        };
+        for (artifact, _) in &gone {
+            tx.execute(
+                "DELETE FROM cloud_objects WHERE cloud = ?1 AND artifact = ?2",
+                params![cloud, artifact],
+            )?;
+        }
+        tx.commit()?;
+        Ok(gone.len())
+    }
+
     pub fn record_cloud_object(
         &self,
         cloud: &str,

@@ -34,6 +34,8 @@ pub struct Installer {
     running: Mutex<HashMap<String, CancellationToken>>,
     wake: Notify,
     workers: usize,
+    /// When the installed images were last reconciled with the cloud's list.
+    reconciled: Mutex<Option<std::time::Instant>>,
 }
 
 impl Installer {
@@ -63,6 +65,7 @@ impl Installer {
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             workers: workers.max(1),
+            reconciled: Mutex::new(None),
         }))
     }
 
@@ -103,6 +106,88 @@ impl Installer {
             self.board.put(&row);
         }
         Ok(self.board.get(uri))
+    }
+
+    /// Reconciles in the background unless that was done less than `max_age` ago (the dashboard
+    /// calls this, as it refreshes the catalog).
+    pub fn reconcile_if_stale(self: &Arc<Self>, max_age: Duration) {
+        {
+            let mut last = self.reconciled.lock().expect("reconcile lock");
+            if last.is_some_and(|at| at.elapsed() < max_age) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let installer = self.clone();
+        tokio::spawn(async move { installer.reconcile().await });
+    }
+
+    /// SPEC §7: an installed image whose machine image, kernel or ramdisk the cloud no longer
+    /// lists (an operator deregistered it) becomes `deregistered`, which the UI shows as
+    /// uninstalled; and the registrations the cloud lost are forgotten, so that installing again
+    /// registers anew instead of pointing at ids that are gone.
+    pub async fn reconcile(&self) {
+        let listed_at = crate::db::now_unix();
+        let listed = match self.cloud.registered().await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::warn!("cannot list the cloud's images to reconcile installs: {error}");
+                return;
+            }
+        };
+        match self
+            .db
+            .forget_cloud_objects(self.cloud.id(), &listed, listed_at)
+        {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(forgotten, "registrations the cloud no longer has"),
+            Err(error) => tracing::error!("cannot forget lost registrations: {error}"),
+        }
+        let installs = match self.db.installs() {
+            Ok(installs) => installs,
+            Err(error) => {
+                tracing::error!("cannot read installs to reconcile them: {error}");
+                return;
+            }
+        };
+        // Rows changed since the listing began may hold ids the listing could not see yet.
+        for row in installs
+            .iter()
+            .filter(|row| row.state == InstallState::Installed && row.updated_at < listed_at)
+        {
+            let missing: Vec<String> = [
+                ("machine image", &row.ids.emi),
+                ("kernel", &row.ids.eki),
+                ("ramdisk", &row.ids.eri),
+            ]
+            .into_iter()
+            .filter_map(|(noun, id)| {
+                id.as_ref()
+                    .filter(|id| !listed.contains(*id))
+                    .map(|id| format!("{noun} {id}"))
+            })
+            .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let detail = format!(
+                "No longer in the cloud: {} deregistered",
+                missing.join(", ")
+            );
+            let change = Change {
+                to: InstallState::Deregistered,
+                detail: &detail,
+                error: None,
+                ids: Some(&crate::db::RegisteredIds::default()),
+            };
+            match self.db.transition(&row.image.uri, change) {
+                Ok(row) => {
+                    tracing::info!(uri = %row.image.uri, "{detail}");
+                    self.board.put(&row);
+                }
+                Err(error) => tracing::warn!(uri = %row.image.uri, "{error}"),
+            }
+        }
     }
 
     /// `clear-error`: forgets a failed attempt's message.

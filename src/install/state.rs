@@ -12,6 +12,8 @@ pub enum InstallState {
     Installed,
     Failed,
     Cancelled,
+    /// Was installed, but the cloud no longer lists one of its images (an operator deregistered it).
+    Deregistered,
 }
 
 /// What the Store UI can draw: `status` is compared case-insensitively with these four words.
@@ -35,7 +37,7 @@ impl UiStatus {
 }
 
 impl InstallState {
-    pub const ALL: [InstallState; 7] = [
+    pub const ALL: [InstallState; 8] = [
         InstallState::Queued,
         InstallState::Downloading,
         InstallState::Verifying,
@@ -43,6 +45,7 @@ impl InstallState {
         InstallState::Installed,
         InstallState::Failed,
         InstallState::Cancelled,
+        InstallState::Deregistered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl InstallState {
             InstallState::Installed => "installed",
             InstallState::Failed => "failed",
             InstallState::Cancelled => "cancelled",
+            InstallState::Deregistered => "deregistered",
         }
     }
 
@@ -79,7 +83,9 @@ impl InstallState {
             }
             InstallState::Installing => UiStatus::Installing,
             InstallState::Installed => UiStatus::Installed,
-            InstallState::Failed | InstallState::Cancelled => UiStatus::Uninstalled,
+            InstallState::Failed | InstallState::Cancelled | InstallState::Deregistered => {
+                UiStatus::Uninstalled
+            }
         }
     }
 
@@ -87,8 +93,10 @@ impl InstallState {
     pub fn can_become(self, next: InstallState) -> bool {
         use InstallState::*;
         match (self, next) {
-            // A new attempt: install pressed again after a failure or a cancel.
-            (Failed | Cancelled, Queued) => true,
+            // A new attempt: install pressed again after a failure, a cancel or a deregistration.
+            (Failed | Cancelled | Deregistered, Queued) => true,
+            // The cloud no longer has what was installed.
+            (Installed, Deregistered) => true,
             // A restart puts interrupted work back in the queue.
             (Downloading | Verifying | Installing, Queued) => true,
             (Queued, Downloading) => true,
@@ -119,6 +127,8 @@ mod tests {
     fn transition_table() {
         let allowed = [
             (Failed, Queued),
+            (Deregistered, Queued),
+            (Installed, Deregistered),
             (Cancelled, Queued),
             (Downloading, Queued),
             (Verifying, Queued),

@@ -331,6 +331,25 @@ impl TestEnv {
         }
     }
 
+    /// Opens the dashboard (which reconciles installs with the cloud's images in the background)
+    /// until the image's state shows `status`.
+    pub async fn reconcile_until(&self, uri: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.dashboard().await;
+            let state = self.state(uri).await;
+            if state["status"] == status {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {state} after reconciling; log:\n{}",
+                self.proxy_log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn wait_for_status(&self, uri: &str, status: &str) -> Value {
         self.wait_for(uri, &format!("status {status}"), |state| {
             state["status"] == status

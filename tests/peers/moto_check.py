@@ -5,6 +5,7 @@ JSON for the Rust tests to assert on.
   moto_check.py S3URL EC2URL download BUCKET DIR     every object of BUCKET into DIR
   moto_check.py S3URL EC2URL images                  our images, as DescribeImages shows them
   moto_check.py S3URL EC2URL recorded RECORDING      the requests moto received, parsed
+  moto_check.py S3URL EC2URL deregister IMAGE_ID     deregisters an image, as an operator might
   moto_check.py S3URL EC2URL setup-auth              an IAM user with a key, then SigV4 checking on
   moto_check.py S3URL EC2URL verify-v2 RECORDING KEY SECRET
         recomputes, with botocore's signers as the oracle, the signature of every recorded request
@@ -136,6 +137,9 @@ def main(argv):
             {"id": i["ImageId"], "name": i.get("Name"), "type": i.get("ImageType")}
             for i in ec2.describe_images(Owners=["self"])["Images"]
         ]
+    elif command == "deregister":
+        ec2.deregister_image(ImageId=rest[0])
+        result = {"deregistered": rest[0]}
     elif command == "recorded":
         result = recorded(rest[0])
     elif command == "verify-v2":
