@@ -6,7 +6,7 @@ use super::Installer;
 use super::detail;
 use super::state::InstallState;
 use crate::catalog::model::{FileKind, FileRef, Image};
-use crate::cloud::{Artifact, CloudError, Progress};
+use crate::cloud::{Artifact, CloudError, Progress, bundle};
 use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
 use crate::fetch::FetchError;
@@ -386,7 +386,8 @@ impl Progress for BoardProgress<'_> {
     }
 }
 
-/// A bundle prefix made only of `[A-Za-z0-9._-]`: `ubuntu-server-amd64-9.10-kernel`.
+/// A bundle prefix made only of `[A-Za-z0-9._-]`: `ubuntu-server-amd64-9.10-kernel`; at most
+/// [`bundle::MAX_PREFIX`] characters (a tar header's name field), the suffix always kept.
 fn bundle_name(product: &str, version: &str, suffix: &str) -> String {
     let clean = |text: &str| -> String {
         text.chars()
@@ -401,11 +402,18 @@ fn bundle_name(product: &str, version: &str, suffix: &str) -> String {
             .trim_matches('-')
             .to_string()
     };
-    [clean(product), clean(version), suffix.to_string()]
+    let mut stem = [clean(product), clean(version)]
         .into_iter()
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
-        .join("-")
+        .join("-");
+    stem.truncate(bundle::MAX_PREFIX - suffix.len() - 1);
+    let stem = stem.trim_end_matches(['-', '.']).trim_start_matches('.');
+    if stem.is_empty() {
+        suffix.to_string()
+    } else {
+        format!("{stem}-{suffix}")
+    }
 }
 
 #[cfg(test)]
@@ -416,6 +424,13 @@ mod tests {
             super::bundle_name("ubuntu server/amd64", "9.10", "kernel"),
             "ubuntu-server-amd64-9.10-kernel"
         );
-        assert_eq!(super::bundle_name("../..", "", "image"), "..-..-image");
+        assert_eq!(super::bundle_name("../..", "", "image"), "image");
+        assert_eq!(
+            super::bundle_name(".hidden", "1", "kernel"),
+            "hidden-1-kernel"
+        );
+        let long = super::bundle_name(&"x".repeat(300), "1.0", "ramdisk");
+        assert_eq!(long.len(), 100);
+        assert!(long.ends_with("x-ramdisk"), "{long}");
     }
 }
