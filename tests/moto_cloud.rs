@@ -145,6 +145,12 @@ async fn an_image_offered_by_fake_store_lands_registered_in_moto_through_the_ui_
                 "{part} in the bucket: {keys:?}"
             );
         }
+        if prefix.ends_with("-image") {
+            // The links travel in the manifest too, as Eucalyptus reads them.
+            assert_eq!(openssl::element(&text, "kernel_id"), eki.as_str().unwrap());
+            assert_eq!(openssl::element(&text, "ramdisk_id"), eri.as_str().unwrap());
+            assert_eq!(openssl::element(&text, "user"), "123456789012");
+        }
         let opened = openssl::open_bundle(
             &manifest,
             &user_key,
