@@ -14,6 +14,7 @@
 //! - [`cloud`]: the one trait a cloud implements, and the fake cloud
 //! - [`client`]: a client that signs like the servlet (CLI and tests)
 //! - [`json`]: ASCII-only JSON, as the servlet needs
+//! - [`metrics`]: Prometheus counters and their text exposition (`/metrics`)
 //! - `demo`: fake-store and the proxy together, for a first run
 
 pub mod api;
@@ -30,4 +31,5 @@ pub mod fetch;
 pub mod install;
 pub mod json;
 pub mod keyring;
+pub mod metrics;
 pub mod unpack;

@@ -144,6 +144,7 @@ fn copy_hashing(
         }
         hasher.update(&buffer[..n]);
         writer.write_all(&buffer[..n]).map_err(write_error)?;
+        crate::metrics::global().add_uploaded(n as u64);
         size += n as u64;
     }
     let file = writer

@@ -3,6 +3,8 @@
 //! the Store servlet does, and GnuPG for keys and signatures. Tests wait on state, never on sleeps.
 #![allow(dead_code)]
 
+pub mod demo;
+
 use fake_store::{FakeStore, StoreConfig};
 use flate2::Compression;
 use flate2::write::GzEncoder;
