@@ -164,10 +164,10 @@ async fn a_person_installs_an_image_from_the_demo_by_clicking() {
             if seen.last() != Some(&value) {
                 seen.push(value);
             }
-            if let Some(detail) = now["detail"].as_str() {
-                if details.last().map(String::as_str) != Some(detail) {
-                    details.push(detail.to_string());
-                }
+            if let Some(detail) = now["detail"].as_str()
+                && details.last().map(String::as_str) != Some(detail)
+            {
+                details.push(detail.to_string());
             }
             if progress_shot.is_none() && value > 0 && value < 100 {
                 assert_eq!(now["actions"], json!(["cancel"]), "{now}");
