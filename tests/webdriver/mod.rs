@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -285,7 +285,8 @@ impl Browser {
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
         let path = artifacts_dir().join(name);
         std::fs::write(&path, png).unwrap();
-        println!("screenshot: {}", path.display());
+        // Straight to stderr, past the test harness's capture: the path shows in every run's log.
+        let _ = writeln!(std::io::stderr(), "screenshot: {}", path.display());
         path
     }
 }
