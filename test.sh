@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a bare Debian machine with the Rust toolchain: installs what the
-# tests need (GnuPG makes the keys and signatures the proxy must judge), then runs the same checks
-# CI runs: formatting, clippy with warnings as errors, and every test of the workspace.
+# tests need (GnuPG makes the keys and signatures the proxy must judge; headless Chromium and
+# chromedriver drive the Store page), then runs the same checks CI runs: formatting, clippy with
+# warnings as errors, and every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +12,8 @@ command -v gpgv >/dev/null 2>&1 || missing+=(gpgv)
 # openssl, gzip and tar open the proxy's EC2 bundles the way the cloud does.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]}"
     sudo=""

@@ -7,6 +7,8 @@ use reqwest::Url;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod watch;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("bad proxy URL {0:?}")]
@@ -27,6 +29,15 @@ pub enum ClientError {
         action: String,
         status: String,
     },
+    /// A watched install failed: its one-line error, as the proxy wrote it.
+    #[error("{0}")]
+    InstallFailed(String),
+    #[error("the install of {0:?} was cancelled")]
+    InstallCancelled(String),
+    #[error("{0:?} is not being installed; `client install` starts it")]
+    NotInstalling(String),
+    #[error("the proxy sent no state for {uri}: {body}")]
+    NoState { uri: String, body: String },
 }
 
 /// A reply: the HTTP status (the real UI ignores it) and the JSON object.
@@ -294,12 +305,20 @@ pub enum Call {
     Cancel { image: String },
     /// Clear an install's error
     ClearError { image: String },
+    /// Follow an install with progress bars until it ends; prints the registered ids, or fails
+    /// with the install's error
+    Watch { image: String },
 }
 
 /// Runs one CLI call and prints the reply as pretty JSON; an `error-message` makes it fail.
 pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
     let client = ProxyClient::new(&args.url, &args.secret, &args.client_id)?;
     let reply = match &args.call {
+        Call::Watch { image } => {
+            let installed = watch::follow(&client, image).await?;
+            println!("{installed}");
+            return Ok(());
+        }
         Call::Dashboard => client.dashboard().await?,
         Call::Search { words } => client.search(&words.join(" ")).await?,
         Call::States { images } => {

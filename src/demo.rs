@@ -24,6 +24,10 @@ pub struct DemoArgs {
     /// Where fake-store listens (likewise)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:52781")]
     pub store_listen: String,
+    /// How fast fake-store serves files, in KiB per second: slow enough by default to watch an
+    /// install's progress (0: as fast as possible)
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    pub store_kib_per_second: u64,
 }
 
 async fn bind_or_any(addr: &str) -> anyhow::Result<TcpListener> {
@@ -68,6 +72,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         public_url: None,
     })
     .context("starting fake-store")?;
+    if args.store_kib_per_second > 0 {
+        store.faults().bytes_per_second = Some(args.store_kib_per_second << 10);
+    }
     let store_task = tokio::spawn(fake_store::serve(
         store_listener,
         store,
@@ -97,10 +104,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          \x20 proxy          http://{addr}/api   (fake Eucalyptus; state in {proxy})\n\
          \x20 secret         {DEMO_SECRET}\n\
          \x20 fake cloud     {cloud}\n\n\
+         Store page: open http://{addr}/store/ in a browser on this machine and enter the secret.\n\n\
          Each command below signs its request when it runs (signatures live 30 s):\n\
          \x20 {client} dashboard\n\
          \x20 {client} install 'Ubuntu 9.10'\n\
-         \x20 {client} states 'Ubuntu 9.10'\n\n\
+         \x20 {client} states 'Ubuntu 9.10'\n\
+         \x20 {client} watch 'Ubuntu 9.10'\n\n\
          Ctrl-C stops the demo; run it again to see the state kept.\n",
         images = images.display(),
         proxy = proxy_dir.display(),

@@ -3,6 +3,7 @@
 //! Nothing downloaded here is trusted yet: callers verify, then promote (`cache.rs`).
 
 use crate::cache::Sha256Hex;
+use crate::metrics;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use sha2::{Digest, Sha256};
@@ -45,6 +46,26 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// The `kind` label of `image_store_proxy_upstream_errors_total`; `None` for what is not
+    /// upstream's doing (our disk, a cancel).
+    pub fn metric_kind(&self) -> Option<&'static str> {
+        match self {
+            FetchError::Transport { .. } => Some("transport"),
+            FetchError::Status { .. } => Some("http-status"),
+            FetchError::TooLarge { .. } => Some("too-large"),
+            FetchError::Truncated { .. } => Some("truncated"),
+            FetchError::Digest { .. } => Some("checksum"),
+            FetchError::Disk { .. } | FetchError::Cancelled => None,
+        }
+    }
+
+    /// Counts this failure in the metrics, if it is upstream's.
+    pub fn record(&self) {
+        if let Some(kind) = self.metric_kind() {
+            metrics::global().upstream_error(kind);
+        }
+    }
+
     /// Worth another try after a pause: the network or the server may recover.
     fn is_transient(&self) -> bool {
         match self {
@@ -142,6 +163,7 @@ impl Fetcher {
                         expected: cap,
                     });
                 }
+                metrics::global().add_downloaded(chunk.len() as u64);
                 body.extend_from_slice(&chunk);
             }
             Ok(body)
@@ -154,6 +176,7 @@ impl Fetcher {
                     cause: format!("no answer within {}s", timeout.as_secs()),
                 })
             })
+            .inspect_err(FetchError::record)
     }
 
     /// Downloads `url` into `partial` until it holds `expected` bytes, resuming what is already
@@ -185,6 +208,7 @@ impl Fetcher {
             {
                 Ok(()) => {}
                 Err(error) if error.is_transient() && failures + 1 < self.retry.attempts => {
+                    error.record();
                     tracing::warn!(%url, have, "download interrupted, resuming: {error}");
                     tokio::select! {
                         _ = tokio::time::sleep(self.retry.delay(failures)) => {}
@@ -192,7 +216,10 @@ impl Fetcher {
                     }
                     failures += 1;
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    error.record();
+                    return Err(error);
+                }
             }
         }
         Ok(Sha256Hex::from_digest(&hasher.finalize()))
@@ -276,6 +303,7 @@ impl Fetcher {
                         break Err(disk(source));
                     }
                     hasher.update(&bytes);
+                    metrics::global().add_downloaded(bytes.len() as u64);
                     *have += bytes.len() as u64;
                     progress(*have);
                 }

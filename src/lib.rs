@@ -16,6 +16,7 @@
 //! - [`client`]: a client that signs like the servlet (CLI and tests)
 //! - [`json`]: ASCII-only JSON, as the servlet needs
 //! - [`rfc3986`]: the percent-encoding every signature here uses
+//! - [`metrics`]: Prometheus counters and their text exposition (`/metrics`)
 //! - `demo`: fake-store and the proxy together, for a first run
 
 pub mod api;
@@ -32,5 +33,6 @@ pub mod fetch;
 pub mod install;
 pub mod json;
 pub mod keyring;
+pub mod metrics;
 pub mod rfc3986;
 pub mod unpack;

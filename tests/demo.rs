@@ -2,103 +2,11 @@
 //! commands it prints work when pasted into a shell, the install reaches the fake cloud, and a
 //! second run of the demo on the same directory keeps the installed state.
 
+mod common;
+
+use common::demo::Demo;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Demo {
-    child: Child,
-    /// The copy-pasteable commands the demo printed.
-    commands: Vec<String>,
-    /// Where the proxy and fake-store listen, as printed (`host:port`).
-    proxy: String,
-    store: String,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Demo {
-    /// Starts the demo in `dir`, listening where asked (`127.0.0.1:0`: any free port).
-    fn start(dir: &Path, proxy: &str, store: &str) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
-            .args(["demo", "--data-dir", "demo-data"])
-            .args(["--listen", proxy, "--store-listen", store])
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut commands = Vec::new();
-        let (mut proxy, mut store) = (String::new(), String::new());
-        let mut line = String::new();
-        while !line.starts_with("Ctrl-C") {
-            line.clear();
-            assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "demo ended early");
-            let address = || {
-                line.split("http://")
-                    .nth(1)
-                    .unwrap()
-                    .split('/')
-                    .next()
-                    .unwrap()
-            };
-            if line.contains(" client --url ") {
-                commands.push(line.trim().to_string());
-            } else if line.trim_start().starts_with("proxy ") {
-                proxy = address().to_string();
-            } else if line.trim_start().starts_with("fake store ") {
-                store = address().to_string();
-            }
-        }
-        Demo {
-            child,
-            commands,
-            proxy,
-            store,
-            _stdout: stdout,
-        }
-    }
-
-    /// Runs the printed command that ends with `tail` through `sh`, as if pasted.
-    fn run(&self, dir: &Path, tail: &str) -> Value {
-        let command = self
-            .commands
-            .iter()
-            .find(|c| c.ends_with(tail))
-            .unwrap_or_else(|| panic!("the demo prints a `{tail}` command: {:?}", self.commands));
-        let output = Command::new("sh")
-            .args(["-c", command])
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{command}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
-
-    /// Ctrl-C, as the demo's last line says.
-    fn interrupt(mut self) {
-        // The shell's `kill` builtin: a bare machine may have no procps.
-        let kill = format!("kill -INT {}", self.child.id());
-        assert!(
-            Command::new("sh")
-                .args(["-c", &kill])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "the demo stops cleanly on Ctrl-C: {status}"
-        );
-    }
-}
 
 fn karmic_state(reply: &Value) -> Value {
     reply["states"]

@@ -162,6 +162,25 @@ async fn file(
     serve_file(&inner, &path, headers.get(header::RANGE)).await
 }
 
+/// Holds each chunk back until the bytes sent so far fit `rate` bytes per second.
+fn throttle(
+    stream: ReaderStream<tokio::io::Take<tokio::fs::File>>,
+    rate: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send {
+    let start = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    stream.then(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            sent += bytes.len() as u64;
+        }
+        let due = start + std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+        async move {
+            tokio::time::sleep_until(due).await;
+            chunk
+        }
+    })
+}
+
 async fn serve_file(
     inner: &Inner,
     path: &std::path::Path,
@@ -204,7 +223,12 @@ async fn serve_file(
         }
     };
     let sent = drop_after.unwrap_or(count);
+    let rate = inner.faults.lock().expect("faults lock").bytes_per_second;
     let stream = ReaderStream::with_capacity(file.take(sent), 64 << 10);
+    let stream = match rate {
+        Some(rate) if rate > 0 => throttle(stream, rate).boxed(),
+        _ => stream.boxed(),
+    };
     let body = if drop_after.is_some() {
         // Promise `count` bytes, send `sent`, then fail the body: the connection is cut mid-file.
         // The pause makes hyper flush what it buffered, so the client really gets the `sent` bytes.

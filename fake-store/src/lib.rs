@@ -49,6 +49,9 @@ pub struct Faults {
     pub status: Option<u16>,
     /// The next file download longer than this sends this many bytes, then cuts the connection.
     pub drop_file_after: Option<u64>,
+    /// Serve file bodies no faster than this many bytes per second: a slow link, so that an
+    /// install's progress can be watched (the demo, the browser test).
+    pub bytes_per_second: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

@@ -28,6 +28,9 @@ struct Args {
     /// Write the demo image sets into DIR first
     #[arg(long)]
     generate_demo: bool,
+    /// Serve files no faster than this many KiB per second (0: as fast as possible)
+    #[arg(long, value_name = "KIB", default_value_t = 0)]
+    kib_per_second: u64,
 }
 
 #[tokio::main]
@@ -43,6 +46,9 @@ async fn main() -> anyhow::Result<()> {
         updated: args.updated,
         public_url: args.public_url,
     })?;
+    if args.kib_per_second > 0 {
+        store.faults().bytes_per_second = Some(args.kib_per_second << 10);
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     println!(
         "fake-store serving http://{}/api from {}",

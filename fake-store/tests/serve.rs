@@ -261,3 +261,23 @@ async fn a_signature_file_on_disk_is_served_as_is_and_faults_apply() {
         "the fault is used once"
     );
 }
+
+#[tokio::test]
+async fn a_rate_limit_slows_file_bodies_and_keeps_them_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(512 << 10).collect();
+    std::fs::write(dir.path().join("image"), &bytes).unwrap();
+    let served = serve(dir.path()).await;
+    let url = format!("{}/files/{}/image", served.base, set_name(dir.path()));
+    served.store.faults().bytes_per_second = Some(1 << 20);
+    let started = std::time::Instant::now();
+    assert_eq!(get(&url, None).await.bytes().await.unwrap(), bytes);
+    let slow = started.elapsed();
+    // 512 KiB at 1 MiB/s: half a second at least (the last chunk waits for its due time).
+    assert!(slow >= std::time::Duration::from_millis(450), "{slow:?}");
+
+    served.store.faults().bytes_per_second = None;
+    let started = std::time::Instant::now();
+    assert_eq!(get(&url, None).await.bytes().await.unwrap(), bytes);
+    assert!(started.elapsed() < slow, "unthrottled is faster");
+}

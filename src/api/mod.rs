@@ -4,8 +4,10 @@
 
 mod auth;
 pub mod error;
+mod monitoring;
 pub mod nonce;
 pub mod signature;
+mod store_page;
 mod views;
 
 use crate::catalog::model::Image;
@@ -20,7 +22,6 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use error::{ApiError, json_response};
 use nonce::NonceBook;
-use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use views::{ActionLinks, Envelope, ImageInfo, Section};
@@ -34,15 +35,44 @@ pub struct AppState {
     pub nonces: Arc<NonceBook>,
 }
 
+const DASHBOARD: &str = "/api/dashboard";
+const SEARCH: &str = "/api/search";
+const STATES: &str = "/api/states";
+const ACTION: &str = "/api/images/{key}/{action}";
+const HEALTHZ: &str = "/healthz";
+const METRICS: &str = "/metrics";
+const STORE: &str = "/store";
+const STORE_INDEX: &str = "/store/";
+const STORE_FILE: &str = "/store/{file}";
+
+/// Every path the router serves, as `ui-api/openapi.yaml` names them: its conformance test checks
+/// that the contract and the router agree both ways.
+pub const PATHS: [&str; 9] = [
+    DASHBOARD,
+    SEARCH,
+    STATES,
+    ACTION,
+    HEALTHZ,
+    METRICS,
+    STORE,
+    STORE_INDEX,
+    STORE_FILE,
+];
+
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/dashboard", get(dashboard).post(dashboard))
-        .route("/api/search", get(search).post(search))
-        .route("/api/states", post(states).get(states))
-        .route("/api/images/{key}/{action}", post(action))
-        .route("/healthz", get(healthz))
+        .route(DASHBOARD, get(dashboard).post(dashboard))
+        .route(SEARCH, get(search).post(search))
+        .route(STATES, post(states).get(states))
+        .route(ACTION, post(action))
+        .route(HEALTHZ, get(monitoring::healthz))
+        .route(METRICS, get(monitoring::metrics))
+        .route(STORE, get(store_page::redirect))
+        .route(STORE_INDEX, get(store_page::index))
+        .route(STORE_FILE, get(store_page::file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(monitoring::count_requests))
         .with_state(state)
 }
 
@@ -58,14 +88,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         method: method.to_string(),
         path: uri.path().to_string(),
     }
-}
-
-async fn healthz(State(app): State<AppState>) -> Response {
-    let catalog = app.catalog.current();
-    json_response(
-        StatusCode::OK,
-        &json!({ "status": "ok", "catalog-images": catalog.images.len(), "catalog-error": app.catalog.last_error() }),
-    )
 }
 
 /// Collects images and their states for one reply; each image once.

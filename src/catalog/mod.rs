@@ -38,8 +38,30 @@ pub enum CatalogError {
     Db(#[from] DbError),
 }
 
+impl CatalogError {
+    /// Counts a refused or unreachable catalog in `image_store_proxy_upstream_errors_total`.
+    /// Fetch failures were counted where they happened (`fetch.rs`); a missing or unreadable
+    /// keyring and our own database are not upstream's doing.
+    fn record(&self) {
+        let kind = match self {
+            CatalogError::Signature(
+                TrustError::KeyringMissing { .. }
+                | TrustError::KeyringUnreadable { .. }
+                | TrustError::KeyringEmpty { .. },
+            )
+            | CatalogError::Fetch(_)
+            | CatalogError::Db(_) => return,
+            CatalogError::Signature(_) => "catalog-signature",
+            CatalogError::Format(_) => "catalog-format",
+            CatalogError::Rollback { .. } => "catalog-rollback",
+        };
+        crate::metrics::global().upstream_error(kind);
+    }
+}
+
 struct RefreshStatus {
     last_attempt: Option<Instant>,
+    last_success: Option<Instant>,
     last_error: Option<String>,
     /// `updated` of the accepted catalog, Unix seconds (0: none yet).
     accepted_updated: i64,
@@ -85,6 +107,7 @@ impl CatalogService {
             current: RwLock::new(Arc::new(catalog)),
             status: Mutex::new(RefreshStatus {
                 last_attempt: None,
+                last_success: None,
                 last_error: None,
                 accepted_updated,
             }),
@@ -104,6 +127,16 @@ impl CatalogService {
             .expect("catalog status lock")
             .last_error
             .clone()
+    }
+
+    /// Seconds since a catalog last fetched and verified in this process (`None`: not yet; the
+    /// one served may come from the database, verified by an earlier run).
+    pub fn verified_seconds_ago(&self) -> Option<u64> {
+        self.status
+            .lock()
+            .expect("catalog status lock")
+            .last_success
+            .map(|at| at.elapsed().as_secs())
     }
 
     pub fn find_by_key(&self, key: &str) -> Option<Arc<Image>> {
@@ -150,11 +183,13 @@ impl CatalogService {
                     self.api_url
                 );
                 status.accepted_updated = updated_unix;
+                status.last_success = status.last_attempt;
                 status.last_error = None;
                 *self.current.write().expect("catalog lock") = Arc::new(catalog);
                 None
             }
             Err(error) => {
+                error.record();
                 let line = self.failure_line(&error, status.accepted_updated);
                 tracing::warn!("{line}");
                 status.last_error = Some(line.clone());

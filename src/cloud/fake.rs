@@ -94,6 +94,9 @@ impl FakeCloud {
         let bucket = self.root.join(&artifact.bucket);
         let keys = self.keys()?;
         let bundle = bundle_artifact(artifact, &keys, &bucket, progress, cancel)?;
+        // What a real cloud would have been sent: every part, and the manifest.
+        let manifest_size = std::fs::metadata(&bundle.manifest_path).map_or(0, |m| m.len());
+        crate::metrics::global().add_uploaded(bundle.bundled_size + manifest_size);
         let noun = artifact.kind.noun();
         progress.report(format!("Registering {noun}"), artifact.source_size);
         let image_id = Self::image_id(artifact);

@@ -270,7 +270,10 @@ impl S3 {
                     action: "PutObject",
                     reason: format!("{key} arrived damaged: ETag {etag}, MD5 sent {md5_hex}"),
                 })),
-                _ => Ok(true),
+                _ => {
+                    crate::metrics::global().add_uploaded(body.len() as u64);
+                    Ok(true)
+                }
             }
         })
         .await

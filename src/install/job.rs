@@ -11,6 +11,7 @@ use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
 use crate::fetch::FetchError;
 use crate::keyring::{Keyring, TrustError};
+use crate::metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -223,12 +224,13 @@ impl Job<'_> {
         };
         if digest != file.sha256 {
             cache.discard_partial(&file.sha256);
-            return Err(FetchError::Digest {
+            let error = FetchError::Digest {
                 url: file.url.clone(),
                 expected: file.sha256.to_string(),
                 actual: digest.to_string(),
-            }
-            .into());
+            };
+            error.record();
+            return Err(error.into());
         }
         self.set_state(
             InstallState::Verifying,
@@ -259,6 +261,7 @@ impl Job<'_> {
                             | TrustError::Malformed(_)
                     )
                 ) {
+                    metrics::global().upstream_error("file-signature");
                     cache.discard_partial(&file.sha256);
                 }
                 return Err(error);
@@ -359,7 +362,8 @@ impl Job<'_> {
         let published = installer
             .cloud
             .publish(artifact, &progress, self.cancel)
-            .await?;
+            .await
+            .inspect_err(record_cloud_error)?;
         installer.db.record_cloud_object(
             &cloud_id,
             &artifact.identity,
@@ -369,6 +373,19 @@ impl Job<'_> {
         tracing::info!(uri = %self.uri(), id = %published.image_id, location = %published.location, "registered {}", artifact.kind.noun());
         Ok(published.image_id)
     }
+}
+
+/// Counts a failed publish in `image_store_proxy_cloud_errors_total` (a cancel is no error).
+fn record_cloud_error(error: &CloudError) {
+    let kind = match error {
+        CloudError::Unpack(_) => "unpack",
+        CloudError::Write { .. } => "write",
+        CloudError::Bundle(_) => "bundle",
+        CloudError::Refused { .. } => "refused",
+        CloudError::Unreachable { .. } => "unreachable",
+        CloudError::Cancelled => return,
+    };
+    metrics::global().cloud_error(kind);
 }
 
 struct BoardProgress<'a> {

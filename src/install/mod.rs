@@ -73,6 +73,11 @@ impl Installer {
         &self.board
     }
 
+    /// The state database answers (`/healthz`).
+    pub fn check_db(&self) -> Result<(), DbError> {
+        self.db.ping()
+    }
+
     /// `install`: queues an attempt, or returns the state of one already queued, running or done.
     pub fn request_install(&self, image: &Image) -> Result<InstallView, DbError> {
         let (row, queued) = self.db.request_install(image, &detail::queued())?;

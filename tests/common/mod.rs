@@ -3,6 +3,7 @@
 //! the Store servlet does, and GnuPG for keys and signatures. Tests wait on state, never on sleeps.
 #![allow(dead_code)]
 
+pub mod demo;
 pub mod moto;
 pub mod openssl;
 
