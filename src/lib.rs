@@ -14,6 +14,7 @@
 //! - [`cloud`]: the one trait a cloud implements, and the fake cloud
 //! - [`client`]: a client that signs like the servlet (CLI and tests)
 //! - [`json`]: ASCII-only JSON, as the servlet needs
+//! - [`notify`]: readiness for systemd and `start-stop-daemon` (the `sd_notify` protocol)
 //! - `demo`: fake-store and the proxy together, for a first run
 
 pub mod api;
@@ -30,4 +31,5 @@ pub mod fetch;
 pub mod install;
 pub mod json;
 pub mod keyring;
+pub mod notify;
 pub mod unpack;
