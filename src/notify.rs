@@ -35,8 +35,10 @@ fn send(state: &str) {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
+    // start-stop-daemon listens only until the daemon is ready: a later STOPPING=1 finds no
+    // socket, which is no news.
     if let Err(error) = send_to(&socket, state) {
-        tracing::warn!(
+        tracing::debug!(
             "cannot notify the service manager at NOTIFY_SOCKET={}: {error}",
             socket.to_string_lossy()
         );
