@@ -54,6 +54,7 @@ pub(crate) struct SystemLock(#[allow(dead_code)] std::fs::File);
 
 impl SystemLock {
     pub(crate) fn acquire() -> Self {
+        std::fs::create_dir_all("/run/lock").unwrap();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
