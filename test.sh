@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a bare Debian machine with the Rust toolchain: installs what the
-# tests need (GnuPG makes the keys and signatures the proxy must judge; headless Chromium and
-# chromedriver drive the Store page), then runs the same checks CI runs: formatting, clippy with
-# warnings as errors, and every test of the workspace.
+# tests need (GnuPG makes the keys and signatures the proxy must judge; openssl opens the EC2
+# bundles; moto is the S3/EC2 server; headless Chromium and chromedriver drive the Store page; the
+# Debian packaging tools build and check the package), then runs the same checks CI runs:
+# formatting, clippy with warnings as errors, and every test of the workspace. The Debian package
+# test runs as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,6 +16,14 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# The Debian package test (tests/debian_package.rs): build, lint, install, run, purge.
+dpkg -s build-essential >/dev/null 2>&1 || missing+=(build-essential)
+command -v dpkg-buildpackage >/dev/null 2>&1 || missing+=(dpkg-dev)
+command -v dh >/dev/null 2>&1 || missing+=(debhelper)
+command -v help2man >/dev/null 2>&1 || missing+=(help2man)
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+[ -x /usr/sbin/adduser ] || missing+=(adduser)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]}"
     sudo=""

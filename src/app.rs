@@ -105,6 +105,7 @@ pub async fn run(
         secret: Arc::from(secret.into_bytes()),
         nonces: Arc::new(NonceBook::new(nonce::DEFAULT_CAPACITY)),
     };
+    crate::notify::ready();
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;

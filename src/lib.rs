@@ -17,6 +17,7 @@
 //! - [`json`]: ASCII-only JSON, as the servlet needs
 //! - [`rfc3986`]: the percent-encoding every signature here uses
 //! - [`metrics`]: Prometheus counters and their text exposition (`/metrics`)
+//! - [`notify`]: readiness for systemd and `start-stop-daemon` (the `sd_notify` protocol)
 //! - `demo`: fake-store and the proxy together, for a first run
 
 pub mod api;
@@ -34,5 +35,6 @@ pub mod install;
 pub mod json;
 pub mod keyring;
 pub mod metrics;
+pub mod notify;
 pub mod rfc3986;
 pub mod unpack;

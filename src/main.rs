@@ -1,5 +1,6 @@
 //! The `image-store-proxy` command: the daemon (flags of the original proxy), `demo`, `client`.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use image_store_proxy::{app, client, config::DaemonArgs};
 use std::io::{IsTerminal, Write};
@@ -55,7 +56,9 @@ async fn main() -> ExitCode {
         }
         None => {
             init_logs(cli.daemon.debug);
-            run_daemon(cli.daemon).await
+            run_daemon(cli.daemon).await.inspect_err(|error| {
+                image_store_proxy::notify::failed(&format!("{error:#}"), errno_of(error))
+            })
         }
     };
     match result {
@@ -71,7 +74,7 @@ async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     // One line on stdout for whoever started us (tests pass --listen 127.0.0.1:0 and read it).
     println!("image-store-proxy listening on http://{addr}/api");
@@ -82,10 +85,21 @@ async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("stopping");
+        image_store_proxy::notify::stopping();
         on_signal.cancel();
     });
     app::run(config, listener, shutdown).await?;
     Ok(())
+}
+
+/// The OS error behind a failed start (the listen address in use, a data dir we may not write),
+/// else EINVAL: the configuration was refused.
+fn errno_of(error: &anyhow::Error) -> i32 {
+    const EINVAL: i32 = 22;
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>()?.raw_os_error())
+        .unwrap_or(EINVAL)
 }
 
 async fn wait_for_signal() {
