@@ -7,7 +7,6 @@ mod common;
 
 use common::openssl;
 use image_store_proxy::client::ProxyClient;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -126,16 +125,8 @@ async fn without_a_cloud_config_the_credentials_come_from_euca_conf_once() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("image-store-proxy listening on ")
-            .and_then(|u| u.strip_suffix("/api"))
-            .unwrap_or_else(|| panic!("start {start}: {line:?}"))
-            .to_string();
+        let url = common::listening_url(&mut child)
+            .unwrap_or_else(|line| panic!("start {start}: {line:?}"));
         // The UI's requests are signed with the administrator's secret key from the zip.
         let signed = ProxyClient::new(&url, admin_secret, "AKIADMIN").unwrap();
         let reply = loop {

@@ -48,17 +48,7 @@ fn the_printed_commands_install_an_image_and_a_second_run_keeps_it() {
     };
     let emi = installed["emi"].as_str().unwrap().to_string();
     assert!(emi.starts_with("emi-"), "{installed}");
-    let bucket = std::fs::read_dir(dir.path().join("demo-data/proxy/fake-cloud"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| {
-            path.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("image-store-")
-        })
-        .expect("the fake cloud holds a bucket");
+    let bucket = common::fake_cloud_bucket(&dir.path().join("demo-data/proxy"));
     let registration: Value = serde_json::from_slice(
         &std::fs::read(bucket.join("ubuntu-server-amd64-9.10-image.registration.json")).unwrap(),
     )

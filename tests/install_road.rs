@@ -70,17 +70,7 @@ async fn an_image_goes_from_uninstalled_to_installed_and_stays_installed_after_a
     // The fake cloud holds an EC2 bundle of each (the same bundle code a real cloud gets), which
     // openssl, gzip and tar open with the fake cloud's user key, registered with their links.
     let cloud = env.data_dir.join("fake-cloud");
-    let bucket = std::fs::read_dir(&cloud)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| {
-            path.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("image-store-")
-        })
-        .expect("the fake cloud holds the install's bucket");
+    let bucket = common::fake_cloud_bucket(&env.data_dir);
     let user_key = cloud.join("keys/user-pk.pem");
     for (prefix, original) in [
         ("ubuntu-server-amd64-9.10-kernel", &env.originals.kernel),
@@ -299,17 +289,7 @@ async fn an_image_deregistered_in_the_cloud_shows_uninstalled_and_installs_again
     let emi = installed["emi"].as_str().unwrap().to_string();
 
     // An operator deregisters the machine image (in the fake cloud: its registration record goes).
-    let bucket = std::fs::read_dir(env.data_dir.join("fake-cloud"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| {
-            path.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("image-store-")
-        })
-        .unwrap();
+    let bucket = common::fake_cloud_bucket(&env.data_dir);
     let record = bucket.join("ubuntu-server-amd64-9.10-image.registration.json");
     std::fs::remove_file(&record).unwrap();
 

@@ -3,11 +3,32 @@
 //! on ("the cloud refused RegisterImage: AuthFailure: ...").
 
 use super::CloudError;
+use super::sign::{AccessKey, SignatureVersion, V4Scope};
 use crate::fetch::{RetryPolicy, describe};
 use reqwest::{Response, StatusCode, Url};
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// One of a cloud's services (S3, EC2) as requests to it are addressed and signed.
+pub struct Endpoint {
+    pub client: reqwest::Client,
+    pub url: Url,
+    pub key: AccessKey,
+    pub signature: SignatureVersion,
+    /// V4's region; Eucalyptus accepts any name.
+    pub region: String,
+}
+
+impl Endpoint {
+    /// The V4 scope of `service` (`s3`, `ec2`) at this endpoint.
+    pub fn scope(&self, service: &str) -> V4Scope {
+        V4Scope {
+            region: self.region.clone(),
+            service: service.into(),
+        }
+    }
+}
 
 /// A cloud call's outcome when it did not succeed: worth another try, or final.
 pub enum Failure {

@@ -4,20 +4,15 @@
 //! euca2ools up to 3.2) or V4.
 
 use super::CloudError;
-use super::aws::{self, Failure};
-use super::sign::{self, AccessKey, SignatureVersion, V4Scope};
-use reqwest::Url;
+use super::aws::{self, Endpoint, Failure};
+use super::sign::{self, SignatureVersion};
 use time::OffsetDateTime;
 
 /// The API version euca2ools 3.2 spoke: Eucalyptus 3.x/4.x and EC2 understand it.
 const API_VERSION: &str = "2014-06-15";
 
 pub struct Ec2 {
-    client: reqwest::Client,
-    endpoint: Url,
-    key: AccessKey,
-    signature: SignatureVersion,
-    region: String,
+    endpoint: Endpoint,
 }
 
 /// One of our images as `DescribeImages` lists it.
@@ -40,20 +35,8 @@ pub struct Registration<'a> {
 }
 
 impl Ec2 {
-    pub fn new(
-        client: reqwest::Client,
-        endpoint: Url,
-        key: AccessKey,
-        signature: SignatureVersion,
-        region: String,
-    ) -> Self {
-        Self {
-            client,
-            endpoint,
-            key,
-            signature,
-            region,
-        }
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
     }
 
     /// Makes one Query call and returns the response body.
@@ -64,18 +47,19 @@ impl Ec2 {
     ) -> Result<String, Failure> {
         params.insert(0, ("Action".into(), action.into()));
         params.insert(1, ("Version".into(), API_VERSION.into()));
-        let url = self.endpoint.clone();
+        let endpoint = &self.endpoint;
+        let url = endpoint.url.clone();
         let now = OffsetDateTime::now_utc();
         let host = aws::host_header(&url);
-        let mut request = self.client.post(url.clone()).header(
+        let mut request = endpoint.client.post(url.clone()).header(
             "content-type",
             "application/x-www-form-urlencoded; charset=utf-8",
         );
-        let body = match self.signature {
+        let body = match endpoint.signature {
             SignatureVersion::V2 => {
                 let timestamp = sign::query_timestamp(now);
                 sign::query_v2_sign(
-                    &self.key,
+                    &endpoint.key,
                     "POST",
                     &host,
                     url.path(),
@@ -97,11 +81,8 @@ impl Ec2 {
                     ("x-amz-date".to_string(), amz_date.clone()),
                 ];
                 let authorization = sign::v4_authorization(
-                    &self.key,
-                    &V4Scope {
-                        region: self.region.clone(),
-                        service: "ec2".into(),
-                    },
+                    &endpoint.key,
+                    &endpoint.scope("ec2"),
                     &amz_date,
                     &sign::V4Request {
                         method: "POST",

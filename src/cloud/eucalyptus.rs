@@ -4,7 +4,7 @@
 //! first: `DescribeImages` finds an image registered from the same manifest (or, on clouds that do
 //! not report locations, under the same name), so a retry after a lost reply never registers twice.
 
-use super::aws;
+use super::aws::{self, Endpoint};
 use super::bundle::{Bundle, Part};
 use super::credentials::CloudCredentials;
 use super::ec2::{Ec2, Registration};
@@ -42,20 +42,22 @@ impl EucalyptusCloud {
         Ok(Self {
             id,
             s3: S3::new(
-                client.clone(),
-                credentials.s3_url,
-                credentials.key.clone(),
-                credentials.signature,
-                credentials.region.clone(),
+                Endpoint {
+                    client: client.clone(),
+                    url: credentials.s3_url,
+                    key: credentials.key.clone(),
+                    signature: credentials.signature,
+                    region: credentials.region.clone(),
+                },
                 retry,
             ),
-            ec2: Ec2::new(
+            ec2: Ec2::new(Endpoint {
                 client,
-                credentials.ec2_url,
-                credentials.key,
-                credentials.signature,
-                credentials.region,
-            ),
+                url: credentials.ec2_url,
+                key: credentials.key,
+                signature: credentials.signature,
+                region: credentials.region,
+            }),
             keys: credentials.bundle_keys,
             bundles: data_dir.join("bundles"),
             bucket: credentials.bucket,

@@ -5,8 +5,8 @@
 //! Path-style addressing under the endpoint's own path (Walrus lives at `/services/Walrus`).
 
 use super::CloudError;
-use super::aws::{self, Failure};
-use super::sign::{self, AccessKey, SignatureVersion, V4Scope};
+use super::aws::{self, Endpoint, Failure};
+use super::sign::{self, SignatureVersion};
 use crate::fetch::RetryPolicy;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -20,11 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub const BUNDLE_ACL: &str = "aws-exec-read";
 
 pub struct S3 {
-    client: reqwest::Client,
-    endpoint: Url,
-    key: AccessKey,
-    signature: SignatureVersion,
-    region: String,
+    endpoint: Endpoint,
     retry: RetryPolicy,
 }
 
@@ -39,27 +35,13 @@ struct Call<'a> {
 }
 
 impl S3 {
-    pub fn new(
-        client: reqwest::Client,
-        endpoint: Url,
-        key: AccessKey,
-        signature: SignatureVersion,
-        region: String,
-        retry: RetryPolicy,
-    ) -> Self {
-        Self {
-            client,
-            endpoint,
-            key,
-            signature,
-            region,
-            retry,
-        }
+    pub fn new(endpoint: Endpoint, retry: RetryPolicy) -> Self {
+        Self { endpoint, retry }
     }
 
     /// `/services/Walrus/bucket/key`: the endpoint's path, then the object's.
     fn path(&self, bucket: &str, key: Option<&str>) -> String {
-        let base = self.endpoint.path().trim_end_matches('/');
+        let base = self.endpoint.url.path().trim_end_matches('/');
         match key {
             Some(key) => format!("{base}/{bucket}/{}", sign::encode_path(key)),
             None => format!("{base}/{bucket}"),
@@ -67,7 +49,7 @@ impl S3 {
     }
 
     fn url(&self, path: &str, query: &str) -> Url {
-        let mut url = self.endpoint.clone();
+        let mut url = self.endpoint.url.clone();
         url.set_path(path);
         url.set_query((!query.is_empty()).then_some(query));
         url
@@ -87,7 +69,7 @@ impl S3 {
             .find(|(n, _)| *n == "content-md5")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        match self.signature {
+        match self.endpoint.signature {
             SignatureVersion::V2 => {
                 let date = now.format(&Rfc2822).expect("a date formats");
                 let amz: Vec<(&str, &str)> = headers
@@ -107,7 +89,7 @@ impl S3 {
                 headers.push(("date", date));
                 headers.push((
                     "authorization",
-                    sign::s3_v2_authorization(&self.key, &string_to_sign),
+                    sign::s3_v2_authorization(&self.endpoint.key, &string_to_sign),
                 ));
             }
             SignatureVersion::V4 => {
@@ -125,11 +107,8 @@ impl S3 {
                     .map(|(n, v)| (n.into_owned(), v.into_owned()))
                     .collect();
                 let authorization = sign::v4_authorization(
-                    &self.key,
-                    &V4Scope {
-                        region: self.region.clone(),
-                        service: "s3".into(),
-                    },
+                    &self.endpoint.key,
+                    &self.endpoint.scope("s3"),
                     &amz_date,
                     &sign::V4Request {
                         method: call.method.as_str(),
@@ -143,6 +122,7 @@ impl S3 {
             }
         }
         let mut request = self
+            .endpoint
             .client
             .request(call.method.clone(), url.clone())
             .header("content-length", call.body.len())
@@ -176,10 +156,11 @@ impl S3 {
                 StatusCode::NOT_FOUND => {}
                 _ => return Err(aws::refused("checking the bucket", response).await),
             }
-            let body = if self.signature == SignatureVersion::V4 && self.region != "us-east-1" {
+            let endpoint = &self.endpoint;
+            let body = if endpoint.signature == SignatureVersion::V4 && endpoint.region != "us-east-1" {
                 format!(
                     "<CreateBucketConfiguration><LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
-                    self.region
+                    endpoint.region
                 )
             } else {
                 String::new()
@@ -289,14 +270,16 @@ mod tests {
         crate::fetch::install_crypto_provider();
         let s3 = |endpoint: &str| {
             S3::new(
-                reqwest::Client::new(),
-                Url::parse(endpoint).unwrap(),
-                AccessKey {
-                    id: "a".into(),
-                    secret: "b".into(),
+                Endpoint {
+                    client: reqwest::Client::new(),
+                    url: Url::parse(endpoint).unwrap(),
+                    key: crate::cloud::sign::AccessKey {
+                        id: "a".into(),
+                        secret: "b".into(),
+                    },
+                    signature: SignatureVersion::V2,
+                    region: "us-east-1".into(),
                 },
-                SignatureVersion::V2,
-                "us-east-1".into(),
                 RetryPolicy::default(),
             )
         };

@@ -46,20 +46,6 @@ impl SignatureVersion {
 /// The SHA-256 of an empty payload, which V4 signs for bodiless requests.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-/// V4's `x-amz-date`: `20150830T123600Z`.
-pub fn amz_date(at: time::OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        at.year(),
-        at.month() as u8,
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    )
-}
-
 /// Query V2's `Timestamp`: `2011-10-03T15:19:30Z`.
 pub fn query_timestamp(at: time::OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
@@ -72,6 +58,11 @@ pub fn query_timestamp(at: time::OffsetDateTime) -> String {
         at.minute(),
         at.second()
     )
+}
+
+/// V4's `x-amz-date`: the same instant without separators, `20150830T123600Z`.
+pub fn amz_date(at: time::OffsetDateTime) -> String {
+    query_timestamp(at).replace(['-', ':'], "")
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -335,6 +326,13 @@ mod tests {
                 "{string_to_sign}"
             );
         }
+    }
+
+    #[test]
+    fn timestamps_are_utc_in_both_forms() {
+        let at = time::OffsetDateTime::from_unix_timestamp(1_440_938_160).unwrap();
+        assert_eq!(query_timestamp(at), "2015-08-30T12:36:00Z");
+        assert_eq!(amz_date(at), "20150830T123600Z");
     }
 
     #[test]

@@ -243,21 +243,12 @@ impl TestEnv {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("the proxy binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("image-store-proxy listening on ")
-            .and_then(|u| u.strip_suffix("/api"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {line:?}; log: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_string();
+        let url = listening_url(&mut child).unwrap_or_else(|line| {
+            panic!(
+                "unexpected first line {line:?}; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
         self.proxy = Some(Proxy { child, url, log });
     }
 
@@ -382,6 +373,33 @@ impl TestEnv {
         found.sort();
         found
     }
+}
+
+/// The proxy's base URL from the line it prints on stdout once it listens
+/// (`image-store-proxy listening on http://ADDR/api`); the line itself when it printed another.
+pub fn listening_url(child: &mut Child) -> Result<String, String> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("image-store-proxy listening on ")
+        .and_then(|u| u.strip_suffix("/api"))
+        .map(str::to_string)
+        .ok_or(line)
+}
+
+/// The install bucket the fake cloud under `data_dir` holds (`image-store-<unix seconds>`).
+pub fn fake_cloud_bucket(data_dir: &Path) -> PathBuf {
+    std::fs::read_dir(data_dir.join("fake-cloud"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("image-store-"))
+        })
+        .expect("the fake cloud holds an install's bucket")
 }
 
 pub fn state_in(body: &Value, uri: &str) -> Option<Value> {

@@ -43,29 +43,43 @@ def objects(s3, bucket):
     return [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"].strip('"')} for o in listed]
 
 
-def recorded(path):
-    out = []
+class Recorded:
+    """One request from moto's recording: method, URL, headers as sent, the body decoded, and the
+    parameters of its query string and, for a POST, its form body."""
+
+    def __init__(self, line):
+        entry = json.loads(line)
+        self.method = entry["method"]
+        self.url = entry["url"]
+        self.headers = entry.get("headers") or {}
+        body = entry.get("body") or ""
+        if entry.get("body_encoded"):
+            body = base64.b64decode(body).decode("latin-1")
+        self.split = urllib.parse.urlsplit(self.url)
+        self.params = dict(urllib.parse.parse_qsl(self.split.query))
+        if self.method == "POST":
+            self.params.update(urllib.parse.parse_qsl(body))
+
+    def header(self, name, default=None):
+        return next((v for k, v in self.headers.items() if k.lower() == name), default)
+
+
+def recorded_requests(path):
     with open(path) as lines:
-        for line in lines:
-            entry = json.loads(line)
-            body = entry.get("body") or ""
-            if entry.get("body_encoded"):
-                body = base64.b64decode(body).decode("latin-1")
-            url = urllib.parse.urlsplit(entry["url"])
-            params = dict(urllib.parse.parse_qsl(url.query))
-            if entry["method"] == "POST":
-                params.update(urllib.parse.parse_qsl(body))
-            headers = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
-            out.append(
-                {
-                    "method": entry["method"],
-                    "path": url.path,
-                    "params": params,
-                    "acl": headers.get("x-amz-acl"),
-                    "authorization": headers.get("authorization", ""),
-                }
-            )
-    return out
+        return [Recorded(line) for line in lines]
+
+
+def recorded(path):
+    return [
+        {
+            "method": r.method,
+            "path": r.split.path,
+            "params": r.params,
+            "acl": r.header("x-amz-acl"),
+            "authorization": r.header("authorization", ""),
+        }
+        for r in recorded_requests(path)
+    ]
 
 
 class RecordedDateV1Auth(HmacV1Auth):
@@ -82,36 +96,25 @@ class RecordedDateV1Auth(HmacV1Auth):
 def verify_v2(path, key, secret):
     credentials = Credentials(key, secret)
     checked, mismatches = 0, []
-    with open(path) as lines:
-        for line in lines:
-            entry = json.loads(line)
-            body = entry.get("body") or ""
-            if entry.get("body_encoded"):
-                body = base64.b64decode(body).decode("latin-1")
-            raw_headers = entry.get("headers") or {}
-            authorization = {k.lower(): v for k, v in raw_headers.items()}.get("authorization", "")
-            params = dict(urllib.parse.parse_qsl(body)) if entry["method"] == "POST" else {}
-            if params.get("SignatureVersion") == "2":
-                # The Query API: botocore signs against the URL the request went to.
-                url = urllib.parse.urlsplit(entry["url"])
-                host = next(v for k, v in raw_headers.items() if k.lower() == "host")
-                request = AWSRequest(method="POST", url=f"http://{host}{url.path or '/'}")
-                _, expected = SigV2Auth(credentials).calc_signature(request, params)
-                given = params.get("Signature")
-            elif authorization.startswith("AWS "):
-                headers = HTTPHeaders()
-                for name, value in raw_headers.items():
-                    headers[name] = value
-                split = urllib.parse.urlsplit(entry["url"])
-                date = next((v for k, v in raw_headers.items() if k.lower() == "date"), "")
-                signer = RecordedDateV1Auth(credentials, date)
-                expected = signer.get_signature(entry["method"], split, headers)
-                given = authorization.rsplit(":", 1)[1]
-            else:
-                continue
-            checked += 1
-            if expected != given:
-                mismatches.append({"method": entry["method"], "url": entry["url"], "given": given, "expected": expected})
+    for r in recorded_requests(path):
+        authorization = r.header("authorization", "")
+        if r.method == "POST" and r.params.get("SignatureVersion") == "2":
+            # The Query API: botocore signs against the URL the request went to.
+            request = AWSRequest(method="POST", url=f"http://{r.header('host')}{r.split.path or '/'}")
+            _, expected = SigV2Auth(credentials).calc_signature(request, r.params)
+            given = r.params.get("Signature")
+        elif authorization.startswith("AWS "):
+            headers = HTTPHeaders()
+            for name, value in r.headers.items():
+                headers[name] = value
+            signer = RecordedDateV1Auth(credentials, r.header("date", ""))
+            expected = signer.get_signature(r.method, r.split, headers)
+            given = authorization.rsplit(":", 1)[1]
+        else:
+            continue
+        checked += 1
+        if expected != given:
+            mismatches.append({"method": r.method, "url": r.url, "given": given, "expected": expected})
     return {"checked": checked, "mismatches": mismatches}
 
 
