@@ -98,11 +98,7 @@ async fn failed_install(env: &TestEnv, set: &str) -> String {
     let uri = env.image_uri(set);
     env.dashboard().await;
     env.act(&uri, "install").await;
-    let state = env
-        .wait_for(&uri, "the install to fail", |s| {
-            s.get("error-message").is_some()
-        })
-        .await;
+    let state = env.wait_for_failure(&uri).await;
     assert_eq!(state["status"], "uninstalled", "{state}");
     assert!(
         state["actions"]["install"].is_string() && state["actions"]["clear-error"].is_string(),
@@ -245,8 +241,7 @@ async fn installs_in_flight_show_up_in_states_polls_unasked() {
     let path = env.images.join("karmic/ramdisk.gz");
     std::fs::write(&path, b"corrupt").unwrap();
     env.act(&karmic, "install").await;
-    env.wait_for(&karmic, "the failure", |s| s.get("error-message").is_some())
-        .await;
+    env.wait_for_failure(&karmic).await;
     // An old tab that knows no image still hears about the failed install.
     let poll = env.client().states(&[]).await.unwrap().body;
     let state = state_in(&poll, &karmic).expect("failed installs are reported unasked");

@@ -204,11 +204,7 @@ async fn a_failing_cloud_ends_in_a_clear_error_and_the_retry_registers_nothing_t
 
     let karmic = env.image_uri("karmic");
     env.act(&karmic, "install").await;
-    let failed = env
-        .wait_for(&karmic, "the install failing", |s| {
-            s.get("error-message").is_some()
-        })
-        .await;
+    let failed = env.wait_for_failure(&karmic).await;
     assert_eq!(failed["status"], "uninstalled");
     assert_eq!(
         failed["error-message"],
@@ -267,11 +263,7 @@ async fn v4_signatures_pass_moto_s_checker_and_a_wrong_secret_fails_clearly() {
     let mut env = env_with_cloud(&moto, "toml", &key, "not-the-secret", "4").await;
     let karmic = env.image_uri("karmic");
     env.act(&karmic, "install").await;
-    let failed = env
-        .wait_for(&karmic, "the install failing", |s| {
-            s.get("error-message").is_some()
-        })
-        .await;
+    let failed = env.wait_for_failure(&karmic).await;
     let line = failed["error-message"].as_str().unwrap();
     assert!(
         line.starts_with(

@@ -342,6 +342,14 @@ impl TestEnv {
         }
     }
 
+    /// Polls until the install of `uri` carries an `error-message`: it failed.
+    pub async fn wait_for_failure(&self, uri: &str) -> Value {
+        self.wait_for(uri, "the install to fail", |state| {
+            state.get("error-message").is_some()
+        })
+        .await
+    }
+
     pub async fn wait_for_status(&self, uri: &str, status: &str) -> Value {
         self.wait_for(uri, &format!("status {status}"), |state| {
             state["status"] == status
