@@ -322,6 +322,64 @@ mod tests {
         );
     }
 
+    struct Quiet;
+    impl Progress for Quiet {
+        fn report(&self, _: String, _: u64) {}
+    }
+
+    /// Two gzip members: the trailer tells only the second one's size, so the first pass fails
+    /// its size check and the image is measured and bundled again, correctly.
+    #[test]
+    fn a_wrong_trailer_guess_is_caught_and_the_image_measured() {
+        use flate2::{Compression as Level, write::GzEncoder};
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8).collect();
+        let second = b"the second member".to_vec();
+        let mut file = Vec::new();
+        for member in [&first, &second] {
+            let mut encoder = GzEncoder::new(Vec::new(), Level::fast());
+            encoder.write_all(member).unwrap();
+            file.extend(encoder.finish().unwrap());
+        }
+        let source = dir.path().join("image.gz");
+        std::fs::write(&source, &file).unwrap();
+        let artifact = Artifact {
+            kind: crate::catalog::model::FileKind::Image,
+            source,
+            source_size: file.len() as u64,
+            compression: Compression::Gzip,
+            packing: Packing::Raw,
+            name: "two-members-image".into(),
+            arch: "x86_64".into(),
+            bucket: "image-store-1".into(),
+            kernel_id: None,
+            ramdisk_id: None,
+            identity: "image:test".into(),
+        };
+        let hint = size_hint(&artifact).unwrap();
+        assert!(hint.guessed);
+        assert_ne!(hint.size, Some((first.len() + second.len()) as u64));
+        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
+        let out = dir.path().join("bundle");
+        let settings = GzipSettings {
+            level: 1,
+            threads: 2,
+        };
+        let bundle = bundle_artifact(
+            &artifact,
+            &keys,
+            &out,
+            settings,
+            &Quiet,
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!(bundle.size, (first.len() + second.len()) as u64);
+        let parts = std::fs::read_dir(&out).unwrap().count();
+        assert_eq!(parts, bundle.parts.len() + 1, "parts and the manifest only");
+    }
+
     #[test]
     fn the_pipe_carries_every_byte_in_order_and_reports_a_failed_reader() {
         let data: Vec<u8> = (0..(3 * BUFFER + 17)).map(|i| (i % 251) as u8).collect();
