@@ -1,7 +1,7 @@
 //! The only place that reads flags, environment and config files (SPEC §3). Flags keep the
 //! original proxy's names; each can also come from `--config FILE` (TOML, the same names as keys).
 
-use crate::fetch::RetryPolicy;
+use crate::fetch::{RetryPolicy, StallRule};
 use reqwest::Url;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,13 @@ pub struct DaemonArgs {
     /// Pause before the first retry of a failed download, doubling after [default: 500]
     #[arg(long, value_name = "MILLISECONDS")]
     pub retry_delay_ms: Option<u64>,
+    /// A download slower than this on average over --stall-seconds has stalled: it is dropped and
+    /// resumed (0: never) [default: 1024]
+    #[arg(long, value_name = "BYTES")]
+    pub stall_bytes_per_second: Option<u64>,
+    /// The window over which --stall-bytes-per-second is judged [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub stall_seconds: Option<u64>,
     /// Read these settings from a TOML file (keys as the flags: api-url = "...")
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -113,6 +120,14 @@ impl DaemonArgs {
         };
         let retry = RetryPolicy {
             first_delay: Duration::from_millis(merged.retry_delay_ms.unwrap_or(500)),
+            stall: StallRule {
+                min_bytes_per_second: merged
+                    .stall_bytes_per_second
+                    .unwrap_or(StallRule::default().min_bytes_per_second),
+                window: merged
+                    .stall_seconds
+                    .map_or(StallRule::default().window, Duration::from_secs),
+            },
             ..RetryPolicy::default()
         };
         Ok(Config {
@@ -140,6 +155,8 @@ impl DaemonArgs {
             catalog_max_age: self.catalog_max_age.or(file.catalog_max_age),
             workers: self.workers.or(file.workers),
             retry_delay_ms: self.retry_delay_ms.or(file.retry_delay_ms),
+            stall_bytes_per_second: self.stall_bytes_per_second.or(file.stall_bytes_per_second),
+            stall_seconds: self.stall_seconds.or(file.stall_seconds),
             config: self.config,
         }
     }
