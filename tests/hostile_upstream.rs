@@ -185,7 +185,7 @@ async fn transient_faults_are_retried_with_backoff_and_resumed_until_the_install
     let log = env.proxy_log();
     assert!(log.contains("the response ended early"), "{log}");
     assert!(
-        log.contains(&format!("stalled at ")) && log.contains("less than 65536 bytes/s for 1s"),
+        log.contains("stalled at ") && log.contains("less than 65536 bytes/s for 1s"),
         "{log}"
     );
     assert_nothing_past_the_signed_size(&env);
