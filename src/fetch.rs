@@ -33,6 +33,8 @@ pub enum FetchError {
         /// The `Content-Length` that promised too much, when that is how we knew.
         announced: Option<u64>,
     },
+    #[error("GET {url}: the answer is larger than the {cap} bytes accepted")]
+    Oversized { url: String, cap: u64 },
     #[error("GET {url}: the transfer stopped at {got} of {expected} bytes: {cause}")]
     Truncated {
         url: String,
@@ -89,7 +91,7 @@ impl FetchError {
         match self {
             FetchError::Transport { .. } => Some("transport"),
             FetchError::Status { .. } => Some("http-status"),
-            FetchError::TooLarge { .. } => Some("too-large"),
+            FetchError::TooLarge { .. } | FetchError::Oversized { .. } => Some("too-large"),
             FetchError::Truncated { .. } => Some("truncated"),
             FetchError::Stalled { .. } => Some("stalled"),
             FetchError::Digest { .. } => Some("checksum"),
@@ -263,10 +265,9 @@ impl Fetcher {
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(transport)? {
                 if body.len() as u64 + chunk.len() as u64 > cap {
-                    return Err(FetchError::TooLarge {
+                    return Err(FetchError::Oversized {
                         url: url.to_string(),
-                        expected: cap,
-                        announced: None,
+                        cap,
                     });
                 }
                 metrics::global().add_downloaded(chunk.len() as u64);
@@ -472,7 +473,7 @@ impl Fetcher {
                     metrics::global().add_downloaded(bytes.len() as u64);
                     *have += bytes.len() as u64;
                     progress(*have);
-                    if stall.stalled(*have, tokio::time::Instant::now()) {
+                    if *have < expected && stall.stalled(*have, tokio::time::Instant::now()) {
                         break Err(stalled(*have));
                     }
                 }

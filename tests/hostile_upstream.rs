@@ -357,13 +357,30 @@ async fn replayed_old_catalogs_and_foreign_signatures_are_refused_and_the_last_g
     let gpg = Gpg::new();
     let stranger = gpg.generate("Stranger <stranger@example.invalid>", "ed25519");
     env.store.set_updated("2026-11-22T10:00:00Z").unwrap();
-    env.store.faults().catalog_signed_by = Some(stranger);
+    env.store.faults().catalog_signed_by = Some(stranger.clone());
     let (error, _) = dashboard_error(&env).await;
     assert!(
         error.contains("made by a key not in the keyring (0x") && error.ends_with(kept),
         "{error}"
     );
-    // The catalog upstream says is there answers 500 now: still the last good one.
+    // An endless catalog is cut off at the cap; one with a byte flipped in flight fails its
+    // signature; a 500: each time the last good catalog stays.
+    env.store.faults().catalog_signed_by = None;
+    env.store.inject("dashboard", Fault::Endless, Some(1));
+    let (error, _) = dashboard_error(&env).await;
+    assert!(
+        error.starts_with("Refused the image catalog from ")
+            && error.contains("/dashboard: the answer is larger than the 16777216 bytes accepted")
+            && error.ends_with(kept),
+        "{error}"
+    );
+    env.store
+        .inject("dashboard", Fault::Corrupt { offset: 200 }, Some(1));
+    let (error, _) = dashboard_error(&env).await;
+    assert!(
+        error.contains("its signature was refused: bad signature") && error.ends_with(kept),
+        "{error}"
+    );
     env.store.inject("dashboard", Fault::Status(500), Some(1));
     let (error, images) = dashboard_error(&env).await;
     assert!(
@@ -376,6 +393,7 @@ async fn replayed_old_catalogs_and_foreign_signatures_are_refused_and_the_last_g
     assert_eq!(stored_catalog_time(&env), "2026-11-21T10:00:00Z");
 
     // Installs keep working from the last good catalog meanwhile.
+    env.store.faults().catalog_signed_by = Some(stranger);
     let karmic = env.image_uri("karmic");
     env.act(&karmic, "install").await;
     env.wait_for_status(&karmic, "installed").await;

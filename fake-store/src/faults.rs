@@ -27,7 +27,8 @@ pub enum Fault {
     Endless,
 }
 
-/// A rule: the next `times` requests for `path` get `fault` (`None`: all of them).
+/// A rule: the next `times` requests for `path` get `fault` (`None`: all of them). A status
+/// applies to any path; the other faults shape file and catalog bodies (a cut: files only).
 #[derive(Debug, Clone)]
 pub struct PathFault {
     /// The request path after `/api/`: `dashboard`, `files/karmic/image.gz`, `files/karmic/image.gz.asc`.

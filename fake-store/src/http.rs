@@ -101,12 +101,27 @@ fn served_catalog(inner: &Inner) -> Vec<u8> {
     }
 }
 
-async fn dashboard(State(inner): State<Arc<Inner>>) -> Response {
+async fn dashboard(State(inner): State<Arc<Inner>>, fault: Option<Extension<Fault>>) -> Response {
     let mut bytes = served_catalog(&inner);
     if inner.faults.lock().expect("faults lock").tamper_catalog {
         tamper(&mut bytes);
     }
-    json(bytes)
+    let Some(Extension(fault)) = fault else {
+        return json(bytes);
+    };
+    let count = bytes.len() as u64;
+    let body: ByteStream =
+        futures_util::stream::once(async move { Ok(axum::body::Bytes::from(bytes)) }).boxed();
+    let shaped = faults::shape_body(Some(fault), body, 0, count);
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(length) = shaped.content_length {
+        response = response.header(header::CONTENT_LENGTH, length);
+    }
+    response
+        .body(Body::from_stream(shaped.body))
+        .expect("a valid response")
 }
 
 /// Changes one letter of the first title: still valid JSON, no longer what was signed.
