@@ -66,7 +66,7 @@ pub enum FetchError {
         source: std::io::Error,
     },
     #[error(
-        "no space left on device writing {path} at {got} of {expected} bytes; the partial download was removed to free the space"
+        "no space left on device writing {path} ({got} of {expected} bytes received); the partial download was removed to free the space"
     )]
     DiskFull {
         path: PathBuf,
