@@ -208,9 +208,19 @@ async fn hostile_tarballs_are_refused_naming_the_member_and_write_nothing_outsid
         })
         .await;
     assert_eq!(state["status"], "installed", "{state}");
-    let bucket = common::fake_cloud_bucket(&env.data_dir);
+    // Each cleared failure started a new install with its own bucket: find the one with the image.
+    let manifest = std::fs::read_dir(env.data_dir.join("fake-cloud"))
+        .unwrap()
+        .flatten()
+        .map(|entry| {
+            entry
+                .path()
+                .join("ubuntu-server-amd64-10.04-image.manifest.xml")
+        })
+        .find(|manifest| manifest.exists())
+        .expect("the fake cloud holds the machine image's bundle");
     let opened = openssl::open_bundle(
-        &bucket.join("ubuntu-server-amd64-10.04-image.manifest.xml"),
+        &manifest,
         &env.data_dir.join("fake-cloud/keys/user-pk.pem"),
         WrappedFor::User,
         &env.dir.path().join("opened"),
