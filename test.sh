@@ -24,6 +24,8 @@ command -v help2man >/dev/null 2>&1 || missing+=(help2man)
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 [ -x /usr/sbin/adduser ] || missing+=(adduser)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# tests/full_disk.rs (as root) puts the data dir on a small loop-mounted ext4 (tmpfs without it).
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]}"
     sudo=""

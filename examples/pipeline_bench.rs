@@ -10,7 +10,8 @@
 //!    work on the same upstream: curl, gpgv, sha256sum, gunzip, then
 //!    `tar | tee >(sha1sum) | gzip -6 | openssl enc -aes-128-cbc | split -b 10M` per file.
 //! 3. Times each stage of the pipeline alone on one core, on the same bytes (the deflate limit).
-//! 4. Installs once more at each further level of LEVELS for the level table.
+//! 4. Installs once more at each further level of LEVELS for the level table, and once with one
+//!    deflate thread.
 //!
 //! Prints medians, the ratio a/b, the install's input rate as a percentage of single-core deflate,
 //! the proxy's peak RSS (VmHWM) and CPU time, and the per-stage table.
@@ -66,7 +67,8 @@ fn main() {
     let mut shell_times = Vec::new();
     let mut first: Option<Install> = None;
     for run in 1..=runs {
-        let install = runtime.block_on(install_with_proxy(&bin, &keyring, &api, &work, level));
+        let install =
+            runtime.block_on(install_with_proxy(&bin, &keyring, &api, &work, level, None));
         println!(
             "run {run}: (a) proxy {:.2} s (CPU {:.1} s, peak RSS {:.1} MiB)",
             install.seconds,
@@ -89,7 +91,8 @@ fn main() {
 
     let mut table = vec![(level, a, first.bundled_bytes)];
     for &other in &levels[1..] {
-        let install = runtime.block_on(install_with_proxy(&bin, &keyring, &api, &work, other));
+        let install =
+            runtime.block_on(install_with_proxy(&bin, &keyring, &api, &work, other, None));
         println!(
             "level {other}: proxy {:.2} s, bundle {:.0} MiB",
             install.seconds,
@@ -97,6 +100,18 @@ fn main() {
         );
         table.push((other, install.seconds, install.bundled_bytes));
     }
+    let single = runtime.block_on(install_with_proxy(
+        &bin,
+        &keyring,
+        &api,
+        &work,
+        level,
+        Some(1),
+    ));
+    println!(
+        "level {level}, one deflate thread: proxy {:.2} s",
+        single.seconds
+    );
     let _ = fake_store.kill();
 
     println!("\nlevel  install time  bundle size (all three files)");
@@ -116,6 +131,11 @@ fn main() {
     println!(
         "install input rate {input_rate:.1} MiB/s = {:.0} % of single-core deflate at level {level} ({deflate_rate:.1} MiB/s)",
         100.0 * input_rate / deflate_rate
+    );
+    println!(
+        "one deflate thread (--compression-threads 1): {:.2} s, ratio {:.2}",
+        single.seconds,
+        single.seconds / b
     );
     println!("median (a) proxy {a:.2} s, median (b) shell pipeline {b:.2} s");
     println!("ratio a/b = {:.2}", a / b);
@@ -334,6 +354,7 @@ async fn install_with_proxy(
     api: &str,
     work: &Path,
     level: u32,
+    threads: Option<usize>,
 ) -> Install {
     let data = work.join("proxy-data");
     let _ = std::fs::remove_dir_all(&data);
@@ -345,7 +366,8 @@ async fn install_with_proxy(
             .arg("--keyring")
             .arg(keyring)
             .arg(format!("--fake-eucalyptus={SECRET}"))
-            .arg(format!("--compression-level={level}")),
+            .arg(format!("--compression-level={level}"))
+            .args(threads.map(|n| format!("--compression-threads={n}"))),
         &work.join("proxy.log"),
     );
     let base = url.trim_end_matches("/api");

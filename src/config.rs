@@ -2,7 +2,7 @@
 //! original proxy's names; each can also come from `--config FILE` (TOML, the same names as keys).
 
 use crate::cloud::gzip::GzipSettings;
-use crate::fetch::RetryPolicy;
+use crate::fetch::{RetryPolicy, StallRule};
 use reqwest::Url;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,13 @@ pub struct DaemonArgs {
     /// Threads that compress a bundle [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
     pub compression_threads: Option<u64>,
+    /// A download slower than this on average over --stall-seconds has stalled: it is dropped and
+    /// resumed (0: never) [default: 1024]
+    #[arg(long, value_name = "BYTES")]
+    pub stall_bytes_per_second: Option<u64>,
+    /// The window over which --stall-bytes-per-second is judged [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub stall_seconds: Option<u64>,
     /// Read these settings from a TOML file (keys as the flags: api-url = "...")
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -125,6 +132,14 @@ impl DaemonArgs {
         };
         let retry = RetryPolicy {
             first_delay: Duration::from_millis(merged.retry_delay_ms.unwrap_or(500)),
+            stall: StallRule {
+                min_bytes_per_second: merged
+                    .stall_bytes_per_second
+                    .unwrap_or(StallRule::default().min_bytes_per_second),
+                window: merged
+                    .stall_seconds
+                    .map_or(StallRule::default().window, Duration::from_secs),
+            },
             ..RetryPolicy::default()
         };
         let machine = GzipSettings::default_for_this_machine();
@@ -168,6 +183,8 @@ impl DaemonArgs {
             retry_delay_ms: self.retry_delay_ms.or(file.retry_delay_ms),
             compression_level: self.compression_level.or(file.compression_level),
             compression_threads: self.compression_threads.or(file.compression_threads),
+            stall_bytes_per_second: self.stall_bytes_per_second.or(file.stall_bytes_per_second),
+            stall_seconds: self.stall_seconds.or(file.stall_seconds),
             config: self.config,
         }
     }

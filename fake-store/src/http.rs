@@ -1,14 +1,16 @@
 //! Serves the store API: the catalog and its signature, files with Range support and their
 //! signatures, icons; records every request and applies the test faults.
 
+use crate::faults::{self, ByteStream, Fault};
+use crate::signing::SigningKey;
 use crate::{Inner, RequestRecord, range};
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use futures_util::StreamExt;
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -31,9 +33,10 @@ pub fn router(inner: Arc<Inner>) -> Router {
 
 async fn record_and_fault(
     State(inner): State<Arc<Inner>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    let at = std::time::Instant::now();
     let method = request.method().to_string();
     let path = request.uri().path().to_string();
     let range = request
@@ -41,7 +44,19 @@ async fn record_and_fault(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let forced = inner.faults.lock().expect("faults lock").status;
+    let (path_fault, forced) = {
+        let mut faults = inner.faults.lock().expect("faults lock");
+        let api_path = path.strip_prefix("/api/").unwrap_or(&path);
+        (faults::take(&mut faults.paths, api_path), faults.status)
+    };
+    let forced = match path_fault {
+        Some(Fault::Status(status)) => Some(status),
+        Some(fault) => {
+            request.extensions_mut().insert(fault);
+            forced
+        }
+        None => forced,
+    };
     let response = match forced {
         Some(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -59,6 +74,7 @@ async fn record_and_fault(
             path,
             range,
             status,
+            at,
         });
     response
 }
@@ -71,12 +87,41 @@ fn armored(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/pgp-signature")], bytes).into_response()
 }
 
-async fn dashboard(State(inner): State<Arc<Inner>>) -> Response {
-    let mut bytes = inner.state.read().expect("state lock").catalog.clone();
+/// The catalog document served now: the current one, or a replayed one.
+fn served_catalog(inner: &Inner) -> Vec<u8> {
+    let replayed = inner
+        .faults
+        .lock()
+        .expect("faults lock")
+        .replay_catalog
+        .clone();
+    match replayed {
+        Some(old) => old.document,
+        None => inner.state.read().expect("state lock").catalog.clone(),
+    }
+}
+
+async fn dashboard(State(inner): State<Arc<Inner>>, fault: Option<Extension<Fault>>) -> Response {
+    let mut bytes = served_catalog(&inner);
     if inner.faults.lock().expect("faults lock").tamper_catalog {
         tamper(&mut bytes);
     }
-    json(bytes)
+    let Some(Extension(fault)) = fault else {
+        return json(bytes);
+    };
+    let count = bytes.len() as u64;
+    let body: ByteStream =
+        futures_util::stream::once(async move { Ok(axum::body::Bytes::from(bytes)) }).boxed();
+    let shaped = faults::shape_body(Some(fault), body, 0, count);
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(length) = shaped.content_length {
+        response = response.header(header::CONTENT_LENGTH, length);
+    }
+    response
+        .body(Body::from_stream(shaped.body))
+        .expect("a valid response")
 }
 
 /// Changes one letter of the first title: still valid JSON, no longer what was signed.
@@ -93,14 +138,34 @@ fn tamper(bytes: &mut [u8]) {
 }
 
 async fn dashboard_signature(State(inner): State<Arc<Inner>>) -> Response {
-    armored(
-        inner
-            .state
-            .read()
-            .expect("state lock")
-            .catalog_signature
-            .clone(),
-    )
+    let (replayed, other_key) = {
+        let faults = inner.faults.lock().expect("faults lock");
+        (
+            faults.replay_catalog.clone(),
+            faults.catalog_signed_by.clone(),
+        )
+    };
+    if let Some(armored_key) = other_key {
+        let signed = SigningKey::from_armored(&armored_key).and_then(|key| {
+            key.sign(&served_catalog(&inner)[..])
+                .map_err(|e| e.to_string())
+        });
+        return match signed {
+            Ok(signature) => armored(signature),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        };
+    }
+    match replayed {
+        Some(old) => armored(old.signature),
+        None => armored(
+            inner
+                .state
+                .read()
+                .expect("state lock")
+                .catalog_signature
+                .clone(),
+        ),
+    }
 }
 
 async fn icon(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> Response {
@@ -133,6 +198,7 @@ async fn icon(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> Resp
 async fn file(
     State(inner): State<Arc<Inner>>,
     Path((set, name)): Path<(String, String)>,
+    fault: Option<Extension<Fault>>,
     headers: HeaderMap,
 ) -> Response {
     let (data_name, is_signature) = match name.strip_suffix(".asc") {
@@ -159,32 +225,20 @@ async fn file(
             Err(_) => armored(generated_signature.unwrap_or_default()),
         };
     }
-    serve_file(&inner, &path, headers.get(header::RANGE)).await
-}
-
-/// Holds each chunk back until the bytes sent so far fit `rate` bytes per second.
-fn throttle(
-    stream: ReaderStream<tokio::io::Take<tokio::fs::File>>,
-    rate: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send {
-    let start = tokio::time::Instant::now();
-    let mut sent = 0u64;
-    stream.then(move |chunk| {
-        if let Ok(bytes) = &chunk {
-            sent += bytes.len() as u64;
-        }
-        let due = start + std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
-        async move {
-            tokio::time::sleep_until(due).await;
-            chunk
-        }
-    })
+    serve_file(
+        &inner,
+        &path,
+        headers.get(header::RANGE),
+        fault.map(|Extension(fault)| fault),
+    )
+    .await
 }
 
 async fn serve_file(
     inner: &Inner,
     path: &std::path::Path,
     range_header: Option<&HeaderValue>,
+    fault: Option<Fault>,
 ) -> Response {
     let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
@@ -215,19 +269,23 @@ async fn serve_file(
     if file.seek(SeekFrom::Start(start)).await.is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    let drop_after = {
-        let mut faults = inner.faults.lock().expect("faults lock");
-        match faults.drop_file_after {
-            Some(cut) if cut < count => faults.drop_file_after.take(),
-            _ => None,
+    let drop_after = match fault {
+        Some(Fault::DropAfter(cut)) => Some(cut).filter(|cut| *cut < count),
+        _ => {
+            let mut faults = inner.faults.lock().expect("faults lock");
+            match faults.drop_file_after {
+                Some(cut) if cut < count => faults.drop_file_after.take(),
+                _ => None,
+            }
         }
     };
     let sent = drop_after.unwrap_or(count);
     let rate = inner.faults.lock().expect("faults lock").bytes_per_second;
-    let stream = ReaderStream::with_capacity(file.take(sent), 64 << 10);
+    let stream: ByteStream = ReaderStream::with_capacity(file.take(sent), 64 << 10).boxed();
+    let shaped = faults::shape_body(fault, stream, start, count);
     let stream = match rate {
-        Some(rate) if rate > 0 => throttle(stream, rate).boxed(),
-        _ => stream.boxed(),
+        Some(rate) if rate > 0 => faults::throttle(shaped.body, rate),
+        _ => shaped.body,
     };
     let body = if drop_after.is_some() {
         // Promise `count` bytes, send `sent`, then fail the body: the connection is cut mid-file.
@@ -240,9 +298,11 @@ async fn serve_file(
     } else {
         Body::from_stream(stream)
     };
-    let mut response = Response::builder()
-        .status(status)
-        .header(header::CONTENT_LENGTH, count)
+    let mut response = Response::builder().status(status);
+    if let Some(length) = shaped.content_length {
+        response = response.header(header::CONTENT_LENGTH, length);
+    }
+    let mut response = response
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_TYPE, "application/octet-stream");
     if status == StatusCode::PARTIAL_CONTENT {

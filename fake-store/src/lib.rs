@@ -6,15 +6,18 @@
 //! - `signing.rs`: detached armored signatures with an OpenPGP secret key (sequoia)
 //! - `http.rs`: the HTTP API, the request log and the faults
 //! - `range.rs`: `Range` header parsing
+//! - `faults.rs`: per-path misbehaviour a test switches on at run time ([`Fault`])
 //! - [`demo`]: generates the demo image sets
 
 mod catalog;
 pub mod demo;
+mod faults;
 mod http;
 mod range;
 mod signing;
 
 pub use catalog::Error;
+pub use faults::{Fault, PathFault, SignedCatalog};
 
 use catalog::ImageSet;
 use signing::SigningKey;
@@ -52,6 +55,14 @@ pub struct Faults {
     /// Serve file bodies no faster than this many bytes per second: a slow link, so that an
     /// install's progress can be watched (the demo, the browser test).
     pub bytes_per_second: Option<u64>,
+    /// Misbehaviour of single paths (`files/karmic/image.gz`, `dashboard`), applied before
+    /// the switches above; see [`FakeStore::inject`].
+    pub paths: Vec<PathFault>,
+    /// Serve this catalog and its signature instead of the current one: an old, genuinely signed
+    /// catalog replayed by someone in the middle (a rollback).
+    pub replay_catalog: Option<SignedCatalog>,
+    /// Sign the served catalog with this armored secret key instead (the files keep theirs).
+    pub catalog_signed_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +71,8 @@ pub struct RequestRecord {
     pub path: String,
     pub range: Option<String>,
     pub status: u16,
+    /// When the request arrived: retry pauses are measured between records.
+    pub at: std::time::Instant,
 }
 
 struct StoreState {
@@ -196,6 +209,25 @@ impl FakeStore {
 
     pub fn faults(&self) -> MutexGuard<'_, Faults> {
         self.inner.faults.lock().expect("faults lock")
+    }
+
+    /// The next `times` requests for `path` (after `/api/`; `None`: all of them) get `fault`.
+    /// Rules apply in the order they were added; a used-up rule is skipped.
+    pub fn inject(&self, path: &str, fault: Fault, times: Option<u32>) {
+        self.faults().paths.push(PathFault {
+            path: path.trim_start_matches('/').to_string(),
+            fault,
+            times,
+        });
+    }
+
+    /// The catalog served now, with its signature: for a later replay.
+    pub fn signed_catalog(&self) -> SignedCatalog {
+        let state = self.inner.state.read().expect("state lock");
+        SignedCatalog {
+            document: state.catalog.clone(),
+            signature: state.catalog_signature.clone(),
+        }
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {

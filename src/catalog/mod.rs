@@ -251,6 +251,10 @@ impl CatalogService {
             "no catalog has been accepted yet".to_string()
         };
         match error {
+            CatalogError::Fetch(cause @ FetchError::Oversized { .. }) => format!(
+                "Refused the image catalog from {}: {cause}; {kept}",
+                self.api_url
+            ),
             CatalogError::Fetch(cause) => format!("Image store unreachable: {cause}; {kept}"),
             CatalogError::Db(cause) => format!("Could not keep the image catalog: {cause}; {kept}"),
             cause => format!(

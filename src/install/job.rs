@@ -187,7 +187,12 @@ impl Job<'_> {
                 Some(
                     installer
                         .fetcher
-                        .get_small(url, MAX_SIGNATURE_BYTES, SIGNATURE_TIMEOUT)
+                        .get_small_retrying(
+                            url,
+                            MAX_SIGNATURE_BYTES,
+                            SIGNATURE_TIMEOUT,
+                            self.cancel,
+                        )
                         .await?,
                 )
             }

@@ -121,6 +121,8 @@ pub struct TestEnv {
     proxy_starts: usize,
     /// The pause before a failed download is retried, for the next proxy start.
     pub retry_delay_ms: u64,
+    /// More flags for the next proxy start (e.g. `--stall-seconds 1`).
+    pub extra_args: Vec<String>,
     /// Install into the cloud this `--cloud-config` names instead of the fake cloud; the UI's
     /// requests are then signed with its secret key.
     pub cloud: Option<(PathBuf, String)>,
@@ -169,6 +171,7 @@ impl TestEnv {
             proxy: None,
             proxy_starts: 0,
             retry_delay_ms: 100,
+            extra_args: Vec::new(),
             cloud: None,
         };
         env.start_store().await;
@@ -228,6 +231,7 @@ impl TestEnv {
                 "0",
             ])
             .args(["--retry-delay-ms", &self.retry_delay_ms.to_string()])
+            .args(&self.extra_args)
             .args(match &self.cloud {
                 Some((config, _)) => vec!["--cloud-config".into(), config.clone().into_os_string()],
                 None => vec!["--fake-eucalyptus".into(), SECRET.into()],

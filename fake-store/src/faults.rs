@@ -1,0 +1,185 @@
+//! Per-path faults: what one path's next requests get wrong, switched on by a test at run time.
+//! The request layer (`http.rs`) takes the matching rule as the request arrives; a status is
+//! answered at once, the other faults shape the file body ([`shape_body`]).
+
+use axum::body::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use std::io;
+use std::time::Duration;
+
+/// One way to get a download wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status (any path, the catalog included).
+    Status(u16),
+    /// Send the body no faster than this many bytes per second.
+    Trickle { bytes_per_second: u64 },
+    /// Send this many bytes of the body, then cut the connection.
+    DropAfter(u64),
+    /// `Content-Length` says this many bytes fewer than the body holds: the client reads what the
+    /// header says and takes the response as complete.
+    ShortContentLength(u64),
+    /// `Content-Length` says this many bytes more than the body holds: the connection ends first.
+    LongContentLength(u64),
+    /// Flip every bit of the byte at this offset of the file, in flight (the file is unchanged).
+    Corrupt { offset: u64 },
+    /// After the file's bytes keep sending more, forever, without a `Content-Length`.
+    Endless,
+}
+
+/// A rule: the next `times` requests for `path` get `fault` (`None`: all of them). A status
+/// applies to any path; the other faults shape file and catalog bodies (a cut: files only).
+#[derive(Debug, Clone)]
+pub struct PathFault {
+    /// The request path after `/api/`: `dashboard`, `files/karmic/image.gz`, `files/karmic/image.gz.asc`.
+    pub path: String,
+    pub fault: Fault,
+    pub times: Option<u32>,
+}
+
+/// A catalog as served: the document and its detached signature.
+#[derive(Debug, Clone)]
+pub struct SignedCatalog {
+    pub document: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Takes the first rule for `path` that is not used up, counting this use.
+pub fn take(rules: &mut [PathFault], path: &str) -> Option<Fault> {
+    let rule = rules
+        .iter_mut()
+        .find(|rule| rule.path == path && rule.times != Some(0))?;
+    if let Some(times) = &mut rule.times {
+        *times -= 1;
+    }
+    Some(rule.fault)
+}
+
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// What a faulty response declares and sends, given the honest `count` bytes of `body`.
+pub struct Shaped {
+    /// `Content-Length` to declare; `None` for a chunked body.
+    pub content_length: Option<u64>,
+    pub body: ByteStream,
+}
+
+/// Applies `fault` to a body of `count` bytes starting at file offset `start`.
+pub fn shape_body(fault: Option<Fault>, body: ByteStream, start: u64, count: u64) -> Shaped {
+    match fault {
+        None | Some(Fault::Status(_)) | Some(Fault::DropAfter(_)) => Shaped {
+            content_length: Some(count),
+            body,
+        },
+        Some(Fault::Trickle { bytes_per_second }) => Shaped {
+            content_length: Some(count),
+            body: throttle(body, bytes_per_second),
+        },
+        Some(Fault::ShortContentLength(by)) => Shaped {
+            content_length: Some(count.saturating_sub(by)),
+            body,
+        },
+        Some(Fault::LongContentLength(by)) => Shaped {
+            content_length: Some(count + by),
+            body,
+        },
+        Some(Fault::Corrupt { offset }) => {
+            let mut position = start;
+            let body = body
+                .map(move |chunk| {
+                    let chunk = chunk?;
+                    let end = position + chunk.len() as u64;
+                    let chunk = if (position..end).contains(&offset) {
+                        let mut bytes = chunk.to_vec();
+                        bytes[(offset - position) as usize] ^= 0xff;
+                        Bytes::from(bytes)
+                    } else {
+                        chunk
+                    };
+                    position = end;
+                    Ok(chunk)
+                })
+                .boxed();
+            Shaped {
+                content_length: Some(count),
+                body,
+            }
+        }
+        Some(Fault::Endless) => {
+            let more = stream::repeat_with(|| Ok(Bytes::from(vec![0x5a; 64 << 10])));
+            Shaped {
+                content_length: None,
+                body: body.chain(more).boxed(),
+            }
+        }
+    }
+}
+
+/// Holds each chunk back until the bytes sent so far fit `rate` bytes per second; chunks are cut
+/// to at most a tenth of a second's worth, so that a trickle really trickles.
+pub fn throttle(body: ByteStream, rate: u64) -> ByteStream {
+    let rate = rate.max(1);
+    let piece = (rate / 10).max(1) as usize;
+    let start = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    body.flat_map(move |chunk| {
+        let pieces: Vec<io::Result<Bytes>> = match chunk {
+            Ok(bytes) => (0..bytes.len())
+                .step_by(piece)
+                .map(|at| Ok(bytes.slice(at..(at + piece).min(bytes.len()))))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        stream::iter(pieces)
+    })
+    .then(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            sent += bytes.len() as u64;
+        }
+        let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+        async move {
+            tokio::time::sleep_until(due).await;
+            chunk
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_used_up_in_order() {
+        let mut rules = vec![
+            PathFault {
+                path: "files/a/kernel".into(),
+                fault: Fault::Status(500),
+                times: Some(2),
+            },
+            PathFault {
+                path: "files/a/kernel".into(),
+                fault: Fault::Endless,
+                times: None,
+            },
+        ];
+        assert_eq!(take(&mut rules, "files/a/image"), None);
+        assert_eq!(take(&mut rules, "files/a/kernel"), Some(Fault::Status(500)));
+        assert_eq!(take(&mut rules, "files/a/kernel"), Some(Fault::Status(500)));
+        assert_eq!(take(&mut rules, "files/a/kernel"), Some(Fault::Endless));
+        assert_eq!(take(&mut rules, "files/a/kernel"), Some(Fault::Endless));
+    }
+
+    #[tokio::test]
+    async fn corruption_flips_one_byte_at_its_file_offset() {
+        let body = stream::iter(vec![
+            Ok(Bytes::from_static(b"abcd")),
+            Ok(Bytes::from_static(b"efgh")),
+        ])
+        .boxed();
+        let shaped = shape_body(Some(Fault::Corrupt { offset: 15 }), body, 10, 8);
+        let out: Vec<u8> = shaped.body.map(|c| c.unwrap().to_vec()).concat().await;
+        assert_eq!(out, [b"abcde".as_slice(), &[b'f' ^ 0xff], b"gh"].concat());
+        assert_eq!(shaped.content_length, Some(8));
+    }
+}
