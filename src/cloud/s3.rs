@@ -190,7 +190,8 @@ impl S3 {
         .await
     }
 
-    /// The object's MD5 (hex) as its ETag gives it, or `None` when it is not there.
+    /// The object's MD5 (hex) as its ETag gives it (empty without an ETag), or `None` when it is
+    /// not there.
     async fn stored_md5(&self, bucket: &str, key: &str) -> Result<Option<String>, Failure> {
         let call = Call {
             method: Method::HEAD,
@@ -205,10 +206,24 @@ impl S3 {
                 .headers()
                 .get("etag")
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v.trim_matches('"').to_ascii_lowercase())),
+                .map(|v| v.trim_matches('"').to_ascii_lowercase())
+                .or_else(|| Some(String::new()))),
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(aws::refused("checking an uploaded part", response).await),
         }
+    }
+
+    /// Whether `bucket/key` exists (a missing bucket holds nothing).
+    pub async fn has_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<bool, CloudError> {
+        aws::with_retries(&self.retry, cancel, || async {
+            Ok(self.stored_md5(bucket, key).await?.is_some())
+        })
+        .await
     }
 
     /// PUTs `body` as `bucket/key` readable by the cloud, unless an object with the same MD5 is
