@@ -81,12 +81,18 @@ impl EucalyptusCloud {
                 // No bundle on disk: none was made yet, or an earlier run uploaded, registered
                 // and removed it, then stopped before the installer recorded the id. Only in the
                 // second case is the manifest in the bucket: then look, so that such a run
-                // neither bundles and uploads again nor registers twice.
-                if self
+                // neither bundles and uploads again nor registers twice. A cloud that cannot
+                // answer is told so by the upload below, with its own status line.
+                let manifest = manifest_name(&artifact.name);
+                let uploaded_earlier = self
                     .s3
-                    .has_object(bucket, &manifest_name(&artifact.name), cancel)
-                    .await?
-                {
+                    .has_object(bucket, &manifest)
+                    .await
+                    .inspect_err(|error| {
+                        tracing::debug!("looking for an earlier upload of {manifest}: {error}")
+                    })
+                    .unwrap_or(false);
+                if uploaded_earlier {
                     let earlier = aws::with_retries(&self.retry, cancel, || {
                         self.registered_earlier(&location, &artifact.name)
                     })

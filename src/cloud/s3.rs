@@ -213,17 +213,12 @@ impl S3 {
         }
     }
 
-    /// Whether `bucket/key` exists (a missing bucket holds nothing).
-    pub async fn has_object(
-        &self,
-        bucket: &str,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<bool, CloudError> {
-        aws::with_retries(&self.retry, cancel, || async {
-            Ok(self.stored_md5(bucket, key).await?.is_some())
-        })
-        .await
+    /// Whether `bucket/key` exists (a missing bucket holds nothing); one try, no retries.
+    pub async fn has_object(&self, bucket: &str, key: &str) -> Result<bool, CloudError> {
+        match self.stored_md5(bucket, key).await {
+            Ok(md5) => Ok(md5.is_some()),
+            Err(Failure::Permanent(error) | Failure::Transient(error)) => Err(error),
+        }
     }
 
     /// PUTs `body` as `bucket/key` readable by the cloud, unless an object with the same MD5 is
