@@ -335,16 +335,16 @@ async fn killed_after_a_download_before_its_verification_the_file_is_not_fetched
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_while_bundling_the_install_bundles_again_and_uploads_each_part_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (moto, mut env) = start(dir.path(), Some("bundling"), false).await;
-    let karmic = env.image_uri("karmic");
-    env.act(&karmic, "install").await;
+    let (moto, mut env) = start(dir.path(), Some("bundling"), true).await;
+    let big = env.image_uri(BIG_SET);
+    env.act(&big, "install").await;
     wait_for_log(&env, "paused at bundling").await;
-    let at_kill = env.state(&karmic).await;
+    let at_kill = env.state(&big).await;
     assert!(
         at_kill["status-detail"]
             .as_str()
             .unwrap()
-            .starts_with("Bundling kernel"),
+            .starts_with("Bundling machine image: "),
         "{at_kill}"
     );
     assert!(object_puts(&moto).is_empty(), "nothing uploaded yet");
@@ -354,27 +354,33 @@ async fn killed_while_bundling_the_install_bundles_again_and_uploads_each_part_o
         .unwrap()
         .unwrap()
         .path()
-        .join("ubuntu-server-amd64-9.10-kernel");
-    let mut on_disk: Vec<String> = std::fs::read_dir(&bundle_dir)
+        .join(BIG_PREFIX);
+    let mut on_disk: Vec<(String, u64)> = std::fs::read_dir(&bundle_dir)
         .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, entry.metadata().unwrap().len())
+        })
         .collect();
     on_disk.sort();
     assert!(
-        !on_disk.iter().any(|name| name.ends_with(".manifest.xml")),
+        !on_disk
+            .iter()
+            .any(|(name, _)| name.ends_with(".manifest.xml")),
         "the bundle is part-way: no manifest yet: {on_disk:?}"
     );
     let states = kill_and_restart(&mut env);
-    assert_eq!(states, vec![(karmic.clone(), "installing".to_string())]);
+    assert_eq!(states, vec![(big.clone(), "installing".to_string())]);
 
-    assert_installed_once(&moto, &env, &karmic, 3).await;
-    assert_eq!(karmic_fetches(&env), [1, 1, 1], "nothing fetched again");
+    assert_installed_once(&moto, &env, &big, 1).await;
+    let fetched = env.served("/files/big/image").len();
+    assert_eq!(fetched, 1, "the image is not fetched again");
     let objects = assert_each_put_once(&object_puts(&moto));
     println!(
-        "FIGURE while-bundling: killed at {} with {on_disk:?} in the bundle dir; files fetched [kernel, ramdisk, image] = {:?} \
-         requests; {objects} objects each PUT once; {} RegisterImage",
+        "FIGURE while-bundling: killed at {} with {on_disk:?} (name, bytes) in the bundle dir; \
+         image fetched {fetched} time; {objects} objects each PUT once; {} RegisterImage",
         at_kill["status-detail"],
-        karmic_fetches(&env),
         moto.registrations().len()
     );
 }

@@ -101,7 +101,10 @@ impl EucalyptusCloud {
                         return Ok(Published { image_id, location });
                     }
                 }
-                let pausing = PauseWhileBundling(progress);
+                let pausing = PauseWhileBundling {
+                    progress,
+                    quarter: artifact.source_size / 4,
+                };
                 tokio::task::block_in_place(|| {
                     bundle_artifact(artifact, &self.keys, &dir, &pausing, cancel)
                 })?
@@ -177,13 +180,17 @@ impl EucalyptusCloud {
 }
 
 /// Passes bundling progress on; with the test hook set (`install::pause`), stops the bundling
-/// thread at the first report of bytes bundled, with the bundle part-way written.
-struct PauseWhileBundling<'a>(&'a dyn Progress);
+/// thread at the first report past a quarter of the publish (bundling is its first half), so the
+/// bundle is part-way written.
+struct PauseWhileBundling<'a> {
+    progress: &'a dyn Progress,
+    quarter: u64,
+}
 
 impl Progress for PauseWhileBundling<'_> {
     fn report(&self, detail: String, source_done: u64) {
-        self.0.report(detail, source_done);
-        if source_done > 0 {
+        self.progress.report(detail, source_done);
+        if source_done > 0 && source_done >= self.quarter {
             pause::here_blocking("bundling");
         }
     }

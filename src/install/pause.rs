@@ -3,7 +3,7 @@
 //! an install reaches that point and waits there for ever, so the test can SIGKILL it exactly
 //! there. The points are the moments no outside party can hold the install at:
 //! - `verify`: a file is wholly downloaded and hashed, its signature not yet checked;
-//! - `bundling`: a bundle is being written, part-way;
+//! - `bundling`: a bundle is being written, part-way (past half of its source);
 //! - `registered`: an artifact is registered and its bundle removed, the id not yet recorded.
 //!
 //! Unset (always, outside those tests) it costs one environment lookup per point passed.
