@@ -322,10 +322,16 @@ async fn killed_after_a_download_before_its_verification_the_file_is_not_fetched
         "the downloaded kernel is verified from disk, not fetched again"
     );
     let objects = assert_each_put_once(&object_puts(&moto));
+    let signatures = env
+        .store
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/files/karmic/kernel.asc"))
+        .count();
     println!(
         "FIGURE after-download-before-verification: killed at {}; files fetched [kernel, ramdisk, \
-         image] = {:?} requests (the kernel 1: 0 bytes fetched again); {objects} objects each PUT \
-         once; {} RegisterImage",
+         image] = {:?} requests (the kernel 1: 0 bytes fetched again; its detached signature, \
+         not kept, {signatures} times); {objects} objects each PUT once; {} RegisterImage",
         at_kill["status-detail"],
         karmic_fetches(&env),
         moto.registrations().len()
