@@ -5,6 +5,7 @@
 
 use image_store_proxy::catalog::model::FileKind;
 use image_store_proxy::cloud::bundle::{self, BundleSpec};
+use image_store_proxy::cloud::gzip::GzipSettings;
 use image_store_proxy::cloud::keys;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -56,7 +57,7 @@ fn main() {
         kernel_id: None,
         ramdisk_id: None,
         size,
-        level: image_store_proxy::cloud::COMPRESSION_LEVEL,
+        gzip: GzipSettings::default_for_this_machine(),
     };
     let started = Instant::now();
     let mut file = std::fs::File::open(&image).unwrap();

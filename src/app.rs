@@ -47,7 +47,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let (cloud, secret): (Arc<dyn Cloud>, String) = match &config.cloud {
-        CloudMode::Fake { secret } => (Arc::new(FakeCloud::new(&config.data_dir)), secret.clone()),
+        CloudMode::Fake { secret } => (
+            Arc::new(FakeCloud::new(&config.data_dir).with_gzip(config.gzip)),
+            secret.clone(),
+        ),
         CloudMode::Eucalyptus { cloud_config } => {
             // The Store servlet signs with the administrator's secret key (SPEC §4.1).
             let credentials = match cloud_config {
@@ -62,7 +65,8 @@ pub async fn run(
                 credentials.source.display()
             );
             let secret = credentials.key.secret.clone();
-            let cloud = EucalyptusCloud::new(credentials, &config.data_dir, config.retry)?;
+            let cloud = EucalyptusCloud::new(credentials, &config.data_dir, config.retry)?
+                .with_gzip(config.gzip);
             (Arc::new(cloud), secret)
         }
     };

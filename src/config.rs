@@ -1,6 +1,7 @@
 //! The only place that reads flags, environment and config files (SPEC §3). Flags keep the
 //! original proxy's names; each can also come from `--config FILE` (TOML, the same names as keys).
 
+use crate::cloud::gzip::GzipSettings;
 use crate::fetch::RetryPolicy;
 use reqwest::Url;
 use serde::Deserialize;
@@ -46,6 +47,12 @@ pub struct DaemonArgs {
     /// Pause before the first retry of a failed download, doubling after [default: 500]
     #[arg(long, value_name = "MILLISECONDS")]
     pub retry_delay_ms: Option<u64>,
+    /// gzip level of the bundles, 0-9: 1 is about three times faster, 6 (gzip's default) uploads fewer bytes [default: 6]
+    #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub compression_level: Option<u32>,
+    /// Threads that compress a bundle [default: one per core]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub compression_threads: Option<u64>,
     /// Read these settings from a TOML file (keys as the flags: api-url = "...")
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -69,6 +76,7 @@ pub struct Config {
     pub catalog_max_age: Duration,
     pub workers: usize,
     pub retry: RetryPolicy,
+    pub gzip: GzipSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +85,10 @@ pub enum ConfigError {
     File { path: PathBuf, cause: String },
     #[error("--api-url {url:?}: {cause}")]
     ApiUrl { url: String, cause: String },
+    #[error("compression-level {0} is out of range: 0 (store) to 9 (smallest)")]
+    CompressionLevel(u32),
+    #[error("compression-threads must be at least 1")]
+    CompressionThreads,
 }
 
 impl DaemonArgs {
@@ -115,6 +127,19 @@ impl DaemonArgs {
             first_delay: Duration::from_millis(merged.retry_delay_ms.unwrap_or(500)),
             ..RetryPolicy::default()
         };
+        let machine = GzipSettings::default_for_this_machine();
+        let gzip = GzipSettings {
+            level: merged.compression_level.unwrap_or(machine.level),
+            threads: merged
+                .compression_threads
+                .map_or(machine.threads, |n| n as usize),
+        };
+        if gzip.level > 9 {
+            return Err(ConfigError::CompressionLevel(gzip.level));
+        }
+        if gzip.threads == 0 {
+            return Err(ConfigError::CompressionThreads);
+        }
         Ok(Config {
             api_url,
             data_dir,
@@ -125,6 +150,7 @@ impl DaemonArgs {
             catalog_max_age: Duration::from_secs(merged.catalog_max_age.unwrap_or(60)),
             workers: merged.workers.unwrap_or(2),
             retry,
+            gzip,
         })
     }
 
@@ -140,6 +166,8 @@ impl DaemonArgs {
             catalog_max_age: self.catalog_max_age.or(file.catalog_max_age),
             workers: self.workers.or(file.workers),
             retry_delay_ms: self.retry_delay_ms.or(file.retry_delay_ms),
+            compression_level: self.compression_level.or(file.compression_level),
+            compression_threads: self.compression_threads.or(file.compression_threads),
             config: self.config,
         }
     }
@@ -195,5 +223,39 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(error.to_string().contains("only http and https"), "{error}");
+    }
+
+    #[test]
+    fn the_compression_level_and_threads_come_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(&file, "compression-level = 1\ncompression-threads = 3\n").unwrap();
+        let config = DaemonArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            config.gzip,
+            GzipSettings {
+                level: 1,
+                threads: 3
+            }
+        );
+        let defaults = DaemonArgs::default().resolve().unwrap();
+        assert_eq!(defaults.gzip.level, 6);
+        assert!(defaults.gzip.threads >= 1);
+        std::fs::write(&file, "compression-level = 12\n").unwrap();
+        let error = DaemonArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("compression-level 12"),
+            "{error}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! with fake-store (signed with the test key), runs the proxy against it in `--fake-eucalyptus`
 //! mode, and prints how to talk to it.
 
+use crate::cloud::gzip::GzipSettings;
 use crate::config::{CloudMode, Config};
 use crate::fetch::RetryPolicy;
 use anyhow::Context;
@@ -95,6 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         catalog_max_age: Duration::from_secs(10),
         workers: 2,
         retry: RetryPolicy::default(),
+        gzip: GzipSettings::default_for_this_machine(),
     };
     let me = own_command();
     let client = format!("{me} client --url http://{addr} --secret {DEMO_SECRET}");

@@ -8,6 +8,7 @@ mod common;
 use common::openssl::{self, WrappedFor};
 use image_store_proxy::catalog::model::FileKind;
 use image_store_proxy::cloud::bundle::{self, BundleSpec, PART_SIZE};
+use image_store_proxy::cloud::gzip::GzipSettings;
 use image_store_proxy::cloud::keys::{self, BundleKeys};
 use std::path::Path;
 
@@ -45,7 +46,11 @@ fn a_machine_image_bundle_opens_with_openssl_gzip_and_tar() {
         kernel_id: Some("eki-1234ABCD"),
         ramdisk_id: Some("eri-5678EF01"),
         size: image.len() as u64,
-        level: 6,
+        // The block-parallel deflate: still one gzip member that gzip and tar read unchanged.
+        gzip: GzipSettings {
+            level: 6,
+            threads: 2,
+        },
     };
     let mut reported = 0;
     let made = bundle::write_bundle(&mut &image[..], &spec, &keys, &out, &mut |done| {
@@ -135,7 +140,10 @@ fn kernels_and_ramdisks_carry_eucalyptus_marks_and_a_bad_signature_is_caught() {
         kernel_id: None,
         ramdisk_id: None,
         size: kernel.len() as u64,
-        level: 1,
+        gzip: GzipSettings {
+            level: 1,
+            threads: 1,
+        },
     };
     let made = bundle::write_bundle(&mut &kernel[..], &spec, &keys, &out, &mut |_| true).unwrap();
     let manifest = std::fs::read_to_string(&made.manifest_path).unwrap();
@@ -174,7 +182,10 @@ fn an_image_shorter_or_longer_than_declared_is_refused() {
             kernel_id: None,
             ramdisk_id: None,
             size: declared,
-            level: 1,
+            gzip: GzipSettings {
+                level: 1,
+                threads: 1,
+            },
         };
         let error = bundle::write_bundle(&mut &bytes[..], &spec, &keys, dir.path(), &mut |_| true)
             .unwrap_err();

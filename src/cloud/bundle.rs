@@ -4,11 +4,11 @@
 //! it all. Every byte passes once through one chain of writers, so memory stays flat whatever the
 //! image's size. Pure and synchronous: the caller runs it on a blocking thread.
 
+use super::gzip::{GzipSettings, GzipWriter};
 use super::keys::BundleKeys;
 use crate::catalog::model::FileKind;
 use aes::Aes128;
 use cbc::cipher::{BlockEncryptMut, KeyIvInit, generic_array::GenericArray};
-use flate2::write::GzEncoder;
 use rsa::{Pkcs1v15Encrypt, Pkcs1v15Sign};
 use sha1::{Digest, Sha1};
 use std::fs::File;
@@ -54,8 +54,8 @@ pub struct BundleSpec<'a> {
     pub ramdisk_id: Option<&'a str>,
     /// The image's size in bytes: the tar header states it before the bytes flow.
     pub size: u64,
-    /// gzip level, 0-9.
-    pub level: u32,
+    /// gzip level and deflate threads.
+    pub gzip: GzipSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub fn write_bundle(
 
     let sink = PartSink::new(dir, spec.prefix);
     let cipher = CbcWriter::new(sink, &key, &iv);
-    let gzip = GzEncoder::new(cipher, flate2::Compression::new(spec.level.min(9)));
+    let gzip = GzipWriter::new(cipher, spec.gzip);
     let mut tar = HashingWriter {
         inner: gzip,
         hasher: Sha1::new(),

@@ -8,6 +8,7 @@ use super::aws::{self, Endpoint};
 use super::bundle::{Bundle, Part};
 use super::credentials::CloudCredentials;
 use super::ec2::{Ec2, Registration};
+use super::gzip::GzipSettings;
 use super::keys::BundleKeys;
 use super::s3::S3;
 use super::{
@@ -27,6 +28,7 @@ pub struct EucalyptusCloud {
     bundles: PathBuf,
     bucket: Option<String>,
     retry: RetryPolicy,
+    gzip: GzipSettings,
 }
 
 impl EucalyptusCloud {
@@ -63,7 +65,13 @@ impl EucalyptusCloud {
             bundles: data_dir.join("bundles"),
             bucket: credentials.bucket,
             retry,
+            gzip: GzipSettings::default_for_this_machine(),
         })
+    }
+
+    /// How bundles are compressed (`--compression-level`).
+    pub fn with_gzip(self, gzip: GzipSettings) -> Self {
+        Self { gzip, ..self }
     }
 
     async fn publish_artifact(
@@ -106,7 +114,7 @@ impl EucalyptusCloud {
                     quarter: artifact.source_size / 4,
                 };
                 tokio::task::block_in_place(|| {
-                    bundle_artifact(artifact, &self.keys, &dir, &pausing, cancel)
+                    bundle_artifact(artifact, &self.keys, &dir, self.gzip, &pausing, cancel)
                 })?
             }
         };

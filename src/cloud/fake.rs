@@ -5,6 +5,7 @@
 //! digits. The "user" and "cloud" keys are made once in `<data-dir>/fake-cloud/keys/`, so the
 //! bundles can be decrypted with `openssl` as the cloud would. Nothing leaves the machine.
 
+use super::gzip::GzipSettings;
 use super::keys::{self, BundleKeys};
 use super::{
     Artifact, Cloud, CloudError, Progress, PublishFuture, Published, RegisteredFuture,
@@ -22,6 +23,7 @@ pub struct FakeCloud {
     id: String,
     /// Made or loaded on the first install, not at start-up: key generation takes a moment.
     keys: Mutex<Option<BundleKeys>>,
+    gzip: GzipSettings,
 }
 
 /// What `registered` reads back from a registration record.
@@ -53,7 +55,13 @@ impl FakeCloud {
             id: format!("fake:{}", root.display()),
             root,
             keys: Mutex::new(None),
+            gzip: GzipSettings::default_for_this_machine(),
         }
+    }
+
+    /// How bundles are compressed (`--compression-level`).
+    pub fn with_gzip(self, gzip: GzipSettings) -> Self {
+        Self { gzip, ..self }
     }
 
     /// Where the fake cloud's "user" and "cloud" private keys are kept.
@@ -93,7 +101,7 @@ impl FakeCloud {
     ) -> Result<Published, CloudError> {
         let bucket = self.root.join(&artifact.bucket);
         let keys = self.keys()?;
-        let bundle = bundle_artifact(artifact, &keys, &bucket, progress, cancel)?;
+        let bundle = bundle_artifact(artifact, &keys, &bucket, self.gzip, progress, cancel)?;
         // What a real cloud would have been sent: every part, and the manifest.
         let manifest_size = std::fs::metadata(&bundle.manifest_path).map_or(0, |m| m.len());
         crate::metrics::global().add_uploaded(bundle.bundled_size + manifest_size);

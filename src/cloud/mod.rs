@@ -2,7 +2,7 @@
 //! a ramdisk, or a machine image linked to them) and return the id the cloud registered it under.
 //! The installer decides what to publish and remembers what was (`db::cloud_objects`); a cloud only
 //! bundles, moves bytes and registers. Both clouds make the same EC2 image bundle
-//! ([`bundle_artifact`], `bundle.rs`): `eucalyptus.rs` uploads it to S3 (`s3.rs`) and registers it
+//! ([`bundle_artifact`]: `pipeline.rs` streams the image through `bundle.rs` and `gzip.rs`): `eucalyptus.rs` uploads it to S3 (`s3.rs`) and registers it
 //! through EC2 (`ec2.rs`), signing as `sign.rs` says with `credentials.rs`' keys; `fake.rs`
 //! (`--fake-eucalyptus`) keeps it on the local disk.
 
@@ -12,23 +12,21 @@ pub mod credentials;
 pub mod ec2;
 pub mod eucalyptus;
 pub mod fake;
+pub mod gzip;
 pub mod keys;
+mod pipeline;
 pub mod s3;
 pub mod sign;
 
 use crate::catalog::model::{Compression, FileKind, Packing};
-use crate::install::detail;
-use crate::unpack::{self, UnpackError};
-use bundle::{Bundle, BundleError, BundleSpec};
-use keys::BundleKeys;
+use crate::unpack::UnpackError;
+use bundle::BundleError;
+pub use pipeline::bundle_artifact;
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use tokio_util::sync::CancellationToken;
-
-/// gzip level of the bundles: `gzip`'s and euca2ools' default.
-pub const COMPRESSION_LEVEL: u32 = 6;
 
 /// One file to publish, as the installer hands it over.
 #[derive(Debug, Clone)]
@@ -120,62 +118,4 @@ pub fn id_prefix(kind: FileKind) -> &'static str {
         FileKind::Ramdisk => "eri",
         FileKind::Image => "emi",
     }
-}
-
-/// Bundles an artifact's raw image bytes into `dir` (SPEC §7), reporting "Bundling kernel: 3 of 5
-/// MiB" as the first half of its progress. A gzipped raw image is measured first: the tar header
-/// states the size before the bytes.
-pub fn bundle_artifact(
-    artifact: &Artifact,
-    keys: &BundleKeys,
-    dir: &Path,
-    progress: &dyn Progress,
-    cancel: &CancellationToken,
-) -> Result<Bundle, CloudError> {
-    let noun = artifact.kind.noun();
-    let total = artifact.source_size;
-    let size = unpack::image_size(
-        &artifact.source,
-        artifact.compression,
-        artifact.packing,
-        &|done| {
-            progress.report(
-                format!("Measuring {noun}: {}", detail::amount(done, total)),
-                0,
-            )
-        },
-    )?;
-    std::fs::create_dir_all(dir).map_err(|source| CloudError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let spec = BundleSpec {
-        prefix: &artifact.name,
-        kind: artifact.kind,
-        arch: &artifact.arch,
-        kernel_id: artifact.kernel_id.as_deref(),
-        ramdisk_id: artifact.ramdisk_id.as_deref(),
-        size,
-        level: COMPRESSION_LEVEL,
-    };
-    unpack::with_image_bytes(
-        &artifact.source,
-        artifact.compression,
-        artifact.packing,
-        &|done| {
-            progress.report(
-                format!("Bundling {noun}: {}", detail::amount(done, total)),
-                done / 2,
-            )
-        },
-        |stream| {
-            bundle::write_bundle(stream.reader, &spec, keys, dir, &mut |_| {
-                !cancel.is_cancelled()
-            })
-            .map_err(|error| match error {
-                BundleError::Cancelled => CloudError::Cancelled,
-                other => CloudError::Bundle(other),
-            })
-        },
-    )
 }

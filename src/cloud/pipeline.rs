@@ -1,0 +1,398 @@
+//! From a verified cache file to a bundle on disk, with every byte read once and the stages on all
+//! cores: a reader thread opens the file and gunzips it (and finds the `*.img` member of a
+//! tarball), handing 1 MiB buffers over a short queue; this thread frames the tar stream, hashes
+//! it (SHA-1) and feeds the gzip stage, whose blocks deflate on worker threads (`gzip.rs`), then
+//! encrypts and writes the parts (`bundle.rs`). Deflate bounds the whole; everything else hides
+//! beside it.
+//!
+//! The tar header states the image's size before its bytes, and a gzipped raw image does not say
+//! its size up front. Its gzip trailer does, modulo 4 GiB: that guess is tried first and checked
+//! by the bundle writer, which refuses a stream of any other length; only when it was wrong (an
+//! image of 4 GiB or more, a multi-member gzip) is the image measured by decompressing it once and
+//! bundled again.
+
+use super::bundle::{self, Bundle, BundleError, BundleSpec};
+use super::gzip::GzipSettings;
+use super::keys::BundleKeys;
+use super::{Artifact, CloudError, Progress};
+use crate::catalog::model::{Compression, Packing};
+use crate::install::detail;
+use crate::unpack::{self, UnpackError};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use tokio_util::sync::CancellationToken;
+
+/// Buffers between the reader thread and the bundle writer.
+const QUEUE_DEPTH: usize = 4;
+const BUFFER: usize = 1 << 20;
+
+/// Bundles an artifact's raw image bytes into `dir` (SPEC §7), reporting "Bundling kernel: 3 of 5
+/// MiB" as the first half of its progress.
+pub fn bundle_artifact(
+    artifact: &Artifact,
+    keys: &BundleKeys,
+    dir: &Path,
+    gzip: GzipSettings,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<Bundle, CloudError> {
+    std::fs::create_dir_all(dir).map_err(|source| CloudError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let hint = size_hint(artifact)?;
+    let first = bundle_pass(artifact, keys, dir, gzip, hint.size, progress, cancel);
+    match first {
+        Err(CloudError::Bundle(BundleError::SizeMismatch { expected, actual })) if hint.guessed => {
+            tracing::info!(
+                image = %artifact.source.display(),
+                "the gzip trailer's size ({expected}) was not the image's (at least {actual}): measuring it"
+            );
+            let noun = artifact.kind.noun();
+            let total = artifact.source_size;
+            let size = unpack::image_size(
+                &artifact.source,
+                artifact.compression,
+                artifact.packing,
+                &|done| {
+                    progress.report(
+                        format!("Measuring {noun}: {}", detail::amount(done, total)),
+                        0,
+                    )
+                },
+            )?;
+            remove_parts(dir, &artifact.name);
+            bundle_pass(artifact, keys, dir, gzip, Some(size), progress, cancel)
+        }
+        other => other,
+    }
+}
+
+/// What is known of the image's size before reading it.
+struct SizeHint {
+    size: Option<u64>,
+    /// Read off a gzip trailer: right only modulo 4 GiB, so the bundle writer checks it.
+    guessed: bool,
+}
+
+fn size_hint(artifact: &Artifact) -> Result<SizeHint, UnpackError> {
+    let exact = |size| SizeHint {
+        size,
+        guessed: false,
+    };
+    match (artifact.compression, artifact.packing) {
+        // A tar member's header says; the reader passes it on.
+        (_, Packing::Tar) => Ok(exact(None)),
+        (Compression::None, Packing::Raw) => Ok(exact(Some(artifact.source_size))),
+        (Compression::Gzip, Packing::Raw) => {
+            let trailer =
+                gzip_trailer_size(&artifact.source).map_err(|source| UnpackError::Read {
+                    path: artifact.source.clone(),
+                    source,
+                })?;
+            Ok(SizeHint {
+                size: Some(smallest_plausible_size(trailer, artifact.source_size)),
+                guessed: true,
+            })
+        }
+    }
+}
+
+/// ISIZE, the last four bytes of a gzip member: the uncompressed length modulo 2^32.
+fn gzip_trailer_size(path: &Path) -> io::Result<u32> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::End(-4))?;
+    let mut isize = [0u8; 4];
+    file.read_exact(&mut isize)?;
+    Ok(u32::from_le_bytes(isize))
+}
+
+/// The smallest length with this ISIZE that `compressed` bytes of gzip can hold: deflate never
+/// grows data by more than 5 bytes per 16 KiB stored block plus the gzip header and trailer.
+fn smallest_plausible_size(isize: u32, compressed: u64) -> u64 {
+    let floor = compressed
+        .saturating_sub(compressed / 3000)
+        .saturating_sub(64);
+    let mut size = u64::from(isize);
+    while size < floor {
+        size += 1 << 32;
+    }
+    size
+}
+
+fn remove_parts(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let stem = format!("{prefix}.part.");
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&stem) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// One read of the source: the reader thread decompresses, this thread bundles.
+fn bundle_pass(
+    artifact: &Artifact,
+    keys: &BundleKeys,
+    dir: &Path,
+    gzip: GzipSettings,
+    size: Option<u64>,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<Bundle, CloudError> {
+    let noun = artifact.kind.noun();
+    let total = artifact.source_size;
+    let report = |done: u64| {
+        progress.report(
+            format!("Bundling {noun}: {}", detail::amount(done, total)),
+            done / 2,
+        )
+    };
+    std::thread::scope(|scope| {
+        let (started, start) = mpsc::sync_channel::<Option<u64>>(1);
+        let (writer, mut reader) = pipe();
+        let reading = std::thread::Builder::new()
+            .name("image reader".into())
+            .spawn_scoped(scope, move || {
+                unpack::with_image_bytes(
+                    &artifact.source,
+                    artifact.compression,
+                    artifact.packing,
+                    &report,
+                    |stream| -> Result<(), ReadFailure> {
+                        let _ = started.send(stream.size);
+                        writer.pump(stream.reader).map_err(|error| match error {
+                            PumpError::Read(source) => ReadFailure::Unpack(UnpackError::Read {
+                                path: artifact.source.clone(),
+                                source,
+                            }),
+                            PumpError::WriterGone => ReadFailure::WriterGone,
+                        })
+                    },
+                )
+            })
+            .expect("the reader thread starts");
+        let written = start.recv().ok().map(|stream_size| {
+            let spec = BundleSpec {
+                prefix: &artifact.name,
+                kind: artifact.kind,
+                arch: &artifact.arch,
+                kernel_id: artifact.kernel_id.as_deref(),
+                ramdisk_id: artifact.ramdisk_id.as_deref(),
+                size: stream_size.or(size).unwrap_or_default(),
+                gzip,
+            };
+            bundle::write_bundle(&mut reader, &spec, keys, dir, &mut |_| {
+                !cancel.is_cancelled()
+            })
+        });
+        // Stops the reader if the writer gave up first.
+        drop(reader);
+        let read = reading.join().expect("the image reader does not panic");
+        match (read, written) {
+            // The reader's own failure says more than the writer's view of a short stream.
+            (Err(ReadFailure::Unpack(error)), _) => Err(error.into()),
+            (_, Some(Ok(bundle))) => Ok(bundle),
+            (_, Some(Err(BundleError::Cancelled))) => Err(CloudError::Cancelled),
+            (_, Some(Err(error))) => Err(CloudError::Bundle(error)),
+            (_, None) => Err(CloudError::Bundle(BundleError::Read(io::Error::other(
+                "the image reader stopped before the image began",
+            )))),
+        }
+    })
+}
+
+enum ReadFailure {
+    Unpack(UnpackError),
+    /// The bundle writer stopped reading (it failed or was cancelled): its error says why.
+    WriterGone,
+}
+
+impl From<UnpackError> for ReadFailure {
+    fn from(error: UnpackError) -> Self {
+        ReadFailure::Unpack(error)
+    }
+}
+
+enum PumpError {
+    Read(io::Error),
+    WriterGone,
+}
+
+/// A bounded queue of large buffers from one thread to another; buffers go back for reuse.
+fn pipe() -> (PipeWriter, PipeReader) {
+    let (full, filled) = mpsc::sync_channel(QUEUE_DEPTH);
+    let (give_back, returned) = mpsc::sync_channel(QUEUE_DEPTH + 2);
+    (
+        PipeWriter { full, returned },
+        PipeReader {
+            filled,
+            give_back,
+            current: Vec::new(),
+            position: 0,
+            ended: false,
+        },
+    )
+}
+
+/// `None` on the queue marks the end of the stream; a queue closed without it, a failed reader.
+struct PipeWriter {
+    full: SyncSender<Option<Vec<u8>>>,
+    returned: Receiver<Vec<u8>>,
+}
+
+impl PipeWriter {
+    /// Reads `source` to its end into the queue.
+    fn pump(self, source: &mut dyn Read) -> Result<(), PumpError> {
+        loop {
+            let mut buffer = self
+                .returned
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BUFFER));
+            buffer.resize(BUFFER, 0);
+            let mut filled = 0;
+            while filled < BUFFER {
+                match source.read(&mut buffer[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(PumpError::Read(e)),
+                }
+            }
+            buffer.truncate(filled);
+            let at_end = filled < BUFFER;
+            if filled > 0 && self.full.send(Some(buffer)).is_err() {
+                return Err(PumpError::WriterGone);
+            }
+            if at_end {
+                return self.full.send(None).map_err(|_| PumpError::WriterGone);
+            }
+        }
+    }
+}
+
+struct PipeReader {
+    filled: Receiver<Option<Vec<u8>>>,
+    give_back: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    position: usize,
+    ended: bool,
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.filled.recv() {
+                Ok(Some(next)) => {
+                    let used = std::mem::replace(&mut self.current, next);
+                    let _ = self.give_back.try_send(used);
+                    self.position = 0;
+                }
+                Ok(None) => self.ended = true,
+                Err(_) => return Err(io::Error::other("the image reader stopped")),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trailer_guess_is_the_smallest_size_the_compressed_length_allows() {
+        assert_eq!(smallest_plausible_size(1000, 500), 1000);
+        // 5 GiB of zeros compress to a few MiB: the trailer says 1 GiB, and 1 GiB it is guessed.
+        assert_eq!(smallest_plausible_size(1 << 30, 5 << 20), 1 << 30);
+        // 6 GiB of noise cannot be 2 GiB of image.
+        assert_eq!(
+            smallest_plausible_size(2 << 30, 6 << 30),
+            (2u64 << 30) + (4 << 30)
+        );
+    }
+
+    struct Quiet;
+    impl Progress for Quiet {
+        fn report(&self, _: String, _: u64) {}
+    }
+
+    /// Two gzip members: the trailer tells only the second one's size, so the first pass fails
+    /// its size check and the image is measured and bundled again, correctly.
+    #[test]
+    fn a_wrong_trailer_guess_is_caught_and_the_image_measured() {
+        use flate2::{Compression as Level, write::GzEncoder};
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8).collect();
+        let second = b"the second member".to_vec();
+        let mut file = Vec::new();
+        for member in [&first, &second] {
+            let mut encoder = GzEncoder::new(Vec::new(), Level::fast());
+            encoder.write_all(member).unwrap();
+            file.extend(encoder.finish().unwrap());
+        }
+        let source = dir.path().join("image.gz");
+        std::fs::write(&source, &file).unwrap();
+        let artifact = Artifact {
+            kind: crate::catalog::model::FileKind::Image,
+            source,
+            source_size: file.len() as u64,
+            compression: Compression::Gzip,
+            packing: Packing::Raw,
+            name: "two-members-image".into(),
+            arch: "x86_64".into(),
+            bucket: "image-store-1".into(),
+            kernel_id: None,
+            ramdisk_id: None,
+            identity: "image:test".into(),
+        };
+        let hint = size_hint(&artifact).unwrap();
+        assert!(hint.guessed);
+        assert_ne!(hint.size, Some((first.len() + second.len()) as u64));
+        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
+        let out = dir.path().join("bundle");
+        let settings = GzipSettings {
+            level: 1,
+            threads: 2,
+        };
+        let bundle = bundle_artifact(
+            &artifact,
+            &keys,
+            &out,
+            settings,
+            &Quiet,
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!(bundle.size, (first.len() + second.len()) as u64);
+        let parts = std::fs::read_dir(&out).unwrap().count();
+        assert_eq!(parts, bundle.parts.len() + 1, "parts and the manifest only");
+    }
+
+    #[test]
+    fn the_pipe_carries_every_byte_in_order_and_reports_a_failed_reader() {
+        let data: Vec<u8> = (0..(3 * BUFFER + 17)).map(|i| (i % 251) as u8).collect();
+        let (writer, mut reader) = pipe();
+        let source = data.clone();
+        let pumping = std::thread::spawn(move || writer.pump(&mut &source[..]).is_ok());
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).unwrap();
+        assert!(pumping.join().unwrap());
+        assert!(out == data);
+
+        let (writer, mut reader) = pipe();
+        drop(writer);
+        assert!(reader.read(&mut [0u8; 8]).is_err());
+    }
+}
