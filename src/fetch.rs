@@ -215,8 +215,9 @@ pub struct Fetcher {
     retry: RetryPolicy,
 }
 
-/// Buffer between the network and the disk: large writes, few syscalls.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Buffer between the network and the disk. What it holds dies with the process on a crash and is
+/// fetched again after the restart, so it stays small; 64 KiB writes are still few syscalls.
+const WRITE_BUFFER: usize = 64 << 10;
 
 /// reqwest is built without a default crypto provider (no C build): rustls needs one chosen before
 /// any client is built, or building one panics.

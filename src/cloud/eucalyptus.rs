@@ -16,6 +16,7 @@ use super::{
     bundle_artifact,
 };
 use crate::fetch::RetryPolicy;
+use crate::install::pause;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
@@ -81,11 +82,41 @@ impl EucalyptusCloud {
     ) -> Result<Published, CloudError> {
         let bucket = self.bucket.as_deref().unwrap_or(&artifact.bucket);
         let dir = self.bundles.join(bucket).join(&artifact.name);
+        let location = format!("{bucket}/{}", manifest_name(&artifact.name));
         let bundle = match finished_bundle(&dir, &artifact.name) {
             Some(bundle) => bundle,
-            None => tokio::task::block_in_place(|| {
-                bundle_artifact(artifact, &self.keys, &dir, self.gzip, progress, cancel)
-            })?,
+            None => {
+                // No bundle on disk: none was made yet, or an earlier run uploaded, registered
+                // and removed it, then stopped before the installer recorded the id. Only in the
+                // second case is the manifest in the bucket: then look, so that such a run
+                // neither bundles and uploads again nor registers twice. A cloud that cannot
+                // answer is told so by the upload below, with its own status line.
+                let manifest = manifest_name(&artifact.name);
+                let uploaded_earlier = self
+                    .s3
+                    .has_object(bucket, &manifest)
+                    .await
+                    .inspect_err(|error| {
+                        tracing::debug!("looking for an earlier upload of {manifest}: {error}")
+                    })
+                    .unwrap_or(false);
+                if uploaded_earlier {
+                    let earlier = aws::with_retries(&self.retry, cancel, || {
+                        self.registered_earlier(&location, &artifact.name)
+                    })
+                    .await?;
+                    if let Some(image_id) = earlier {
+                        return Ok(Published { image_id, location });
+                    }
+                }
+                let pausing = PauseWhileBundling {
+                    progress,
+                    quarter: artifact.source_size / 4,
+                };
+                tokio::task::block_in_place(|| {
+                    bundle_artifact(artifact, &self.keys, &dir, self.gzip, &pausing, cancel)
+                })?
+            }
         };
         let noun = artifact.kind.noun();
         let size = artifact.source_size;
@@ -112,7 +143,6 @@ impl EucalyptusCloud {
             .put_unless_present(bucket, &bundle.manifest_name, manifest, cancel)
             .await?;
 
-        let location = format!("{bucket}/{}", bundle.manifest_name);
         progress.report(format!("Registering {noun}"), size);
         let registration = Registration {
             location: &location,
@@ -122,23 +152,60 @@ impl EucalyptusCloud {
             ramdisk_id: artifact.ramdisk_id.as_deref(),
         };
         let image_id = aws::with_retries(&self.retry, cancel, || async {
-            let images = self.ec2.own_images().await?;
-            let earlier = images.iter().find(|image| match &image.location {
-                Some(found) => *found == location,
-                None => image.name.as_deref() == Some(artifact.name.as_str()),
-            });
-            if let Some(image) = earlier {
-                tracing::info!(id = %image.id, %location, "already registered");
-                return Ok(image.id.clone());
+            match self.registered_earlier(&location, &artifact.name).await? {
+                Some(id) => Ok(id),
+                None => self.ec2.register(&registration).await,
             }
-            self.ec2.register(&registration).await
         })
         .await?;
         if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
             tracing::warn!("removing the uploaded bundle {}: {error}", dir.display());
         }
+        pause::here("registered").await;
         Ok(Published { image_id, location })
     }
+}
+
+impl EucalyptusCloud {
+    /// The id of an image of ours registered from `location` (or, on clouds that do not report
+    /// locations, under `name`): a registration whose reply was lost, or whose id was never
+    /// recorded because the proxy stopped first.
+    async fn registered_earlier(
+        &self,
+        location: &str,
+        name: &str,
+    ) -> Result<Option<String>, aws::Failure> {
+        let images = self.ec2.own_images().await?;
+        let earlier = images.into_iter().find(|image| match &image.location {
+            Some(found) => found == location,
+            None => image.name.as_deref() == Some(name),
+        });
+        if let Some(image) = &earlier {
+            tracing::info!(id = %image.id, %location, "already registered");
+        }
+        Ok(earlier.map(|image| image.id))
+    }
+}
+
+/// Passes bundling progress on; with the test hook set (`install::pause`), stops the bundling
+/// thread at the first report past a quarter of the publish (bundling is its first half), so the
+/// bundle is part-way written.
+struct PauseWhileBundling<'a> {
+    progress: &'a dyn Progress,
+    quarter: u64,
+}
+
+impl Progress for PauseWhileBundling<'_> {
+    fn report(&self, detail: String, source_done: u64) {
+        self.progress.report(detail, source_done);
+        if source_done > 0 && source_done >= self.quarter {
+            pause::here_blocking("bundling");
+        }
+    }
+}
+
+fn manifest_name(prefix: &str) -> String {
+    format!("{prefix}.manifest.xml")
 }
 
 async fn read(path: &Path) -> Result<bytes::Bytes, CloudError> {
@@ -155,7 +222,7 @@ async fn read(path: &Path) -> Result<bytes::Bytes, CloudError> {
 /// manifest whose parts are all present describes a whole bundle (uploaded again only where the
 /// bucket lacks a part).
 fn finished_bundle(dir: &Path, prefix: &str) -> Option<Bundle> {
-    let manifest_name = format!("{prefix}.manifest.xml");
+    let manifest_name = manifest_name(prefix);
     let manifest_path = dir.join(&manifest_name);
     let text = std::fs::read_to_string(&manifest_path).ok()?;
     let doc = roxmltree::Document::parse(&text).ok()?;

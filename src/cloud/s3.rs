@@ -190,7 +190,8 @@ impl S3 {
         .await
     }
 
-    /// The object's MD5 (hex) as its ETag gives it, or `None` when it is not there.
+    /// The object's MD5 (hex) as its ETag gives it (empty without an ETag), or `None` when it is
+    /// not there.
     async fn stored_md5(&self, bucket: &str, key: &str) -> Result<Option<String>, Failure> {
         let call = Call {
             method: Method::HEAD,
@@ -205,9 +206,18 @@ impl S3 {
                 .headers()
                 .get("etag")
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v.trim_matches('"').to_ascii_lowercase())),
+                .map(|v| v.trim_matches('"').to_ascii_lowercase())
+                .or_else(|| Some(String::new()))),
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(aws::refused("checking an uploaded part", response).await),
+        }
+    }
+
+    /// Whether `bucket/key` exists (a missing bucket holds nothing); one try, no retries.
+    pub async fn has_object(&self, bucket: &str, key: &str) -> Result<bool, CloudError> {
+        match self.stored_md5(bucket, key).await {
+            Ok(md5) => Ok(md5.is_some()),
+            Err(Failure::Permanent(error) | Failure::Transient(error)) => Err(error),
         }
     }
 

@@ -241,6 +241,7 @@ impl Job<'_> {
             InstallState::Verifying,
             &detail::verifying(file.kind, signature.is_some()),
         )?;
+        super::pause::here("verify").await;
         if let Some(signature) = signature {
             let keyring_path = installer.keyring_path.clone();
             let path = partial.clone();

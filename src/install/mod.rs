@@ -6,6 +6,7 @@
 pub mod board;
 pub mod detail;
 mod job;
+pub mod pause;
 pub mod state;
 
 use crate::cache::Cache;

@@ -126,6 +126,8 @@ pub struct TestEnv {
     /// Install into the cloud this `--cloud-config` names instead of the fake cloud; the UI's
     /// requests are then signed with its secret key.
     pub cloud: Option<(PathBuf, String)>,
+    /// Extra environment for the next proxy start (e.g. the crash tests' pause hook).
+    pub proxy_env: Vec<(String, String)>,
 }
 
 pub struct Proxy {
@@ -173,6 +175,7 @@ impl TestEnv {
             retry_delay_ms: 100,
             extra_args: Vec::new(),
             cloud: None,
+            proxy_env: Vec::new(),
         };
         env.start_store().await;
         env
@@ -241,6 +244,7 @@ impl TestEnv {
             .arg("--keyring")
             .arg(&self.keyring)
             .env("RUST_LOG", "info,image_store_proxy=debug")
+            .envs(self.proxy_env.iter().map(|(k, v)| (k, v)))
             .env_remove("http_proxy")
             .env_remove("HTTP_PROXY")
             .stdout(Stdio::piped())

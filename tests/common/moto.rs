@@ -149,6 +149,39 @@ impl Moto {
         assert!(reply.status().is_success());
     }
 
+    /// The requests the fault injector holds so far ("PUT /bucket/key", "RegisterImage NAME").
+    pub async fn held(&self) -> Vec<String> {
+        let body = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{}_faults", self.ec2_url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reply: Value = serde_json::from_slice(&body).unwrap();
+        serde_json::from_value(reply["held"].clone()).unwrap()
+    }
+
+    /// Waits until the fault injector holds a request; returns what it holds.
+    pub async fn wait_until_held(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let held = self.held().await;
+            if !held.is_empty() {
+                return held;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no request was held in 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// A `--cloud-config` for this moto in `dir`, with keys and certificates made by openssl.
     /// `format` is "toml" or "eucarc".
     pub fn cloud_config(

@@ -8,7 +8,16 @@ Faults: POST http://127.0.0.1:EC2PORT/_faults with a JSON body, e.g.
   {"ec2": "down"}            every EC2 call answers 500, nothing reaches moto
   {"ec2": "lose-register"}   RegisterImage reaches moto, but its reply is replaced by a 500
   {"s3_put_500": 2}          the next 2 S3 PUTs answer 500 without reaching moto
-  {}                         no faults
+  {"s3_hold_put": "part.01"} a PUT whose path holds that text is read, then never answered (it never
+                             reaches moto) until the faults are next set: a client killed meanwhile
+                             leaves that object unsent
+  {"ec2": "hold-register", "register_name": "-image"}
+                             a RegisterImage whose Name holds register_name (any, if not
+                             given) reaches moto, which registers; its reply is held until the
+                             faults are next set, then lost (a 500)
+  {}                         no faults (and every held request is let go)
+GET http://127.0.0.1:EC2PORT/_faults answers {"faults": ..., "held": ["PUT /bucket/key", ...]}: the
+requests held so far, so a test knows when one is in the air.
 Relies on moto.moto_server internals: moto is pinned (tests/peers/requirements.txt).
 """
 
@@ -27,6 +36,10 @@ from werkzeug.serving import make_server
 
 FAULTS = {}
 LOCK = threading.Lock()
+# Requests held so far ("METHOD path" or the Query action), and the event that lets them go: set,
+# and replaced by a fresh one, whenever the faults are set again.
+HELD = []
+RELEASE = threading.Event()
 
 ERROR_500 = (
     b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
@@ -48,28 +61,51 @@ def read_body(environ):
     return body
 
 
+def hold(what):
+    """Blocks this request's thread until the faults are next set; then the reply is a 500."""
+    with LOCK:
+        HELD.append(what)
+        release = RELEASE
+    release.wait()
+
+
+def set_faults(settings):
+    global RELEASE
+    with LOCK:
+        FAULTS.clear()
+        FAULTS.update(settings)
+        RELEASE.set()
+        RELEASE = threading.Event()
+
+
 def ec2_faults(app):
     def serve(environ, start_response):
         if environ["PATH_INFO"] == "/_faults":
-            settings = json.loads(read_body(environ) or b"{}")
+            if environ["REQUEST_METHOD"] == "POST":
+                set_faults(json.loads(read_body(environ) or b"{}"))
             with LOCK:
-                FAULTS.clear()
-                FAULTS.update(settings)
+                state = {"faults": FAULTS, "held": HELD}
+                reply = json.dumps(state).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
-            return [json.dumps(FAULTS).encode()]
+            return [reply]
         with LOCK:
             mode = FAULTS.get("ec2")
         if mode == "down":
             read_body(environ)
             return answer_500(start_response)
-        if mode == "lose-register":
+        if mode in ("lose-register", "hold-register"):
             body = read_body(environ)
             params = dict(urllib.parse.parse_qsl(body.decode("latin-1")))
             params.update(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
-            if params.get("Action") == "RegisterImage":
-                # Let moto register it, then lose the reply on the way back.
+            name = params.get("Name", "")
+            if params.get("Action") == "RegisterImage" and (
+                mode == "lose-register" or FAULTS.get("register_name", "") in name
+            ):
+                # Let moto register it, then lose the reply on the way back (after holding it).
                 for _ in app(environ, lambda *args, **kwargs: None):
                     pass
+                if mode == "hold-register":
+                    hold("RegisterImage " + name)
                 return answer_500(start_response)
         return app(environ, start_response)
 
@@ -83,8 +119,13 @@ def s3_faults(app):
                 left = FAULTS.get("s3_put_500", 0)
                 if left:
                     FAULTS["s3_put_500"] = left - 1
+                held = FAULTS.get("s3_hold_put")
             if left:
                 read_body(environ)
+                return answer_500(start_response)
+            if held and held in environ["PATH_INFO"]:
+                read_body(environ)
+                hold("PUT " + environ["PATH_INFO"])
                 return answer_500(start_response)
         return app(environ, start_response)
 

@@ -1,0 +1,34 @@
+//! A test hook for the crash-safety tests (`tests/crash_safety.rs`): with
+//! `IMAGE_STORE_PROXY_PAUSE_AT=<point>` in its environment the proxy logs "paused at <point>" when
+//! an install reaches that point and waits there for ever, so the test can SIGKILL it exactly
+//! there. The points are the moments no outside party can hold the install at:
+//! - `verify`: a file is wholly downloaded and hashed, its signature not yet checked;
+//! - `bundling`: a bundle is being written, part-way (past half of its source);
+//! - `registered`: an artifact is registered and its bundle removed, the id not yet recorded.
+//!
+//! Unset (always, outside those tests) it costs one environment lookup per point passed.
+
+/// The environment variable naming the point to pause at.
+pub const PAUSE_AT: &str = "IMAGE_STORE_PROXY_PAUSE_AT";
+
+fn is_pause_point(point: &str) -> bool {
+    std::env::var(PAUSE_AT).is_ok_and(|wanted| wanted == point)
+}
+
+/// In async code: never returns when the proxy was told to pause at `point`.
+pub async fn here(point: &str) {
+    if is_pause_point(point) {
+        tracing::warn!("paused at {point} ({PAUSE_AT})");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// In blocking code (a bundle is written on a blocking thread): the same, parking the thread.
+pub fn here_blocking(point: &str) {
+    if is_pause_point(point) {
+        tracing::warn!("paused at {point} ({PAUSE_AT})");
+        loop {
+            std::thread::park();
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Crash at any step (issue 6, part 1): the real proxy binary, installing from fake-store into moto,
+//! is SIGKILLed at each point of an install and started again on the same data dir. Each time the
+//! install completes, and the peers' own records show that nothing was done twice: fake-store's
+//! request log (a resumed download asks only for the bytes it lacks), moto's request recorder (no
+//! object PUT twice, no second RegisterImage) and moto's image list. After every kill the state
+//! database, opened read-only here, passes `PRAGMA integrity_check`, is in WAL mode, and every
+//! install's state is the one its last event recorded (a state change and its event commit
+//! together).
+//!
+//! Kill points held by a peer: a download throttled by fake-store; a part PUT and a RegisterImage
+//! reply held by moto's fault injector (`tests/peers/moto_peer.py`). Points no peer can hold use
+//! the proxy's `IMAGE_STORE_PROXY_PAUSE_AT` hook (`src/install/pause.rs`).
+//!
+//! Each test prints a `FIGURE` line: the figures of the issue's closing note.
+
+mod common;
+
+use common::TestEnv;
+use common::moto::Moto;
+use image_store_proxy::install::pause::PAUSE_AT;
+use rusqlite::{Connection, OpenFlags};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const ACCESS_KEY: &str = "AKIDCRASHTEST";
+const SECRET: &str = "crash-test-secret-0123456789";
+
+/// The image of the between-parts test: 25 MiB of noise, so its bundle is three 10 MiB parts.
+const BIG_SET: &str = "big";
+const BIG_SIZE: usize = 25 << 20;
+const BIG_PREFIX: &str = "crash-test-1-image";
+
+/// moto, and fake-store with a proxy installing into moto; `pause` sets the proxy's pause hook and
+/// `big` adds the 25 MiB image set to the catalog.
+async fn start(dir: &Path, pause: Option<&str>, big: bool) -> (Moto, TestEnv) {
+    let moto = Moto::start(dir);
+    let mut env = TestEnv::with_store().await;
+    if big {
+        let set = env.images.join(BIG_SET);
+        std::fs::create_dir_all(&set).unwrap();
+        std::fs::write(set.join("image"), noise(BIG_SIZE)).unwrap();
+        let meta = json!({"title": "Crash test", "version": "1", "product": "crash-test",
+            "summary": "incompressible", "tags": ["test"], "arch": "x86_64"});
+        std::fs::write(set.join("meta.json"), meta.to_string()).unwrap();
+        env.store.reload().unwrap();
+    }
+    let config = moto.cloud_config(env.dir.path(), "toml", ACCESS_KEY, SECRET, "2");
+    env.cloud = Some((config, SECRET.to_string()));
+    if let Some(point) = pause {
+        env.proxy_env = vec![(PAUSE_AT.to_string(), point.to_string())];
+    }
+    env.start_proxy();
+    let images = env.dashboard().await["images"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(images, 2 + big as usize, "log:\n{}", env.proxy_log());
+    (moto, env)
+}
+
+/// SIGKILLs the proxy, checks the database it left, and starts it again without the pause hook.
+fn kill_and_restart(env: &mut TestEnv) -> Vec<(String, String)> {
+    env.kill_proxy();
+    let states = check_database(&env.data_dir);
+    env.proxy_env.clear();
+    env.start_proxy();
+    states
+}
+
+/// Incompressible bytes (xorshift).
+fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The state database as a SIGKILL left it, opened read-only: intact, in WAL mode, and every
+/// install in the state its last event names. Returns (image uri, state) of each install.
+fn check_database(data_dir: &Path) -> Vec<(String, String)> {
+    let db = Connection::open_with_flags(
+        data_dir.join("state.sqlite"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let integrity: String = db
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let mut stmt = db
+        .prepare(
+            "SELECT image_uri, state, (SELECT state FROM events WHERE events.image_uri = installs.image_uri
+                 ORDER BY id DESC LIMIT 1) FROM installs",
+        )
+        .unwrap();
+    let rows: Vec<(String, String, Option<String>)> = stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (uri, state, last_event) in &rows {
+        assert_eq!(
+            Some(state),
+            last_event.as_ref(),
+            "{uri}: its state and its last event"
+        );
+    }
+    rows.into_iter()
+        .map(|(uri, state, _)| (uri, state))
+        .collect()
+}
+
+/// The registrations committed in the database: (artifact identity, image id).
+fn committed_registrations(data_dir: &Path) -> Vec<(String, String)> {
+    let db = Connection::open_with_flags(
+        data_dir.join("state.sqlite"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = db
+        .prepare("SELECT artifact, image_id FROM cloud_objects")
+        .unwrap();
+    stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Waits until the proxy's log holds `text` (the pause hook's line).
+async fn wait_for_log(env: &TestEnv, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.proxy_log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log:\n{}",
+            env.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Object PUTs moto received (bucket creation excluded), by path.
+fn object_puts(moto: &Moto) -> Vec<String> {
+    moto.requests()
+        .into_iter()
+        .filter(|r| r["method"] == "PUT")
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .filter(|path| path.matches('/').count() >= 2)
+        .collect()
+}
+
+/// How often each object was PUT; panics unless each was PUT exactly once.
+fn assert_each_put_once(puts: &[String]) -> usize {
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for put in puts {
+        *seen.entry(put).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "objects PUT more than once: {twice:?}");
+    seen.len()
+}
+
+/// How many times fake-store served each of karmic's files (signatures excluded).
+fn karmic_fetches(env: &TestEnv) -> [usize; 3] {
+    [
+        "/files/karmic/kernel",
+        "/files/karmic/ramdisk.gz",
+        "/files/karmic/image.gz",
+    ]
+    .map(|file| env.served(file).len())
+}
+
+/// `image_store_proxy_downloaded_bytes_total` from the proxy's `/metrics`.
+async fn downloaded_bytes(env: &TestEnv) -> u64 {
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", env.proxy_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("image_store_proxy_downloaded_bytes_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no downloaded bytes in {text}"))
+}
+
+/// The offset a `Range: bytes=N-` request resumed from.
+fn resumed_from(request: &fake_store::RequestRecord) -> u64 {
+    let range = request
+        .range
+        .as_deref()
+        .unwrap_or_else(|| panic!("no Range in {request:?}"));
+    range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// Installed, with each registration once in moto and its ids the ones moto lists.
+async fn assert_installed_once(moto: &Moto, env: &TestEnv, uri: &str, artifacts: usize) -> Value {
+    let installed = env.wait_for_status(uri, "installed").await;
+    let registrations = moto.registrations();
+    let mut names: Vec<&str> = registrations
+        .iter()
+        .map(|r| r["params"]["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), artifacts, "RegisterImage calls: {names:?}");
+    names.dedup();
+    assert_eq!(names.len(), artifacts, "registered twice: {names:?}");
+    let images = moto.check(&["images"]);
+    let ids: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["id"])
+        .collect();
+    assert_eq!(ids.len(), artifacts, "{images}");
+    assert!(ids.contains(&&installed["emi"]), "{installed} in {images}");
+    installed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_downloading_the_install_resumes_the_file_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), None, true).await;
+    let big = env.image_uri(BIG_SET);
+    // 25 MiB at 8 MiB/s: the kill lands mid-file, 4.5 MiB in, by the proxy's own count of bytes
+    // received (its detached signature, < 1 KiB, included).
+    env.store.faults().bytes_per_second = Some(8 << 20);
+    let downloaded_before = downloaded_bytes(&env).await;
+    env.act(&big, "install").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let received = loop {
+        let received = downloaded_bytes(&env).await - downloaded_before;
+        if received >= (9 << 20) / 2 {
+            break received;
+        }
+        assert!(Instant::now() < deadline, "only {received} bytes arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    env.kill_proxy();
+    let partial: Vec<_> = env
+        .cache_files()
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "part"))
+        .collect();
+    assert_eq!(partial.len(), 1, "one partial download: {partial:?}");
+    let had = std::fs::metadata(&partial[0]).unwrap().len();
+    let size = BIG_SIZE as u64;
+    assert!(had > 0 && had < size, "{had} of {size} bytes at the kill");
+    // What had arrived but was still in the proxy's write buffer (64 KiB, and tokio's file
+    // buffer behind it) dies with the process, to be fetched again: a little, never a megabyte.
+    let unwritten = received.saturating_sub(had);
+    assert!(
+        unwritten <= (128 << 10) + 1024,
+        "{received} bytes received, {had} on disk"
+    );
+    env.store.faults().bytes_per_second = None;
+    let states = kill_and_restart(&mut env);
+    assert_eq!(states, vec![(big.clone(), "downloading".to_string())]);
+
+    assert_installed_once(&moto, &env, &big, 1).await;
+    let requests = env.served("/files/big/image");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0].range, None);
+    let resumed = resumed_from(&requests[1]);
+    assert_eq!(resumed, had, "resumed where the partial file ends");
+    let objects = assert_each_put_once(&object_puts(&moto));
+    println!(
+        "FIGURE downloading: killed with {received} bytes received (metrics, signature \
+         included) and {had} of {size} bytes on disk; after the restart fake-store got Range: \
+         bytes={resumed}- (2 requests in all), so {} bytes on disk were fetched again, {unwritten} \
+         received but unwritten bytes were, and {} were fetched after the restart; {objects} \
+         objects each PUT once; {} RegisterImage",
+        had - resumed,
+        size - resumed,
+        moto.registrations().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_a_download_before_its_verification_the_file_is_not_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), Some("verify"), false).await;
+    let karmic = env.image_uri("karmic");
+    env.act(&karmic, "install").await;
+    wait_for_log(&env, "paused at verify").await;
+    let at_kill = env.state(&karmic).await;
+    assert!(
+        at_kill["status-detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Verifying kernel"),
+        "{at_kill}"
+    );
+    assert_eq!(karmic_fetches(&env), [1, 0, 0]);
+    let states = kill_and_restart(&mut env);
+    assert_eq!(states, vec![(karmic.clone(), "verifying".to_string())]);
+
+    assert_installed_once(&moto, &env, &karmic, 3).await;
+    assert_eq!(
+        karmic_fetches(&env),
+        [1, 1, 1],
+        "the downloaded kernel is verified from disk, not fetched again"
+    );
+    let objects = assert_each_put_once(&object_puts(&moto));
+    let signatures = env
+        .store
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/files/karmic/kernel.asc"))
+        .count();
+    println!(
+        "FIGURE after-download-before-verification: killed at {}; files fetched [kernel, ramdisk, \
+         image] = {:?} requests (the kernel 1: 0 bytes fetched again; its detached signature, \
+         not kept, {signatures} times); {objects} objects each PUT once; {} RegisterImage",
+        at_kill["status-detail"],
+        karmic_fetches(&env),
+        moto.registrations().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_bundling_the_install_bundles_again_and_uploads_each_part_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), Some("bundling"), true).await;
+    let big = env.image_uri(BIG_SET);
+    env.act(&big, "install").await;
+    wait_for_log(&env, "paused at bundling").await;
+    let at_kill = env.state(&big).await;
+    assert!(
+        at_kill["status-detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bundling machine image: "),
+        "{at_kill}"
+    );
+    assert!(object_puts(&moto).is_empty(), "nothing uploaded yet");
+    let bundle_dir = std::fs::read_dir(env.data_dir.join("bundles"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join(BIG_PREFIX);
+    let mut on_disk: Vec<(String, u64)> = std::fs::read_dir(&bundle_dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, entry.metadata().unwrap().len())
+        })
+        .collect();
+    on_disk.sort();
+    assert!(
+        !on_disk
+            .iter()
+            .any(|(name, _)| name.ends_with(".manifest.xml")),
+        "the bundle is part-way: no manifest yet: {on_disk:?}"
+    );
+    let states = kill_and_restart(&mut env);
+    assert_eq!(states, vec![(big.clone(), "installing".to_string())]);
+
+    assert_installed_once(&moto, &env, &big, 1).await;
+    let fetched = env.served("/files/big/image").len();
+    assert_eq!(fetched, 1, "the image is not fetched again");
+    let objects = assert_each_put_once(&object_puts(&moto));
+    println!(
+        "FIGURE while-bundling: killed at {} with {on_disk:?} (name, bytes) in the bundle dir; \
+         image fetched {fetched} time; {objects} objects each PUT once; {} RegisterImage",
+        at_kill["status-detail"],
+        moto.registrations().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_part_uploads_the_parts_already_uploaded_are_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), None, true).await;
+    let big = env.image_uri(BIG_SET);
+    moto.faults(json!({"s3_hold_put": format!("{BIG_PREFIX}.part.01")}))
+        .await;
+    env.act(&big, "install").await;
+    let held = moto.wait_until_held().await;
+    let at_kill = env.state(&big).await;
+    assert_eq!(
+        at_kill["status-detail"], "Uploading machine image bundle: part 2 of 3",
+        "{at_kill}"
+    );
+    let before = object_puts(&moto);
+    assert_eq!(
+        before,
+        vec![format!("/{}/{BIG_PREFIX}.part.00", bucket_of(&before[0]))],
+        "part 1 landed, part 2 is held before moto"
+    );
+    let states = kill_and_restart(&mut env);
+    assert_eq!(states, vec![(big.clone(), "installing".to_string())]);
+    moto.faults(json!({})).await;
+
+    assert_installed_once(&moto, &env, &big, 1).await;
+    let puts = object_puts(&moto);
+    let bucket = bucket_of(&puts[0]);
+    assert_eq!(
+        puts,
+        vec![
+            format!("/{bucket}/{BIG_PREFIX}.part.00"),
+            format!("/{bucket}/{BIG_PREFIX}.part.01"),
+            format!("/{bucket}/{BIG_PREFIX}.part.02"),
+            format!("/{bucket}/{BIG_PREFIX}.manifest.xml"),
+        ],
+        "each part PUT once, in order, part 1 not again"
+    );
+    let heads = moto
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "HEAD")
+        .count();
+    let fetched = env.served("/files/big/image").len();
+    assert_eq!(fetched, 1, "the image is not fetched again");
+    println!(
+        "FIGURE between-part-uploads: killed at {} with {held:?} held; object PUTs in all: {} \
+         (part.00 1, part.01 1, part.02 1, manifest 1), HEAD checks {heads}; image fetched \
+         {fetched} time; {} RegisterImage",
+        at_kill["status-detail"],
+        puts.len(),
+        moto.registrations().len()
+    );
+}
+
+/// The bucket of an object PUT's path `/bucket/key`.
+fn bucket_of(path: &str) -> String {
+    path.trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_register_image_before_its_id_is_committed_nothing_is_registered_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), None, false).await;
+    let karmic = env.image_uri("karmic");
+    moto.faults(json!({"ec2": "hold-register", "register_name": "-image"}))
+        .await;
+    env.act(&karmic, "install").await;
+    let held = moto.wait_until_held().await;
+    assert_eq!(held, vec!["RegisterImage ubuntu-server-amd64-9.10-image"]);
+    assert_eq!(
+        moto.registrations().len(),
+        3,
+        "moto registered the machine image"
+    );
+    let committed_before = committed_registrations(&env.data_dir).len();
+    assert_eq!(
+        committed_before, 2,
+        "kernel and ramdisk committed, not the machine image"
+    );
+    let states = kill_and_restart(&mut env);
+    assert_eq!(states, vec![(karmic.clone(), "installing".to_string())]);
+    moto.faults(json!({})).await;
+
+    let installed = assert_installed_once(&moto, &env, &karmic, 3).await;
+    let images = moto.check(&["images"]);
+    let registered_image = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "ubuntu-server-amd64-9.10-image")
+        .unwrap();
+    assert_eq!(installed["emi"], registered_image["id"]);
+    let objects = assert_each_put_once(&object_puts(&moto));
+    assert_eq!(karmic_fetches(&env), [1, 1, 1]);
+    println!(
+        "FIGURE after-register-before-commit: killed with {held:?} held ({committed_before} of 3 \
+         ids committed); RegisterImage calls in all: {}; images in moto: {}; the install's emi {} \
+         is the one moto registered before the kill; {objects} objects each PUT once",
+        moto.registrations().len(),
+        images.as_array().unwrap().len(),
+        installed["emi"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_a_registration_and_the_bundle_s_removal_nothing_is_bundled_or_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), Some("registered"), false).await;
+    let karmic = env.image_uri("karmic");
+    env.act(&karmic, "install").await;
+    wait_for_log(&env, "paused at registered").await;
+    assert_eq!(moto.registrations().len(), 1, "the kernel is registered");
+    assert!(committed_registrations(&env.data_dir).is_empty());
+    let puts_before = object_puts(&moto).len();
+    let states = kill_and_restart(&mut env);
+    assert_eq!(states, vec![(karmic.clone(), "installing".to_string())]);
+
+    assert_installed_once(&moto, &env, &karmic, 3).await;
+    let puts = object_puts(&moto);
+    let objects = assert_each_put_once(&puts);
+    let kernel_puts = puts.iter().filter(|p| p.contains("-kernel.")).count();
+    assert_eq!(
+        kernel_puts, puts_before,
+        "the kernel's bundle is not sent again"
+    );
+    println!(
+        "FIGURE after-register-and-cleanup-before-commit: killed with the kernel registered, its \
+         {puts_before} objects uploaded and its bundle removed, its id not committed; kernel \
+         objects PUT in all: {kernel_puts}; {objects} objects each PUT once; RegisterImage calls: {}",
+        moto.registrations().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_again_and_again_at_moments_nobody_chose_the_install_completes_and_registers_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), None, false).await;
+    let karmic = env.image_uri("karmic");
+    // Slow enough that some kills land in the downloads too.
+    env.store.faults().bytes_per_second = Some(1 << 20);
+    env.act(&karmic, "install").await;
+    let mut kills = Vec::new();
+    // Fixed pseudo-random pauses (40..600 ms) between a start and its kill.
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    while kills.len() < 30 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(40 + seed % 560)).await;
+        let state = env.state(&karmic).await;
+        if state["status"] == "installed" {
+            break;
+        }
+        kills.push(state["status-detail"].as_str().unwrap_or("").to_string());
+        kill_and_restart(&mut env);
+    }
+    assert!(kills.len() >= 3, "too few kills landed: {kills:?}");
+    env.store.faults().bytes_per_second = None;
+
+    assert_installed_once(&moto, &env, &karmic, 3).await;
+    check_database(&env.data_dir);
+    // Every download went forward: no request started lower than the one before it.
+    let mut refetched_requests = 0;
+    for file in [
+        "/files/karmic/kernel",
+        "/files/karmic/ramdisk.gz",
+        "/files/karmic/image.gz",
+    ] {
+        let starts: Vec<u64> = env
+            .served(file)
+            .iter()
+            .map(|r| r.range.as_ref().map_or(0, |_| resumed_from(r)))
+            .collect();
+        assert!(
+            starts.windows(2).all(|w| w[0] <= w[1]),
+            "{file} fetched from {starts:?}"
+        );
+        refetched_requests += starts.len() - 1;
+    }
+    let puts = object_puts(&moto);
+    let mut distinct = puts.clone();
+    distinct.sort();
+    distinct.dedup();
+    println!(
+        "FIGURE repeated-kills: {} kills, at {kills:?}; then installed with {} RegisterImage \
+         ({} images in moto); {refetched_requests} resumed file requests, none starting below \
+         the one before; object PUTs {} for {} objects",
+        kills.len(),
+        moto.registrations().len(),
+        moto.check(&["images"]).as_array().unwrap().len(),
+        puts.len(),
+        distinct.len()
+    );
+}
