@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::TestEnv;
+use common::{TestEnv, resumed_from};
 use common::moto::Moto;
 use image_store_proxy::install::pause::PAUSE_AT;
 use rusqlite::{Connection, OpenFlags};
@@ -197,19 +197,6 @@ async fn downloaded_bytes(env: &TestEnv) -> u64 {
         .find_map(|line| line.strip_prefix("image_store_proxy_downloaded_bytes_total "))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| panic!("no downloaded bytes in {text}"))
-}
-
-/// The offset a `Range: bytes=N-` request resumed from.
-fn resumed_from(request: &fake_store::RequestRecord) -> u64 {
-    let range = request
-        .range
-        .as_deref()
-        .unwrap_or_else(|| panic!("no Range in {request:?}"));
-    range
-        .strip_prefix("bytes=")
-        .and_then(|r| r.strip_suffix('-'))
-        .and_then(|n| n.parse().ok())
-        .unwrap()
 }
 
 /// Installed, with each registration once in moto and its ids the ones moto lists.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::openssl::{self, WrappedFor};
-use common::{TestEnv, state_in};
+use common::{TestEnv, resumed_from, state_in};
 use serde_json::Value;
 
 fn is_id(value: &Value, prefix: &str) -> bool {
@@ -232,19 +232,6 @@ fn partial_image_download(state: &Value) -> bool {
                 .unwrap();
             done != total.trim_end_matches(" MiB")
         }
-}
-
-/// The offset a `Range: bytes=N-` request resumed from.
-fn resumed_from(request: &fake_store::RequestRecord) -> u64 {
-    let range = request
-        .range
-        .as_deref()
-        .unwrap_or_else(|| panic!("no Range in {request:?}"));
-    range
-        .strip_prefix("bytes=")
-        .and_then(|r| r.strip_suffix('-'))
-        .and_then(|n| n.parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

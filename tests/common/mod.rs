@@ -492,3 +492,16 @@ impl Gpg {
 
 /// The uid of the committed test key (keyrings/make-test-key.sh).
 pub const TEST_KEY_UID: &str = "test-only@image-store-proxy.invalid";
+
+/// The offset a `Range: bytes=N-` request resumed from.
+pub fn resumed_from(request: &fake_store::RequestRecord) -> u64 {
+    let range = request
+        .range
+        .as_deref()
+        .unwrap_or_else(|| panic!("no Range in {request:?}"));
+    range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
