@@ -106,9 +106,7 @@ pub async fn run(
         nonces: Arc::new(NonceBook::new(nonce::DEFAULT_CAPACITY)),
     };
     crate::notify::ready();
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let served = api::serve::serve(listener, api::router(state), shutdown.clone()).await;
     shutdown.cancel();
     let _ = workers.await;
     let _ = refresher.await;
