@@ -104,6 +104,7 @@ pub async fn run(
         installer,
         secret: Arc::from(secret.into_bytes()),
         nonces: Arc::new(NonceBook::new(nonce::DEFAULT_CAPACITY)),
+        dashboards: Arc::default(),
     };
     crate::notify::ready();
     let served = api::serve::serve(listener, api::router(state), shutdown.clone()).await;
