@@ -3,9 +3,9 @@
 -- threads (thread i takes lines i, i+T, i+2T...). A thread that runs out starts over, and those
 -- replays are refused (401): wrk counts them as non-2xx, and the bench reports the run as not met.
 --
--- Usage: wrk ... -s signed.lua URL -- FILE THREADS METHOD
+-- Usage: wrk ... -s signed.lua URL -- FILE THREADS METHOD [gzip]
 --   METHOD GET: each line is a path with its signed query; POST: each line is a signed form body
---   sent to URL's path.
+--   sent to URL's path. `gzip`: send Accept-Encoding: gzip, as a browser does.
 
 local threads_made = 0
 
@@ -19,10 +19,15 @@ local next_line = 1
 local method = "GET"
 local post_path = "/"
 local form = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+local get_headers = {}
 
 function init(args)
    local file, threads = args[1], tonumber(args[2])
    method = args[3] or "GET"
+   if args[4] == "gzip" then
+      get_headers["Accept-Encoding"] = "gzip"
+      form["Accept-Encoding"] = "gzip"
+   end
    post_path = wrk.path
    local n = 0
    for line in io.lines(file) do
@@ -40,7 +45,7 @@ function request()
       next_line = 1
    end
    if method == "GET" then
-      return wrk.format("GET", line)
+      return wrk.format("GET", line, get_headers)
    end
    return wrk.format("POST", post_path, form, line)
 end

@@ -78,3 +78,52 @@ async fn a_reused_dashboard_is_never_stale() {
     let images = env.dashboard().await["images"].as_array().unwrap().len();
     assert_eq!(images, 3, "log:\n{}", env.proxy_log());
 }
+
+/// A client that accepts gzip (a browser on the Store page) gets the same dashboard gzipped; one
+/// that does not (the servlet's HTTP client) gets it plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_gzipped_only_for_who_accepts_it() {
+    use std::io::Read;
+    let env = TestEnv::start().await;
+    let url = reqwest::Url::parse(&format!("{}/api/dashboard", env.proxy_url())).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut bodies = Vec::new();
+    for accept in [None, Some("gzip, deflate, br"), Some("gzip;q=0")] {
+        let signed = env.client().sign("GET", &url, Vec::new());
+        let mut with_query = url.clone();
+        with_query
+            .query_pairs_mut()
+            .extend_pairs(signed.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let mut request = http.get(with_query);
+        if let Some(accept) = accept {
+            request = request.header("accept-encoding", accept);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let gzipped = response
+            .headers()
+            .get("content-encoding")
+            .is_some_and(|v| v == "gzip");
+        assert_eq!(gzipped, accept == Some("gzip, deflate, br"), "{accept:?}");
+        let raw = response.bytes().await.unwrap().to_vec();
+        let body = if gzipped {
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(raw.as_slice())
+                .read_to_end(&mut plain)
+                .unwrap();
+            assert!(
+                raw.len() * 2 < plain.len(),
+                "{} -> {}",
+                plain.len(),
+                raw.len()
+            );
+            plain
+        } else {
+            raw
+        };
+        bodies.push(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(bodies[0], bodies[2]);
+    assert_eq!(bodies[0]["images"].as_array().unwrap().len(), 2);
+}

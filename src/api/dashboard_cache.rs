@@ -11,7 +11,10 @@ use crate::catalog::model::{Catalog, Image};
 use crate::install::board::InstallView;
 use crate::install::state::InstallState;
 use bytes::Bytes;
-use std::sync::{Arc, Mutex};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Everything one dashboard reply is rendered from.
 pub struct DashboardInputs {
@@ -68,6 +71,8 @@ struct Entry {
     installs: Vec<ShownInstall>,
     last_error: Option<String>,
     body: Bytes,
+    /// The body gzipped, made on the first request that accepts it.
+    gzipped: OnceLock<Bytes>,
 }
 
 impl Entry {
@@ -91,20 +96,86 @@ pub struct DashboardCache {
 }
 
 impl DashboardCache {
-    /// The body rendered earlier from exactly these inputs, if it is the last one rendered.
-    pub fn get(&self, inputs: &DashboardInputs) -> Option<Bytes> {
-        let entry = self.last.lock().expect("dashboard cache lock").clone()?;
-        entry.matches(inputs).then(|| entry.body.clone())
-    }
-
-    pub fn put(&self, inputs: &DashboardInputs, body: Bytes) {
-        let entry = Entry {
-            catalog: inputs.catalog.clone(),
-            host: inputs.host.clone(),
-            installs: inputs.installs.iter().map(ShownInstall::of).collect(),
-            last_error: inputs.last_error.clone(),
-            body,
+    /// The reply for `inputs`: the last one rendered if it was rendered from exactly these
+    /// inputs, else `render`'s, which is kept for the next request. Gzipped when `gzip` (the
+    /// client accepts it: browsers do, the servlet's HTTP client does not).
+    pub fn get_or_render(
+        &self,
+        inputs: &DashboardInputs,
+        gzip: bool,
+        render: impl FnOnce() -> Vec<u8>,
+    ) -> Bytes {
+        let last = self.last.lock().expect("dashboard cache lock").clone();
+        let entry = match last {
+            Some(entry) if entry.matches(inputs) => entry,
+            _ => {
+                let entry = Arc::new(Entry {
+                    catalog: inputs.catalog.clone(),
+                    host: inputs.host.clone(),
+                    installs: inputs.installs.iter().map(ShownInstall::of).collect(),
+                    last_error: inputs.last_error.clone(),
+                    body: Bytes::from(render()),
+                    gzipped: OnceLock::new(),
+                });
+                *self.last.lock().expect("dashboard cache lock") = Some(entry.clone());
+                entry
+            }
         };
-        *self.last.lock().expect("dashboard cache lock") = Some(Arc::new(entry));
+        if gzip {
+            entry.gzipped.get_or_init(|| compress(&entry.body)).clone()
+        } else {
+            entry.body.clone()
+        }
+    }
+}
+
+fn compress(body: &[u8]) -> Bytes {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 8), Compression::default());
+    encoder
+        .write_all(body)
+        .expect("writing to memory cannot fail");
+    Bytes::from(encoder.finish().expect("writing to memory cannot fail"))
+}
+
+/// Whether an `Accept-Encoding` value accepts gzip (`gzip` or `*`, with a non-zero `q`).
+pub fn accepts_gzip(accept_encoding: &str) -> bool {
+    accept_encoding.split(',').any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or("");
+        let refused = parts.any(|param| {
+            param
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_gzip;
+
+    #[test]
+    fn gzip_is_sent_only_to_who_accepts_it() {
+        for yes in [
+            "gzip",
+            "gzip, deflate, br",
+            "deflate, GZIP;q=0.5",
+            "*",
+            "br, *;q=1",
+        ] {
+            assert!(accepts_gzip(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "identity",
+            "deflate, br",
+            "gzip;q=0",
+            "gzip; q=0.0",
+            "x-gzip2",
+        ] {
+            assert!(!accepts_gzip(no), "{no}");
+        }
     }
 }

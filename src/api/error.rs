@@ -75,3 +75,21 @@ impl IntoResponse for ApiError {
         json_response(self.status(), &json!({ "error-message": self.to_string() }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full nonce book is the server's limit, not the client's fault: 503, and not the 401 of a
+    /// bad signature, so an operator can tell a flood from forgeries.
+    #[test]
+    fn limits_have_their_own_statuses() {
+        for (error, status) in [
+            (ApiError::TooManyLiveNonces, 503),
+            (ApiError::SlowBody { seconds: 10 }, 408),
+            (ApiError::BodyTooLarge { limit: 1 }, 413),
+        ] {
+            assert_eq!(error.into_response().status().as_u16(), status);
+        }
+    }
+}

@@ -20,10 +20,9 @@ use auth::Signed;
 pub use auth::{BODY_READ_TIMEOUT, MAX_BODY_BYTES};
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::Bytes;
 pub use dashboard_cache::DashboardCache;
 use dashboard_cache::DashboardInputs;
 use error::{ApiError, json_response};
@@ -170,7 +169,11 @@ fn needs_attention(view: &InstallView) -> bool {
 
 /// The whole page: `images`, `states` and `sections` together (the UI draws a row only when it has
 /// the image and its state as it reads `sections`). Rendered once per change of what it shows.
-async fn dashboard(State(app): State<AppState>, signed: Signed) -> Response {
+async fn dashboard(State(app): State<AppState>, headers: HeaderMap, signed: Signed) -> Response {
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(dashboard_cache::accepts_gzip);
     app.catalog.refresh_if_stale().await;
     app.installer.reconcile_if_stale(app.catalog.max_age());
     let inputs = DashboardInputs {
@@ -179,24 +182,24 @@ async fn dashboard(State(app): State<AppState>, signed: Signed) -> Response {
         installs: app.installer.board().all(),
         last_error: app.catalog.last_error(),
     };
-    let body = match app.dashboards.get(&inputs) {
-        Some(body) => body,
-        None => {
-            let body = Bytes::from(render_dashboard(&inputs));
-            app.dashboards.put(&inputs, body.clone());
-            body
-        }
-    };
-    json_bytes_response(body)
-}
-
-fn json_bytes_response(body: Bytes) -> Response {
-    (
+    let body = app
+        .dashboards
+        .get_or_render(&inputs, gzip, || render_dashboard(&inputs));
+    let mut response = (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::VARY, "Accept-Encoding"),
+        ],
         body,
     )
-        .into_response()
+        .into_response();
+    if gzip {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
 }
 
 fn render_dashboard(inputs: &DashboardInputs) -> Vec<u8> {
