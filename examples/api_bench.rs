@@ -49,11 +49,11 @@ enum Bench {
     Load {
         #[arg(long, default_value_t = 1000)]
         pollers: usize,
-        /// Each poller's pause between polls (the Store tab polls every 5,000 ms)
-        #[arg(long, default_value_t = 1000)]
+        /// Each poller's pause between polls: the Store tab's own cadence by default
+        #[arg(long, default_value_t = 5000)]
         poll_every_ms: u64,
         /// Size of each installed image (raw MiB)
-        #[arg(long, default_value_t = 96)]
+        #[arg(long, default_value_t = 256)]
         image_mib: usize,
         #[arg(long, default_value_t = 3)]
         rounds: usize,

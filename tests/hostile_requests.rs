@@ -15,6 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 type Params = Vec<(String, String)>;
+/// Changes an encoded request after it was signed.
+type Mutation = fn(String) -> String;
 
 fn pairs(list: &[(&str, &str)]) -> Params {
     list.iter()
@@ -165,7 +167,7 @@ async fn every_correct_encoding_is_accepted_and_every_mutation_refused() {
     assert_eq!(status, 200, "{body}");
 
     // Mutations of the encoded request, each of a freshly signed one.
-    let mutations: [(&str, fn(String) -> String); 11] = [
+    let mutations: [(&str, Mutation); 11] = [
         ("a literal + sent raw (it means a space)", |w| {
             w.replacen("a%2Bb", "a+b", 1)
         }),

@@ -74,10 +74,10 @@ async fn poll(client: ProxyClient, uris: [String; 2], start: Arc<Barrier>) -> Po
             if state.get("error-message").is_some() {
                 report.wrong.push(format!("{uri} failed: {state}"));
             }
-            if let Some(percent) = state.get("progress-percentage") {
-                if percent.as_u64().is_none_or(|p| p > 100) {
-                    report.wrong.push(format!("{uri}: progress {percent}"));
-                }
+            if let Some(percent) = state.get("progress-percentage")
+                && percent.as_u64().is_none_or(|p| p > 100)
+            {
+                report.wrong.push(format!("{uri}: progress {percent}"));
             }
         }
         report.saw_work_under_way |= furthest != [3, 3];
