@@ -108,11 +108,10 @@ pub async fn run(
         installer,
         secret: Arc::from(secret.into_bytes()),
         nonces: Arc::new(NonceBook::new(nonce::DEFAULT_CAPACITY)),
+        dashboards: Arc::default(),
     };
     crate::notify::ready();
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let served = api::serve::serve(listener, api::router(state), shutdown.clone()).await;
     shutdown.cancel();
     let _ = workers.await;
     let _ = refresher.await;

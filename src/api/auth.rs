@@ -12,6 +12,8 @@ use percent_encoding::percent_decode;
 
 /// Largest form body accepted: a states poll lists image URIs, a few KiB at most.
 pub const MAX_BODY_BYTES: usize = 256 << 10;
+/// Time to receive the whole form body once the headers are in: a client trickling it is cut off.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A request whose signature verified, with its parameters (query and form body together).
 pub struct Signed {
@@ -46,11 +48,17 @@ impl FromRequest<AppState> for Signed {
             .ok_or_else(|| bad("no Host header"))?;
         let mut params = parse_form(parts.uri.query().unwrap_or("").as_bytes());
         if parts.method == Method::POST {
-            let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-                .await
-                .map_err(|_| ApiError::BodyTooLarge {
-                    limit: MAX_BODY_BYTES,
-                })?;
+            let bytes = tokio::time::timeout(
+                BODY_READ_TIMEOUT,
+                axum::body::to_bytes(body, MAX_BODY_BYTES),
+            )
+            .await
+            .map_err(|_| ApiError::SlowBody {
+                seconds: BODY_READ_TIMEOUT.as_secs(),
+            })?
+            .map_err(|_| ApiError::BodyTooLarge {
+                limit: MAX_BODY_BYTES,
+            })?;
             params.extend(parse_form(&bytes));
         }
         verify(
@@ -145,7 +153,7 @@ fn verify(
         NonceVerdict::Replayed => Err(bad(format!(
             "nonce {nonce} replayed (ClientId {client_id:?})"
         ))),
-        NonceVerdict::Full => Err(bad("too many live nonces".into())),
+        NonceVerdict::Full => Err(ApiError::TooManyLiveNonces),
     }
 }
 

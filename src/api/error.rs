@@ -21,6 +21,11 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("The request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("The request body did not arrive within {seconds} seconds")]
+    SlowBody { seconds: u64 },
+    /// The nonce book is full of live nonces: refusing is safer than forgetting one early.
+    #[error("Too many signed requests in the last minutes; try again shortly")]
+    TooManyLiveNonces,
     #[error("Internal error: {0}")]
     Internal(String),
 }
@@ -34,6 +39,8 @@ impl ApiError {
             | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::SlowBody { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyLiveNonces => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,8 +69,27 @@ impl IntoResponse for ApiError {
                 tracing::info!("refused a request: bad signature: {reason}")
             }
             ApiError::Internal(cause) => tracing::error!("request failed: {cause}"),
+            ApiError::TooManyLiveNonces => tracing::warn!("refused a request: {self}"),
             other => tracing::debug!("request refused: {other}"),
         }
         json_response(self.status(), &json!({ "error-message": self.to_string() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full nonce book is the server's limit, not the client's fault: 503, and not the 401 of a
+    /// bad signature, so an operator can tell a flood from forgeries.
+    #[test]
+    fn limits_have_their_own_statuses() {
+        for (error, status) in [
+            (ApiError::TooManyLiveNonces, 503),
+            (ApiError::SlowBody { seconds: 10 }, 408),
+            (ApiError::BodyTooLarge { limit: 1 }, 413),
+        ] {
+            assert_eq!(error.into_response().status().as_u16(), status);
+        }
     }
 }

@@ -3,9 +3,11 @@
 //! every failure to a JSON `error-message`.
 
 mod auth;
+mod dashboard_cache;
 pub mod error;
 mod monitoring;
 pub mod nonce;
+pub mod serve;
 pub mod signature;
 mod store_page;
 mod views;
@@ -15,11 +17,14 @@ use crate::catalog::{self, CatalogService};
 use crate::install::Installer;
 use crate::install::board::InstallView;
 use auth::Signed;
+pub use auth::{BODY_READ_TIMEOUT, MAX_BODY_BYTES};
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode, Uri};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+pub use dashboard_cache::DashboardCache;
+use dashboard_cache::DashboardInputs;
 use error::{ApiError, json_response};
 use nonce::NonceBook;
 use std::collections::HashSet;
@@ -33,6 +38,8 @@ pub struct AppState {
     /// The key of the servlet's HMAC: the admin's secret key, or `--fake-eucalyptus`'s SECRET.
     pub secret: Arc<[u8]>,
     pub nonces: Arc<NonceBook>,
+    /// The last dashboard rendered, reused while its inputs are unchanged.
+    pub dashboards: Arc<DashboardCache>,
 }
 
 const DASHBOARD: &str = "/api/dashboard";
@@ -91,20 +98,22 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// Collects images and their states for one reply; each image once.
-struct Page<'a> {
-    app: &'a AppState,
+struct Page {
     links: ActionLinks,
     installs: Vec<InstallView>,
     envelope: Envelope,
     seen: HashSet<String>,
 }
 
-impl<'a> Page<'a> {
-    fn new(app: &'a AppState, host: &str) -> Self {
+impl Page {
+    fn new(app: &AppState, host: &str) -> Self {
+        Self::with_installs(host, app.installer.board().all())
+    }
+
+    fn with_installs(host: &str, installs: Vec<InstallView>) -> Self {
         Self {
-            app,
             links: ActionLinks::new(host),
-            installs: app.installer.board().all(),
+            installs,
             envelope: Envelope {
                 images: Some(Vec::new()),
                 states: Some(Vec::new()),
@@ -159,12 +168,43 @@ fn needs_attention(view: &InstallView) -> bool {
 }
 
 /// The whole page: `images`, `states` and `sections` together (the UI draws a row only when it has
-/// the image and its state as it reads `sections`).
-async fn dashboard(State(app): State<AppState>, signed: Signed) -> Response {
+/// the image and its state as it reads `sections`). Rendered once per change of what it shows.
+async fn dashboard(State(app): State<AppState>, headers: HeaderMap, signed: Signed) -> Response {
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(dashboard_cache::accepts_gzip);
     app.catalog.refresh_if_stale().await;
     app.installer.reconcile_if_stale(app.catalog.max_age());
-    let catalog = app.catalog.current();
-    let mut page = Page::new(&app, &signed.host);
+    let inputs = DashboardInputs {
+        catalog: app.catalog.current(),
+        host: signed.host,
+        installs: app.installer.board().all(),
+        last_error: app.catalog.last_error(),
+    };
+    let body = app
+        .dashboards
+        .get_or_render(&inputs, gzip, || render_dashboard(&inputs));
+    let mut response = (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::VARY, "Accept-Encoding"),
+        ],
+        body,
+    )
+        .into_response();
+    if gzip {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+fn render_dashboard(inputs: &DashboardInputs) -> Vec<u8> {
+    let catalog = &inputs.catalog;
+    let mut page = Page::with_installs(&inputs.host, inputs.installs.clone());
     let mut sections: Vec<Section> = Vec::new();
     for section in &catalog.sections {
         for uri in &section.image_uris {
@@ -206,8 +246,8 @@ async fn dashboard(State(app): State<AppState>, signed: Signed) -> Response {
         });
     }
     page.envelope.sections = Some(sections);
-    page.envelope.error_message = page.app.catalog.last_error();
-    page.finish()
+    page.envelope.error_message = inputs.last_error.clone();
+    crate::json::to_ascii_json(&page.envelope)
 }
 
 /// Search over the cached catalog: works while upstream is down.

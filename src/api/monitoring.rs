@@ -76,11 +76,31 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         catalog_verified_seconds_ago: app.catalog.verified_seconds_ago(),
         catalog_stale: app.catalog.last_error().is_some(),
     };
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::global().render(&snapshot),
-    )
-        .into_response()
+    let mut text = metrics::global().render(&snapshot);
+    render_nonce_book(&mut text, app.nonces.len(), app.nonces.capacity());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
+/// The replay guard's memory: how full it is, so a flood shows before requests get 503s.
+fn render_nonce_book(out: &mut String, live: usize, capacity: usize) {
+    use std::fmt::Write as _;
+    for (name, help, value) in [
+        (
+            "image_store_proxy_nonces_remembered",
+            "Request nonces remembered against replay (bounded by the capacity).",
+            live,
+        ),
+        (
+            "image_store_proxy_nonces_capacity",
+            "The most nonces remembered; beyond it signed requests get 503 until some expire.",
+            capacity,
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        );
+    }
 }
 
 /// Counts and times every request by endpoint (the route, not the raw path: image keys and

@@ -232,6 +232,39 @@ mod tests {
         );
     }
 
+    /// The comparison is `hmac`'s constant-time `verify_slice` (via `subtle`), not `==` on bytes or
+    /// text, whose early exit would leak how many leading bytes of a forgery were right. Timing
+    /// cannot be tested reliably here, so this guards the code path: the body of
+    /// `signature_matches` compares only through `verify_slice`, and a prefix of the right MAC
+    /// (which `verify_truncated_left` would accept) is refused.
+    #[test]
+    fn comparison_is_the_constant_time_one() {
+        let source = include_str!("signature.rs");
+        let start = source
+            .find("pub fn signature_matches(")
+            .expect("signature_matches exists");
+        let body = &source[start..start + source[start..].find("\n}\n").expect("its end")];
+        assert!(body.contains(".verify_slice(&claimed)"), "{body}");
+        for comparison in ["==", "!=", ".eq(", "starts_with", "cmp("] {
+            assert!(!body.contains(comparison), "{comparison} in {body}");
+        }
+        let sts = "GET\nlocalhost\n/api/dashboard\n";
+        let good = BASE64.decode(sign(b"s", sts)).unwrap();
+        for wrong in [
+            good[..16].to_vec(),
+            good[..31].to_vec(),
+            [good.as_slice(), &[0]].concat(),
+            {
+                let mut flipped = good.clone();
+                flipped[31] ^= 1;
+                flipped
+            },
+        ] {
+            assert!(!signature_matches(b"s", sts, &BASE64.encode(&wrong)));
+        }
+        assert!(signature_matches(b"s", sts, &BASE64.encode(&good)));
+    }
+
     #[test]
     fn matches_is_strict() {
         let sts = "GET\nlocalhost\n/api/dashboard\n";
