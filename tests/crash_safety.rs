@@ -15,8 +15,8 @@
 
 mod common;
 
-use common::{TestEnv, resumed_from};
 use common::moto::Moto;
+use common::{TestEnv, resumed_from};
 use image_store_proxy::install::pause::PAUSE_AT;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};

@@ -310,3 +310,66 @@ async fn an_image_deregistered_in_the_cloud_shows_uninstalled_and_installs_again
         "the kernel, still registered, is not published again"
     );
 }
+
+/// karmic and lucid share their kernel and ramdisk: installed at the same moment, the shared files
+/// are downloaded once (the second install waits for the first, then finds them cached) and
+/// registered once, and both installs complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installs_sharing_a_kernel_download_and_register_it_once() {
+    let env = TestEnv::start().await;
+    let karmic = env.image_uri("karmic");
+    let lucid = env.image_uri("lucid");
+    // Slow enough that both installs reach the shared kernel while it is still downloading.
+    env.store.faults().bytes_per_second = Some(400 << 10);
+    env.act(&karmic, "install").await;
+    env.act(&lucid, "install").await;
+    let mut waited = false;
+    for _ in 0..200 {
+        let state = env.state(&lucid).await;
+        waited |= state["status-detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("Waiting for another install of the same"));
+        if waited || state["status"] == "installed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waited, "one install waited for the other's download");
+    env.store.faults().bytes_per_second = None;
+    for uri in [&karmic, &lucid] {
+        env.wait_for_status(uri, "installed").await;
+    }
+    let mut shared_downloads = Vec::new();
+    for name in ["kernel", "ramdisk"] {
+        for set in ["karmic", "lucid"] {
+            shared_downloads.extend(env.served(&format!("files/{set}/{name}")));
+        }
+    }
+    assert_eq!(shared_downloads.len(), 2, "{shared_downloads:?}");
+    let mut kinds = Vec::new();
+    for entry in walk(&env.data_dir.join("fake-cloud")) {
+        if entry.to_string_lossy().ends_with(".registration.json") {
+            let record: Value = serde_json::from_slice(&std::fs::read(&entry).unwrap()).unwrap();
+            kinds.push(record["kind"].as_str().unwrap().to_string());
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["kernel", "machine image", "machine image", "ramdisk"],
+        "{kinds:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

@@ -41,6 +41,10 @@ pub fn downloading(kind: FileKind, done: u64, total: u64) -> String {
     format!("Downloading {}: {}", kind.noun(), amount(done, total))
 }
 
+pub fn waiting_for_other_install(kind: FileKind) -> String {
+    format!("Waiting for another install of the same {}", kind.noun())
+}
+
 pub fn fetching_signature(kind: FileKind) -> String {
     format!("Fetching the {} signature", kind.noun())
 }

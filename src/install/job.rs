@@ -4,6 +4,7 @@
 
 use super::Installer;
 use super::detail;
+use super::keyed_lock::KeyGuard;
 use super::state::InstallState;
 use crate::catalog::model::{FileKind, FileRef, Image};
 use crate::cloud::{Artifact, CloudError, Progress, bundle};
@@ -147,6 +148,9 @@ impl Job<'_> {
         let total = image.total_bytes();
         let mut done = 0;
         for file in &image.files {
+            let _only_us = self
+                .exclusively(&format!("download:{}", file.sha256), file.kind, done, total)
+                .await?;
             if !self.is_cached(file)? {
                 self.download(file, done, total).await?;
             }
@@ -159,6 +163,30 @@ impl Job<'_> {
             );
         }
         self.publish_all(&image).await
+    }
+
+    /// Waits, cancellably, until no other install works on `key` (the same file or artifact).
+    async fn exclusively(
+        &self,
+        key: &str,
+        kind: FileKind,
+        done: u64,
+        total: u64,
+    ) -> Result<KeyGuard<'_>, JobError> {
+        let locks = &self.installer.exclusive;
+        if let Some(guard) = locks.try_lock(key) {
+            return Ok(guard);
+        }
+        self.installer.board.progress(
+            self.uri(),
+            done,
+            total,
+            detail::waiting_for_other_install(kind),
+        );
+        tokio::select! {
+            guard = locks.lock(key) => Ok(guard),
+            _ = self.cancel.cancelled() => Err(JobError::Fetch(FetchError::Cancelled)),
+        }
     }
 
     fn is_cached(&self, file: &FileRef) -> Result<bool, DbError> {
@@ -350,6 +378,14 @@ impl Job<'_> {
     ) -> Result<String, JobError> {
         let installer = self.installer;
         let cloud_id = installer.cloud.id().to_string();
+        let _only_us = self
+            .exclusively(
+                &format!("publish:{}", artifact.identity),
+                artifact.kind,
+                done_before,
+                total,
+            )
+            .await?;
         if let Some(id) = installer.db.cloud_object(&cloud_id, &artifact.identity)? {
             installer.board.progress(
                 self.uri(),

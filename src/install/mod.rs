@@ -6,6 +6,7 @@
 pub mod board;
 pub mod detail;
 mod job;
+mod keyed_lock;
 pub mod pause;
 pub mod state;
 
@@ -37,6 +38,8 @@ pub struct Installer {
     workers: usize,
     /// When the installed images were last reconciled with the cloud's list.
     reconciled: Mutex<Option<std::time::Instant>>,
+    /// Downloads by SHA-256 and publishes by artifact identity: one install at a time each.
+    exclusive: keyed_lock::KeyedLocks,
 }
 
 impl Installer {
@@ -67,6 +70,7 @@ impl Installer {
             wake: Notify::new(),
             workers: workers.max(1),
             reconciled: Mutex::new(None),
+            exclusive: keyed_lock::KeyedLocks::default(),
         }))
     }
 
