@@ -94,7 +94,7 @@ fn single<'a>(params: &'a [(String, String)], name: &str) -> Result<&'a str, Api
     }
 }
 
-fn verify(
+pub fn verify(
     state: &AppState,
     method: &str,
     host: &str,
