@@ -131,7 +131,7 @@ pub fn verify(
     if expires < now {
         return Err(bad(format!(
             "expired {}s ago (ClientId {client_id:?})",
-            now - expires
+            now.abs_diff(expires)
         )));
     }
     if expires > now + MAX_EXPIRES_AHEAD_SECS {
