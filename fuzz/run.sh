@@ -41,7 +41,10 @@ for target in "${targets[@]}"; do
     mkdir -p "$corpus" "$(dirname "$log")"
     result=ok
     # -timeout: one input taking 10 s is a hang; -rss_limit_mb: libFuzzer's default, said aloud.
-    if ! cargo fuzz run "${fuzz_flags[@]}" "$target" "$corpus" "corpus/$target" -- \
+    # New inputs go to the first directory; the seeds and past crashes are read as a start.
+    seeds=("corpus/$target")
+    [ -d "regressions/$target" ] && seeds+=("regressions/$target")
+    if ! cargo fuzz run "${fuzz_flags[@]}" "$target" "$corpus" "${seeds[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1; then
         result="FAILED (see fuzz/$log and fuzz/artifacts/$target/)"
