@@ -51,3 +51,4 @@ export IMAGE_STORE_PROXY_TEST_VENV="$venv"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+fuzz/smoke.sh

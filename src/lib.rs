@@ -17,6 +17,7 @@
 //! - [`json`]: ASCII-only JSON, as the servlet needs
 //! - [`rfc3986`]: the percent-encoding every signature here uses
 //! - [`metrics`]: Prometheus counters and their text exposition (`/metrics`)
+//! - [`fuzzing`]: the fuzz harnesses (`fuzz/`), here so regression tests replay them exactly
 //! - [`notify`]: readiness for systemd and `start-stop-daemon` (the `sd_notify` protocol)
 //! - `demo`: fake-store and the proxy together, for a first run
 
@@ -31,6 +32,7 @@ pub mod db;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod fetch;
+pub mod fuzzing;
 pub mod install;
 pub mod json;
 pub mod keyring;

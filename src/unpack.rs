@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {}", one_line(source))]
     Read { path: PathBuf, source: io::Error },
     #[error("the tarball {path} holds no regular *.img file")]
     NoImage { path: PathBuf },
@@ -135,6 +135,22 @@ impl<R: Read> ExactMember<R> {
             Ok(())
         })
     }
+}
+
+/// `error` with control characters escaped: `tar` quotes a bad header's raw bytes, newlines included,
+/// and an error must stay one line in a status.
+fn one_line(error: &io::Error) -> String {
+    error
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Reports how many bytes of the source file were consumed, once per MiB.
@@ -383,6 +399,26 @@ mod tests {
         assert_eq!(
             read_all(&raw, Compression::Gzip, Packing::Raw).unwrap().1,
             b"kernel bytes"
+        );
+    }
+
+    #[test]
+    fn a_header_with_newlines_is_refused_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_path("disk.img").unwrap();
+        header.as_mut_bytes()[148..156].copy_from_slice(b"\n\n\n\n\n\n\n\n");
+        let mut tarball = header.as_bytes().to_vec();
+        tarball.resize(2048, 0);
+        let path = dir.path().join("image.tar");
+        std::fs::write(&path, tarball).unwrap();
+        let error = read_all(&path, Compression::None, Packing::Tar)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.ends_with("numeric field was not a number: \\n\\n\\n\\n\\n\\n\\n\\n when getting cksum for disk.img"),
+            "{error:?}"
         );
     }
 

@@ -102,7 +102,7 @@ fn single<'a>(params: &'a [(String, String)], name: &str) -> Result<&'a str, Api
     }
 }
 
-fn verify(
+pub fn verify(
     state: &AppState,
     method: &str,
     host: &str,
@@ -139,7 +139,7 @@ fn verify(
     if expires < now {
         return Err(bad(format!(
             "expired {}s ago (ClientId {client_id:?})",
-            now - expires
+            now.abs_diff(expires)
         )));
     }
     if expires > now + MAX_EXPIRES_AHEAD_SECS {

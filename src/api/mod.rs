@@ -2,7 +2,7 @@
 //! this module knows HTTP; `auth.rs` checks signatures, `views.rs` shapes JSON, `error.rs` maps
 //! every failure to a JSON `error-message`.
 
-mod auth;
+pub mod auth;
 mod dashboard_cache;
 pub mod error;
 mod monitoring;

@@ -109,7 +109,8 @@ pub fn error_line(status: StatusCode, body: &str) -> String {
                 .and_then(|n| n.text())
                 .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
         };
-        let code = text("Code")?;
+        // A blank `<Code>` says nothing: the HTTP status does better.
+        let code = text("Code").filter(|code| !code.is_empty())?;
         Some(match text("Message") {
             Some(message) if !message.is_empty() => format!("{code}: {message}"),
             _ => code,
@@ -178,6 +179,14 @@ mod tests {
         assert_eq!(
             error_line(StatusCode::INTERNAL_SERVER_ERROR, "<html>oops"),
             "HTTP 500 Internal Server Error"
+        );
+        assert_eq!(
+            error_line(
+                StatusCode::NOT_FOUND,
+                "<Error><Code> </Code><Message>m</Message></Error>"
+            ),
+            "HTTP 404 Not Found",
+            "a blank code is no code"
         );
     }
 }

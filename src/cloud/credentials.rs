@@ -228,7 +228,7 @@ pub fn load(file: &Path) -> Result<CloudCredentials, CredentialsError> {
     } else {
         let parsed: TomlConfig = toml::from_str(&text).map_err(|e| CredentialsError::Read {
             file: file.to_owned(),
-            cause: e.to_string(),
+            cause: toml_error_line(&text, &e),
         })?;
         Fields {
             values: toml_fields(parsed),
@@ -237,6 +237,24 @@ pub fn load(file: &Path) -> Result<CloudCredentials, CredentialsError> {
         }
     };
     fields.into_credentials()
+}
+
+/// A TOML error as one line: `toml`'s own text quotes the source over several lines.
+fn toml_error_line(text: &str, error: &toml::de::Error) -> String {
+    let message = error
+        .message()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML error at line {line}, column {column}: {message}")
+        }
+        None => format!("TOML error: {message}"),
+    }
 }
 
 fn toml_fields(config: TomlConfig) -> HashMap<&'static str, String> {
@@ -456,5 +474,18 @@ mod tests {
         let error = load(&toml).unwrap_err().to_string();
         assert!(error.contains("cloud.toml: user-cert"), "{error}");
         assert!(error.contains("missing.pem"), "{error}");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_is_one_line_with_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cloud.toml");
+        std::fs::write(&file, "ec2-url = \"http://h/\"\nbucket = images\"\n").unwrap();
+        let error = load(&file).unwrap_err().to_string();
+        assert!(!error.contains('\n'), "{error:?}");
+        assert!(
+            error.contains("cloud.toml: TOML error at line 2, column 10: "),
+            "{error}"
+        );
     }
 }

@@ -1,0 +1,241 @@
+//! The fuzz harnesses (`fuzz/`, cargo fuzz) live here rather than in the fuzz crate so that the
+//! regression tests (`tests/fuzz_regressions.rs`) replay a saved input through exactly the code the
+//! fuzzer ran, under plain `cargo test`. Each harness feeds hostile bytes to one parser the proxy
+//! exposes to the outside and panics only when the code under test does, or when an outcome breaks
+//! a promise: every refusal is one clear line, a request the server's own signer signed verifies,
+//! a replay is refused, a tarball member never yields more bytes than its header declares.
+
+use crate::api::auth::{parse_form, verify};
+use crate::api::nonce::NonceBook;
+use crate::api::{AppState, signature};
+use crate::cache::Cache;
+use crate::catalog::model::{Compression, FileKind, Packing};
+use crate::catalog::{self, CatalogService, model::Catalog};
+use crate::cloud::{aws, credentials, fake::FakeCloud};
+use crate::db::{Db, now_unix};
+use crate::fetch::{Fetcher, RetryPolicy};
+use crate::install::Installer;
+use crate::unpack::{UnpackError, with_image_bytes};
+use reqwest::{StatusCode, Url};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Panics unless `text` is one non-empty line: what an operator reads in a log or a status.
+fn assert_one_line(what: &str, text: &str) {
+    assert!(!text.trim().is_empty(), "{what}: empty message");
+    assert!(
+        !text.contains(['\n', '\r']),
+        "{what}: message spans lines: {text:?}"
+    );
+}
+
+/// The catalog parser (`Catalog::parse`) and what the proxy does next with an accepted catalog:
+/// look images up by URI and key, and search it.
+pub fn catalog(data: &[u8]) {
+    let api = Url::parse("http://store.example:52781/api").expect("a fixed URL");
+    let (parsed, dropped) = match Catalog::parse(data, &api) {
+        Ok(parsed) => parsed,
+        Err(error) => return assert_one_line("catalog refusal", &error.to_string()),
+    };
+    for reason in &dropped {
+        assert_one_line("dropped catalog entry", reason);
+    }
+    for image in &parsed.images {
+        assert!(image.file(FileKind::Image).is_some(), "{image:?}");
+        for file in &image.files {
+            assert!(file.size > 0, "{file:?}");
+            assert!(
+                file.url.starts_with("http://") || file.url.starts_with("https://"),
+                "{file:?}"
+            );
+        }
+        assert_eq!(parsed.by_uri(&image.uri).map(|i| &i.uri), Some(&image.uri));
+        assert_eq!(parsed.by_key(&image.key).map(|i| &i.key), Some(&image.key));
+        let _ = catalog::search(&parsed, &image.title);
+    }
+    let _ = catalog::search(&parsed, &String::from_utf8_lossy(data));
+}
+
+/// The cloud's XML error parser: input = two bytes of HTTP status, then the body.
+pub fn cloud_error(data: &[u8]) {
+    let Some((status, body)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let status = 100 + u16::from_be_bytes(*status) % 500;
+    let status = StatusCode::from_u16(status).expect("100..=599 is a status");
+    assert_one_line(
+        "cloud error line",
+        &aws::error_line(status, &String::from_utf8_lossy(body)),
+    );
+}
+
+/// A fresh file name under `dir` for this process's next input.
+fn scratch_file(dir: &Path, name: &str) -> std::path::PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let sub = dir.join(format!("{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&sub).expect("scratch dir");
+    sub.join(name)
+}
+
+/// The eucarc (or TOML) `--cloud-config` reader, on a file holding `data`. Key paths resolve
+/// against the file's own directory, so `EC2_CERT=eucarc` makes the key loaders parse the input too.
+pub fn eucarc(data: &[u8], work_dir: &Path) {
+    let text = String::from_utf8_lossy(data);
+    // Reading a device or /proc file would only test the machine, not the parser.
+    if text.contains("/dev") || text.contains("/proc") || text.contains("/sys") {
+        return;
+    }
+    let _ = credentials::parse_eucarc(&text, work_dir);
+    let file = scratch_file(work_dir, "eucarc");
+    std::fs::write(&file, data).expect("writing the scratch eucarc");
+    let outcome = credentials::load(&file);
+    let _ = std::fs::remove_dir_all(file.parent().expect("scratch dir"));
+    if let Err(error) = outcome {
+        assert_one_line("credentials refusal", &error.to_string());
+    }
+}
+
+/// The tarball reader (`with_image_bytes` on `Packing::Tar`), plain and gzipped: input = one byte
+/// choosing gzip (odd) or not, then the file. The `*.img` member is read to its end.
+pub fn tarball(data: &[u8], work_dir: &Path) {
+    let Some((&choice, file_bytes)) = data.split_first() else {
+        return;
+    };
+    let compression = if choice % 2 == 1 {
+        Compression::Gzip
+    } else {
+        Compression::None
+    };
+    let file = scratch_file(work_dir, "image.tar");
+    std::fs::write(&file, file_bytes).expect("writing the scratch tarball");
+    let outcome = with_image_bytes(&file, compression, Packing::Tar, &|_| {}, |stream| {
+        let mut read = 0u64;
+        let mut buffer = [0u8; 8192];
+        loop {
+            let n = stream
+                .reader
+                .read(&mut buffer)
+                .map_err(|source| UnpackError::Read {
+                    path: file.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+        }
+        if let Some(declared) = stream.size {
+            assert!(
+                read <= declared,
+                "{read} bytes read from a member declared as {declared}"
+            );
+        }
+        Ok::<_, UnpackError>(read)
+    });
+    let _ = std::fs::remove_dir_all(file.parent().expect("scratch dir"));
+    if let Err(error) = outcome {
+        assert_one_line("tarball refusal", &error.to_string());
+    }
+}
+
+/// The request signature check as the API runs it (`auth::verify`), with the state the server
+/// keeps: its secret and its nonce book.
+pub struct SignatureCheck {
+    state: AppState,
+}
+
+/// The secret the harness signs with, as the admin UI's servlet would.
+const SECRET: &[u8] = b"fuzzing-secret";
+
+impl SignatureCheck {
+    /// A proxy's state on a fresh data dir in `work_dir` (no catalog, the fake cloud).
+    pub fn new(work_dir: &Path) -> Self {
+        let api_url = Url::parse("http://store.example:52781/api").expect("a fixed URL");
+        let db = Db::open(&work_dir.join("state.sqlite")).expect("opening the state database");
+        let fetcher = Fetcher::new(RetryPolicy::default()).expect("an HTTP client");
+        let keyring = work_dir.join("keyring.gpg");
+        let catalog = CatalogService::new(
+            api_url,
+            keyring.clone(),
+            fetcher.clone(),
+            db.clone(),
+            Duration::from_secs(3600),
+        )
+        .expect("the catalog service");
+        let installer = Installer::new(
+            db,
+            Cache::new(work_dir),
+            fetcher,
+            keyring,
+            Arc::new(FakeCloud::new(work_dir)),
+            1,
+        )
+        .expect("the installer");
+        Self {
+            state: AppState {
+                catalog: Arc::new(catalog),
+                installer,
+                secret: Arc::from(SECRET),
+                // Small, so that a long run also exercises the full book.
+                nonces: Arc::new(NonceBook::new(1024)),
+                dashboards: Arc::default(),
+            },
+        }
+    }
+
+    /// Input: lines `method`, `Host` header, path, query string; the rest is the form body. The
+    /// request is checked as sent (its signature is almost never right), then signed by the
+    /// server's own canonicalisation and checked again, twice: the first may only be refused for
+    /// freshness, never as a mismatch; the second is a replay and must be refused.
+    pub fn check(&self, data: &[u8]) {
+        let mut lines = data.splitn(5, |&b| b == b'\n');
+        let mut next = || String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
+        let (method, host, path, query) = (next(), next(), next(), next());
+        let body = next();
+        let mut params = parse_form(query.as_bytes());
+        params.extend(parse_form(body.as_bytes()));
+
+        if let Err(error) = verify(&self.state, &method, &host, &path, &params) {
+            assert_one_line("signature refusal", &format!("{error}: {error:?}"));
+        }
+
+        params.retain(|(name, _)| name != "Signature");
+        let now = now_unix();
+        for (name, value) in [
+            ("SignatureMethod", signature::SIGNATURE_METHOD.to_string()),
+            ("SignatureVersion", signature::SIGNATURE_VERSION.to_string()),
+            ("Expires", (now + signature::CLIENT_TTL_SECS).to_string()),
+            ("Nonce", format!("{now}-{}", data.len())),
+        ] {
+            if !params.iter().any(|(n, _)| n == name) {
+                params.push((name.to_string(), value));
+            }
+        }
+        let string_to_sign = signature::string_to_sign(
+            &method,
+            &signature::signing_host_from_header(&host),
+            &path,
+            &params,
+        );
+        params.push((
+            "Signature".to_string(),
+            signature::sign(SECRET, &string_to_sign),
+        ));
+        let first = verify(&self.state, &method, &host, &path, &params);
+        if let Err(error) = &first {
+            let reason = format!("{error:?}");
+            assert_one_line("signature refusal", &reason);
+            assert!(
+                !reason.contains("signature mismatch"),
+                "a request signed with the server's own canonicalisation was refused: {reason}"
+            );
+        }
+        let replay = verify(&self.state, &method, &host, &path, &params);
+        if first.is_ok() {
+            assert!(replay.is_err(), "a replayed request was accepted");
+        }
+    }
+}
