@@ -28,7 +28,9 @@ export RUSTC_BOOTSTRAP=1
 # The harnesses' scratch files (a data dir, the tarball or eucarc under test) stay under target/.
 export TMPDIR="$PWD/target/tmp"
 mkdir -p "$TMPDIR"
-fuzz_flags=(--sanitizer "$sanitizer" --release --debug-assertions)
+# FUZZ_PROFILE=--dev (what the smoke run uses) builds without optimisation: a fraction of the build
+# time, fewer executions per second.
+fuzz_flags=(--sanitizer "$sanitizer" "${FUZZ_PROFILE:---release}" --debug-assertions)
 
 # Every target at once: they share one instrumented build of the library.
 cargo fuzz build "${fuzz_flags[@]}"

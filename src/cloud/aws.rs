@@ -80,7 +80,7 @@ pub fn unreachable(action: &'static str, url: &Url, error: &reqwest::Error) -> F
 /// Reads a non-success response into a failure: 5xx, 408 and 429 are transient.
 pub async fn refused(action: &'static str, response: Response) -> Failure {
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let body = error_body(response).await;
     let error = CloudError::Refused {
         action,
         reason: error_line(status, &body),
@@ -93,6 +93,22 @@ pub async fn refused(action: &'static str, response: Response) -> Failure {
     } else {
         Failure::Permanent(error)
     }
+}
+
+/// Largest error body read: an S3 or EC2 error document is a few hundred bytes, and a cloud that
+/// sends an endless one must not grow our memory.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+async fn error_body(mut response: Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ERROR_BODY - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_ERROR_BODY {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// `Code: Message` from an S3 (`<Error>`) or EC2 (`<Response><Errors><Error>`) error body, or the
@@ -161,6 +177,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A cloud answering 500 with a body that never ends: read up to the cap, then judged.
+    #[tokio::test]
+    async fn an_endless_error_body_is_read_only_up_to_the_cap() {
+        crate::fetch::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = socket.read(&mut [0u8; 4096]).await;
+            let head = "HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("2000\r\n{}\r\n", "x".repeat(0x2000));
+            while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let response = reqwest::get(format!("http://{addr}/")).await.unwrap();
+        let failure = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            refused("checking the bucket", response),
+        )
+        .await
+        .expect("the error body is not read to its (missing) end");
+        match failure {
+            Failure::Transient(CloudError::Refused { reason, .. }) => {
+                assert!(reason.contains("500"), "{reason}")
+            }
+            _ => panic!("a 500 is a transient refusal"),
+        }
+    }
 
     #[test]
     fn ec2_and_s3_errors_become_one_line() {
