@@ -15,7 +15,7 @@ key="$(openssl rand -hex 16)"
 iv="$(openssl rand -hex 16)"
 start="$(date +%s.%N)"
 tar -C "$work" -cf - image | tee >(sha1sum >"$work/shell/sha1") | gzip -6 \
-    | openssl enc -e -aes-128-cbc -K "$key" -iv "$iv" | split -a 2 -d -b 10M - "$work/shell/image.part."
+    | openssl enc -e -aes-128-cbc -K "$key" -iv "$iv" | split -a 3 -d -b 10M - "$work/shell/image.part."
 end="$(date +%s.%N)"
 awk -v s="$start" -v e="$end" -v m="$mib" \
     'BEGIN { t = e - s; printf "shell pipeline:      %d MiB in %.2f s = %.1f MiB/s\n", m, t, m / t }'

@@ -439,7 +439,7 @@ fn shell_pipeline(
              mkdir -p {kind}.bundle\n\
              tar -cf - {kind} | tee >(sha1sum > {kind}.bundle/sha1) | gzip -{level} \
              | openssl enc -e -aes-128-cbc -K \"$(openssl rand -hex 16)\" -iv \"$(openssl rand -hex 16)\" \
-             | split -a 2 -d -b 10M - {kind}.bundle/{kind}.part.\n",
+             | split -a 3 -d -b 10M - {kind}.bundle/{kind}.part.\n",
             keyring = keyring.display()
         ));
     }
