@@ -75,7 +75,7 @@ impl<W: Write> Write for GzipWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             GzipWriter::Single(encoder) => encoder.flush(),
-            GzipWriter::Parallel(parallel) => parallel.inner_mut().flush(),
+            GzipWriter::Parallel(parallel) => parallel.flush(),
         }
     }
 }

@@ -6,13 +6,18 @@
 //! - `bundling`: a bundle is being written, part-way (past half of its source);
 //! - `registered`: an artifact is registered and its bundle removed, the id not yet recorded.
 //!
-//! Unset (always, outside those tests) it costs one environment lookup per point passed.
+//! Unset (always, outside those tests) it costs one environment lookup per process.
 
 /// The environment variable naming the point to pause at.
 pub const PAUSE_AT: &str = "IMAGE_STORE_PROXY_PAUSE_AT";
 
+/// Read once: the bundling point is asked about at every MiB of a bundle.
 fn is_pause_point(point: &str) -> bool {
-    std::env::var(PAUSE_AT).is_ok_and(|wanted| wanted == point)
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WANTED
+        .get_or_init(|| std::env::var(PAUSE_AT).ok())
+        .as_deref()
+        == Some(point)
 }
 
 /// In async code: never returns when the proxy was told to pause at `point`.
