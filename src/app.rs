@@ -107,7 +107,7 @@ pub async fn run(
         catalog,
         installer,
         secret: Arc::from(secret.into_bytes()),
-        nonces: Arc::new(NonceBook::new(nonce::DEFAULT_CAPACITY)),
+        nonces: Arc::new(NonceBook::new(crate::limits::NONCE_CAPACITY)),
         dashboards: Arc::default(),
     };
     crate::notify::ready();
@@ -118,7 +118,6 @@ pub async fn run(
     served.map_err(AppError::Serve)
 }
 
-use crate::api::nonce;
 
 /// The catalog, and the installs against the cloud's list of images, every so often.
 async fn refresh_periodically(

@@ -10,6 +10,7 @@
 //! written), and a full disk (the partial file is removed so the failure can be recorded).
 
 use crate::cache::Sha256Hex;
+use crate::limits::{CONNECT_TIMEOUT, DOWNLOAD_WRITE_BUFFER, UPSTREAM_READ_TIMEOUT};
 use crate::metrics;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
@@ -215,9 +216,6 @@ pub struct Fetcher {
     retry: RetryPolicy,
 }
 
-/// Buffer between the network and the disk. What it holds dies with the process on a crash and is
-/// fetched again after the restart, so it stays small; 64 KiB writes are still few syscalls.
-const WRITE_BUFFER: usize = 64 << 10;
 
 /// reqwest is built without a default crypto provider (no C build): rustls needs one chosen before
 /// any client is built, or building one panics.
@@ -230,8 +228,8 @@ impl Fetcher {
         install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("image-store-proxy/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(UPSTREAM_READ_TIMEOUT)
             .build()
             .map_err(|e| FetchError::Transport {
                 url: String::new(),
@@ -437,7 +435,7 @@ impl Fetcher {
             .await
             .map_err(disk)?;
         file.set_len(*have).await.map_err(disk)?;
-        let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut file = tokio::io::BufWriter::with_capacity(DOWNLOAD_WRITE_BUFFER, file);
         file.seek(SeekFrom::Start(*have)).await.map_err(disk)?;
         let mut stall = StallWatch::new(self.retry.stall, *have, tokio::time::Instant::now());
         let stalled = |got: u64| FetchError::Stalled {
@@ -532,7 +530,7 @@ async fn hash_existing(partial: &Path, expected: u64) -> Result<(u64, Sha256), F
             std::fs::remove_file(&path).map_err(disk)?;
             return Ok((0, hasher));
         }
-        let mut buffer = vec![0u8; WRITE_BUFFER];
+        let mut buffer = vec![0u8; DOWNLOAD_WRITE_BUFFER];
         let mut done = 0u64;
         while done < length {
             let n = file.read(&mut buffer).map_err(disk)?;

@@ -331,7 +331,7 @@ async fn a_burst_of_fresh_nonces_is_counted_bounded_and_never_replayable() {
     let (before, capacity) = nonces_remembered(&env).await;
     assert_eq!(
         capacity,
-        image_store_proxy::api::nonce::DEFAULT_CAPACITY as u64
+        image_store_proxy::limits::NONCE_CAPACITY as u64
     );
     const BURST: usize = 300;
     let requests: Vec<Params> = (0..BURST)
@@ -369,7 +369,7 @@ async fn a_burst_of_fresh_nonces_is_counted_bounded_and_never_replayable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_and_headers_are_refused_and_the_server_keeps_serving() {
     let env = TestEnv::start().await;
-    let limit = image_store_proxy::api::MAX_BODY_BYTES;
+    let limit = image_store_proxy::limits::MAX_BODY_BYTES;
     let uri = env.image_uri("karmic");
     let pair_len = wire(&pairs(&[("image-uri", &uri)]), Wire::Canonical).len() + 1;
     let params: Params = (0..limit / pair_len + 1)
@@ -384,7 +384,7 @@ async fn oversized_bodies_and_headers_are_refused_and_the_server_keeps_serving()
         format!("The request body is larger than {limit} bytes")
     );
 
-    let header_limit = image_store_proxy::api::serve::MAX_HEADER_BYTES;
+    let header_limit = image_store_proxy::limits::MAX_HEADER_BYTES;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let dashboard = format!("{}/api/dashboard", env.proxy_url());
     let one_big_header = http
@@ -424,8 +424,7 @@ async fn trickle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_without_holding_up_others() {
-    use image_store_proxy::api::BODY_READ_TIMEOUT;
-    use image_store_proxy::api::serve::HEADER_READ_TIMEOUT;
+    use image_store_proxy::limits::{BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT};
     let env = TestEnv::start().await;
     let addr = env.proxy_url().trim_start_matches("http://").to_string();
     let give_up = HEADER_READ_TIMEOUT.max(BODY_READ_TIMEOUT) + Duration::from_secs(10);

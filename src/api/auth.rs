@@ -6,14 +6,11 @@ use super::error::ApiError;
 use super::nonce::NonceVerdict;
 use super::signature::{self, MAX_EXPIRES_AHEAD_SECS, SIGNATURE_METHOD, SIGNATURE_VERSION};
 use crate::db::now_unix;
+use crate::limits::{BODY_READ_TIMEOUT, MAX_BODY_BYTES};
 use axum::extract::{FromRequest, Request};
 use axum::http::{Method, header};
 use percent_encoding::percent_decode;
 
-/// Largest form body accepted: a states poll lists image URIs, a few KiB at most.
-pub const MAX_BODY_BYTES: usize = 256 << 10;
-/// Time to receive the whole form body once the headers are in: a client trickling it is cut off.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A request whose signature verified, with its parameters (query and form body together).
 pub struct Signed {

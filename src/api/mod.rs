@@ -17,7 +17,6 @@ use crate::catalog::{self, CatalogService};
 use crate::install::Installer;
 use crate::install::board::InstallView;
 use auth::Signed;
-pub use auth::{BODY_READ_TIMEOUT, MAX_BODY_BYTES};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};

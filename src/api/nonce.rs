@@ -6,7 +6,7 @@
 //! forget a live nonce early, which would let that request be replayed.
 //!
 //! Nonces are kept as a 64-bit keyed hash, not as text: 16 bytes an entry whatever the client
-//! sends, so the cap bounds memory in bytes too (about 18 MiB at [`DEFAULT_CAPACITY`]). The hash
+//! sends, so the cap bounds memory in bytes too (about 18 MiB at [`NONCE_CAPACITY`](crate::limits::NONCE_CAPACITY)). The hash
 //! is keyed per process, so nobody can aim for a collision; a chance one (about 1 in 40 million
 //! with the book full) refuses one genuine request as a replay, and lets none through.
 
@@ -14,10 +14,6 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
-/// Far more live nonces than the UI produces (a Store tab polls every 5 s, signatures live 30 s),
-/// and room for a benchmark's 20,000 signed requests a second for half a minute. Just under a
-/// power-of-two table (2^20 buckets at 7/8 load), so a full book never doubles its table.
-pub const DEFAULT_CAPACITY: usize = 900_000;
 
 pub struct NonceBook {
     inner: Mutex<Book>,
@@ -168,7 +164,7 @@ mod tests {
     fn default_capacity_fits_one_table_without_doubling() {
         // Grown from empty as the book grows: a full book sits in 2^20 buckets, not 2^21.
         let mut map: HashMap<u64, i64> = HashMap::new();
-        for key in 0..DEFAULT_CAPACITY as u64 {
+        for key in 0..crate::limits::NONCE_CAPACITY as u64 {
             map.insert(key, 0);
         }
         assert!(map.capacity() < 1 << 20, "{}", map.capacity());

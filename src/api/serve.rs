@@ -1,8 +1,9 @@
 //! Serves the router over HTTP/1.1 with the limits `axum::serve` lacks: a client gets
-//! [`HEADER_READ_TIMEOUT`] to send its request line and headers (a client trickling them a byte a
-//! second is cut off and holds no worker), and headers larger than [`MAX_HEADER_BYTES`] get a 431.
+//! [`HEADER_READ_TIMEOUT`](crate::limits::HEADER_READ_TIMEOUT) to send its request line and headers (a client trickling them a byte a
+//! second is cut off and holds no worker), and headers larger than [`MAX_HEADER_BYTES`](crate::limits::MAX_HEADER_BYTES) get a 431.
 //! Body size and body read time are limited where the body is read (`auth.rs`).
 
+use crate::limits::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -12,13 +13,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Time to send the request line and headers, counted from the connection's first byte (or, on a
-/// kept-alive connection, from the end of the previous response).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request line plus headers: the UI sends a few hundred bytes; browsers stay well under 8 KiB.
-pub const MAX_HEADER_BYTES: usize = 16 << 10;
-/// How long shutdown waits for requests in flight before dropping their connections.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failed `accept` (out of file descriptors, say) is retried after this pause, not in a spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 

@@ -9,18 +9,14 @@ pub mod wire;
 use crate::db::{Db, DbError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::keyring::{Keyring, TrustError};
-use model::{Catalog, CatalogFormatError, CatalogLimits, Image};
+use crate::limits::{CATALOG_FETCH_TIMEOUT, MAX_CATALOG_BYTES, MAX_SIGNATURE_BYTES};
+use model::{Catalog, CatalogFormatError, Image};
 use reqwest::Url;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-
-/// Largest catalog signature accepted, in bytes.
-const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
-/// How long one catalog fetch may take before the dashboard is served from the cache.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -210,13 +206,13 @@ impl CatalogService {
             .fetcher
             .get_small(
                 &document_url,
-                CatalogLimits::MAX_DOCUMENT_BYTES,
-                FETCH_TIMEOUT,
+                MAX_CATALOG_BYTES,
+                CATALOG_FETCH_TIMEOUT,
             )
             .await?;
         let signature = self
             .fetcher
-            .get_small(&signature_url, MAX_SIGNATURE_BYTES, FETCH_TIMEOUT)
+            .get_small(&signature_url, MAX_SIGNATURE_BYTES, CATALOG_FETCH_TIMEOUT)
             .await?;
         keyring.verify_bytes(&document, &signature)?;
         let (catalog, dropped) = Catalog::parse(&document, &self.api_url)?;

@@ -12,15 +12,6 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Bounds on what a signed catalog may ask of us.
-pub struct CatalogLimits;
-impl CatalogLimits {
-    /// Largest catalog document accepted, in bytes.
-    pub const MAX_DOCUMENT_BYTES: u64 = 16 << 20;
-    /// Largest single file an image may declare, in bytes (64 GiB).
-    pub const MAX_FILE_BYTES: u64 = 64 << 30;
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogFormatError {
     #[error("the catalog is not valid JSON: {0}")]
@@ -312,7 +303,7 @@ fn validate_file(file: WireFile, base: &Url) -> Result<FileRef, String> {
             file.sha256
         )
     })?;
-    if file.size == 0 || file.size > CatalogLimits::MAX_FILE_BYTES {
+    if file.size == 0 || file.size > crate::limits::MAX_FILE_BYTES {
         return Err(format!(
             "{} size {} is out of range",
             kind.noun(),

@@ -5,6 +5,7 @@
 use super::CloudError;
 use super::sign::{AccessKey, SignatureVersion, V4Scope};
 use crate::fetch::{RetryPolicy, describe};
+use crate::limits::MAX_CLOUD_ERROR_BYTES;
 use reqwest::{Response, StatusCode, Url};
 use std::future::Future;
 use std::time::Duration;
@@ -48,9 +49,8 @@ pub fn http_client() -> Result<reqwest::Client, CloudError> {
     crate::fetch::install_crypto_provider();
     reqwest::Client::builder()
         .user_agent(concat!("image-store-proxy/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
-        // A 10 MiB part over a slow link still fits; a hung server does not hold an install forever.
-        .timeout(Duration::from_secs(600))
+        .connect_timeout(crate::limits::CONNECT_TIMEOUT)
+        .timeout(crate::limits::CLOUD_REQUEST_TIMEOUT)
         .build()
         .map_err(|e| CloudError::Unreachable {
             action: "starting",
@@ -95,16 +95,13 @@ pub async fn refused(action: &'static str, response: Response) -> Failure {
     }
 }
 
-/// Largest error body read: an S3 or EC2 error document is a few hundred bytes, and a cloud that
-/// sends an endless one must not grow our memory.
-const MAX_ERROR_BODY: usize = 64 << 10;
 
 async fn error_body(mut response: Response) -> String {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
-        let room = MAX_ERROR_BODY - body.len();
+        let room = MAX_CLOUD_ERROR_BYTES - body.len();
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() == MAX_ERROR_BODY {
+        if body.len() == MAX_CLOUD_ERROR_BYTES {
             break;
         }
     }

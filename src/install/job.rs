@@ -12,14 +12,10 @@ use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
 use crate::fetch::FetchError;
 use crate::keyring::{Keyring, TrustError};
+use crate::limits::{FILE_SIGNATURE_TIMEOUT, MAX_SIGNATURE_BYTES};
 use crate::metrics;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Largest detached signature accepted for a file, in bytes.
-const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
-const SIGNATURE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 enum JobError {
@@ -218,7 +214,7 @@ impl Job<'_> {
                         .get_small_retrying(
                             url,
                             MAX_SIGNATURE_BYTES,
-                            SIGNATURE_TIMEOUT,
+                            FILE_SIGNATURE_TIMEOUT,
                             self.cancel,
                         )
                         .await?,

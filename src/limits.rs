@@ -1,0 +1,77 @@
+//! Every bound the proxy puts on what others may ask of it, in one place, each with its unit and
+//! the reason for its value (after awslabs/tough's `Limits`). A limit is named here once and used
+//! by name wherever it applies; a test that probes a limit reads it from here.
+
+use std::time::Duration;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+// The upstream store (SPEC §5, §6).
+
+/// Largest catalog document accepted, in bytes: thousands of images fit in far less, and the
+/// whole document is held in memory while its signature is checked.
+pub const MAX_CATALOG_BYTES: u64 = 16 * MIB;
+
+/// Largest detached OpenPGP signature accepted, of the catalog or of a file, in bytes: a
+/// signature by a few keys is under 2 KiB; anything near this is not a signature.
+pub const MAX_SIGNATURE_BYTES: u64 = 64 * KIB;
+
+/// Largest single file an image may declare, in bytes: above any OS image in use, below what
+/// would let one catalog entry fill a cloud controller's disk by mistake.
+pub const MAX_FILE_BYTES: u64 = 64 * GIB;
+
+/// How long one catalog fetch (document or signature) may take before the dashboard is served
+/// from the catalog already accepted.
+pub const CATALOG_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long one fetch of a file's detached signature may take (retried as a download is).
+pub const FILE_SIGNATURE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an upstream (or cloud) connection may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an upstream download may go without a single byte before it counts as cut (the
+/// stall rule in `fetch::retry` judges slow trickles).
+pub const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bytes of a download held in memory before they are written: what a crash loses of a download
+/// and fetches again after the restart, so it stays small; 64 KiB writes are still few syscalls.
+pub const DOWNLOAD_WRITE_BUFFER: usize = 64 << 10;
+
+// The cloud (SPEC §7).
+
+/// How long one S3 or EC2 exchange may take in all: a 10 MiB part over a slow link included.
+pub const CLOUD_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Bytes of a cloud's error reply read to find its `<Code>` and `<Message>`: real ones are a few
+/// hundred bytes; an endless one must not grow memory.
+pub const MAX_CLOUD_ERROR_BYTES: usize = 64 << 10;
+
+// The UI API (SPEC §4).
+
+/// How long a client has to send its request line and headers: a client trickling them a byte a
+/// second is cut off and holds no worker.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request head (request line and headers) accepted, in bytes; larger ones get a 431.
+/// The servlet sends well under 2 KiB.
+pub const MAX_HEADER_BYTES: usize = 16 << 10;
+
+/// Largest request body accepted, in bytes: a signed form of a few parameters; larger is refused
+/// before it is read whole.
+pub const MAX_BODY_BYTES: usize = 256 << 10;
+
+/// How long a client has to send its body once its headers are in.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for requests in flight before dropping their connections.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Live nonces remembered (16 bytes each, about 18 MiB full): far more than the UI produces (a
+/// Store tab polls every 5 s, signatures live 30 s), and room for a benchmark's 20,000 signed
+/// requests a second for half a minute. Just under a power-of-two table (2^20 buckets at 7/8
+/// load), so a full book never doubles its table. A full book refuses (503) rather than forget a
+/// live nonce early, which would let a replay through.
+pub const NONCE_CAPACITY: usize = 900_000;
