@@ -21,103 +21,132 @@ const BACKGROUND_REFRESH: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}")]
     DataDir {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Db(#[from] DbError),
-    #[error("{0}")]
+    #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error("HTTP client: {0}")]
+    #[error("HTTP client")]
     Http(#[from] FetchError),
-    #[error("{0}")]
+    #[error(transparent)]
     Credentials(#[from] CredentialsError),
-    #[error("{0}")]
+    #[error(transparent)]
     Cloud(#[from] CloudError),
-    #[error("serving the UI API: {0}")]
-    Serve(std::io::Error),
+    #[error("serving the UI API")]
+    Serve(#[source] std::io::Error),
 }
 
-/// Runs the proxy on `listener` until `shutdown` is cancelled.
+/// The parts, built and checked: what `run` serves. Building it is the start-up check (cloud
+/// credentials, the data directory, the database), so the daemon announces that it listens only
+/// once this exists.
+pub struct App {
+    catalog: Arc<CatalogService>,
+    installer: Arc<Installer>,
+    secret: String,
+}
+
+impl App {
+    /// Builds every part from `config`; any failure here stops the daemon before it serves.
+    pub fn build(config: &Config) -> Result<Self, AppError> {
+        let (cloud, secret): (Arc<dyn Cloud>, String) = match &config.cloud {
+            CloudMode::Fake { secret } => (
+                Arc::new(FakeCloud::new(&config.data_dir).with_gzip(config.gzip)),
+                secret.clone(),
+            ),
+            CloudMode::Eucalyptus { cloud_config } => {
+                // The Store servlet signs with the administrator's secret key (SPEC §4.1).
+                let credentials = match cloud_config {
+                    Some(file) => credentials::load(file)?,
+                    None => credentials::from_euca_conf(&config.data_dir)?,
+                };
+                tracing::info!(
+                    ec2 = %credentials.ec2_url,
+                    s3 = %credentials.s3_url,
+                    signature = ?credentials.signature,
+                    "installing into the cloud of {}",
+                    credentials.source.display()
+                );
+                let secret = credentials.key.secret.clone();
+                let cloud = EucalyptusCloud::new(credentials, &config.data_dir, config.retry)?
+                    .with_gzip(config.gzip);
+                (Arc::new(cloud), secret)
+            }
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        if !config.keyring.exists() {
+            tracing::warn!(
+                "keyring {} does not exist: no catalog can be verified until it does",
+                config.keyring.display()
+            );
+        }
+        let db = Db::open(&config.data_dir.join("state.sqlite"))?;
+        let fetcher = Fetcher::new(config.retry)?;
+        let catalog = Arc::new(CatalogService::new(
+            config.api_url.clone(),
+            config.keyring.clone(),
+            fetcher.clone(),
+            db.clone(),
+            config.catalog_max_age,
+        )?);
+        let installer = Installer::new(
+            db,
+            Cache::new(&config.data_dir),
+            fetcher,
+            config.keyring.clone(),
+            cloud,
+            config.workers,
+        )?;
+        Ok(Self {
+            catalog,
+            installer,
+            secret,
+        })
+    }
+
+    /// Runs the workers, the catalog refresher and the UI API on `listener` until `shutdown` is
+    /// cancelled.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
+        let workers = tokio::spawn(self.installer.clone().run(shutdown.clone()));
+        let refresher = tokio::spawn(refresh_periodically(
+            self.catalog.clone(),
+            self.installer.clone(),
+            shutdown.clone(),
+        ));
+        let state = AppState {
+            catalog: self.catalog,
+            installer: self.installer,
+            secret: Arc::from(self.secret.into_bytes()),
+            nonces: Arc::new(NonceBook::new(crate::limits::NONCE_CAPACITY)),
+            dashboards: Arc::default(),
+        };
+        crate::notify::ready();
+        let served = api::serve::serve(listener, api::router(state), shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = workers.await;
+        let _ = refresher.await;
+        served.map_err(AppError::Serve)
+    }
+}
+
+/// Builds the proxy from `config` and runs it on `listener` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    let (cloud, secret): (Arc<dyn Cloud>, String) = match &config.cloud {
-        CloudMode::Fake { secret } => (
-            Arc::new(FakeCloud::new(&config.data_dir).with_gzip(config.gzip)),
-            secret.clone(),
-        ),
-        CloudMode::Eucalyptus { cloud_config } => {
-            // The Store servlet signs with the administrator's secret key (SPEC §4.1).
-            let credentials = match cloud_config {
-                Some(file) => credentials::load(file)?,
-                None => credentials::from_euca_conf(&config.data_dir)?,
-            };
-            tracing::info!(
-                ec2 = %credentials.ec2_url,
-                s3 = %credentials.s3_url,
-                signature = ?credentials.signature,
-                "installing into the cloud of {}",
-                credentials.source.display()
-            );
-            let secret = credentials.key.secret.clone();
-            let cloud = EucalyptusCloud::new(credentials, &config.data_dir, config.retry)?
-                .with_gzip(config.gzip);
-            (Arc::new(cloud), secret)
-        }
-    };
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    if !config.keyring.exists() {
-        tracing::warn!(
-            "keyring {} does not exist: no catalog can be verified until it does",
-            config.keyring.display()
-        );
-    }
-    let db = Db::open(&config.data_dir.join("state.sqlite"))?;
-    let fetcher = Fetcher::new(config.retry)?;
-    let catalog = Arc::new(CatalogService::new(
-        config.api_url.clone(),
-        config.keyring.clone(),
-        fetcher.clone(),
-        db.clone(),
-        config.catalog_max_age,
-    )?);
-    let installer = Installer::new(
-        db,
-        Cache::new(&config.data_dir),
-        fetcher,
-        config.keyring.clone(),
-        cloud,
-        config.workers,
-    )?;
-    let workers = tokio::spawn(installer.clone().run(shutdown.clone()));
-    let refresher = tokio::spawn(refresh_periodically(
-        catalog.clone(),
-        installer.clone(),
-        shutdown.clone(),
-    ));
-    let state = AppState {
-        catalog,
-        installer,
-        secret: Arc::from(secret.into_bytes()),
-        nonces: Arc::new(NonceBook::new(crate::limits::NONCE_CAPACITY)),
-        dashboards: Arc::default(),
-    };
-    crate::notify::ready();
-    let served = api::serve::serve(listener, api::router(state), shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = workers.await;
-    let _ = refresher.await;
-    served.map_err(AppError::Serve)
+    App::build(&config)?.run(listener, shutdown).await
 }
-
 
 /// The catalog, and the installs against the cloud's list of images, every so often.
 async fn refresh_periodically(

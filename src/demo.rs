@@ -98,6 +98,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         retry: RetryPolicy::default(),
         gzip: GzipSettings::default_for_this_machine(),
     };
+    let app = crate::app::App::build(&config)?;
     let me = own_command();
     let client = format!("{me} client --url http://{addr} --secret {DEMO_SECRET}");
     println!(
@@ -117,7 +118,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         proxy = proxy_dir.display(),
         cloud = proxy_dir.join("fake-cloud").display(),
     );
-    let proxy_task = tokio::spawn(crate::app::run(config, listener, shutdown.clone()));
+    let proxy_task = tokio::spawn(app.run(listener, shutdown.clone()));
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         result = wait_for(proxy_task) => return result,

@@ -216,7 +216,6 @@ pub struct Fetcher {
     retry: RetryPolicy,
 }
 
-
 /// reqwest is built without a default crypto provider (no C build): rustls needs one chosen before
 /// any client is built, or building one panics.
 pub fn install_crypto_provider() {

@@ -72,6 +72,9 @@ async fn main() -> ExitCode {
 
 async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    // The start-up checks (credentials, data directory, database) come before any word of
+    // listening: a daemon that cannot install anything must not look as if it started.
+    let app = app::App::build(&config)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -82,13 +85,20 @@ async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
     tracing::info!(api_url = %config.api_url, data_dir = %config.data_dir.display(), "starting");
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
+    // Installed here, before READY=1 can go out: a SIGTERM right after it must find the handler.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
-        wait_for_signal().await;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
         tracing::info!("stopping");
         image_store_proxy::notify::stopping();
         on_signal.cancel();
     });
-    app::run(config, listener, shutdown).await?;
+    app.run(listener, shutdown).await?;
     Ok(())
 }
 
@@ -100,13 +110,4 @@ fn errno_of(error: &anyhow::Error) -> i32 {
         .chain()
         .find_map(|cause| cause.downcast_ref::<std::io::Error>()?.raw_os_error())
         .unwrap_or(EINVAL)
-}
-
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

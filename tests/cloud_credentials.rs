@@ -168,3 +168,36 @@ async fn without_a_cloud_config_the_credentials_come_from_euca_conf_once() {
         "euca_conf mints a key pair per call: called once"
     );
 }
+
+/// A start-up failure is said once: the path of a missing `--cloud-config` appears once on the one
+/// line (no wrapper repeats the message it wraps), and nothing announced "listening" before it.
+#[test]
+fn a_missing_cloud_config_is_said_once_and_nothing_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let output = run_to_exit(daemon(
+        dir.path(),
+        &["--cloud-config", missing.to_str().unwrap()],
+    ));
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stdout.contains("listening"), "{stdout}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("image-store-proxy: "))
+        .unwrap_or_else(|| panic!("a failure line in {stderr}"));
+    let path = missing.display().to_string();
+    assert_eq!(line.matches(&path).count(), 1, "{line}");
+    assert!(
+        line.contains("Proxy failed to retrieve Eucalyptus credentials"),
+        "{line}"
+    );
+    assert_eq!(
+        line.matches("Proxy failed to retrieve Eucalyptus credentials")
+            .count(),
+        1,
+        "{line}"
+    );
+}

@@ -329,10 +329,7 @@ async fn nonces_remembered(env: &TestEnv) -> (u64, u64) {
 async fn a_burst_of_fresh_nonces_is_counted_bounded_and_never_replayable() {
     let env = TestEnv::start().await;
     let (before, capacity) = nonces_remembered(&env).await;
-    assert_eq!(
-        capacity,
-        image_store_proxy::limits::NONCE_CAPACITY as u64
-    );
+    assert_eq!(capacity, image_store_proxy::limits::NONCE_CAPACITY as u64);
     const BURST: usize = 300;
     let requests: Vec<Params> = (0..BURST)
         .map(|_| sign(&env, "POST", "/api/states", Params::new()))

@@ -11,7 +11,6 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{Method, header};
 use percent_encoding::percent_decode;
 
-
 /// A request whose signature verified, with its parameters (query and form body together).
 pub struct Signed {
     pub params: Vec<(String, String)>,

@@ -26,8 +26,10 @@ pub enum ApiError {
     /// The nonce book is full of live nonces: refusing is safer than forgetting one early.
     #[error("Too many signed requests in the last minutes; try again shortly")]
     TooManyLiveNonces,
+    /// Our own state failed us. The cause is part of the one line (the client and the log both
+    /// get it), so it is not also offered as `source`, which would print it twice under `{:#}`.
     #[error("Internal error: {0}")]
-    Internal(String),
+    Internal(crate::db::DbError),
 }
 
 impl ApiError {
@@ -48,7 +50,7 @@ impl ApiError {
 
 impl From<crate::db::DbError> for ApiError {
     fn from(error: crate::db::DbError) -> Self {
-        ApiError::Internal(error.to_string())
+        ApiError::Internal(error)
     }
 }
 

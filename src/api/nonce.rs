@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
-
 pub struct NonceBook {
     inner: Mutex<Book>,
     hasher: RandomState,

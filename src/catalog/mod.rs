@@ -204,11 +204,7 @@ impl CatalogService {
         let signature_url = format!("{document_url}.asc");
         let document = self
             .fetcher
-            .get_small(
-                &document_url,
-                MAX_CATALOG_BYTES,
-                CATALOG_FETCH_TIMEOUT,
-            )
+            .get_small(&document_url, MAX_CATALOG_BYTES, CATALOG_FETCH_TIMEOUT)
             .await?;
         let signature = self
             .fetcher
