@@ -19,6 +19,7 @@
 //! - [`rfc3986`]: the percent-encoding every signature here uses
 //! - [`metrics`]: Prometheus counters and their text exposition (`/metrics`)
 //! - [`fuzzing`]: the fuzz harnesses (`fuzz/`), here so regression tests replay them exactly
+//! - [`report`]: an error and its causes as one line, each cause said once
 //! - [`notify`]: readiness for systemd and `start-stop-daemon` (the `sd_notify` protocol)
 //! - `demo`: fake-store and the proxy together, for a first run
 
@@ -40,5 +41,6 @@ pub mod keyring;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod report;
 pub mod rfc3986;
 pub mod unpack;

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use image_store_proxy::report::one_line;
 use image_store_proxy::{app, client, config::DaemonArgs};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -57,14 +58,14 @@ async fn main() -> ExitCode {
         None => {
             init_logs(cli.daemon.debug);
             run_daemon(cli.daemon).await.inspect_err(|error| {
-                image_store_proxy::notify::failed(&format!("{error:#}"), errno_of(error))
+                image_store_proxy::notify::failed(&one_line(error.as_ref()), errno_of(error))
             })
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("image-store-proxy: {error:#}");
+            eprintln!("image-store-proxy: {}", one_line(error.as_ref()));
             ExitCode::FAILURE
         }
     }
