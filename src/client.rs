@@ -335,11 +335,32 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
         "{}",
         serde_json::to_string_pretty(&reply.body).unwrap_or_default()
     );
+    let refused = !(200..300).contains(&reply.status);
     match reply.error_message() {
-        Some(message) if !matches!(args.call, Call::Dashboard | Call::Search { .. }) => {
+        // A dashboard or search answered with a catalog and a banner (the upstream is down, the
+        // last good catalog is shown) succeeded; any refusal (a bad signature, say) did not.
+        Some(message) if refused || !matches!(args.call, Call::Dashboard | Call::Search { .. }) => {
             Err(ClientError::Proxy(message.into()))
         }
-        _ => Ok(()),
+        Some(banner) => {
+            eprintln!("image-store-proxy client: note: {banner}");
+            Ok(())
+        }
+        None if refused => Err(ClientError::Proxy(format!("HTTP {}", reply.status))),
+        None => Ok(()),
+    }
+}
+
+/// What a script sees in `$?` (the man page's EXIT STATUS): 1 when the proxy refused the call or
+/// the install it followed failed or was cancelled, 3 when the proxy could not be reached or
+/// answered something that is not its API (2 is a usage error, from the argument parser).
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Url(_) => 2,
+            ClientError::Http { .. } | ClientError::NotJson { .. } => 3,
+            _ => 1,
+        }
     }
 }
 

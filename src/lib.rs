@@ -6,6 +6,7 @@
 //! - [`api`]: the UI side: routes, the servlet's request signature, JSON shapes, errors -> HTTP
 //! - [`catalog`]: the upstream side: fetch, verify, keep and search the signed catalog
 //! - [`keyring`]: OpenPGP trust: the keyring and detached-signature checks (sequoia)
+//! - [`logging`]: log lines on a terminal, or with the journal's priorities under systemd
 //! - [`limits`]: every bound on what others may ask of the proxy, with its unit and reason
 //! - [`fetch`]: HTTP downloads with resume, size cap and hashing as bytes flow
 //! - [`cache`]: content-addressed files, promoted only once verified
@@ -39,6 +40,7 @@ pub mod install;
 pub mod json;
 pub mod keyring;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod report;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use image_store_proxy::report::one_line;
 use image_store_proxy::{app, client, config::DaemonArgs};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -31,32 +31,25 @@ enum Command {
     Client(client::ClientArgs),
 }
 
-fn init_logs(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         #[cfg(feature = "demo")]
         Some(Command::Demo(args)) => {
-            init_logs(false);
+            image_store_proxy::logging::init(false);
             image_store_proxy::demo::run(args).await
         }
         Some(Command::Client(args)) => {
-            init_logs(false);
-            client::run(args).await.map_err(anyhow::Error::from)
+            image_store_proxy::logging::init(false);
+            if let Err(error) = client::run(args).await {
+                eprintln!("image-store-proxy: {}", one_line(&error));
+                return ExitCode::from(error.exit_code());
+            }
+            Ok(())
         }
         None => {
-            init_logs(cli.daemon.debug);
+            image_store_proxy::logging::init(cli.daemon.debug);
             run_daemon(cli.daemon).await.inspect_err(|error| {
                 image_store_proxy::notify::failed(&one_line(error.as_ref()), errno_of(error))
             })
@@ -65,7 +58,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("image-store-proxy: {}", one_line(error.as_ref()));
+            let line = format!("image-store-proxy: {}", one_line(error.as_ref()));
+            eprintln!("{}", image_store_proxy::logging::error_line(&line));
             ExitCode::FAILURE
         }
     }

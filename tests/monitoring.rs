@@ -228,3 +228,43 @@ async fn healthz_is_unavailable_when_the_database_is_gone() {
     assert_eq!(body["status"], "unavailable");
     assert!(body["db"].as_str().unwrap().contains("installs"), "{body}");
 }
+
+/// Scripts read `$?`: a refused call (a wrong secret) exits 1 with the proxy's line, a proxy that
+/// is not there exits 3, and a dashboard that answers exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_exit_codes_tell_refusals_and_unreachable_proxies_apart() {
+    let env = TestEnv::start().await;
+    let answered = client(&env, &["dashboard"]);
+    assert_eq!(
+        answered.status.code(),
+        Some(0),
+        "{}",
+        text(&answered.stderr)
+    );
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
+        .args(["client", "--url", &env.proxy_url(), "--secret", "WRONG"])
+        .arg("dashboard")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("Bad request signature"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
+        .args(["client", "--url", &nobody, "--secret", SECRET, "dashboard"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        unreachable.status.code(),
+        Some(3),
+        "{}",
+        text(&unreachable.stderr)
+    );
+}

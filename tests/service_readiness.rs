@@ -141,3 +141,101 @@ fn an_address_in_use_is_reported_with_its_errno() {
     );
     assert!(stderr.contains("cannot listen on"), "{stderr}");
 }
+
+/// Under systemd (stderr is the stream `JOURNAL_STREAM` names) every line starts with the syslog
+/// priority journald reads and carries no timestamp of its own, so `journalctl -p warning` finds
+/// the warnings; the last word of a failed start is an error (`<3>`).
+#[test]
+fn under_the_journal_lines_carry_their_priority_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let manager = Manager::new();
+    let journal = manager.data_dir.with_extension("journal");
+    let stream = std::fs::File::create(&journal).unwrap();
+    let identity = {
+        let meta = stream.metadata().unwrap();
+        format!("{}:{}", meta.dev(), meta.ino())
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
+        .args(["--listen", "127.0.0.1:0", "--fake-eucalyptus", SECRET])
+        .args(["--api-url", "http://127.0.0.1:9/api", "--keyring"])
+        .arg(manager.data_dir.with_extension("no-keyring.gpg"))
+        .arg("--data-dir")
+        .arg(&manager.data_dir)
+        .env("NOTIFY_SOCKET", &manager.path)
+        .env("JOURNAL_STREAM", &identity)
+        .stdout(Stdio::null())
+        .stderr(stream)
+        .spawn()
+        .unwrap();
+    let ready = manager.message();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    let kill = format!("kill -TERM {}", child.id());
+    assert!(
+        Command::new("sh")
+            .args(["-c", &kill])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+    let lines = std::fs::read_to_string(&journal).unwrap();
+    assert!(
+        lines.lines().all(|line| line.starts_with('<')),
+        "every line has a priority: {lines}"
+    );
+    assert!(
+        lines
+            .lines()
+            .any(|line| line.starts_with("<4>") && line.contains("keyring")),
+        "the missing keyring is a warning: {lines}"
+    );
+    assert!(
+        lines
+            .lines()
+            .any(|line| line.starts_with("<6>") && line.contains("starting")),
+        "start-up is info: {lines}"
+    );
+    assert!(
+        !lines.contains(&format!("{}-", time_year())),
+        "no timestamp of our own: {lines}"
+    );
+
+    // The same daemon refused at start: its last word is an error.
+    let refused = manager.data_dir.with_extension("refused");
+    let stream = std::fs::File::create(&refused).unwrap();
+    let identity = {
+        let meta = stream.metadata().unwrap();
+        format!("{}:{}", meta.dev(), meta.ino())
+    };
+    let status = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cloud-config",
+            "/nonexistent/cloud.toml",
+        ])
+        .arg("--data-dir")
+        .arg(&manager.data_dir)
+        .env("JOURNAL_STREAM", &identity)
+        .stdout(Stdio::null())
+        .stderr(stream)
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    let lines = std::fs::read_to_string(&refused).unwrap();
+    assert!(
+        lines
+            .lines()
+            .any(|line| line.starts_with("<3>image-store-proxy: ")),
+        "{lines}"
+    );
+}
+
+/// This year, as a timestamp of ours would start ("2026-").
+fn time_year() -> i64 {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    1970 + seconds / 31_556_952
+}
