@@ -141,6 +141,21 @@ fn check_installation() -> SystemUser {
     ] {
         assert!(Path::new(path).exists(), "the packages install {path}");
     }
+    // The licence notices of the statically linked crates ship with each binary.
+    for package in ["image-store-proxy", "image-store-proxy-fake-store"] {
+        let notices = notices_of(package);
+        for crate_line in ["tokio ", "sequoia-openpgp ", "hyper "] {
+            assert!(
+                notices.lines().any(|line| line.starts_with(crate_line)),
+                "{package}'s notices list {crate_line:?}"
+            );
+        }
+        assert!(notices.contains("Permission is hereby granted"), "MIT texts in {package}");
+    }
+    assert!(
+        !notices_of("image-store-proxy").contains("\nfake-store "),
+        "the daemon is built without fake-store"
+    );
     // The test key's secret half rides in fake-store, never in the daemon (built without `demo`).
     let secret_key = test_secret_key_line();
     assert!(contains(
@@ -155,6 +170,17 @@ fn check_installation() -> SystemUser {
         "the production daemon carries the published test secret key"
     );
     user
+}
+
+/// The installed THIRD-PARTY-NOTICES of `package` (dh_compress may have gzipped it).
+fn notices_of(package: &str) -> String {
+    let plain = format!("/usr/share/doc/{package}/THIRD-PARTY-NOTICES");
+    if let Ok(text) = std::fs::read_to_string(&plain) {
+        return text;
+    }
+    let gz = format!("{plain}.gz");
+    let output = run(Command::new("zcat").arg(&gz));
+    String::from_utf8(output.stdout).unwrap_or_else(|e| panic!("{gz}: {e}"))
 }
 
 /// The shipped configuration names no cloud credentials, and euca_conf is not there to fetch
