@@ -25,9 +25,19 @@ pub struct DaemonArgs {
     /// OpenPGP public keyring (binary or armored) trusted for the catalog and files [default: <data-dir>/keyring.gpg]
     #[arg(long, value_name = "FILE")]
     pub keyring: Option<PathBuf>,
-    /// Install into a local fake cloud under the data dir; SECRET validates the UI's requests
-    #[arg(long, value_name = "SECRET")]
+    /// Install into a local fake cloud under the data dir; SECRET validates the UI's requests.
+    /// Every local user can read it in the process list: for tests and demos only; a service
+    /// uses --fake-eucalyptus-secret-file
+    #[arg(
+        long,
+        value_name = "SECRET",
+        conflicts_with = "fake_eucalyptus_secret_file"
+    )]
     pub fake_eucalyptus: Option<String>,
+    /// Install into a local fake cloud, the UI's secret read from FILE (its first line; the file
+    /// must not be readable by others)
+    #[arg(long, value_name = "FILE")]
+    pub fake_eucalyptus_secret_file: Option<PathBuf>,
     /// Verbose logs
     #[arg(long)]
     #[serde(default)]
@@ -96,6 +106,12 @@ pub enum ConfigError {
     CompressionLevel(u32),
     #[error("compression-threads must be at least 1")]
     CompressionThreads,
+    #[error(
+        "give the fake cloud's secret once: --fake-eucalyptus or --fake-eucalyptus-secret-file"
+    )]
+    TwoSecrets,
+    #[error("secret file {path}: {cause}")]
+    SecretFile { path: PathBuf, cause: String },
 }
 
 impl DaemonArgs {
@@ -124,9 +140,13 @@ impl DaemonArgs {
         let keyring = merged
             .keyring
             .unwrap_or_else(|| data_dir.join("keyring.gpg"));
-        let cloud = match merged.fake_eucalyptus {
-            Some(secret) => CloudMode::Fake { secret },
-            None => CloudMode::Eucalyptus {
+        let cloud = match (merged.fake_eucalyptus, merged.fake_eucalyptus_secret_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoSecrets),
+            (Some(secret), None) => CloudMode::Fake { secret },
+            (None, Some(file)) => CloudMode::Fake {
+                secret: read_secret_file(&file)?,
+            },
+            (None, None) => CloudMode::Eucalyptus {
                 cloud_config: merged.cloud_config,
             },
         };
@@ -175,6 +195,9 @@ impl DaemonArgs {
             data_dir: self.data_dir.or(file.data_dir),
             keyring: self.keyring.or(file.keyring),
             fake_eucalyptus: self.fake_eucalyptus.or(file.fake_eucalyptus),
+            fake_eucalyptus_secret_file: self
+                .fake_eucalyptus_secret_file
+                .or(file.fake_eucalyptus_secret_file),
             debug: self.debug || file.debug,
             listen: self.listen.or(file.listen),
             cloud_config: self.cloud_config.or(file.cloud_config),
@@ -199,9 +222,68 @@ fn read_file(path: &Path) -> Result<DaemonArgs, ConfigError> {
     toml::from_str(&text).map_err(|e| error(e.to_string()))
 }
 
+/// The first line of a secret file, refused when the file is readable by others (the secret
+/// would be no safer there than on the command line) or holds no secret.
+fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let error = |cause: String| ConfigError::SecretFile {
+        path: path.to_owned(),
+        cause,
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(|e| error(e.to_string()))?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(error(format!(
+            "readable by every user (mode {:04o}); chmod o-r it",
+            mode & 0o7777
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let secret = text.lines().next().unwrap_or_default().trim();
+    if secret.is_empty() {
+        return Err(error("it is empty".into()));
+    }
+    Ok(secret.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_secret_comes_from_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let args = |file: &Path| DaemonArgs {
+            fake_eucalyptus_secret_file: Some(file.to_owned()),
+            ..Default::default()
+        };
+        let config = args(&file).resolve().unwrap();
+        assert!(matches!(config.cloud, CloudMode::Fake { ref secret } if secret == "s3cret"));
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = args(&file).resolve().unwrap_err().to_string();
+        assert!(
+            error.contains("readable by every user (mode 0644)"),
+            "{error}"
+        );
+
+        std::fs::write(&file, "\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let error = args(&file).resolve().unwrap_err().to_string();
+        assert!(error.ends_with("it is empty"), "{error}");
+
+        let both = DaemonArgs {
+            fake_eucalyptus: Some("x".into()),
+            ..args(&file)
+        };
+        assert!(matches!(both.resolve(), Err(ConfigError::TwoSecrets)));
+    }
 
     #[test]
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {

@@ -40,6 +40,8 @@ const UNIT: &str = "/lib/systemd/system/image-store-proxy.service";
 const PIDFILE: &str = "/run/image-store-proxy.pid";
 const TEST_KEYRING: &str = "/usr/share/image-store-proxy-fake-store/test-keyring.gpg";
 const SECRET: &str = "package-test-secret-0123456789";
+/// Where the test keeps the UI's secret, as the shipped /etc/default example names it.
+const UI_SECRET: &str = "/etc/image-store-proxy/ui-secret";
 /// The first line of the defaults file this test writes: a package left behind by an interrupted
 /// run of this test carries it, and only such a package is purged before the run.
 const MARKER: &str = "# Written by image-store-proxy's tests/debian_package.rs";
@@ -92,6 +94,9 @@ fn the_package_builds_installs_serves_upgrades_and_purges() {
     assert_eq!(init_script("status").status.code(), Some(3), "stopped");
     assert!(!Path::new(PIDFILE).exists());
     drop(store);
+    // The secret file is the administrator's, as the keyring would be: purge leaves it, so the
+    // administrator removes it first.
+    std::fs::remove_file(UI_SECRET).unwrap();
     timings.time("dpkg --purge", || {
         dpkg(&["--purge", PACKAGE, FAKE_STORE_PACKAGE])
     });
@@ -150,7 +155,10 @@ fn check_installation() -> SystemUser {
                 "{package}'s notices list {crate_line:?}"
             );
         }
-        assert!(notices.contains("Permission is hereby granted"), "MIT texts in {package}");
+        assert!(
+            notices.contains("Permission is hereby granted"),
+            "MIT texts in {package}"
+        );
     }
     assert!(
         !notices_of("image-store-proxy").contains("\nfake-store "),
@@ -209,10 +217,16 @@ fn refuses_the_shipped_configuration(user: &SystemUser, syslog: Option<&Syslog>)
 /// /etc/default/image-store-proxy as an operator would write it, with the packaged fake-store as
 /// upstream and its test keyring, and proxy variables that must reach the daemon.
 fn configure(port: u16, api_url: &str) {
+    // The UI's secret in a file only root and the daemon's group read, as the docs say: never on
+    // the command line, where every local user sees it.
+    let secret_file = UI_SECRET;
+    std::fs::write(secret_file, format!("{SECRET}\n")).unwrap();
+    run(Command::new("chgrp").args(["image-store-proxy", secret_file]));
+    run(Command::new("chmod").args(["0640", secret_file]));
     std::fs::write(
         DEFAULTS,
         format!(
-            "{MARKER}\nDAEMON_OPTS=\"--fake-eucalyptus={SECRET} --listen 127.0.0.1:{port} \
+            "{MARKER}\nDAEMON_OPTS=\"--fake-eucalyptus-secret-file={secret_file} --listen 127.0.0.1:{port} \
              --api-url {api_url} --keyring {TEST_KEYRING} --retry-delay-ms 100\"\n\
              http_proxy=\"http://127.0.0.1:9/\"\nhttps_proxy=\"http://127.0.0.1:9/\"\n\
              no_proxy=\"127.0.0.1,localhost\"\n"

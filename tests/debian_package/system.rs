@@ -115,6 +115,7 @@ impl Drop for Installed {
         if let Some(user) = SystemUser::lookup() {
             user.wait_until_no_process_runs();
         }
+        let _ = std::fs::remove_file(crate::UI_SECRET);
         let _ = Command::new("dpkg")
             .args(["--purge", PACKAGE, FAKE_STORE_PACKAGE])
             .stdin(Stdio::null())
