@@ -52,6 +52,7 @@ pub struct App {
 impl App {
     /// Builds every part from `config`; any failure here stops the daemon before it serves.
     pub fn build(config: &Config) -> Result<Self, AppError> {
+        keep_files_private();
         let (cloud, secret): (Arc<dyn Cloud>, String) = match &config.cloud {
             CloudMode::Fake { secret } => (
                 Arc::new(FakeCloud::new(&config.data_dir).with_gzip(config.gzip)),
@@ -76,10 +77,7 @@ impl App {
                 (Arc::new(cloud), secret)
             }
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        prepare_data_dir(&config.data_dir)?;
         if !config.keyring.exists() {
             tracing::warn!(
                 "keyring {} does not exist: no catalog can be verified until it does",
@@ -137,6 +135,40 @@ impl App {
         let _ = refresher.await;
         served.map_err(AppError::Serve)
     }
+}
+
+/// What the proxy writes holds secrets (the database, the fake cloud's private keys, the cloud
+/// credentials `euca_conf` hands over, bundles before they are encrypted): none of it is for other
+/// users, whatever umask the proxy was started with. Directories come out 0750, files 0640.
+fn keep_files_private() {
+    use rustix::fs::Mode;
+    rustix::process::umask(Mode::from_bits_truncate(0o027));
+}
+
+/// Creates the data directory 0750, or tightens an existing one that others may enter (a
+/// stricter mode is kept).
+fn prepare_data_dir(path: &std::path::Path) -> Result<(), AppError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |source| AppError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(failed)?;
+    let mode = std::fs::metadata(path)
+        .map_err(failed)?
+        .permissions()
+        .mode();
+    if mode & 0o027 != 0 {
+        let private = std::fs::Permissions::from_mode(mode & 0o7750);
+        if let Err(error) = std::fs::set_permissions(path, private) {
+            tracing::warn!(
+                "data directory {} is mode {:04o}, open to other users, and cannot be tightened: {error}",
+                path.display(),
+                mode & 0o7777
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Builds the proxy from `config` and runs it on `listener` until `shutdown` is cancelled.

@@ -373,3 +373,66 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// Everything the proxy writes under its data directory is closed to other users whatever umask
+/// it was started with (here the common 022): the directory 0750, the database, the fake cloud's
+/// private keys and the bundles 0640 at most; the listing is printed for the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_hold_secrets_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    // The usual login umask, so the proxy started below inherits it (it is the default anyway).
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o022));
+    let env = TestEnv::start().await;
+    let karmic = env.image_uri("karmic");
+    env.act(&karmic, "install").await;
+    env.wait_for_status(&karmic, "installed").await;
+
+    let mut listing = Vec::new();
+    let mut pending = vec![env.data_dir.clone()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o7777;
+        listing.push(format!("{mode:04o} {}", path.display()));
+        assert_eq!(
+            mode & 0o007,
+            0,
+            "{} is open to others: {mode:04o}",
+            path.display()
+        );
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    listing.sort();
+    eprintln!("{}", listing.join("\n"));
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&env.data_dir), 0o750);
+    let database = env.data_dir.join("state.sqlite");
+    assert_eq!(
+        mode(&database) & 0o137,
+        0,
+        "0640 at most: {:04o}",
+        mode(&database)
+    );
+    let keys = env.data_dir.join("fake-cloud/keys");
+    let private_keys: Vec<_> = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("-pk.pem"))
+        .collect();
+    assert!(
+        !private_keys.is_empty(),
+        "the fake cloud made its keys in {}",
+        keys.display()
+    );
+    for key in private_keys {
+        assert_eq!(
+            mode(&key) & 0o037,
+            0,
+            "{}: {:04o}",
+            key.display(),
+            mode(&key)
+        );
+    }
+}
