@@ -14,6 +14,7 @@ use crate::install::Installer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 /// How often the catalog is refreshed when nobody opens the dashboard.
@@ -47,6 +48,8 @@ pub struct App {
     catalog: Arc<CatalogService>,
     installer: Arc<Installer>,
     secret: String,
+    /// What the parts were built from: a reload is compared with it.
+    config: Config,
 }
 
 impl App {
@@ -105,21 +108,28 @@ impl App {
             catalog,
             installer,
             secret,
+            config: config.clone(),
         })
     }
 
     /// Runs the workers, the catalog refresher and the UI API on `listener` until `shutdown` is
-    /// cancelled.
+    /// cancelled, applying each configuration that arrives on `reloads` (`SIGHUP`).
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: CancellationToken,
+        reloads: UnboundedReceiver<Config>,
     ) -> Result<(), AppError> {
         let workers = tokio::spawn(self.installer.clone().run(shutdown.clone()));
         let refresher = tokio::spawn(refresh_periodically(
             self.catalog.clone(),
             self.installer.clone(),
             shutdown.clone(),
+        ));
+        tokio::spawn(apply_reloads(
+            self.config.clone(),
+            self.catalog.clone(),
+            reloads,
         ));
         let state = AppState {
             catalog: self.catalog,
@@ -171,13 +181,60 @@ fn prepare_data_dir(path: &std::path::Path) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Builds the proxy from `config` and runs it on `listener` until `shutdown` is cancelled.
+/// Builds the proxy from `config` and runs it on `listener` until `shutdown` is cancelled, with
+/// no reloads.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    App::build(&config)?.run(listener, shutdown).await
+    let (_no_reloads, reloads) = tokio::sync::mpsc::unbounded_channel();
+    App::build(&config)?.run(listener, shutdown, reloads).await
+}
+
+/// Applies reloaded configurations (`SIGHUP`: the `--config` file read again, and the keyrings).
+/// The keyring and the catalog are read anew at once; what the running parts were built with
+/// (where it listens, the data directory, the upstream, the cloud, the workers, compression,
+/// retries) is kept until the next restart, and a change to it is logged as such.
+async fn apply_reloads(
+    mut running: Config,
+    catalog: Arc<CatalogService>,
+    mut reloads: UnboundedReceiver<Config>,
+) {
+    while let Some(config) = reloads.recv().await {
+        for setting in settings_needing_a_restart(&running, &config) {
+            tracing::warn!(
+                "reload: {setting} changed; the change takes effect at the next restart"
+            );
+        }
+        running = config;
+        tracing::info!("reloaded the configuration; reading the keyring and the catalog again");
+        if let Some(failure) = catalog.refresh().await {
+            tracing::warn!("reload: {failure}");
+        }
+    }
+}
+
+/// The settings that differ between `a` and `b` and that only a restart applies.
+fn settings_needing_a_restart(a: &Config, b: &Config) -> Vec<&'static str> {
+    let debug = |value: &dyn std::fmt::Debug| format!("{value:?}");
+    [
+        ("listen", a.listen != b.listen),
+        ("data-dir", a.data_dir != b.data_dir),
+        ("api-url", a.api_url != b.api_url),
+        ("keyring", a.keyring != b.keyring),
+        (
+            "the cloud (fake-eucalyptus, cloud-config)",
+            debug(&a.cloud) != debug(&b.cloud),
+        ),
+        ("workers", a.workers != b.workers),
+        ("catalog-max-age", a.catalog_max_age != b.catalog_max_age),
+        ("compression", a.gzip != b.gzip),
+        ("retries and stalls", debug(&a.retry) != debug(&b.retry)),
+    ]
+    .into_iter()
+    .filter_map(|(setting, changed)| changed.then_some(setting))
+    .collect()
 }
 
 /// The catalog, and the installs against the cloud's list of images, every so often.

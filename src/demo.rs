@@ -99,6 +99,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         gzip: GzipSettings::default_for_this_machine(),
     };
     let app = crate::app::App::build(&config)?;
+    let (_reload, no_reloads) = tokio::sync::mpsc::unbounded_channel();
     let me = own_command();
     let client = format!("{me} client --url http://{addr} --secret {DEMO_SECRET}");
     println!(
@@ -118,7 +119,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         proxy = proxy_dir.display(),
         cloud = proxy_dir.join("fake-cloud").display(),
     );
-    let proxy_task = tokio::spawn(app.run(listener, shutdown.clone()));
+    let proxy_task = tokio::spawn(app.run(listener, shutdown.clone(), no_reloads));
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         result = wait_for(proxy_task) => return result,

@@ -66,7 +66,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
-    let config = args.resolve()?;
+    let config = args.clone().resolve()?;
     // The start-up checks (credentials, data directory, database) come before any word of
     // listening: a daemon that cannot install anything must not look as if it started.
     let app = app::App::build(&config)?;
@@ -84,6 +84,23 @@ async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
+    // SIGHUP: the same flags, the --config file read again; a configuration that does not load
+    // leaves the running one in place.
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match args.clone().resolve() {
+                Ok(config) => {
+                    let _ = reload.send(config);
+                }
+                Err(error) => tracing::warn!(
+                    "reload refused, the running configuration stays: {}",
+                    one_line(&error)
+                ),
+            }
+        }
+    });
     tokio::spawn(async move {
         tokio::select! {
             _ = interrupt.recv() => {}
@@ -93,7 +110,7 @@ async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
         image_store_proxy::notify::stopping();
         on_signal.cancel();
     });
-    app.run(listener, shutdown).await?;
+    app.run(listener, shutdown, reloads).await?;
     Ok(())
 }
 

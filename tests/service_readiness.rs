@@ -239,3 +239,73 @@ fn time_year() -> i64 {
         .as_secs() as i64;
     1970 + seconds / 31_556_952
 }
+
+/// `SIGHUP` reloads: the `--config` file is read again and the catalog and keyring with it; a
+/// file that no longer loads is refused with its reason and the running configuration stays.
+/// The daemon keeps serving either way (before, SIGHUP killed it with 129, which systemd's
+/// `Restart=on-failure` counts as a clean exit), and still stops cleanly on SIGTERM.
+#[test]
+fn sighup_reloads_and_a_broken_config_keeps_the_running_one() {
+    let manager = Manager::new();
+    let config = manager.data_dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!("fake-eucalyptus = \"{SECRET}\"\napi-url = \"http://127.0.0.1:9/api\"\n"),
+    )
+    .unwrap();
+    let log_path = manager.data_dir.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&manager.data_dir)
+        .env("NOTIFY_SOCKET", &manager.path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ready = manager.message();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    let pid = child.id();
+    let signal = |name: &str| {
+        let kill = format!("kill -{name} {pid}");
+        assert!(
+            Command::new("sh")
+                .args(["-c", &kill])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let wait_for_log = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    signal("HUP");
+    wait_for_log("reloaded the configuration");
+    std::fs::write(&config, "workers = \"many\"\n").unwrap();
+    signal("HUP");
+    let text = wait_for_log("reload refused, the running configuration stays");
+    assert!(text.contains(&config.display().to_string()), "{text}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running after two SIGHUPs"
+    );
+
+    signal("TERM");
+    assert_eq!(manager.message(), "STOPPING=1");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}

@@ -80,6 +80,7 @@ fn the_package_builds_installs_serves_upgrades_and_purges() {
         start(&user, &proxy_url, syslog.as_ref())
     });
     let installed_before = install_an_image(&proxy_url);
+    reloads(&first, syslog.as_ref());
 
     // The upgrade: a higher version from the same build directory, installed over the running
     // daemon, which the init script restarts (in a container invoke-rc.d may not).
@@ -382,6 +383,18 @@ fn check_unit() {
         .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
     eprintln!("systemd-analyze security: exposure {exposure}");
     assert!(exposure <= 2.0, "the unit's sandbox loosened:\n{report}");
+}
+
+/// `/etc/init.d/image-store-proxy reload` sends SIGHUP: the same daemon (same pid) reloads and
+/// keeps serving, where SIGHUP once killed it.
+fn reloads(daemon: &Daemon, syslog: Option<&Syslog>) {
+    let reload = init_script("reload");
+    assert!(reload.status.success(), "{}", text(&reload));
+    if let Some(syslog) = syslog {
+        syslog.wait_for("reloaded the configuration");
+    }
+    assert_eq!(Daemon::from_pidfile().pid, daemon.pid, "the same daemon");
+    assert_eq!(init_script("status").status.code(), Some(0), "still running");
 }
 
 /// The packaged fake-store, serving its demo images on a free port.
