@@ -29,6 +29,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// What went wrong with an exchange upstream, each variant naming its URL (or path) so the one
+/// line an install fails with says where; [`FetchError::metric_kind`] says whose doing it was.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The exchange failed below HTTP (connect, TLS, a reset); reqwest's chain is printed by
@@ -161,6 +163,7 @@ pub fn install_crypto_provider() {
 }
 
 impl Fetcher {
+    /// The client with the upstream timeouts (`limits.rs`); `retry` governs every retried fetch.
     pub fn new(retry: RetryPolicy) -> Result<Self, FetchError> {
         install_crypto_provider();
         let client = reqwest::Client::builder()
@@ -175,6 +178,7 @@ impl Fetcher {
         Ok(Self { client, retry })
     }
 
+    /// The bare client, for callers that make their own requests upstream.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
@@ -297,5 +301,24 @@ mod tests {
         };
         assert!(!full.is_transient());
         assert!(full.to_string().starts_with("no space left on device"));
+    }
+
+    /// reqwest's chain is printed once, by `describe`: nothing is left for `{:#}` or an error
+    /// reporter walking `source()` to print again.
+    #[tokio::test]
+    async fn a_transport_error_says_its_cause_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/catalog", listener.local_addr().unwrap());
+        drop(listener);
+        let fetcher = Fetcher::new(RetryPolicy::default()).unwrap();
+        let error = fetcher
+            .get_small(&url, 10, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let FetchError::Transport { cause, .. } = &error else {
+            panic!("{error}");
+        };
+        assert_eq!(error.to_string(), format!("GET {url}: {}", describe(cause)));
+        assert!(std::error::Error::source(&error).is_none());
     }
 }
