@@ -13,7 +13,7 @@ use crate::metrics;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, SeekFrom};
 use std::path::Path;
 use std::sync::Mutex;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -59,7 +59,8 @@ impl Fetcher {
                 || download.exchange(self, progress, cancel),
                 |error, _| {
                     error.record();
-                    tracing::warn!(%url, "download interrupted, resuming: {error}");
+                    let have = download.have();
+                    tracing::warn!(%url, have, "download interrupted, resuming: {error}");
                 },
             )
             .await;
@@ -280,34 +281,46 @@ fn content_range_start(response: &reqwest::Response) -> Option<u64> {
 }
 
 /// The length and SHA-256 state of what `path` holds (nothing if it is missing or longer than
-/// `expected`, which removes it).
+/// `expected`, which removes it): the same digest adapter a download writes through.
 fn hash_existing(path: &Path, expected: u64) -> Result<(u64, Sha256), FetchError> {
     let disk = |source| FetchError::Disk {
         path: path.to_owned(),
         source,
     };
-    let mut hasher = Sha256::new();
-    let mut file = match std::fs::File::open(path) {
+    let file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, hasher)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Sha256::new())),
         Err(e) => return Err(disk(e)),
     };
     let length = file.metadata().map_err(disk)?.len();
     if length > expected {
         drop(file);
         std::fs::remove_file(path).map_err(disk)?;
-        return Ok((0, hasher));
+        return Ok((0, Sha256::new()));
     }
-    let mut buffer = vec![0u8; DOWNLOAD_WRITE_BUFFER];
-    let mut done = 0u64;
-    while done < length {
-        let n = file.read(&mut buffer).map_err(disk)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        done += n as u64;
+    let mut digest = Digesting::new(std::io::sink(), Sha256::new());
+    let mut existing = BufReader::with_capacity(DOWNLOAD_WRITE_BUFFER, file.take(length));
+    let done = std::io::copy(&mut existing, &mut digest).map_err(disk)?;
+    Ok((done, digest.into_parts().1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_hashes_what_is_there_and_drops_what_cannot_be_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("x.part");
+        let (have, hasher) = hash_existing(&partial, 10).unwrap();
+        assert_eq!((have, hasher.finalize()), (0, Sha256::digest(b"")));
+
+        std::fs::write(&partial, b"abcd").unwrap();
+        let (have, hasher) = hash_existing(&partial, 10).unwrap();
+        assert_eq!((have, hasher.finalize()), (4, Sha256::digest(b"abcd")));
+
+        let (have, _) = hash_existing(&partial, 3).unwrap();
+        assert_eq!(have, 0);
+        assert!(!partial.exists(), "longer than the signed size: removed");
     }
-    file.seek(SeekFrom::Start(0)).map_err(disk)?;
-    Ok((done, hasher))
 }
