@@ -74,7 +74,8 @@ impl Cache {
             .join(format!("{}.part", sha256.as_str()))
     }
 
-    /// Length of the final file if it is there with exactly `size` bytes.
+    /// Whether the final file is there with exactly `size` bytes (its verification is the
+    /// `files` table's record: `fetch::verified` asks both).
     pub fn has_complete(&self, sha256: &Sha256Hex, size: u64) -> bool {
         std::fs::metadata(self.path(sha256)).is_ok_and(|meta| meta.is_file() && meta.len() == size)
     }

@@ -2,7 +2,7 @@
 //! original proxy's names; each can also come from `--config FILE` (TOML, the same names as keys).
 
 use crate::cloud::gzip::GzipSettings;
-use crate::fetch::{RetryPolicy, StallRule};
+use crate::fetch::retry::{RetryPolicy, StallRule};
 use reqwest::Url;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

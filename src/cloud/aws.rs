@@ -4,7 +4,8 @@
 
 use super::CloudError;
 use super::sign::{AccessKey, SignatureVersion, V4Scope};
-use crate::fetch::{RetryPolicy, describe};
+use crate::fetch::describe;
+use crate::fetch::retry::{RetryPolicy, Retryable};
 use crate::limits::MAX_CLOUD_ERROR_BYTES;
 use reqwest::{Response, StatusCode, Url};
 use std::future::Future;
@@ -135,38 +136,33 @@ pub fn error_line(status: StatusCode, body: &str) -> String {
     })
 }
 
-/// Runs `attempt` until it succeeds, fails for good, or transient failures use up the policy;
-/// the pause doubles each time. Cancelling stops the waiting.
+impl Retryable for Failure {
+    fn is_transient(&self) -> bool {
+        matches!(self, Failure::Transient(_))
+    }
+
+    fn cancelled() -> Self {
+        Failure::Permanent(CloudError::Cancelled)
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or transient failures use up the policy
+/// (the one retry loop, `fetch::retry`); the pause doubles each time. Cancelling stops the waiting.
 pub async fn with_retries<T, F, Fut>(
     retry: &RetryPolicy,
     cancel: &CancellationToken,
-    mut attempt: F,
+    attempt: F,
 ) -> Result<T, CloudError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
 {
-    let mut tries = 0;
-    loop {
-        if cancel.is_cancelled() {
-            return Err(CloudError::Cancelled);
-        }
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(Failure::Permanent(error)) => return Err(error),
-            Err(Failure::Transient(error)) => {
-                tries += 1;
-                if tries >= retry.attempts {
-                    return Err(error);
-                }
-                tracing::warn!("{error}; trying again ({tries} of {})", retry.attempts);
-                tokio::select! {
-                    _ = tokio::time::sleep(retry.delay(tries - 1)) => {}
-                    _ = cancel.cancelled() => return Err(CloudError::Cancelled),
-                }
-            }
-        }
-    }
+    crate::fetch::retry::with_retries(retry, cancel, attempt, |failure, tries| {
+        let (Failure::Transient(error) | Failure::Permanent(error)) = failure;
+        tracing::warn!("{error}; trying again ({tries} of {})", retry.attempts);
+    })
+    .await
+    .map_err(Failure::into_error)
 }
 
 #[cfg(test)]

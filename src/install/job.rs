@@ -10,37 +10,33 @@ use crate::catalog::model::{FileKind, FileRef, Image};
 use crate::cloud::{Artifact, CloudError, Progress, bundle};
 use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
-use crate::fetch::FetchError;
-use crate::keyring::{Keyring, TrustError};
-use crate::limits::{FILE_SIGNATURE_TIMEOUT, MAX_SIGNATURE_BYTES};
+use crate::fetch::verified::{FileError, FileStages, SignedFile};
 use crate::metrics;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// What ends an install attempt early; its one line follows "Failure encountered while: ...".
 #[derive(Debug, thiserror::Error)]
 enum JobError {
-    #[error("{0}")]
-    Fetch(#[from] FetchError),
-    #[error("{0}")]
-    Trust(#[from] TrustError),
-    #[error("{0}")]
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
     Cloud(#[from] CloudError),
-    #[error("{0}")]
+    #[error(transparent)]
     Db(#[from] DbError),
-    #[error("{what} {path}: {source}")]
-    Disk {
-        what: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    /// Cancelled while waiting for another install to finish with a shared file or artifact.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl JobError {
     fn is_cancel(&self) -> bool {
-        matches!(
-            self,
-            JobError::Fetch(FetchError::Cancelled) | JobError::Cloud(CloudError::Cancelled)
-        )
+        match self {
+            JobError::File(error) => error.is_cancel(),
+            JobError::Cloud(error) => matches!(error, CloudError::Cancelled),
+            JobError::Cancelled => true,
+            JobError::Db(_) => false,
+        }
     }
 }
 
@@ -181,133 +177,27 @@ impl Job<'_> {
         );
         tokio::select! {
             guard = locks.lock(key) => Ok(guard),
-            _ = self.cancel.cancelled() => Err(JobError::Fetch(FetchError::Cancelled)),
+            _ = self.cancel.cancelled() => Err(JobError::Cancelled),
         }
     }
 
     fn is_cached(&self, file: &FileRef) -> Result<bool, DbError> {
-        Ok(self
-            .installer
-            .db
-            .file_is_verified(file.sha256.as_str(), file.size)?
-            && self.installer.cache.has_complete(&file.sha256, file.size))
+        self.installer.downloads().has(&signed_file(file))
     }
 
+    /// Brings `file` verified into the cache, reporting each stage on the board and in the
+    /// install's state (`downloading`, then `verifying`).
     async fn download(&self, file: &FileRef, done_before: u64, total: u64) -> Result<(), JobError> {
-        let installer = self.installer;
-        let cache = &installer.cache;
-        self.set_state(
-            InstallState::Downloading,
-            &detail::downloading(file.kind, 0, file.size),
-        )?;
-        let signature = match &file.signature_url {
-            Some(url) => {
-                installer.board.progress(
-                    self.uri(),
-                    done_before,
-                    total,
-                    detail::fetching_signature(file.kind),
-                );
-                Some(
-                    installer
-                        .fetcher
-                        .get_small_retrying(
-                            url,
-                            MAX_SIGNATURE_BYTES,
-                            FILE_SIGNATURE_TIMEOUT,
-                            self.cancel,
-                        )
-                        .await?,
-                )
-            }
-            None => None,
+        let stages = DownloadStages {
+            job: self,
+            file,
+            done_before,
+            total,
         };
-        cache
-            .prepare_dir(&file.sha256)
-            .map_err(|source| JobError::Disk {
-                what: "creating the cache directory for",
-                path: cache.partial_path(&file.sha256),
-                source,
-            })?;
-        let partial = cache.partial_path(&file.sha256);
-        let uri = self.uri().to_string();
-        let board = &installer.board;
-        let progress = |bytes: u64| {
-            board.progress(
-                &uri,
-                done_before + bytes,
-                total,
-                detail::downloading(file.kind, bytes, file.size),
-            );
-        };
-        let digest = installer
-            .fetcher
-            .download(&file.url, &partial, file.size, &progress, self.cancel)
-            .await;
-        let digest = match digest {
-            Err(error @ FetchError::TooLarge { .. }) => {
-                cache.discard_partial(&file.sha256);
-                return Err(error.into());
-            }
-            other => other?,
-        };
-        if digest != file.sha256 {
-            cache.discard_partial(&file.sha256);
-            let error = FetchError::Digest {
-                url: file.url.clone(),
-                expected: file.sha256.to_string(),
-                actual: digest.to_string(),
-            };
-            error.record();
-            return Err(error.into());
-        }
-        self.set_state(
-            InstallState::Verifying,
-            &detail::verifying(file.kind, signature.is_some()),
-        )?;
-        super::pause::here("verify").await;
-        if let Some(signature) = signature {
-            let keyring_path = installer.keyring_path.clone();
-            let path = partial.clone();
-            let verdict = tokio::task::spawn_blocking(move || -> Result<(), JobError> {
-                let keyring = Keyring::load(&keyring_path)?;
-                let data = std::fs::File::open(&path).map_err(|source| JobError::Disk {
-                    what: "reading",
-                    path: path.clone(),
-                    source,
-                })?;
-                Ok(keyring
-                    .verify_reader(std::io::BufReader::with_capacity(1 << 20, data), &signature)?)
-            })
-            .await
-            .expect("verification does not panic");
-            if let Err(error) = verdict {
-                if matches!(
-                    error,
-                    JobError::Trust(
-                        TrustError::BadSignature(_)
-                            | TrustError::UnknownKey(_)
-                            | TrustError::BadKey { .. }
-                            | TrustError::Malformed(_)
-                    )
-                ) {
-                    metrics::global().upstream_error("file-signature");
-                    cache.discard_partial(&file.sha256);
-                }
-                return Err(error);
-            }
-        }
-        // Recorded first, then renamed: a file is trusted only where both agree (cache.rs).
-        installer
-            .db
-            .mark_file_verified(file.sha256.as_str(), file.size, &file.url)?;
-        cache
-            .promote(&file.sha256)
-            .map_err(|source| JobError::Disk {
-                what: "storing",
-                path: cache.path(&file.sha256),
-                source,
-            })?;
+        self.installer
+            .downloads()
+            .fetch(signed_file(file), &stages, self.cancel)
+            .await?;
         tracing::info!(uri = %self.uri(), kind = file.kind.noun(), sha256 = file.sha256.short(), "file verified");
         Ok(())
     }
@@ -410,6 +300,60 @@ impl Job<'_> {
         )?;
         tracing::info!(uri = %self.uri(), id = %published.image_id, location = %published.location, "registered {}", artifact.kind.noun());
         Ok(published.image_id)
+    }
+}
+
+/// The catalog's description of a file, as the verified download needs it.
+fn signed_file(file: &FileRef) -> SignedFile<'_> {
+    SignedFile {
+        url: &file.url,
+        size: file.size,
+        sha256: &file.sha256,
+        signature_url: file.signature_url.as_deref(),
+    }
+}
+
+/// How a file's road into the cache shows: install states, status lines and board progress.
+struct DownloadStages<'a> {
+    job: &'a Job<'a>,
+    file: &'a FileRef,
+    done_before: u64,
+    total: u64,
+}
+
+impl FileStages for DownloadStages<'_> {
+    fn downloading(&self) -> Result<(), DbError> {
+        self.job.set_state(
+            InstallState::Downloading,
+            &detail::downloading(self.file.kind, 0, self.file.size),
+        )
+    }
+
+    fn fetching_signature(&self) {
+        self.job.installer.board.progress(
+            self.job.uri(),
+            self.done_before,
+            self.total,
+            detail::fetching_signature(self.file.kind),
+        );
+    }
+
+    fn received(&self, bytes: u64) {
+        self.job.installer.board.progress(
+            self.job.uri(),
+            self.done_before + bytes,
+            self.total,
+            detail::downloading(self.file.kind, bytes, self.file.size),
+        );
+    }
+
+    async fn verifying(&self, signed: bool) -> Result<(), DbError> {
+        self.job.set_state(
+            InstallState::Verifying,
+            &detail::verifying(self.file.kind, signed),
+        )?;
+        super::pause::here("verify").await;
+        Ok(())
     }
 }
 

@@ -16,6 +16,7 @@ use crate::cloud::Cloud;
 use crate::db::installs::Change;
 use crate::db::{Db, DbError};
 use crate::fetch::Fetcher;
+use crate::fetch::verified::VerifiedDownloads;
 use board::{Board, InstallView};
 use state::InstallState;
 use std::collections::HashMap;
@@ -72,6 +73,16 @@ impl Installer {
             reconciled: Mutex::new(None),
             exclusive: keyed_lock::KeyedLocks::default(),
         }))
+    }
+
+    /// The road by which jobs bring files verified into the cache.
+    fn downloads(&self) -> VerifiedDownloads<'_> {
+        VerifiedDownloads {
+            fetcher: &self.fetcher,
+            cache: &self.cache,
+            db: &self.db,
+            keyring_path: &self.keyring_path,
+        }
     }
 
     pub fn board(&self) -> &Board {

@@ -1,0 +1,324 @@
+//! Upstream HTTP (SPEC §5, §6): small documents with a size cap, and streaming file downloads that
+//! resume with `Range`, never store more than the signed size, and hash while the bytes flow.
+//! Nothing downloaded is trusted until the verified download (`verified.rs`) has checked size,
+//! SHA-256 and signature; only then is it recorded and promoted (`cache.rs`).
+//!
+//! The rooms: this file holds the HTTP client and small capped GETs; `retry.rs` the retry and
+//! stall policy (the cloud client uses it too); `stream.rs` the size-cap and digest adapters;
+//! `download.rs` the resumable ranged download; `verified.rs` a file's road from partial to
+//! verified in the cache.
+//!
+//! What is transient (retried with a doubling pause, [`RetryPolicy::attempts`] tries in all, the
+//! download resuming with `Range`): transport errors, a connection cut or a response that ends
+//! before the signed size, HTTP 5xx/408/429, and a stall ([`StallRule`]: a trickle is treated as a
+//! cut, so a link that crawls cannot hold an install forever). What is permanent (fails at once):
+//! other HTTP statuses, a body announced or sent past the signed size (nothing past it is ever
+//! written), and a full disk (the partial file is removed so the failure can be recorded).
+
+mod download;
+pub mod retry;
+pub mod stream;
+pub mod verified;
+
+pub use retry::{RetryPolicy, StallRule};
+
+use crate::limits::{CONNECT_TIMEOUT, UPSTREAM_READ_TIMEOUT};
+use crate::metrics;
+use retry::{Retryable, with_retries};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What went wrong with an exchange upstream, each variant naming its URL (or path) so the one
+/// line an install fails with says where; [`FetchError::metric_kind`] says whose doing it was.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The exchange failed below HTTP (connect, TLS, a reset); reqwest's chain is printed by
+    /// [`describe`], which is why `cause` is no `#[source]`: `{:#}` would repeat it.
+    #[error("GET {url}: {}", describe(.cause))]
+    Transport { url: String, cause: reqwest::Error },
+    #[error("GET {url}: no answer within {seconds}s")]
+    NoAnswer { url: String, seconds: u64 },
+    #[error("GET {url}: the server answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}: the server {} more than the signed size of {expected} bytes", sent_or_announced(.announced))]
+    TooLarge {
+        url: String,
+        expected: u64,
+        /// The `Content-Length` that promised too much, when that is how we knew.
+        announced: Option<u64>,
+    },
+    #[error("GET {url}: the answer is larger than the {cap} bytes accepted")]
+    Oversized { url: String, cap: u64 },
+    #[error("GET {url}: the transfer stopped at {got} of {expected} bytes: {}", cut_cause(.cause))]
+    Truncated {
+        url: String,
+        got: u64,
+        expected: u64,
+        /// The broken body's error (printed by [`describe`], so no `#[source]`), or none when
+        /// the response ended cleanly before the signed size.
+        cause: Option<reqwest::Error>,
+    },
+    #[error(
+        "GET {url}: the transfer stalled at {got} of {expected} bytes: less than {min_rate} bytes/s for {seconds}s"
+    )]
+    Stalled {
+        url: String,
+        got: u64,
+        expected: u64,
+        min_rate: u64,
+        seconds: u64,
+    },
+    #[error(
+        "SHA-256 mismatch for {url}: the signed catalog says {expected}, the download is {actual}"
+    )]
+    Digest {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("writing {path}: {source}")]
+    Disk {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "no space left on device writing {path} ({got} of {expected} bytes received); the partial download was removed to free the space"
+    )]
+    DiskFull {
+        path: PathBuf,
+        got: u64,
+        expected: u64,
+    },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+fn sent_or_announced(announced: &Option<u64>) -> String {
+    match announced {
+        Some(length) => format!("announced {length} bytes,"),
+        None => "sent".to_string(),
+    }
+}
+
+fn cut_cause(cause: &Option<reqwest::Error>) -> String {
+    match cause {
+        Some(error) => describe(error),
+        None => "the response ended early".to_string(),
+    }
+}
+
+impl FetchError {
+    /// The `kind` label of `image_store_proxy_upstream_errors_total`; `None` for what is not
+    /// upstream's doing (our disk, a cancel).
+    pub fn metric_kind(&self) -> Option<&'static str> {
+        match self {
+            FetchError::Transport { .. } | FetchError::NoAnswer { .. } => Some("transport"),
+            FetchError::Status { .. } => Some("http-status"),
+            FetchError::TooLarge { .. } | FetchError::Oversized { .. } => Some("too-large"),
+            FetchError::Truncated { .. } => Some("truncated"),
+            FetchError::Stalled { .. } => Some("stalled"),
+            FetchError::Digest { .. } => Some("checksum"),
+            FetchError::Disk { .. } | FetchError::DiskFull { .. } | FetchError::Cancelled => None,
+        }
+    }
+
+    /// Counts this failure in the metrics, if it is upstream's.
+    pub fn record(&self) {
+        if let Some(kind) = self.metric_kind() {
+            metrics::global().upstream_error(kind);
+        }
+    }
+}
+
+impl Retryable for FetchError {
+    /// Worth another try after a pause: the network or the server may recover.
+    fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Transport { .. }
+            | FetchError::NoAnswer { .. }
+            | FetchError::Truncated { .. }
+            | FetchError::Stalled { .. } => true,
+            FetchError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            _ => false,
+        }
+    }
+
+    fn cancelled() -> Self {
+        FetchError::Cancelled
+    }
+}
+
+/// The upstream HTTP client with its retry policy: one per process, cheap to clone.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    retry: RetryPolicy,
+}
+
+/// reqwest is built without a default crypto provider (no C build): rustls needs one chosen before
+/// any client is built, or building one panics.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Fetcher {
+    /// The client with the upstream timeouts (`limits.rs`); `retry` governs every retried fetch.
+    pub fn new(retry: RetryPolicy) -> Result<Self, FetchError> {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("image-store-proxy/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(UPSTREAM_READ_TIMEOUT)
+            .build()
+            .map_err(|cause| FetchError::Transport {
+                url: String::new(),
+                cause,
+            })?;
+        Ok(Self { client, retry })
+    }
+
+    /// The bare client, for callers that make their own requests upstream.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// GETs a small document (a catalog, a signature) whole, refusing more than `cap` bytes.
+    pub async fn get_small(
+        &self,
+        url: &str,
+        cap: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, FetchError> {
+        let transport = |cause| FetchError::Transport {
+            url: url.to_string(),
+            cause,
+        };
+        let work = async {
+            let mut response = self.client.get(url).send().await.map_err(transport)?;
+            if !response.status().is_success() {
+                return Err(FetchError::Status {
+                    url: url.to_string(),
+                    status: response.status().as_u16(),
+                });
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(transport)? {
+                if body.len() as u64 + chunk.len() as u64 > cap {
+                    return Err(FetchError::Oversized {
+                        url: url.to_string(),
+                        cap,
+                    });
+                }
+                metrics::global().add_downloaded(chunk.len() as u64);
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(FetchError::NoAnswer {
+                    url: url.to_string(),
+                    seconds: timeout.as_secs(),
+                })
+            })
+            .inspect_err(FetchError::record)
+    }
+
+    /// [`Fetcher::get_small`], retrying transient failures as a download does (a file's
+    /// signature: a 503 from upstream should not fail an install).
+    pub async fn get_small_retrying(
+        &self,
+        url: &str,
+        cap: u64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, FetchError> {
+        with_retries(
+            &self.retry,
+            cancel,
+            || async {
+                tokio::select! {
+                    outcome = self.get_small(url, cap, timeout) => outcome,
+                    _ = cancel.cancelled() => Err(FetchError::Cancelled),
+                }
+            },
+            |error, _| tracing::warn!(%url, "retrying: {error}"),
+        )
+        .await
+    }
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"): walk the chain.
+pub fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_may_recover_is_transient() {
+        let url = || "http://store/files/a".to_string();
+        let status = |status| FetchError::Status { url: url(), status };
+        assert!(status(500).is_transient() && status(503).is_transient());
+        assert!(status(429).is_transient() && status(408).is_transient());
+        assert!(!status(404).is_transient() && !status(403).is_transient());
+        let stalled = FetchError::Stalled {
+            url: url(),
+            got: 1,
+            expected: 2,
+            min_rate: 1024,
+            seconds: 30,
+        };
+        assert!(stalled.is_transient());
+        let too_large = FetchError::TooLarge {
+            url: url(),
+            expected: 10,
+            announced: Some(12),
+        };
+        assert!(!too_large.is_transient());
+        assert_eq!(
+            too_large.to_string(),
+            "GET http://store/files/a: the server announced 12 bytes, more than the signed size of 10 bytes"
+        );
+        let full = FetchError::DiskFull {
+            path: "/d/x.part".into(),
+            got: 5,
+            expected: 10,
+        };
+        assert!(!full.is_transient());
+        assert!(full.to_string().starts_with("no space left on device"));
+    }
+
+    /// reqwest's chain is printed once, by `describe`: nothing is left for `{:#}` or an error
+    /// reporter walking `source()` to print again.
+    #[tokio::test]
+    async fn a_transport_error_says_its_cause_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/catalog", listener.local_addr().unwrap());
+        drop(listener);
+        let fetcher = Fetcher::new(RetryPolicy::default()).unwrap();
+        let error = fetcher
+            .get_small(&url, 10, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let FetchError::Transport { cause, .. } = &error else {
+            panic!("{error}");
+        };
+        assert_eq!(error.to_string(), format!("GET {url}: {}", describe(cause)));
+        assert!(std::error::Error::source(&error).is_none());
+    }
+}
