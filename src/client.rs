@@ -163,7 +163,7 @@ impl ProxyClient {
         };
         let http_error = |e: reqwest::Error| ClientError::Http {
             url: url.to_string(),
-            cause: crate::fetch::describe(&e),
+            cause: crate::report::transport(&e, "the proxy"),
         };
         let response = request.send().await.map_err(http_error)?;
         let status = response.status().as_u16();

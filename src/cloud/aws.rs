@@ -4,7 +4,6 @@
 
 use super::CloudError;
 use super::sign::{AccessKey, SignatureVersion, V4Scope};
-use crate::fetch::describe;
 use crate::fetch::retry::{RetryPolicy, Retryable};
 use crate::limits::MAX_CLOUD_ERROR_BYTES;
 use reqwest::{Response, StatusCode, Url};
@@ -73,7 +72,7 @@ pub fn unreachable(action: &'static str, url: &Url, error: &reqwest::Error) -> F
     Failure::Transient(CloudError::Unreachable {
         action,
         url: url.to_string(),
-        cause: describe(error),
+        cause: crate::report::transport(error, "the cloud"),
     })
 }
 

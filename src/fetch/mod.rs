@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 /// line an install fails with says where; [`FetchError::metric_kind`] says whose doing it was.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// The exchange failed below HTTP (connect, TLS, a reset); reqwest's chain is printed by
+    /// The exchange failed below HTTP (connect, TLS, a reset), said as one short cause by
     /// [`describe`], which is why `cause` is no `#[source]`: `{:#}` would repeat it.
     #[error("GET {url}: {}", describe(.cause))]
     Transport { url: String, cause: reqwest::Error },
@@ -250,19 +250,10 @@ impl Fetcher {
     }
 }
 
-/// reqwest's top-level message hides the cause ("error sending request"): walk the chain.
+/// A failed exchange with upstream as one short cause ("the image store at host:port refused
+/// the connection"): [`crate::report::transport`] says it for every peer.
 pub fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    crate::report::transport(error, "the image store")
 }
 
 #[cfg(test)]
@@ -319,6 +310,13 @@ mod tests {
             panic!("{error}");
         };
         assert_eq!(error.to_string(), format!("GET {url}: {}", describe(cause)));
+        let authority = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/catalog");
+        assert_eq!(
+            error.to_string(),
+            format!("GET {url}: the image store at {authority} refused the connection")
+        );
         assert!(std::error::Error::source(&error).is_none());
     }
 }

@@ -394,7 +394,11 @@ fn reloads(daemon: &Daemon, syslog: Option<&Syslog>) {
         syslog.wait_for("reloaded the configuration");
     }
     assert_eq!(Daemon::from_pidfile().pid, daemon.pid, "the same daemon");
-    assert_eq!(init_script("status").status.code(), Some(0), "still running");
+    assert_eq!(
+        init_script("status").status.code(),
+        Some(0),
+        "still running"
+    );
 }
 
 /// The packaged fake-store, serving its demo images on a free port.
