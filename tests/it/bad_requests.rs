@@ -1,7 +1,7 @@
 //! Requests the proxy must refuse, each with "Bad request signature" and no state change, and the
 //! JSON every reply carries, errors included (the servlet ignores status codes).
 
-mod common;
+use crate::common;
 
 use common::{SECRET, TestEnv, state_in};
 use image_store_proxy::api::signature;

@@ -4,9 +4,9 @@
 //! size, endless bodies, corrupted bytes, a trickle that never ends) fails with one clear line, in
 //! bounded time, with nothing past the signed size on disk. Catalogs replayed from the past or
 //! signed by a stranger are refused, and the last good one is kept, across restarts too.
-//! (tests/bad_upstream.rs covers files changed at the source and tampered catalogs.)
+//! (tests/it/bad_upstream.rs covers files changed at the source and tampered catalogs.)
 
-mod common;
+use crate::common;
 
 use common::{Gpg, TestEnv};
 use fake_store::{Fault, RequestRecord};

@@ -4,7 +4,7 @@
 //! the data dir (every directory from the cache up to `/` is checked for the names the tarball
 //! carries); a tarball whose links stay inside still installs.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, gzip, openssl, openssl::WrappedFor};
 use std::path::{Path, PathBuf};

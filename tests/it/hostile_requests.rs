@@ -4,7 +4,7 @@
 //! bounded; oversized bodies and headers get 413/431 and the server keeps serving; clients that
 //! trickle their headers or body are cut off without holding anyone else up.
 
-mod common;
+use crate::common;
 
 use common::TestEnv;
 use image_store_proxy::api::signature;

@@ -2,7 +2,7 @@
 //! by strangers or older than the last one; files whose size, bytes or signature do not match; and
 //! an upstream that is gone. Keys and signatures are made by GnuPG.
 
-mod common;
+use crate::common;
 
 use common::{Gpg, TEST_KEY_UID, TestEnv, state_in};
 use serde_json::Value;
