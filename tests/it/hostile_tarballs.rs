@@ -77,89 +77,69 @@ fn assert_nowhere(env: &TestEnv, names: &[&str]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_tarballs_are_refused_naming_the_member_and_write_nothing_outside() {
-    let env = TestEnv::start().await;
-    let lucid = env.image_uri("lucid");
-    let tarball_path = env.images.join("lucid/image.tar.gz");
-    let image = env.originals.lucid.clone();
-    let img = || regular("lucid-server-uec-amd64.img", &image);
-    let outside = env.dir.path().join("outside");
-    std::fs::create_dir(&outside).unwrap();
-    let absolute = format!("{}/abs-escape", outside.display());
-    let before_outside = tree(env.dir.path())
-        .into_iter()
-        .filter(|p| !p.starts_with("data"))
-        .collect::<Vec<_>>();
+/// The names the hostile members below carry: none may appear outside the archive, in any case.
+const HOSTILE_NAMES: [&str; 7] = [
+    "abs-escape",
+    "dotdot-escape",
+    "link-escape",
+    "hard-escape",
+    "char-escape",
+    "block-escape",
+    "second.img",
+];
 
-    let cases: Vec<(&str, Vec<Vec<u8>>, String)> = vec![
-        (
-            "an absolute path",
-            vec![regular(&absolute, b"pwned"), img()],
-            format!("member {absolute:?} has an absolute path"),
-        ),
-        (
-            "a .. path after the image",
-            vec![img(), regular("../../../../../../dotdot-escape", b"pwned")],
-            "member \"../../../../../../dotdot-escape\" has \"..\" in its path".into(),
-        ),
-        (
-            "the image itself through ..",
-            vec![regular("../lucid-server-uec-amd64.img", &image)],
-            "member \"../lucid-server-uec-amd64.img\" has \"..\" in its path".into(),
-        ),
-        (
-            "a symbolic link out",
-            vec![member(Symlink, "link-escape", "/etc/passwd", b"", 0), img()],
-            "member \"link-escape\" is a symbolic link pointing out of the archive (to \"/etc/passwd\")".into(),
-        ),
-        (
-            "a hard link out",
-            vec![img(), member(Link, "hard-escape", "../../../etc/shadow", b"", 0)],
-            "member \"hard-escape\" is a hard link pointing out of the archive (to \"../../../etc/shadow\")".into(),
-        ),
-        (
-            "a character device",
-            vec![member(Char, "char-escape", "", b"", 0), img()],
-            "member \"char-escape\" is a character device".into(),
-        ),
-        (
-            "a block device",
-            vec![img(), member(Block, "block-escape", "", b"", 0)],
-            "member \"block-escape\" is a block device".into(),
-        ),
-        (
-            "an image shorter than its header says",
-            vec![member(Regular, "lucid-server-uec-amd64.img", "", &image[..1 << 20], 4 << 20)],
-            // What follows the header is 1 MiB of data and the two zero blocks that end an archive.
-            format!(
-                "member \"lucid-server-uec-amd64.img\" is cut short, {} of the {} bytes its header declares",
-                (1 << 20) + 1024,
-                4 << 20
-            ),
-        ),
-        (
-            "two images",
-            vec![img(), regular("other/second.img", b"which one?")],
-            "it holds two *.img files, \"lucid-server-uec-amd64.img\" and \"other/second.img\", and which one to install is ambiguous".into(),
-        ),
-    ];
-    let names = [
-        "abs-escape",
-        "dotdot-escape",
-        "link-escape",
-        "hard-escape",
-        "char-escape",
-        "block-escape",
-        "second.img",
-    ];
-    let tried = cases.len();
-    for (what, members, expected) in cases {
-        std::fs::write(&tarball_path, tarball(&members)).unwrap();
-        env.store.reload().unwrap();
-        env.dashboard().await;
-        env.act(&lucid, "install").await;
-        let state = env.wait_for_failure(&lucid).await;
+/// A proxy whose lucid image.tar.gz is about to be replaced; each hostile tarball gets one of its
+/// own, so that a failure (a refusal that never comes, say) names the tarball.
+struct Lucid {
+    env: TestEnv,
+    uri: String,
+    tarball_path: PathBuf,
+    image: Vec<u8>,
+    /// An absolute path into a directory of the test's own, beside the data dir.
+    absolute: String,
+    /// What the test's directory held beside the data dir before the install.
+    before_outside: Vec<PathBuf>,
+}
+
+impl Lucid {
+    async fn start() -> Self {
+        let env = TestEnv::start().await;
+        let uri = env.image_uri("lucid");
+        let tarball_path = env.images.join("lucid/image.tar.gz");
+        let image = env.originals.lucid.clone();
+        let outside = env.dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let absolute = format!("{}/abs-escape", outside.display());
+        let before_outside = outside_the_data_dir(&env);
+        Self {
+            env,
+            uri,
+            tarball_path,
+            image,
+            absolute,
+            before_outside,
+        }
+    }
+
+    /// The machine image, as the one regular `*.img` member.
+    fn img(&self) -> Vec<u8> {
+        regular("lucid-server-uec-amd64.img", &self.image)
+    }
+
+    /// Offers `members` as lucid's tarball and installs it.
+    async fn install(&self, members: &[Vec<u8>]) {
+        std::fs::write(&self.tarball_path, tarball(members)).unwrap();
+        self.env.store.reload().unwrap();
+        self.env.dashboard().await;
+        self.env.act(&self.uri, "install").await;
+    }
+
+    /// The install of `members` fails with one line ending in `expected`, and writes nothing
+    /// outside the data dir.
+    async fn assert_refused(&self, what: &str, members: &[Vec<u8>], expected: &str) {
+        let env = &self.env;
+        self.install(members).await;
+        let state = env.wait_for_failure(&self.uri).await;
         let error = state["error-message"].as_str().unwrap();
         assert!(!error.contains('\n'), "{what}: one line: {error:?}");
         assert!(
@@ -169,46 +149,166 @@ async fn hostile_tarballs_are_refused_naming_the_member_and_write_nothing_outsid
         assert!(
             error.contains(": the tarball ")
                 && error.contains(" is refused: ")
-                && error.ends_with(&expected),
+                && error.ends_with(expected),
             "{what}: {error:?} should end with {expected:?}"
         );
         assert_eq!(state["status"], "uninstalled", "{what}: {state}");
-        env.act(&lucid, "clear-error").await;
-        assert_nowhere(&env, &names);
-        assert!(!std::path::Path::new(&absolute).exists());
+        env.act(&self.uri, "clear-error").await;
+        assert_nowhere(env, &HOSTILE_NAMES);
+        assert!(!std::path::Path::new(&self.absolute).exists());
+        assert_eq!(
+            self.before_outside,
+            outside_the_data_dir(env),
+            "nothing new beside the data dir"
+        );
     }
-    eprintln!("{tried} hostile tarballs refused");
-    let after_outside = tree(env.dir.path())
+}
+
+/// Everything in the test's directory but the data dir.
+fn outside_the_data_dir(env: &TestEnv) -> Vec<PathBuf> {
+    tree(env.dir.path())
         .into_iter()
         .filter(|p| !p.starts_with("data"))
-        .collect::<Vec<_>>();
-    assert_eq!(
-        before_outside, after_outside,
-        "nothing new beside the data dir"
-    );
+        .collect()
+}
 
-    // Links that stay inside and directories are ignored: the image installs.
-    std::fs::write(
-        &tarball_path,
-        tarball(&[
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_path_is_refused() {
+    let lucid = Lucid::start().await;
+    let absolute = &lucid.absolute;
+    lucid
+        .assert_refused(
+            "an absolute path",
+            &[regular(absolute, b"pwned"), lucid.img()],
+            &format!("member {absolute:?} has an absolute path"),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dotdot_path_after_the_image_is_refused() {
+    let lucid = Lucid::start().await;
+    lucid
+        .assert_refused(
+            "a .. path after the image",
+            &[
+                lucid.img(),
+                regular("../../../../../../dotdot-escape", b"pwned"),
+            ],
+            "member \"../../../../../../dotdot-escape\" has \"..\" in its path",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_itself_through_dotdot_is_refused() {
+    let lucid = Lucid::start().await;
+    lucid
+        .assert_refused(
+            "the image itself through ..",
+            &[regular("../lucid-server-uec-amd64.img", &lucid.image)],
+            "member \"../lucid-server-uec-amd64.img\" has \"..\" in its path",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbolic_link_out_is_refused() {
+    let lucid = Lucid::start().await;
+    lucid
+        .assert_refused(
+            "a symbolic link out",
+            &[member(Symlink, "link-escape", "/etc/passwd", b"", 0), lucid.img()],
+            "member \"link-escape\" is a symbolic link pointing out of the archive (to \"/etc/passwd\")",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_link_out_is_refused() {
+    let lucid = Lucid::start().await;
+    lucid
+        .assert_refused(
+            "a hard link out",
+            &[lucid.img(), member(Link, "hard-escape", "../../../etc/shadow", b"", 0)],
+            "member \"hard-escape\" is a hard link pointing out of the archive (to \"../../../etc/shadow\")",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_character_device_is_refused() {
+    let lucid = Lucid::start().await;
+    lucid
+        .assert_refused(
+            "a character device",
+            &[member(Char, "char-escape", "", b"", 0), lucid.img()],
+            "member \"char-escape\" is a character device",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_device_is_refused() {
+    let lucid = Lucid::start().await;
+    lucid
+        .assert_refused(
+            "a block device",
+            &[lucid.img(), member(Block, "block-escape", "", b"", 0)],
+            "member \"block-escape\" is a block device",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_shorter_than_its_header_says_is_refused() {
+    let lucid = Lucid::start().await;
+    lucid
+        .assert_refused(
+            "an image shorter than its header says",
+            &[member(Regular, "lucid-server-uec-amd64.img", "", &lucid.image[..1 << 20], 4 << 20)],
+            // What follows the header is 1 MiB of data and the two zero blocks that end an archive.
+            &format!(
+                "member \"lucid-server-uec-amd64.img\" is cut short, {} of the {} bytes its header declares",
+                (1 << 20) + 1024,
+                4 << 20
+            ),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_images_are_refused_as_ambiguous() {
+    let lucid = Lucid::start().await;
+    lucid
+        .assert_refused(
+            "two images",
+            &[lucid.img(), regular("other/second.img", b"which one?")],
+            "it holds two *.img files, \"lucid-server-uec-amd64.img\" and \"other/second.img\", and which one to install is ambiguous",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_that_stay_inside_and_directories_are_ignored_and_the_image_installs() {
+    let lucid = Lucid::start().await;
+    let env = &lucid.env;
+    lucid
+        .install(&[
             member(EntryType::Directory, "boot/", "", b"", 0),
             member(Symlink, "boot/vmlinuz", "../lucid-vmlinuz-virtual", b"", 0),
             regular("lucid-vmlinuz-virtual", b"a kernel nobody asked for"),
             member(Link, "again.img", "lucid-server-uec-amd64.img", b"", 0),
-            img(),
-        ]),
-    )
-    .unwrap();
-    env.store.reload().unwrap();
-    env.dashboard().await;
-    env.act(&lucid, "install").await;
+            lucid.img(),
+        ])
+        .await;
     let state = env
-        .wait_for(&lucid, "the install to end", |s| {
+        .wait_for(&lucid.uri, "the install to end", |s| {
             s["status"] == "installed" || s.get("error-message").is_some()
         })
         .await;
     assert_eq!(state["status"], "installed", "{state}");
-    // Each cleared failure started a new install with its own bucket: find the one with the image.
+    // Find the install's bucket by the image's manifest.
     let manifest = std::fs::read_dir(env.data_dir.join("fake-cloud"))
         .unwrap()
         .flatten()
@@ -225,5 +325,8 @@ async fn hostile_tarballs_are_refused_naming_the_member_and_write_nothing_outsid
         WrappedFor::User,
         &env.dir.path().join("opened"),
     );
-    assert!(opened.image == image, "the regular *.img member, bundled");
+    assert!(
+        opened.image == lucid.image,
+        "the regular *.img member, bundled"
+    );
 }
