@@ -1,6 +1,6 @@
 //! Every integration test of the proxy, in one test binary: one module per area, each with the
 //! doc comment that says what it proves. One binary links the crate once, where one binary per
-//! file linked it twenty times. Run one area with `cargo test --test it <module>::`, e.g.
+//! file linked it nineteen times. Run one area with `cargo test --test it <module>::`, e.g.
 //! `cargo test --test it crash_safety::`. The tests of all modules share one process and run on
 //! parallel threads, so none may change process-wide state (the environment, the current
 //! directory); each starts what it drives (fake-store on its own runtime, the proxy as a child
