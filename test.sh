@@ -16,7 +16,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
-# The Debian package test (tests/debian_package.rs): build, lint, install, run, purge.
+# The Debian package test (tests/debian_package/): build, lint, install, run, purge.
 dpkg -s build-essential >/dev/null 2>&1 || missing+=(build-essential)
 command -v dpkg-buildpackage >/dev/null 2>&1 || missing+=(dpkg-dev)
 command -v dh >/dev/null 2>&1 || missing+=(debhelper)
@@ -24,7 +24,7 @@ command -v help2man >/dev/null 2>&1 || missing+=(help2man)
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 [ -x /usr/sbin/adduser ] || missing+=(adduser)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-# tests/full_disk.rs (as root) puts the data dir on a small loop-mounted ext4 (tmpfs without it).
+# tests/it/full_disk.rs (as root) puts the data dir on a small loop-mounted ext4 (tmpfs without it).
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]}"

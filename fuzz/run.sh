@@ -2,7 +2,7 @@
 # Runs the cargo fuzz targets, one after another, each for SECONDS (default 600), and prints for
 # each the executions, coverage and corpus libFuzzer reports at the end. Fails at the first crash,
 # timeout or out-of-memory, leaving the input in fuzz/artifacts/<target>/ (keep it as a regression:
-# fuzz/regressions/<target>/, replayed by tests/fuzz_regressions.rs).
+# fuzz/regressions/<target>/, replayed by tests/it/fuzz_regressions.rs).
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]        e.g. fuzz/run.sh 600; fuzz/run.sh 60 catalog tarball
 #

@@ -5,7 +5,7 @@
 //! file is given back, SQLite stays intact with the row `failed`; once the filler is gone the
 //! UI's install action again completes.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, gzip, image_bytes};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! without one, the daemon runs `euca_conf --get-credentials ZIP` once, as the original did, and
 //! signs the UI's requests with the administrator's secret key from the zip.
 
-mod common;
+use crate::common;
 
 use common::openssl;
 use image_store_proxy::client::ProxyClient;

@@ -1,7 +1,7 @@
 //! Requests the proxy must refuse, each with "Bad request signature" and no state change, and the
 //! JSON every reply carries, errors included (the servlet ignores status codes).
 
-mod common;
+use crate::common;
 
 use common::{SECRET, TestEnv, state_in};
 use image_store_proxy::api::signature;
@@ -37,56 +37,45 @@ fn replace(params: &[(String, String)], name: &str, value: &str) -> Vec<(String,
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsigned_forged_expired_and_replayed_requests_change_nothing() {
-    let env = TestEnv::start().await;
-    let karmic = env.image_uri("karmic");
-    let install = Url::parse(
-        state_in(&env.dashboard().await, &karmic).unwrap()["actions"]["install"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    let client = env.client();
-    let signed = client.sign("POST", &install, Vec::new());
+/// A proxy offering karmic, uninstalled, with its install action's URL and that action signed
+/// correctly: each forgery below starts from it, in a proxy of its own, so that a failure names it.
+struct Install {
+    env: TestEnv,
+    karmic: String,
+    url: Url,
+    signed: Vec<(String, String)>,
+}
 
-    // No signature at all.
-    assert_refused(&env, "POST", &install, &[]).await;
-    let unsigned: Vec<_> = signed
-        .iter()
-        .filter(|(n, _)| n != "Signature")
-        .cloned()
-        .collect();
-    assert_refused(&env, "POST", &install, &unsigned).await;
-    // Signed with another secret.
-    let forger = ProxyClient::new(&env.proxy_url(), "not-the-secret", "x").unwrap();
-    assert_refused(
-        &env,
-        "POST",
-        &install,
-        &forger.sign("POST", &install, Vec::new()),
-    )
-    .await;
-    // A parameter changed after signing; the method changed; another signature method named.
-    let tampered = replace(&signed, "ClientId", "someone-else");
-    assert_refused(&env, "POST", &install, &tampered).await;
-    let states = Url::parse(&format!("{}/api/states", env.proxy_url())).unwrap();
-    assert_refused(
-        &env,
-        "GET",
-        &states,
-        &client.sign("POST", &states, Vec::new()),
-    )
-    .await;
-    let other_method = replace(&signed, "SignatureMethod", "HmacSHA1");
-    assert_refused(&env, "POST", &install, &other_method).await;
-    // Expired, and too far in the future: signed correctly, but refused for the time.
-    for expires in [
-        image_store_proxy::db::now_unix() - 1,
-        image_store_proxy::db::now_unix() + 3600,
-    ] {
+impl Install {
+    async fn start() -> Self {
+        let env = TestEnv::start().await;
+        let karmic = env.image_uri("karmic");
+        let url = Url::parse(
+            state_in(&env.dashboard().await, &karmic).unwrap()["actions"]["install"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let signed = env.client().sign("POST", &url, Vec::new());
+        Self {
+            env,
+            karmic,
+            url,
+            signed,
+        }
+    }
+
+    /// `params` sent to `url` are refused, and none of that installed anything.
+    async fn refused(&self, method: &str, url: &Url, params: &[(String, String)]) {
+        assert_refused(&self.env, method, url, params).await;
+        assert_eq!(self.env.state(&self.karmic).await["status"], "uninstalled");
+        assert!(self.env.served("/files/").is_empty());
+    }
+
+    /// The install action signed correctly but expiring at `expires`.
+    fn expiring_at(&self, expires: i64) -> Vec<(String, String)> {
         let mut params = Vec::new();
-        let host = signature::signing_host(install.host_str().unwrap(), install.port());
+        let host = signature::signing_host(self.url.host_str().unwrap(), self.url.port());
         let stamp = signature::Stamp {
             client_id: "c",
             expires,
@@ -96,21 +85,91 @@ async fn unsigned_forged_expired_and_replayed_requests_change_nothing() {
             SECRET.as_bytes(),
             "POST",
             &host,
-            install.path(),
+            self.url.path(),
             &mut params,
             &stamp,
         );
-        assert_refused(&env, "POST", &install, &params).await;
+        params
     }
-    // None of that installed anything.
-    assert_eq!(env.state(&karmic).await["status"], "uninstalled");
-    assert!(env.served("/files/").is_empty());
+}
 
-    // The genuine request works once; replayed, it is refused.
-    let reply = client.send("POST", install.clone(), &signed).await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_no_signature_at_all_changes_nothing() {
+    let install = Install::start().await;
+    install.refused("POST", &install.url, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_request_without_its_signature_changes_nothing() {
+    let install = Install::start().await;
+    let unsigned: Vec<_> = install
+        .signed
+        .iter()
+        .filter(|(n, _)| n != "Signature")
+        .cloned()
+        .collect();
+    install.refused("POST", &install.url, &unsigned).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_signed_with_another_secret_changes_nothing() {
+    let install = Install::start().await;
+    let forger = ProxyClient::new(&install.env.proxy_url(), "not-the-secret", "x").unwrap();
+    let forged = forger.sign("POST", &install.url, Vec::new());
+    install.refused("POST", &install.url, &forged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parameter_changed_after_signing_changes_nothing() {
+    let install = Install::start().await;
+    let tampered = replace(&install.signed, "ClientId", "someone-else");
+    install.refused("POST", &install.url, &tampered).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_with_another_method_than_signed_changes_nothing() {
+    let install = Install::start().await;
+    let states = Url::parse(&format!("{}/api/states", install.env.proxy_url())).unwrap();
+    let signed_as_post = install.env.client().sign("POST", &states, Vec::new());
+    install.refused("GET", &states, &signed_as_post).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_another_signature_method_changes_nothing() {
+    let install = Install::start().await;
+    let other_method = replace(&install.signed, "SignatureMethod", "HmacSHA1");
+    install.refused("POST", &install.url, &other_method).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_request_changes_nothing() {
+    let install = Install::start().await;
+    let expired = install.expiring_at(image_store_proxy::db::now_unix() - 1);
+    install.refused("POST", &install.url, &expired).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_expiring_too_far_in_the_future_changes_nothing() {
+    let install = Install::start().await;
+    let too_late = install.expiring_at(image_store_proxy::db::now_unix() + 3600);
+    install.refused("POST", &install.url, &too_late).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_genuine_request_works_once_and_replayed_is_refused() {
+    let install = Install::start().await;
+    let reply = install
+        .env
+        .client()
+        .send("POST", install.url.clone(), &install.signed)
+        .await
+        .unwrap();
     assert!(reply.body["state"].is_object(), "{}", reply.body);
-    assert_refused(&env, "POST", &install, &signed).await;
-    env.wait_for_status(&karmic, "installed").await;
+    assert_refused(&install.env, "POST", &install.url, &install.signed).await;
+    install
+        .env
+        .wait_for_status(&install.karmic, "installed")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

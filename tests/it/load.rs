@@ -2,7 +2,7 @@
 //! installs run. Every answer must be right and both installs must complete. How much the pollers
 //! slow an install is a timing claim: `bench/load` measures it, with 1,000 pollers, in release.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, state_in};
 use image_store_proxy::client::ProxyClient;

@@ -2,7 +2,7 @@
 //! commands it prints work when pasted into a shell, the install reaches the fake cloud, and a
 //! second run of the demo on the same directory keeps the installed state.
 
-mod common;
+use crate::common;
 
 use common::demo::Demo;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! by strangers or older than the last one; files whose size, bytes or signature do not match; and
 //! an upstream that is gone. Keys and signatures are made by GnuPG.
 
-mod common;
+use crate::common;
 
 use common::{Gpg, TEST_KEY_UID, TestEnv, state_in};
 use serde_json::Value;
@@ -30,23 +30,33 @@ async fn assert_catalog_kept(env: &TestEnv, reason: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalogs_with_bad_signatures_strange_keys_or_older_dates_are_refused() {
+/// A proxy that accepted the catalog of 2026-11-20 without complaint; each bad catalog below gets
+/// one of its own, so that a failure names it.
+async fn with_a_good_catalog() -> TestEnv {
     let env = TestEnv::start().await;
     assert!(env.dashboard().await.get("error-message").is_none());
+    env
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_with_a_bad_signature_is_refused() {
+    let env = with_a_good_catalog().await;
     env.store.faults().tamper_catalog = true;
     assert_catalog_kept(&env, "bad signature").await;
-    env.store.faults().tamper_catalog = false;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_signed_by_a_strange_key_is_refused() {
+    let env = with_a_good_catalog().await;
     let gpg = Gpg::new();
     let stranger = gpg.generate("Stranger <stranger@example.invalid>", "rsa3072");
     env.store.set_signing_key(&stranger).unwrap();
     assert_catalog_kept(&env, "made by a key not in the keyring (0x").await;
-    env.store
-        .set_signing_key(fake_store::TEST_SIGNING_KEY)
-        .unwrap();
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_catalog_is_refused_and_a_newer_one_accepted_again() {
+    let env = with_a_good_catalog().await;
     env.store.set_updated("2026-11-19T10:00:00Z").unwrap();
     assert_catalog_kept(
         &env,

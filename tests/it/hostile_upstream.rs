@@ -4,9 +4,9 @@
 //! size, endless bodies, corrupted bytes, a trickle that never ends) fails with one clear line, in
 //! bounded time, with nothing past the signed size on disk. Catalogs replayed from the past or
 //! signed by a stranger are refused, and the last good one is kept, across restarts too.
-//! (tests/bad_upstream.rs covers files changed at the source and tampered catalogs.)
+//! (tests/it/bad_upstream.rs covers files changed at the source and tampered catalogs.)
 
-mod common;
+use crate::common;
 
 use common::{Gpg, TestEnv};
 use fake_store::{Fault, RequestRecord};
@@ -192,25 +192,35 @@ async fn transient_faults_are_retried_with_backoff_and_resumed_until_the_install
     assert_eq!(env.cache_files().len(), 3, "{:?}", env.cache_files());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn permanent_faults_fail_in_bounded_time_with_one_clear_line_and_nothing_past_the_signed_size()
- {
+/// The machine image's path on fake-store, where each permanent fault below is injected.
+const IMAGE_PATH: &str = "files/karmic/image.gz";
+
+/// A proxy with the stall rule, karmic's URI and its machine image's signed size: each permanent
+/// fault gets a proxy of its own, so that a failure (an install that never fails, say) names it.
+async fn karmic_with_stall_rule() -> (TestEnv, String, u64) {
     let env = env_with_stall_rule().await;
     let karmic = env.image_uri("karmic");
-    let path = "files/karmic/image.gz";
     let image_size = std::fs::metadata(env.images.join("karmic/image.gz"))
         .unwrap()
         .len();
+    (env, karmic, image_size)
+}
 
-    // 404: not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_fails_the_install_at_once_without_a_retry() {
+    let (env, karmic, _) = karmic_with_stall_rule().await;
+    let path = IMAGE_PATH;
     let mark = env.served(path).len();
     env.store.inject(path, Fault::Status(404), None);
     let error = install_fails(&env, &karmic).await;
     assert!(error.ends_with("the server answered HTTP 404"), "{error}");
     assert_eq!(requests_since(&env, path, mark).len(), 1);
-    env.store.faults().paths.clear();
+}
 
-    // 500 forever: retried with backoff, five tries in all, then the last status is the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_forever_is_tried_five_times_with_backoff_and_the_last_status_is_the_line() {
+    let (env, karmic, _) = karmic_with_stall_rule().await;
+    let path = IMAGE_PATH;
     let mark = env.served(path).len();
     env.store.inject(path, Fault::Status(500), None);
     let error = install_fails(&env, &karmic).await;
@@ -220,8 +230,12 @@ async fn permanent_faults_fail_in_bounded_time_with_one_clear_line_and_nothing_p
     assert_backoff(&tries, env.retry_delay_ms);
     env.store.faults().paths.clear();
     assert_nothing_past_the_signed_size(&env);
+}
 
-    // A Content-Length past the signed size: refused before a byte is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_past_the_signed_size_is_refused_before_a_byte_is_written() {
+    let (env, karmic, image_size) = karmic_with_stall_rule().await;
+    let path = IMAGE_PATH;
     env.store.inject(path, Fault::LongContentLength(1000), None);
     let error = install_fails(&env, &karmic).await;
     assert!(
@@ -233,8 +247,12 @@ async fn permanent_faults_fail_in_bounded_time_with_one_clear_line_and_nothing_p
     );
     env.store.faults().paths.clear();
     assert_nothing_past_the_signed_size(&env);
+}
 
-    // An endless body: cut off at the signed size, the partial file thrown away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_is_cut_off_at_the_signed_size_and_the_partial_file_thrown_away() {
+    let (env, karmic, image_size) = karmic_with_stall_rule().await;
+    let path = IMAGE_PATH;
     let mark = env.served(path).len();
     env.store.inject(path, Fault::Endless, None);
     let error = install_fails(&env, &karmic).await;
@@ -248,9 +266,14 @@ async fn permanent_faults_fail_in_bounded_time_with_one_clear_line_and_nothing_p
     env.store.faults().paths.clear();
     assert_nothing_past_the_signed_size(&env);
     assert_eq!(env.cache_files().len(), 2, "kernel and ramdisk only");
+}
 
-    // A trickle that never ends: each try stalls, resumes where it stopped, and after five the
-    // install fails instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_that_never_ends_fails_the_install_after_five_stalled_tries_in_bounded_time() {
+    let (env, karmic, image_size) = karmic_with_stall_rule().await;
+    let path = IMAGE_PATH;
+    // Each try stalls, resumes where it stopped, and after five the install fails instead of
+    // hanging.
     let mark = env.served(path).len();
     env.store.inject(
         path,
@@ -277,18 +300,15 @@ async fn permanent_faults_fail_in_bounded_time_with_one_clear_line_and_nothing_p
     eprintln!("a never-ending trickle failed the install after {took:?}");
     env.store.faults().paths.clear();
     assert_nothing_past_the_signed_size(&env);
+}
 
-    // Bytes corrupted in flight: the checksum refuses them and the partial file goes; the next
-    // install downloads afresh (no Range) and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_corrupted_in_flight_are_refused_and_the_next_install_downloads_afresh() {
+    let (env, karmic, _) = karmic_with_stall_rule().await;
+    let path = IMAGE_PATH;
+    // The checksum refuses them and the partial file goes; the next install downloads afresh (no
+    // Range) and completes.
     let mark = env.served(path).len();
-    let part = env
-        .cache_files()
-        .into_iter()
-        .find(|p| p.to_string_lossy().ends_with(".part"));
-    if let Some(part) = part {
-        // What the trickle left would be resumed; start this case from nothing.
-        std::fs::remove_file(part).unwrap();
-    }
     env.store
         .inject(path, Fault::Corrupt { offset: 1000 }, Some(1));
     let error = install_fails(&env, &karmic).await;

@@ -2,7 +2,7 @@
 //! exactly what a fresh rendering would give. Each thing a reply shows is changed in turn and the
 //! next dashboard must show it: an install's progress and end, the Host the UI used, a new catalog.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, state_in};
 use image_store_proxy::client::ProxyClient;

@@ -13,7 +13,7 @@
 //!
 //! Each test prints a `FIGURE` line: the figures of the closing note.
 
-mod common;
+use crate::common;
 
 use common::moto::Moto;
 use common::{TestEnv, resumed_from};

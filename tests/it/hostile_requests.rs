@@ -4,7 +4,7 @@
 //! bounded; oversized bodies and headers get 413/431 and the server keeps serving; clients that
 //! trickle their headers or body are cut off without holding anyone else up.
 
-mod common;
+use crate::common;
 
 use common::TestEnv;
 use image_store_proxy::api::signature;
@@ -142,7 +142,7 @@ fn nonce_of(params: &Params) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_correct_encoding_is_accepted_and_every_mutation_refused() {
+async fn every_correct_encoding_is_accepted() {
     let env = TestEnv::start().await;
     let lucid = env.image_uri("lucid");
 
@@ -165,7 +165,11 @@ async fn every_correct_encoding_is_accepted_and_every_mutation_refused() {
     let latin1 = wire(&signed, Wire::Canonical).replace("caf%C3%A9", "caf%E9");
     let (status, body) = send_raw(&env, "POST", "/api/search", &latin1).await;
     assert_eq!(status, 200, "{body}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutation_of_a_signed_request_is_refused() {
+    let env = TestEnv::start().await;
     // Mutations of the encoded request, each of a freshly signed one.
     let mutations: [(&str, Mutation); 11] = [
         ("a literal + sent raw (it means a space)", |w| {
@@ -211,7 +215,11 @@ async fn every_correct_encoding_is_accepted_and_every_mutation_refused() {
         let (status, body) = send_raw(&env, "GET", "/api/search", &genuine).await;
         assert_eq!(status, 200, "genuine after {what}: {body}");
     }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signing_parameters_may_appear_once_only() {
+    let env = TestEnv::start().await;
     // The signing parameters themselves may appear once only, even if one copy is genuine.
     for name in ["Signature", "Nonce", "Expires", "SignatureMethod"] {
         let mut signed = sign(&env, "GET", "/api/search", search_params());
@@ -221,7 +229,11 @@ async fn every_correct_encoding_is_accepted_and_every_mutation_refused() {
             send_raw(&env, "GET", "/api/search", &wire(&signed, Wire::Canonical)).await;
         assert_refused(status, &body, &format!("{name} twice"));
     }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_through_another_host_name_is_refused() {
+    let env = TestEnv::start().await;
     // The Host is signed: the same request through another name for the proxy is refused.
     let signed = sign(&env, "GET", "/api/search", search_params());
     let url = format!(

@@ -2,7 +2,7 @@
 //! from the environment) following an install to its ids or its error, and `/metrics` and
 //! `/healthz` counting what really happened.
 
-mod common;
+use crate::common;
 
 use common::{SECRET, TestEnv};
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 //! gunzipped and untarred, the image compared byte for byte, the manifest's signature checked by
 //! `openssl dgst -sha1 -verify`, and every digest and size recomputed.
 
-mod common;
+use crate::common;
 
 use common::openssl::{self, WrappedFor};
 use image_store_proxy::catalog::model::FileKind;

@@ -3,7 +3,7 @@
 //! and moto's request recorder then check what landed and what was sent (moto stores neither the
 //! manifest location, the architecture nor the kernel and ramdisk ids of a registration).
 
-mod common;
+use crate::common;
 
 use common::moto::Moto;
 use common::openssl::{self, WrappedFor};

@@ -5,8 +5,8 @@
 //! with Clear error. The page's own signer is checked against the servlet's test vectors.
 //! Screenshots land in `target/test-artifacts/`.
 
-mod common;
-mod webdriver;
+use crate::common;
+use crate::webdriver;
 
 use common::demo::Demo;
 use common::{SECRET, TestEnv};

@@ -5,7 +5,7 @@
 //! gains an undocumented key or loses a required one fails, as does a documented path or method
 //! the router does not serve, or a path the router serves that the contract does not list.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, state_in};
 use image_store_proxy::api::signature;
@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-const CONTRACT: &str = include_str!("../ui-api/openapi.yaml");
+const CONTRACT: &str = include_str!("../../ui-api/openapi.yaml");
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
 /// A reply as it came over the wire.

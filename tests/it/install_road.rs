@@ -1,7 +1,7 @@
 //! The whole road on the embedded defaults: dashboard, install through the signed action URI,
 //! progress, installed in the fake cloud, and everything kept across a restart.
 
-mod common;
+use crate::common;
 
 use common::openssl::{self, WrappedFor};
 use common::{TestEnv, resumed_from, state_in};
