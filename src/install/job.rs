@@ -11,7 +11,7 @@ use crate::cloud::{Artifact, CloudError, Progress, bundle};
 use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
 use crate::fetch::FetchError;
-use crate::keyring::{Keyring, TrustError};
+use crate::trust::TrustError;
 use crate::limits::{FILE_SIGNATURE_TIMEOUT, MAX_SIGNATURE_BYTES};
 use crate::metrics;
 use std::sync::Arc;
@@ -267,10 +267,11 @@ impl Job<'_> {
         )?;
         super::pause::here("verify").await;
         if let Some(signature) = signature {
-            let keyring_path = installer.keyring_path.clone();
+            let trust = installer.trust.clone();
             let path = partial.clone();
             let verdict = tokio::task::spawn_blocking(move || -> Result<(), JobError> {
-                let keyring = Keyring::load(&keyring_path)?;
+                // The keyring first, as before: a missing keyring is reported as such.
+                let keyring = trust.reload_if_changed()?;
                 let data = std::fs::File::open(&path).map_err(|source| JobError::Disk {
                     what: "reading",
                     path: path.clone(),
@@ -282,15 +283,9 @@ impl Job<'_> {
             .await
             .expect("verification does not panic");
             if let Err(error) = verdict {
-                if matches!(
-                    error,
-                    JobError::Trust(
-                        TrustError::BadSignature(_)
-                            | TrustError::UnknownKey(_)
-                            | TrustError::BadKey { .. }
-                            | TrustError::Malformed(_)
-                    )
-                ) {
+                if let JobError::Trust(refusal) = &error
+                    && refusal.is_upstream_fault()
+                {
                     metrics::global().upstream_error("file-signature");
                     cache.discard_partial(&file.sha256);
                 }

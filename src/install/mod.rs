@@ -16,10 +16,10 @@ use crate::cloud::Cloud;
 use crate::db::installs::Change;
 use crate::db::{Db, DbError};
 use crate::fetch::Fetcher;
+use crate::trust::Trust;
 use board::{Board, InstallView};
 use state::InstallState;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -30,7 +30,7 @@ pub struct Installer {
     board: Board,
     cache: Cache,
     fetcher: Fetcher,
-    keyring_path: PathBuf,
+    trust: Arc<Trust>,
     cloud: Arc<dyn Cloud>,
     /// The installs a worker owns right now, with the token that cancels each.
     running: Mutex<HashMap<String, CancellationToken>>,
@@ -47,7 +47,7 @@ impl Installer {
         db: Db,
         cache: Cache,
         fetcher: Fetcher,
-        keyring_path: PathBuf,
+        trust: Arc<Trust>,
         cloud: Arc<dyn Cloud>,
         workers: usize,
     ) -> Result<Arc<Self>, DbError> {
@@ -64,7 +64,7 @@ impl Installer {
             board,
             cache,
             fetcher,
-            keyring_path,
+            trust,
             cloud,
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
