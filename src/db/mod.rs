@@ -381,4 +381,56 @@ mod tests {
             Err(DbError::TooNew { found: 99, .. })
         ));
     }
+
+    #[test]
+    fn a_catalog_stored_by_schema_1_becomes_an_image_store_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO catalog (id, updated, updated_unix, document, signature, accepted_at)
+                 VALUES (1, '2026-11-21T10:00:00Z', 1795255200, X'7b7d', X'0102', 7)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let stored = db.load_catalog().unwrap().unwrap();
+        assert_eq!(stored.format, "image-store/1");
+        assert_eq!(
+            (stored.updated.as_str(), stored.updated_unix, stored.accepted_at),
+            ("2026-11-21T10:00:00Z", 1795255200, 7)
+        );
+        let [document] = stored.documents.as_slice() else {
+            panic!("one document");
+        };
+        assert_eq!(document.name, "dashboard");
+        assert_eq!(document.document, b"{}");
+        assert_eq!(document.signature.as_deref(), Some(&[1u8, 2][..]));
+        assert_eq!(document.updated_unix, 1795255200);
+
+        // Storing replaces the documents; an inline-signed one has no signature.
+        db.store_catalog(&StoredCatalog {
+            format: "other/1".into(),
+            updated: "2026-11-22T10:00:00Z".into(),
+            updated_unix: 1795341600,
+            accepted_at: 8,
+            documents: vec![StoredDocument {
+                name: "index".into(),
+                url: "http://mirror.example/streams/v1/index.sjson".into(),
+                document: b"signed".to_vec(),
+                signature: None,
+                updated: "2026-11-22T10:00:00Z".into(),
+                updated_unix: 1795341600,
+            }],
+        })
+        .unwrap();
+        let stored = db.load_catalog().unwrap().unwrap();
+        assert_eq!(stored.format, "other/1");
+        assert_eq!(stored.documents.len(), 1);
+        assert_eq!(stored.documents[0].signature, None);
+    }
 }
