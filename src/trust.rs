@@ -40,10 +40,7 @@ pub enum TrustError {
     #[error("made by a key not in the keyring ({0})")]
     UnknownKey(String),
     #[error("the signing key {key} is not valid: {cause}")]
-    BadKey {
-        key: String,
-        cause: anyhow::Error,
-    },
+    BadKey { key: String, cause: anyhow::Error },
     #[error("bad signature: the signed data does not match ({0})")]
     BadSignature(anyhow::Error),
     #[error("reading the signed data failed: {0}")]
@@ -349,9 +346,8 @@ impl VerificationHelper for Helper<'_> {
                 first_failure.get_or_insert(failure);
             }
         }
-        let failure = first_failure.unwrap_or_else(|| {
-            TrustError::Malformed(anyhow::anyhow!("no signature in it"))
-        });
+        let failure = first_failure
+            .unwrap_or_else(|| TrustError::Malformed(anyhow::anyhow!("no signature in it")));
         let message = failure.to_string();
         self.failure.set(Some(failure));
         Err(anyhow::anyhow!(message))
@@ -381,7 +377,14 @@ mod tests {
         fn run(&self, args: &[&str], input: &[u8]) -> Vec<u8> {
             let mut child = Command::new("gpg")
                 .env("GNUPGHOME", self.home.path())
-                .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args([
+                    "--batch",
+                    "--quiet",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
                 .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -390,7 +393,11 @@ mod tests {
                 .expect("gpg runs");
             std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "gpg {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             out.stdout
         }
 
@@ -421,11 +428,20 @@ mod tests {
         let keyring = gpg.keyring();
         let signed = gpg.clearsign(TEXT.as_bytes());
         let armored = String::from_utf8(signed.clone()).unwrap();
-        assert!(armored.starts_with("-----BEGIN PGP SIGNED MESSAGE-----"), "{armored}");
-        assert!(armored.contains("\n- -----BEGIN not a header\n"), "dash-escaped: {armored}");
+        assert!(
+            armored.starts_with("-----BEGIN PGP SIGNED MESSAGE-----"),
+            "{armored}"
+        );
+        assert!(
+            armored.contains("\n- -----BEGIN not a header\n"),
+            "dash-escaped: {armored}"
+        );
 
         let text = keyring.verify_inline(&signed).unwrap();
-        assert_eq!(without_trailing_space(&text), without_trailing_space(TEXT.as_bytes()));
+        assert_eq!(
+            without_trailing_space(&text),
+            without_trailing_space(TEXT.as_bytes())
+        );
         assert!(String::from_utf8_lossy(&text).contains("\n-----BEGIN not a header\n"));
 
         // Trailing whitespace is not hashed (RFC 9580 §7.2): more of it still verifies; and so
@@ -453,7 +469,11 @@ mod tests {
             .verify_inline(&stranger.clearsign(TEXT.as_bytes()))
             .unwrap_err();
         assert!(matches!(error, TrustError::UnknownKey(_)), "{error}");
-        assert!(error.to_string().starts_with("made by a key not in the keyring (0x"));
+        assert!(
+            error
+                .to_string()
+                .starts_with("made by a key not in the keyring (0x")
+        );
         let error = keyring.verify_inline(TEXT.as_bytes()).unwrap_err();
         assert!(error.is_upstream_fault(), "{error}");
     }
@@ -464,7 +484,10 @@ mod tests {
         let path = dir.path().join("keyring.gpg");
         let trust = Trust::new(path.clone());
         let error = trust.verify_detached(b"x", b"y").unwrap_err();
-        assert!(matches!(error, TrustError::KeyringMissing { .. }), "{error}");
+        assert!(
+            matches!(error, TrustError::KeyringMissing { .. }),
+            "{error}"
+        );
         assert!(!error.is_upstream_fault());
         assert_eq!(
             error.to_string(),
@@ -479,7 +502,10 @@ mod tests {
         let signed = first.clearsign(TEXT.as_bytes());
         trust.verify_inline(&signed).unwrap();
         let loaded = trust.reload_if_changed().unwrap();
-        assert!(Arc::ptr_eq(&loaded, &trust.reload_if_changed().unwrap()), "unchanged: kept");
+        assert!(
+            Arc::ptr_eq(&loaded, &trust.reload_if_changed().unwrap()),
+            "unchanged: kept"
+        );
 
         let second = Gpg::new("Second <second@example.invalid>");
         std::fs::write(&path, second.run(&["--export"], b"")).unwrap();

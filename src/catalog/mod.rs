@@ -268,7 +268,10 @@ impl CatalogService {
         let mut pending: VecDeque<DocumentRequest> = self.format.roots(&self.upstream).into();
         let mut documents: Vec<(VerifiedDocument, OffsetDateTime)> = Vec::new();
         while let Some(request) = pending.pop_front() {
-            if documents.iter().any(|(known, _)| known.name == request.name) {
+            if documents
+                .iter()
+                .any(|(known, _)| known.name == request.name)
+            {
                 continue;
             }
             let document = self.fetch_document(&keyring, request).await?;
@@ -327,7 +330,11 @@ impl CatalogService {
     ) -> Result<VerifiedDocument, CatalogError> {
         let document = self
             .fetcher
-            .get_small(request.url.as_str(), MAX_CATALOG_BYTES, CATALOG_FETCH_TIMEOUT)
+            .get_small(
+                request.url.as_str(),
+                MAX_CATALOG_BYTES,
+                CATALOG_FETCH_TIMEOUT,
+            )
             .await?;
         let proof = match &request.authentication {
             Authentication::Detached { signature_url } => {

@@ -247,7 +247,9 @@ impl Image {
             version: draft.version,
             summary: draft.summary,
             description_html: ammonia::clean(&draft.description_html),
-            icon_uri: draft.icon_uri.and_then(|icon| fetchable_url(base, &icon).ok()),
+            icon_uri: draft
+                .icon_uri
+                .and_then(|icon| fetchable_url(base, &icon).ok()),
             provider: draft.provider,
             tags: draft.tags,
             arch: draft.arch.to_string(),

@@ -290,7 +290,10 @@ mod tests {
             .unwrap();
         assert_eq!(row.image.title, "Ubuntu 9.10");
         assert_eq!(row.image.files.len(), 2);
-        assert_eq!(row.image.files[1].packing, crate::catalog::model::Packing::Tar);
+        assert_eq!(
+            row.image.files[1].packing,
+            crate::catalog::model::Packing::Tar
+        );
         assert_eq!(
             row.image.provider.as_ref().map(|p| p.title.as_str()),
             Some("Canonical")
@@ -304,7 +307,10 @@ mod tests {
         // shape in read_image_snapshot rather than edit this text alone.
         let image = read_image_snapshot(SHAPE_1_UNTAGGED).unwrap();
         let written = image_snapshot(&image);
-        assert_eq!(written, format!(r#"{{"shape":1,{}"#, &SHAPE_1_UNTAGGED[1..]));
+        assert_eq!(
+            written,
+            format!(r#"{{"shape":1,{}"#, &SHAPE_1_UNTAGGED[1..])
+        );
         let again = read_image_snapshot(&written).unwrap();
         assert_eq!(image_snapshot(&again), written);
         let newer = written.replace(r#""shape":1"#, r#""shape":2"#);

@@ -13,15 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// What went wrong with the state database. SQLite's errors are kept typed and printed in the
+/// message, so they are not also reported as `source()` (which would print them twice under `{:#}`).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}: {cause}")]
     Open {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error(
         "state database: the schema is version {found}, newer than this proxy knows ({known}); upgrade the proxy"
     )]
@@ -34,6 +36,12 @@ pub enum DbError {
     },
     #[error("state database: install of {uri} is stored damaged: {cause}")]
     Corrupt { uri: String, cause: String },
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(error: rusqlite::Error) -> Self {
+        DbError::Sqlite(error)
+    }
 }
 
 /// Each entry upgrades the schema by one version; never edit a shipped entry, append a new one.
@@ -147,9 +155,9 @@ pub struct Db {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let open_err = |source| DbError::Open {
+        let open_err = |cause| DbError::Open {
             path: path.to_owned(),
-            source,
+            cause,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -401,7 +409,11 @@ mod tests {
         let stored = db.load_catalog().unwrap().unwrap();
         assert_eq!(stored.format, "image-store/1");
         assert_eq!(
-            (stored.updated.as_str(), stored.updated_unix, stored.accepted_at),
+            (
+                stored.updated.as_str(),
+                stored.updated_unix,
+                stored.accepted_at
+            ),
             ("2026-11-21T10:00:00Z", 1795255200, 7)
         );
         let [document] = stored.documents.as_slice() else {

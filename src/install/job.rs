@@ -11,9 +11,9 @@ use crate::cloud::{Artifact, CloudError, Progress, bundle};
 use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
 use crate::fetch::FetchError;
-use crate::trust::TrustError;
 use crate::limits::{FILE_SIGNATURE_TIMEOUT, MAX_SIGNATURE_BYTES};
 use crate::metrics;
+use crate::trust::TrustError;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
