@@ -86,24 +86,43 @@ pub struct Trust {
 }
 
 /// What tells one version of the keyring file from the next without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct FileStamp {
     len: u64,
     modified: Option<SystemTime>,
     #[cfg(unix)]
     inode: (u64, u64),
+    /// Whether the file was older than [`SETTLE_TIME`] when stamped: a younger one may be
+    /// written again within the same tick of a coarse modification time, keeping its stamp, so
+    /// its stamp is not trusted and the file is read again (git's "racily clean" rule).
+    settled: bool,
 }
+
+const SETTLE_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl FileStamp {
     fn of(metadata: &std::fs::Metadata) -> Self {
         #[cfg(unix)]
         use std::os::unix::fs::MetadataExt;
+        let modified = metadata.modified().ok();
         Self {
             len: metadata.len(),
-            modified: metadata.modified().ok(),
+            modified,
             #[cfg(unix)]
             inode: (metadata.dev(), metadata.ino()),
+            settled: modified
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age >= SETTLE_TIME),
         }
+    }
+
+    /// Whether the file now stamped `now` is surely the version read under `self`.
+    fn still_describes(&self, now: &FileStamp) -> bool {
+        #[cfg(unix)]
+        if self.inode != now.inode {
+            return false;
+        }
+        self.settled && self.len == now.len && self.modified == now.modified
     }
 }
 
@@ -121,7 +140,7 @@ impl Trust {
                 "keyring {} does not exist: no catalog can be verified until it does",
                 path.display()
             ),
-            Err(error) => tracing::warn!("{error}: no catalog can be verified until it can be"),
+            Err(error) => tracing::warn!("{error}: no catalog can be verified until it is fixed"),
         }
         trust
     }
@@ -272,7 +291,7 @@ fn read_keyring(
     };
     let mut file = std::fs::File::open(path).map_err(unreadable)?;
     let stamp = FileStamp::of(&file.metadata().map_err(unreadable)?);
-    if known.is_some_and(|(known, _)| *known == stamp) {
+    if known.is_some_and(|(known, _)| known.still_describes(&stamp)) {
         return Ok(None);
     }
     let mut bytes = Vec::new();
@@ -355,18 +374,18 @@ impl VerificationHelper for Helper<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::{Command, Stdio};
 
     /// A GnuPG home in a temp dir with one fresh Ed25519 key: the keyring (exported) and a
     /// signer that clear-signs as `gpg --clearsign` does for a real mirror.
-    struct Gpg {
+    pub(crate) struct Gpg {
         home: tempfile::TempDir,
     }
 
     impl Gpg {
-        fn new(uid: &str) -> Self {
+        pub(crate) fn new(uid: &str) -> Self {
             let gpg = Self {
                 home: tempfile::tempdir().unwrap(),
             };
@@ -374,7 +393,7 @@ mod tests {
             gpg
         }
 
-        fn run(&self, args: &[&str], input: &[u8]) -> Vec<u8> {
+        pub(crate) fn run(&self, args: &[&str], input: &[u8]) -> Vec<u8> {
             let mut child = Command::new("gpg")
                 .env("GNUPGHOME", self.home.path())
                 .args([
@@ -405,8 +424,19 @@ mod tests {
             Keyring::from_bytes(&self.run(&["--export"], b"")).unwrap()
         }
 
-        fn clearsign(&self, text: &[u8]) -> Vec<u8> {
+        pub(crate) fn clearsign(&self, text: &[u8]) -> Vec<u8> {
             self.run(&["--clearsign", "--digest-algo", "SHA256"], text)
+        }
+
+        pub(crate) fn detach_sign(&self, data: &[u8]) -> Vec<u8> {
+            self.run(
+                &["--detach-sign", "--armor", "--digest-algo", "SHA256"],
+                data,
+            )
+        }
+
+        pub(crate) fn export(&self) -> Vec<u8> {
+            self.run(&["--export"], b"")
         }
     }
 
@@ -499,6 +529,19 @@ mod tests {
 
         let first = Gpg::new("First <first@example.invalid>");
         std::fs::write(&path, first.run(&["--export"], b"")).unwrap();
+        // A file modified just now is read at every check (it may change within the same tick).
+        let backdate = |path: &Path, seconds| {
+            let long_ago = SystemTime::now() - std::time::Duration::from_secs(seconds);
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap()
+        };
+        let young = trust.reload_if_changed().unwrap();
+        assert!(!Arc::ptr_eq(&young, &trust.reload_if_changed().unwrap()));
+        backdate(&path, 60);
         let signed = first.clearsign(TEXT.as_bytes());
         trust.verify_inline(&signed).unwrap();
         let loaded = trust.reload_if_changed().unwrap();
@@ -509,6 +552,7 @@ mod tests {
 
         let second = Gpg::new("Second <second@example.invalid>");
         std::fs::write(&path, second.run(&["--export"], b"")).unwrap();
+        backdate(&path, 30);
         assert!(matches!(
             trust.verify_inline(&signed),
             Err(TrustError::UnknownKey(_))

@@ -413,3 +413,223 @@ pub fn search<'a>(catalog: &'a Catalog, query: &str) -> Vec<&'a Arc<Image>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The service with a format shaped as simplestreams is: a clear-signed index that names a
+    //! products document (with a detached signature here, to drive both kinds of proof).
+    use super::*;
+    use crate::catalog::model::{
+        CatalogBuilder, Compression, FileKind, FileRef, ImageDraft, Packing,
+    };
+    use crate::fetch::RetryPolicy;
+    use crate::trust::tests::Gpg;
+    use format::DocumentSummary;
+
+    struct TwoLevel;
+
+    #[derive(serde::Deserialize)]
+    struct Document {
+        updated: i64,
+        #[serde(default)]
+        next: Vec<String>,
+        #[serde(default)]
+        images: Vec<String>,
+    }
+
+    fn read(document: &VerifiedDocument) -> Document {
+        serde_json::from_slice(document.text()).expect("the test's documents are JSON")
+    }
+
+    impl CatalogFormat for TwoLevel {
+        fn name(&self) -> &'static str {
+            "two-level/1"
+        }
+
+        fn roots(&self, upstream: &Url) -> Vec<DocumentRequest> {
+            vec![DocumentRequest {
+                name: "index".into(),
+                url: upstream.join("index.sjson").unwrap(),
+                authentication: Authentication::Inline,
+            }]
+        }
+
+        fn read(&self, document: &VerifiedDocument) -> Result<DocumentSummary, FormatError> {
+            let here = Url::parse(&document.url).unwrap();
+            let parsed = read(document);
+            Ok(DocumentSummary {
+                updated: OffsetDateTime::from_unix_timestamp(parsed.updated).unwrap(),
+                next: parsed
+                    .next
+                    .iter()
+                    .map(|name| DocumentRequest {
+                        name: name.clone(),
+                        url: here.join(&format!("{name}.json")).unwrap(),
+                        authentication: Authentication::Detached {
+                            signature_url: here.join(&format!("{name}.json.asc")).unwrap(),
+                        },
+                    })
+                    .collect(),
+            })
+        }
+
+        fn build(
+            &self,
+            upstream: &Url,
+            documents: &[VerifiedDocument],
+        ) -> Result<Parsed, FormatError> {
+            let mut builder = CatalogBuilder::default();
+            let mut updated = OffsetDateTime::UNIX_EPOCH;
+            for document in documents {
+                let parsed = read(document);
+                if document.name == "index" {
+                    updated = OffsetDateTime::from_unix_timestamp(parsed.updated).unwrap();
+                }
+                for uri in parsed.images {
+                    builder.offer(&uri, || {
+                        Image::from_draft(
+                            ImageDraft {
+                                uri: uri.clone(),
+                                product: None,
+                                title: String::new(),
+                                version: "1".into(),
+                                summary: String::new(),
+                                description_html: String::new(),
+                                icon_uri: None,
+                                provider: None,
+                                tags: Vec::new(),
+                                arch: "x86_64",
+                                files: vec![FileRef {
+                                    kind: FileKind::Image,
+                                    url: upstream.join("disk1.img").unwrap().to_string(),
+                                    size: 1,
+                                    sha256: model::checked_sha256(FileKind::Image, &"a".repeat(64))
+                                        .unwrap(),
+                                    signature_url: None,
+                                    compression: Compression::None,
+                                    packing: Packing::Raw,
+                                }],
+                            },
+                            upstream,
+                        )
+                    });
+                }
+            }
+            let (catalog, dropped) = builder.finish(updated, Vec::new());
+            Ok(Parsed { catalog, dropped })
+        }
+    }
+
+    type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+    /// A static mirror on loopback, serving `files` by path.
+    async fn mirror(files: Files) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let found = files.lock().unwrap().get(uri.path()).cloned();
+            async move {
+                match found {
+                    Some(bytes) => (axum::http::StatusCode::OK, bytes),
+                    None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Url::parse(&format!("http://{address}/mirror/")).unwrap()
+    }
+
+    /// Publishes a clear-signed index of time `index` naming `products` of time `products`.
+    fn publish(gpg: &Gpg, files: &Files, index: i64, products: i64, images: &[&str]) {
+        let index = format!(r#"{{"updated": {index}, "next": ["products"]}}"#);
+        let products = serde_json::json!({"updated": products, "images": images}).to_string();
+        let mut files = files.lock().unwrap();
+        files.insert(
+            "/mirror/index.sjson".into(),
+            gpg.clearsign(index.as_bytes()),
+        );
+        files.insert(
+            "/mirror/products.json.asc".into(),
+            gpg.detach_sign(products.as_bytes()),
+        );
+        files.insert("/mirror/products.json".into(), products.into_bytes());
+    }
+
+    fn uris(service: &CatalogService) -> Vec<String> {
+        let catalog = service.current();
+        catalog
+            .images
+            .iter()
+            .map(|image| image.uri.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_format_of_several_documents_is_fetched_verified_kept_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let gpg = Gpg::new("Mirror <mirror@example.invalid>");
+        let keyring = dir.path().join("keyring.gpg");
+        std::fs::write(&keyring, gpg.export()).unwrap();
+        let trust = Arc::new(Trust::new(keyring));
+        let files = Files::default();
+        let upstream = mirror(files.clone()).await;
+        let db = Db::open(&dir.path().join("state.sqlite")).unwrap();
+        let fetcher = Fetcher::new(RetryPolicy::default()).unwrap();
+        let start = || {
+            CatalogService::new(
+                upstream.clone(),
+                Box::new(TwoLevel),
+                trust.clone(),
+                fetcher.clone(),
+                db.clone(),
+                Duration::from_secs(3600),
+            )
+            .unwrap()
+        };
+        let service = start();
+
+        publish(&gpg, &files, 100, 100, &["u1"]);
+        assert_eq!(service.refresh().await, None);
+        assert_eq!(uris(&service), ["u1"]);
+
+        // The products document goes back in time under a newer index: refused, u1 kept.
+        publish(&gpg, &files, 200, 50, &["u2"]);
+        let line = service.refresh().await.unwrap();
+        assert!(
+            line.contains("it is older (1970-01-01T00:00:50Z) than the catalog already accepted (1970-01-01T00:01:40Z): refusing a rollback")
+                && line.ends_with("showing the catalog of 1970-01-01T00:01:40Z"),
+            "{line}"
+        );
+        assert_eq!(uris(&service), ["u1"]);
+
+        publish(&gpg, &files, 300, 300, &["u1", "u2"]);
+        assert_eq!(service.refresh().await, None);
+        assert_eq!(uris(&service), ["u1", "u2"]);
+
+        // A restart reads the stored documents back through the format (the index verified
+        // again for its text) and remembers each document's time.
+        let service = start();
+        assert_eq!(uris(&service), ["u1", "u2"]);
+        publish(&gpg, &files, 400, 250, &["u3"]);
+        let line = service.refresh().await.unwrap();
+        assert!(line.contains("refusing a rollback"), "{line}");
+        assert_eq!(uris(&service), ["u1", "u2"]);
+
+        // A tampered clear-signed index is refused by the trust service.
+        publish(&gpg, &files, 500, 500, &["u4"]);
+        {
+            let mut files = files.lock().unwrap();
+            let index = files.get_mut("/mirror/index.sjson").unwrap();
+            let text = String::from_utf8(index.clone())
+                .unwrap()
+                .replace("\"updated\": 500", "\"updated\": 600");
+            *index = text.into_bytes();
+        }
+        let line = service.refresh().await.unwrap();
+        assert!(
+            line.contains("its signature was refused: bad signature"),
+            "{line}"
+        );
+        assert_eq!(uris(&service), ["u1", "u2"]);
+    }
+}
