@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// Why a refresh did not accept a catalog; `failure_line` makes it the dashboard's line.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error(transparent)]
@@ -77,6 +78,8 @@ struct RefreshStatus {
     accepted: Accepted,
 }
 
+/// The one upstream's catalog: refreshed through its format, served from memory, the last good
+/// one kept when a refresh fails.
 pub struct CatalogService {
     upstream: Url,
     format: Box<dyn CatalogFormat>,

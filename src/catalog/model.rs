@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
+/// The part of an image a file is: the three things a paravirtual EC2 image is registered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
@@ -32,6 +33,7 @@ impl FileKind {
     }
 }
 
+/// How the file is compressed on the wire: what `unpack` undoes while bundling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
@@ -39,6 +41,7 @@ pub enum Compression {
     Gzip,
 }
 
+/// Whether the (decompressed) file is the image or holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Packing {
@@ -48,6 +51,7 @@ pub enum Packing {
     Tar,
 }
 
+/// One file to download: where, and the signed size and SHA-256 it must match.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileRef {
     pub kind: FileKind,
@@ -59,12 +63,15 @@ pub struct FileRef {
     pub packing: Packing,
 }
 
+/// Who publishes the image, as the Store tab shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Provider {
     pub title: String,
     pub uri: Option<String>,
 }
 
+/// One installable image. Install rows keep it as JSON (`db/installs.rs`, `IMAGE_SHAPE`): a change
+/// of these types is a change of that stored shape.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Image {
     /// The upstream URI: the UI's key for the image (`image-uri`).
@@ -109,6 +116,7 @@ pub struct Section {
     pub image_uris: Vec<String>,
 }
 
+/// The accepted catalog, indexed by URI and by key for the API's lookups.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pub updated: OffsetDateTime,
