@@ -3,6 +3,7 @@
 
 use crate::api::{self, AppState, nonce::NonceBook};
 use crate::cache::Cache;
+use crate::catalog::format::image_store::ImageStoreFormat;
 use crate::catalog::{CatalogError, CatalogService};
 use crate::cloud::credentials::{self, CredentialsError};
 use crate::cloud::eucalyptus::EucalyptusCloud;
@@ -11,6 +12,7 @@ use crate::config::{CloudMode, Config};
 use crate::db::{Db, DbError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::install::Installer;
+use crate::trust::Trust;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -81,17 +83,14 @@ impl App {
             }
         };
         prepare_data_dir(&config.data_dir)?;
-        if !config.keyring.exists() {
-            tracing::warn!(
-                "keyring {} does not exist: no catalog can be verified until it does",
-                config.keyring.display()
-            );
-        }
+        // One trust service for the catalog and the files; it warns now if the keyring is missing.
+        let trust = Arc::new(Trust::new(config.keyring.clone()));
         let db = Db::open(&config.data_dir.join("state.sqlite"))?;
         let fetcher = Fetcher::new(config.retry)?;
         let catalog = Arc::new(CatalogService::new(
             config.api_url.clone(),
-            config.keyring.clone(),
+            Box::new(ImageStoreFormat),
+            trust.clone(),
             fetcher.clone(),
             db.clone(),
             config.catalog_max_age,
@@ -100,7 +99,7 @@ impl App {
             db,
             Cache::new(&config.data_dir),
             fetcher,
-            config.keyring.clone(),
+            trust,
             cloud,
             config.workers,
         )?;

@@ -9,12 +9,14 @@ use crate::api::auth::{parse_form, verify};
 use crate::api::nonce::NonceBook;
 use crate::api::{AppState, signature};
 use crate::cache::Cache;
+use crate::catalog::format::{Parsed, image_store};
 use crate::catalog::model::{Compression, FileKind, Packing};
-use crate::catalog::{self, CatalogService, model::Catalog};
+use crate::catalog::{self, CatalogService};
 use crate::cloud::{aws, credentials, fake::FakeCloud};
 use crate::db::{Db, now_unix};
 use crate::fetch::{Fetcher, RetryPolicy};
 use crate::install::Installer;
+use crate::trust::Trust;
 use crate::unpack::{UnpackError, with_image_bytes};
 use reqwest::{StatusCode, Url};
 use std::path::Path;
@@ -31,11 +33,14 @@ fn assert_one_line(what: &str, text: &str) {
     );
 }
 
-/// The catalog parser (`Catalog::parse`) and what the proxy does next with an accepted catalog:
+/// The catalog parser (`image_store::parse`, the `image-store/1` format) and what the proxy does next with an accepted catalog:
 /// look images up by URI and key, and search it.
 pub fn catalog(data: &[u8]) {
     let api = Url::parse("http://store.example:52781/api").expect("a fixed URL");
-    let (parsed, dropped) = match Catalog::parse(data, &api) {
+    let Parsed {
+        catalog: parsed,
+        dropped,
+    } = match image_store::parse(data, &api) {
         Ok(parsed) => parsed,
         Err(error) => return assert_one_line("catalog refusal", &error.to_string()),
     };
@@ -156,10 +161,11 @@ impl SignatureCheck {
         let api_url = Url::parse("http://store.example:52781/api").expect("a fixed URL");
         let db = Db::open(&work_dir.join("state.sqlite")).expect("opening the state database");
         let fetcher = Fetcher::new(RetryPolicy::default()).expect("an HTTP client");
-        let keyring = work_dir.join("keyring.gpg");
+        let trust = Arc::new(Trust::new(work_dir.join("keyring.gpg")));
         let catalog = CatalogService::new(
             api_url,
-            keyring.clone(),
+            Box::new(image_store::ImageStoreFormat),
+            trust.clone(),
             fetcher.clone(),
             db.clone(),
             Duration::from_secs(3600),
@@ -169,7 +175,7 @@ impl SignatureCheck {
             db,
             Cache::new(work_dir),
             fetcher,
-            keyring,
+            trust,
             Arc::new(FakeCloud::new(work_dir)),
             1,
         )

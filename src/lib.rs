@@ -5,7 +5,8 @@
 //! - [`app`]: builds the parts and runs them until shutdown
 //! - [`api`]: the UI side: routes, the servlet's request signature, JSON shapes, errors -> HTTP
 //! - [`catalog`]: the upstream side: fetch, verify, keep and search the signed catalog
-//! - [`keyring`]: OpenPGP trust: the keyring and detached-signature checks (sequoia)
+//! - [`trust`]: OpenPGP trust as one service: the keyring (reloaded when it changes), detached and
+//!   clear-signed checks (sequoia), and whose fault a refusal is
 //! - [`logging`]: log lines on a terminal, or with the journal's priorities under systemd
 //! - [`limits`]: every bound on what others may ask of the proxy, with its unit and reason
 //! - [`fetch`]: HTTP downloads with resume, size cap and hashing as bytes flow
@@ -38,11 +39,11 @@ pub mod fetch;
 pub mod fuzzing;
 pub mod install;
 pub mod json;
-pub mod keyring;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod report;
 pub mod rfc3986;
+pub mod trust;
 pub mod unpack;

@@ -1,52 +1,59 @@
-//! The upstream catalog (SPEC §5): fetched with its detached signature, verified against the
-//! keyring, refused if older than the one already accepted, kept in SQLite, and served from memory.
-//! When upstream is down or sends something we refuse, the last good catalog stays and the reason
-//! is kept for the dashboard's `error-message`.
+//! The upstream catalog (SPEC §5): fetched document by document as its format asks
+//! (`format/`), each verified through the trust service, refused if older than the one already
+//! accepted, kept in SQLite tagged by format, and served from memory. When upstream is down or
+//! sends something we refuse, the last good catalog stays and the reason is kept for the
+//! dashboard's `error-message`. Nothing here knows a format's documents or vocabulary.
 
+pub mod format;
 pub mod model;
-pub mod wire;
 
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, StoredCatalog, StoredDocument};
 use crate::fetch::{FetchError, Fetcher};
-use crate::keyring::{Keyring, TrustError};
 use crate::limits::{CATALOG_FETCH_TIMEOUT, MAX_CATALOG_BYTES, MAX_SIGNATURE_BYTES};
-use model::{Catalog, CatalogFormatError, Image};
+use crate::trust::{Keyring, Trust, TrustError};
+use format::{
+    Authentication, CatalogFormat, DocumentRequest, FormatError, Parsed, Proof, VerifiedDocument,
+};
+use model::{Catalog, Image};
 use reqwest::Url;
-use std::path::PathBuf;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// Why a refresh did not accept a catalog; `failure_line` makes it the dashboard's line.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("{0}")]
+    #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// The trust service's refusal, printed in the message (so it is not also the `source`).
     #[error("its signature was refused: {0}")]
-    Signature(#[from] TrustError),
-    #[error("{0}")]
-    Format(#[from] CatalogFormatError),
+    Signature(TrustError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
     #[error(
         "it is older ({offered}) than the catalog already accepted ({accepted}): refusing a rollback"
     )]
     Rollback { offered: String, accepted: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl From<TrustError> for CatalogError {
+    fn from(error: TrustError) -> Self {
+        CatalogError::Signature(error)
+    }
 }
 
 impl CatalogError {
     /// Counts a refused or unreachable catalog in `image_store_proxy_upstream_errors_total`.
-    /// Fetch failures were counted where they happened (`fetch.rs`); a missing or unreadable
-    /// keyring and our own database are not upstream's doing.
+    /// Fetch failures were counted where they happened (`fetch.rs`); a trust failure that is
+    /// not upstream's (our keyring) and our own database are not upstream's doing.
     fn record(&self) {
         let kind = match self {
-            CatalogError::Signature(
-                TrustError::KeyringMissing { .. }
-                | TrustError::KeyringUnreadable { .. }
-                | TrustError::KeyringEmpty { .. },
-            )
-            | CatalogError::Fetch(_)
-            | CatalogError::Db(_) => return,
+            CatalogError::Signature(refusal) if !refusal.is_upstream_fault() => return,
+            CatalogError::Fetch(_) | CatalogError::Db(_) => return,
             CatalogError::Signature(_) => "catalog-signature",
             CatalogError::Format(_) => "catalog-format",
             CatalogError::Rollback { .. } => "catalog-rollback",
@@ -55,17 +62,28 @@ impl CatalogError {
     }
 }
 
+/// `updated` of what was accepted last, Unix seconds: the rollback watermarks.
+#[derive(Debug, Clone, Default)]
+struct Accepted {
+    /// The catalog's (0: none accepted yet).
+    catalog: i64,
+    /// Each document's, by name.
+    documents: HashMap<String, i64>,
+}
+
 struct RefreshStatus {
     last_attempt: Option<Instant>,
     last_success: Option<Instant>,
     last_error: Option<String>,
-    /// `updated` of the accepted catalog, Unix seconds (0: none yet).
-    accepted_updated: i64,
+    accepted: Accepted,
 }
 
+/// The one upstream's catalog: refreshed through its format, served from memory, the last good
+/// one kept when a refresh fails.
 pub struct CatalogService {
-    api_url: Url,
-    keyring_path: PathBuf,
+    upstream: Url,
+    format: Box<dyn CatalogFormat>,
+    trust: Arc<Trust>,
     fetcher: Fetcher,
     db: Db,
     current: RwLock<Arc<Catalog>>,
@@ -76,28 +94,31 @@ pub struct CatalogService {
 }
 
 impl CatalogService {
-    /// Starts from the last catalog accepted (verified when it was accepted).
+    /// Starts from the last catalog accepted (verified when it was accepted), read back through
+    /// `format`; a stored catalog of another format, or one the format now refuses, is ignored.
     pub fn new(
-        api_url: Url,
-        keyring_path: PathBuf,
+        upstream: Url,
+        format: Box<dyn CatalogFormat>,
+        trust: Arc<Trust>,
         fetcher: Fetcher,
         db: Db,
         max_age: Duration,
     ) -> Result<Self, CatalogError> {
         let mut catalog = Catalog::empty();
-        let mut accepted_updated = 0;
+        let mut accepted = Accepted::default();
         if let Some(stored) = db.load_catalog()? {
-            match Catalog::parse(&stored.document, &api_url) {
-                Ok((parsed, _)) => {
+            match Self::read_stored(format.as_ref(), &trust, &upstream, stored) {
+                Ok((parsed, stored_accepted)) => {
                     catalog = parsed;
-                    accepted_updated = stored.updated_unix;
+                    accepted = stored_accepted;
                 }
                 Err(e) => tracing::warn!("ignoring the stored catalog: {e}"),
             }
         }
         Ok(Self {
-            api_url,
-            keyring_path,
+            upstream,
+            format,
+            trust,
             fetcher,
             db,
             current: RwLock::new(Arc::new(catalog)),
@@ -105,11 +126,51 @@ impl CatalogService {
                 last_attempt: None,
                 last_success: None,
                 last_error: None,
-                accepted_updated,
+                accepted,
             }),
             refresh_gate: tokio::sync::Mutex::new(()),
             max_age,
         })
+    }
+
+    /// A stored catalog through its format. Detached signatures verified when the documents
+    /// were accepted; an inline-signed document is verified again to get at its text.
+    fn read_stored(
+        format: &dyn CatalogFormat,
+        trust: &Trust,
+        upstream: &Url,
+        stored: StoredCatalog,
+    ) -> Result<(Catalog, Accepted), CatalogError> {
+        if stored.format != format.name() {
+            return Err(CatalogError::Format(FormatError::Stored {
+                found: stored.format,
+                expected: format.name(),
+            }));
+        }
+        let mut accepted = Accepted {
+            catalog: stored.updated_unix,
+            documents: HashMap::new(),
+        };
+        let mut documents = Vec::new();
+        for stored in stored.documents {
+            let proof = match stored.signature {
+                Some(signature) => Proof::Detached { signature },
+                None => Proof::Inline {
+                    text: trust.verify_inline(&stored.document)?,
+                },
+            };
+            accepted
+                .documents
+                .insert(stored.name.clone(), stored.updated_unix);
+            documents.push(VerifiedDocument {
+                name: stored.name,
+                url: stored.url,
+                document: stored.document,
+                proof,
+            });
+        }
+        let Parsed { catalog, .. } = format.build(upstream, &documents)?;
+        Ok((catalog, accepted))
     }
 
     pub fn current(&self) -> Arc<Catalog> {
@@ -172,13 +233,13 @@ impl CatalogService {
         let mut status = self.status.lock().expect("catalog status lock");
         status.last_attempt = Some(Instant::now());
         match outcome {
-            Ok((catalog, updated_unix)) => {
+            Ok((catalog, accepted)) => {
                 tracing::info!(
                     images = catalog.images.len(),
                     "accepted the catalog of {}",
-                    self.api_url
+                    self.upstream
                 );
-                status.accepted_updated = updated_unix;
+                status.accepted = accepted;
                 status.last_success = status.last_attempt;
                 status.last_error = None;
                 *self.current.write().expect("catalog lock") = Arc::new(catalog);
@@ -186,7 +247,7 @@ impl CatalogService {
             }
             Err(error) => {
                 error.record();
-                let line = self.failure_line(&error, status.accepted_updated);
+                let line = self.failure_line(&error, status.accepted.catalog);
                 tracing::warn!("{line}");
                 status.last_error = Some(line.clone());
                 Some(line)
@@ -194,46 +255,113 @@ impl CatalogService {
         }
     }
 
-    async fn fetch_verified(&self) -> Result<(Catalog, i64), CatalogError> {
-        let keyring = Keyring::load(&self.keyring_path)?;
-        let base = model::directory_url(&self.api_url);
-        let document_url = base
-            .join("dashboard")
-            .expect("a fixed relative path")
-            .to_string();
-        let signature_url = format!("{document_url}.asc");
-        let document = self
-            .fetcher
-            .get_small(&document_url, MAX_CATALOG_BYTES, CATALOG_FETCH_TIMEOUT)
-            .await?;
-        let signature = self
-            .fetcher
-            .get_small(&signature_url, MAX_SIGNATURE_BYTES, CATALOG_FETCH_TIMEOUT)
-            .await?;
-        keyring.verify_bytes(&document, &signature)?;
-        let (catalog, dropped) = Catalog::parse(&document, &self.api_url)?;
-        for reason in &dropped {
-            tracing::warn!("catalog entry skipped: {reason}");
-        }
-        let updated_unix = catalog.updated.unix_timestamp();
-        let accepted = self
+    /// Fetches and verifies every document the format asks for, refuses a rollback of any of
+    /// them, builds the catalog and stores it; returns it with its rollback watermarks.
+    async fn fetch_verified(&self) -> Result<(Catalog, Accepted), CatalogError> {
+        // The keyring first: without it nothing fetched could be trusted. One keyring for all
+        // the documents of this refresh.
+        let keyring = self.trust.reload_if_changed()?;
+        let watermarks = self
             .status
             .lock()
             .expect("catalog status lock")
-            .accepted_updated;
-        if updated_unix < accepted {
-            return Err(CatalogError::Rollback {
-                offered: rfc3339(catalog.updated),
-                accepted: rfc3339_unix(accepted),
-            });
+            .accepted
+            .documents
+            .clone();
+        let mut pending: VecDeque<DocumentRequest> = self.format.roots(&self.upstream).into();
+        let mut documents: Vec<(VerifiedDocument, OffsetDateTime)> = Vec::new();
+        while let Some(request) = pending.pop_front() {
+            if documents
+                .iter()
+                .any(|(known, _)| known.name == request.name)
+            {
+                continue;
+            }
+            let document = self.fetch_document(&keyring, request).await?;
+            let summary = self.format.read(&document)?;
+            if let Some(&accepted) = watermarks.get(&document.name)
+                && summary.updated.unix_timestamp() < accepted
+            {
+                return Err(CatalogError::Rollback {
+                    offered: rfc3339(summary.updated),
+                    accepted: rfc3339_unix(accepted),
+                });
+            }
+            pending.extend(summary.next);
+            documents.push((document, summary.updated));
         }
-        self.db.store_catalog(
-            &document,
-            &signature,
-            &rfc3339(catalog.updated),
-            updated_unix,
-        )?;
-        Ok((catalog, updated_unix))
+        let (documents, updated): (Vec<VerifiedDocument>, Vec<OffsetDateTime>) =
+            documents.into_iter().unzip();
+        let Parsed { catalog, dropped } = self.format.build(&self.upstream, &documents)?;
+        for reason in &dropped {
+            tracing::warn!("catalog entry skipped: {reason}");
+        }
+        let accepted = Accepted {
+            catalog: catalog.updated.unix_timestamp(),
+            documents: documents
+                .iter()
+                .zip(&updated)
+                .map(|(document, updated)| (document.name.clone(), updated.unix_timestamp()))
+                .collect(),
+        };
+        self.db.store_catalog(&StoredCatalog {
+            format: self.format.name().to_string(),
+            updated: rfc3339(catalog.updated),
+            updated_unix: accepted.catalog,
+            accepted_at: crate::db::now_unix(),
+            documents: documents
+                .into_iter()
+                .zip(updated)
+                .map(|(document, updated)| StoredDocument {
+                    signature: document.signature().map(<[u8]>::to_vec),
+                    name: document.name,
+                    url: document.url,
+                    document: document.document,
+                    updated: rfc3339(updated),
+                    updated_unix: updated.unix_timestamp(),
+                })
+                .collect(),
+        })?;
+        Ok((catalog, accepted))
+    }
+
+    /// One document, fetched with the caps and verified as its request says.
+    async fn fetch_document(
+        &self,
+        keyring: &Keyring,
+        request: DocumentRequest,
+    ) -> Result<VerifiedDocument, CatalogError> {
+        let document = self
+            .fetcher
+            .get_small(
+                request.url.as_str(),
+                MAX_CATALOG_BYTES,
+                CATALOG_FETCH_TIMEOUT,
+            )
+            .await?;
+        let proof = match &request.authentication {
+            Authentication::Detached { signature_url } => {
+                let signature = self
+                    .fetcher
+                    .get_small(
+                        signature_url.as_str(),
+                        MAX_SIGNATURE_BYTES,
+                        CATALOG_FETCH_TIMEOUT,
+                    )
+                    .await?;
+                keyring.verify_bytes(&document, &signature)?;
+                Proof::Detached { signature }
+            }
+            Authentication::Inline => Proof::Inline {
+                text: keyring.verify_inline(&document)?,
+            },
+        };
+        Ok(VerifiedDocument {
+            name: request.name,
+            url: request.url.to_string(),
+            document,
+            proof,
+        })
     }
 
     fn failure_line(&self, error: &CatalogError, accepted_updated: i64) -> String {
@@ -245,13 +373,13 @@ impl CatalogService {
         match error {
             CatalogError::Fetch(cause @ FetchError::Oversized { .. }) => format!(
                 "Refused the image catalog from {}: {cause}; {kept}",
-                self.api_url
+                self.upstream
             ),
             CatalogError::Fetch(cause) => format!("Image store unreachable: {cause}; {kept}"),
             CatalogError::Db(cause) => format!("Could not keep the image catalog: {cause}; {kept}"),
             cause => format!(
                 "Refused the image catalog from {}: {cause}; {kept}",
-                self.api_url
+                self.upstream
             ),
         }
     }
@@ -287,4 +415,224 @@ pub fn search<'a>(catalog: &'a Catalog, query: &str) -> Vec<&'a Arc<Image>> {
             words.iter().all(|word| haystack.contains(word.as_str()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The service with a format shaped as simplestreams is: a clear-signed index that names a
+    //! products document (with a detached signature here, to drive both kinds of proof).
+    use super::*;
+    use crate::catalog::model::{
+        CatalogBuilder, Compression, FileKind, FileRef, ImageDraft, Packing,
+    };
+    use crate::fetch::RetryPolicy;
+    use crate::trust::tests::Gpg;
+    use format::DocumentSummary;
+
+    struct TwoLevel;
+
+    #[derive(serde::Deserialize)]
+    struct Document {
+        updated: i64,
+        #[serde(default)]
+        next: Vec<String>,
+        #[serde(default)]
+        images: Vec<String>,
+    }
+
+    fn read(document: &VerifiedDocument) -> Document {
+        serde_json::from_slice(document.text()).expect("the test's documents are JSON")
+    }
+
+    impl CatalogFormat for TwoLevel {
+        fn name(&self) -> &'static str {
+            "two-level/1"
+        }
+
+        fn roots(&self, upstream: &Url) -> Vec<DocumentRequest> {
+            vec![DocumentRequest {
+                name: "index".into(),
+                url: upstream.join("index.sjson").unwrap(),
+                authentication: Authentication::Inline,
+            }]
+        }
+
+        fn read(&self, document: &VerifiedDocument) -> Result<DocumentSummary, FormatError> {
+            let here = Url::parse(&document.url).unwrap();
+            let parsed = read(document);
+            Ok(DocumentSummary {
+                updated: OffsetDateTime::from_unix_timestamp(parsed.updated).unwrap(),
+                next: parsed
+                    .next
+                    .iter()
+                    .map(|name| DocumentRequest {
+                        name: name.clone(),
+                        url: here.join(&format!("{name}.json")).unwrap(),
+                        authentication: Authentication::Detached {
+                            signature_url: here.join(&format!("{name}.json.asc")).unwrap(),
+                        },
+                    })
+                    .collect(),
+            })
+        }
+
+        fn build(
+            &self,
+            upstream: &Url,
+            documents: &[VerifiedDocument],
+        ) -> Result<Parsed, FormatError> {
+            let mut builder = CatalogBuilder::default();
+            let mut updated = OffsetDateTime::UNIX_EPOCH;
+            for document in documents {
+                let parsed = read(document);
+                if document.name == "index" {
+                    updated = OffsetDateTime::from_unix_timestamp(parsed.updated).unwrap();
+                }
+                for uri in parsed.images {
+                    builder.offer(&uri, || {
+                        Image::from_draft(
+                            ImageDraft {
+                                uri: uri.clone(),
+                                product: None,
+                                title: String::new(),
+                                version: "1".into(),
+                                summary: String::new(),
+                                description_html: String::new(),
+                                icon_uri: None,
+                                provider: None,
+                                tags: Vec::new(),
+                                arch: "x86_64",
+                                files: vec![FileRef {
+                                    kind: FileKind::Image,
+                                    url: upstream.join("disk1.img").unwrap().to_string(),
+                                    size: 1,
+                                    sha256: model::checked_sha256(FileKind::Image, &"a".repeat(64))
+                                        .unwrap(),
+                                    signature_url: None,
+                                    compression: Compression::None,
+                                    packing: Packing::Raw,
+                                }],
+                            },
+                            upstream,
+                        )
+                    });
+                }
+            }
+            let (catalog, dropped) = builder.finish(updated, Vec::new());
+            Ok(Parsed { catalog, dropped })
+        }
+    }
+
+    type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+    /// A static mirror on loopback, serving `files` by path.
+    async fn mirror(files: Files) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let found = files.lock().unwrap().get(uri.path()).cloned();
+            async move {
+                match found {
+                    Some(bytes) => (axum::http::StatusCode::OK, bytes),
+                    None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Url::parse(&format!("http://{address}/mirror/")).unwrap()
+    }
+
+    /// Publishes a clear-signed index of time `index` naming `products` of time `products`.
+    fn publish(gpg: &Gpg, files: &Files, index: i64, products: i64, images: &[&str]) {
+        let index = format!(r#"{{"updated": {index}, "next": ["products"]}}"#);
+        let products = serde_json::json!({"updated": products, "images": images}).to_string();
+        let mut files = files.lock().unwrap();
+        files.insert(
+            "/mirror/index.sjson".into(),
+            gpg.clearsign(index.as_bytes()),
+        );
+        files.insert(
+            "/mirror/products.json.asc".into(),
+            gpg.detach_sign(products.as_bytes()),
+        );
+        files.insert("/mirror/products.json".into(), products.into_bytes());
+    }
+
+    fn uris(service: &CatalogService) -> Vec<String> {
+        let catalog = service.current();
+        catalog
+            .images
+            .iter()
+            .map(|image| image.uri.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_format_of_several_documents_is_fetched_verified_kept_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let gpg = Gpg::new("Mirror <mirror@example.invalid>");
+        let keyring = dir.path().join("keyring.gpg");
+        std::fs::write(&keyring, gpg.export()).unwrap();
+        let trust = Arc::new(Trust::new(keyring));
+        let files = Files::default();
+        let upstream = mirror(files.clone()).await;
+        let db = Db::open(&dir.path().join("state.sqlite")).unwrap();
+        let fetcher = Fetcher::new(RetryPolicy::default()).unwrap();
+        let start = || {
+            CatalogService::new(
+                upstream.clone(),
+                Box::new(TwoLevel),
+                trust.clone(),
+                fetcher.clone(),
+                db.clone(),
+                Duration::from_secs(3600),
+            )
+            .unwrap()
+        };
+        let service = start();
+
+        publish(&gpg, &files, 100, 100, &["u1"]);
+        assert_eq!(service.refresh().await, None);
+        assert_eq!(uris(&service), ["u1"]);
+
+        // The products document goes back in time under a newer index: refused, u1 kept.
+        publish(&gpg, &files, 200, 50, &["u2"]);
+        let line = service.refresh().await.unwrap();
+        assert!(
+            line.contains("it is older (1970-01-01T00:00:50Z) than the catalog already accepted (1970-01-01T00:01:40Z): refusing a rollback")
+                && line.ends_with("showing the catalog of 1970-01-01T00:01:40Z"),
+            "{line}"
+        );
+        assert_eq!(uris(&service), ["u1"]);
+
+        publish(&gpg, &files, 300, 300, &["u1", "u2"]);
+        assert_eq!(service.refresh().await, None);
+        assert_eq!(uris(&service), ["u1", "u2"]);
+
+        // A restart reads the stored documents back through the format (the index verified
+        // again for its text) and remembers each document's time.
+        let service = start();
+        assert_eq!(uris(&service), ["u1", "u2"]);
+        publish(&gpg, &files, 400, 250, &["u3"]);
+        let line = service.refresh().await.unwrap();
+        assert!(line.contains("refusing a rollback"), "{line}");
+        assert_eq!(uris(&service), ["u1", "u2"]);
+
+        // A tampered clear-signed index is refused by the trust service.
+        publish(&gpg, &files, 500, 500, &["u4"]);
+        {
+            let mut files = files.lock().unwrap();
+            let index = files.get_mut("/mirror/index.sjson").unwrap();
+            let text = String::from_utf8(index.clone())
+                .unwrap()
+                .replace("\"updated\": 500", "\"updated\": 600");
+            *index = text.into_bytes();
+        }
+        let line = service.refresh().await.unwrap();
+        assert!(
+            line.contains("its signature was refused: bad signature"),
+            "{line}"
+        );
+        assert_eq!(uris(&service), ["u1", "u2"]);
+    }
 }

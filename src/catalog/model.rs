@@ -1,8 +1,10 @@
-//! The validated catalog: what the rest of the proxy sees of upstream. Built from `wire.rs` types by
-//! [`Catalog::from_wire`], which checks every field an install depends on and drops (with a reason)
-//! any image entry it cannot trust, so one bad entry does not hide the others.
+//! The validated catalog: what the rest of the proxy sees of upstream, whatever format upstream
+//! speaks. A format (`format/`) translates its own vocabulary into these types and calls the checks
+//! here, which hold every field an install depends on (a path-safe key, a size within
+//! `limits::MAX_FILE_BYTES`, a SHA-256, http(s) URLs, one file of each kind with a machine image,
+//! sanitised description HTML); an entry that fails them is dropped with a reason, so one bad
+//! entry does not hide the others. Nothing here knows a format's names or JSON.
 
-use super::wire::{self, WireCatalog, WireFile, WireImage};
 use crate::cache::Sha256Hex;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
@@ -10,21 +12,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogFormatError {
-    #[error("the catalog is not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("unsupported catalog format {found:?} (expected {expected:?})")]
-    Format {
-        found: String,
-        expected: &'static str,
-    },
-    #[error("the catalog's \"updated\" time {0:?} is not RFC 3339")]
-    Updated(String),
-}
-
+/// The part of an image a file is: the three things a paravirtual EC2 image is registered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
@@ -44,6 +33,7 @@ impl FileKind {
     }
 }
 
+/// How the file is compressed on the wire: what `unpack` undoes while bundling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
@@ -51,6 +41,7 @@ pub enum Compression {
     Gzip,
 }
 
+/// Whether the (decompressed) file is the image or holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Packing {
@@ -60,6 +51,7 @@ pub enum Packing {
     Tar,
 }
 
+/// One file to download: where, and the signed size and SHA-256 it must match.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileRef {
     pub kind: FileKind,
@@ -71,12 +63,15 @@ pub struct FileRef {
     pub packing: Packing,
 }
 
+/// Who publishes the image, as the Store tab shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Provider {
     pub title: String,
     pub uri: Option<String>,
 }
 
+/// One installable image. Install rows keep it as JSON (`db/installs.rs`, `IMAGE_SHAPE`): a change
+/// of these types is a change of that stored shape.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Image {
     /// The upstream URI: the UI's key for the image (`image-uri`).
@@ -113,6 +108,7 @@ pub fn image_key(uri: &str) -> String {
     hex::encode(&Sha256::digest(uri.as_bytes())[..8])
 }
 
+/// A heading of the Store tab and the images under it.
 #[derive(Debug, Clone)]
 pub struct Section {
     pub title: String,
@@ -120,6 +116,7 @@ pub struct Section {
     pub image_uris: Vec<String>,
 }
 
+/// The accepted catalog, indexed by URI and by key for the API's lookups.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pub updated: OffsetDateTime,
@@ -165,58 +162,140 @@ impl Catalog {
     pub fn by_key(&self, key: &str) -> Option<&Arc<Image>> {
         self.by_key.get(key).map(|&i| &self.images[i])
     }
+}
 
-    /// Parses and validates a (signature-checked) catalog document. File URLs are resolved against
-    /// `api_url` taken as a directory. Returns the catalog and one line per image entry dropped.
-    pub fn parse(
-        document: &[u8],
-        api_url: &Url,
-    ) -> Result<(Catalog, Vec<String>), CatalogFormatError> {
-        let wire: WireCatalog = serde_json::from_slice(document)?;
-        Self::from_wire(wire, api_url)
+/// Collects a format's image entries into a [`Catalog`]: refuses a URI listed twice, keeps the
+/// reason of every entry dropped, and keeps in each section only the images that made it.
+#[derive(Default)]
+pub struct CatalogBuilder {
+    images: Vec<Arc<Image>>,
+    dropped: Vec<String>,
+}
+
+impl CatalogBuilder {
+    /// Adds the entry `uri`, validated by `validate` (run only if the URI is new).
+    pub fn offer(&mut self, uri: &str, validate: impl FnOnce() -> Result<Image, String>) {
+        if self.images.iter().any(|known| known.uri == uri) {
+            self.dropped.push(format!("image {uri:?}: listed twice"));
+            return;
+        }
+        match validate() {
+            Ok(image) => self.images.push(Arc::new(image)),
+            Err(reason) => self.dropped.push(format!("image {uri:?}: {reason}")),
+        }
     }
 
-    fn from_wire(
-        wire: WireCatalog,
-        api_url: &Url,
-    ) -> Result<(Catalog, Vec<String>), CatalogFormatError> {
-        if wire.format != wire::FORMAT {
-            return Err(CatalogFormatError::Format {
-                found: wire.format,
-                expected: wire::FORMAT,
-            });
-        }
-        let updated = OffsetDateTime::parse(&wire.updated, &Rfc3339)
-            .map_err(|_| CatalogFormatError::Updated(wire.updated.clone()))?;
-        let base = directory_url(api_url);
-        let mut dropped = Vec::new();
-        let mut images: Vec<Arc<Image>> = Vec::new();
-        for entry in wire.images {
-            let uri = entry.uri.clone();
-            if images.iter().any(|known| known.uri == uri) {
-                dropped.push(format!("image {uri:?}: listed twice"));
-                continue;
-            }
-            match validate_image(entry, &base) {
-                Ok(image) => images.push(Arc::new(image)),
-                Err(reason) => dropped.push(format!("image {uri:?}: {reason}")),
-            }
-        }
-        let sections = wire
-            .sections
+    /// The catalog, and one line per image entry dropped.
+    pub fn finish(self, updated: OffsetDateTime, sections: Vec<Section>) -> (Catalog, Vec<String>) {
+        let images = self.images;
+        let sections = sections
             .into_iter()
             .map(|section| Section {
-                title: section.title,
-                summary: section.summary,
                 image_uris: section
                     .image_uris
                     .into_iter()
                     .filter(|uri| images.iter().any(|image| &image.uri == uri))
                     .collect(),
+                ..section
             })
             .collect();
-        Ok((Catalog::new(updated, sections, images), dropped))
+        (Catalog::new(updated, sections, images), self.dropped)
     }
+}
+
+/// An image entry as a format read it, before the checks an install depends on.
+pub struct ImageDraft {
+    pub uri: String,
+    /// The product it is a version of; `None`: the title.
+    pub product: Option<String>,
+    /// Empty: the URI is shown instead.
+    pub title: String,
+    pub version: String,
+    pub summary: String,
+    /// As upstream wrote it: sanitised here.
+    pub description_html: String,
+    /// A reference against the upstream directory; dropped (not the image) if it is no http(s) URL.
+    pub icon_uri: Option<String>,
+    pub provider: Option<Provider>,
+    pub tags: Vec<String>,
+    /// The EC2 architecture name, `x86_64` or `i386` (the format maps its own names onto these).
+    pub arch: &'static str,
+    /// Each already checked by [`checked_file`]; in any order.
+    pub files: Vec<FileRef>,
+}
+
+impl Image {
+    /// Validates `draft` (its files checked one by one already), resolving references against
+    /// `base`, the upstream directory.
+    pub fn from_draft(draft: ImageDraft, base: &Url) -> Result<Image, String> {
+        checked_image_uri(&draft.uri)?;
+        if !matches!(draft.arch, "x86_64" | "i386") {
+            return Err(format!("unknown architecture {:?}", draft.arch));
+        }
+        let mut files = draft.files;
+        if !files.iter().any(|file| file.kind == FileKind::Image) {
+            return Err("no machine image file".into());
+        }
+        if let Some(file) = files
+            .iter()
+            .find(|file| file.packing == Packing::Tar && file.kind != FileKind::Image)
+        {
+            return Err(format!("a {} cannot be a tarball", file.kind.noun()));
+        }
+        files.sort_by_key(|file| file.kind as u8);
+        let title = if draft.title.is_empty() {
+            draft.uri.clone()
+        } else {
+            draft.title
+        };
+        Ok(Image {
+            key: image_key(&draft.uri),
+            product: draft.product.unwrap_or_else(|| title.clone()),
+            title,
+            version: draft.version,
+            summary: draft.summary,
+            description_html: ammonia::clean(&draft.description_html),
+            icon_uri: draft
+                .icon_uri
+                .and_then(|icon| fetchable_url(base, &icon).ok()),
+            provider: draft.provider,
+            tags: draft.tags,
+            arch: draft.arch.to_string(),
+            files,
+            uri: draft.uri,
+        })
+    }
+}
+
+/// The image URI is the UI's key: non-empty printable ASCII.
+pub fn checked_image_uri(uri: &str) -> Result<(), String> {
+    if uri.is_empty() || !uri.is_ascii() || uri.chars().any(|c| c.is_ascii_control()) {
+        return Err("the uri must be non-empty printable ASCII".into());
+    }
+    Ok(())
+}
+
+/// Adds `file` to an image's `files`, refusing a second file of the same kind.
+pub fn add_file(files: &mut Vec<FileRef>, file: FileRef) -> Result<(), String> {
+    if files.iter().any(|known| known.kind == file.kind) {
+        return Err(format!("more than one {} file", file.kind.noun()));
+    }
+    files.push(file);
+    Ok(())
+}
+
+/// The SHA-256 the file is checked against: 64 hex digits.
+pub fn checked_sha256(kind: FileKind, sha256: &str) -> Result<Sha256Hex, String> {
+    Sha256Hex::parse(sha256)
+        .ok_or_else(|| format!("{} sha256 {sha256:?} is not 64 hex digits", kind.noun()))
+}
+
+/// The signed size: at least a byte, at most `limits::MAX_FILE_BYTES`.
+pub fn checked_size(kind: FileKind, size: u64) -> Result<u64, String> {
+    if size == 0 || size > crate::limits::MAX_FILE_BYTES {
+        return Err(format!("{} size {size} is out of range", kind.noun()));
+    }
+    Ok(size)
 }
 
 /// `http://host/api` -> `http://host/api/`, so that `files/x` resolves to `http://host/api/files/x`.
@@ -229,7 +308,8 @@ pub fn directory_url(api_url: &Url) -> Url {
     base
 }
 
-fn resolve(base: &Url, reference: &str) -> Result<String, String> {
+/// `reference` resolved against `base`, if it is an http or https URL: nothing else is fetched.
+pub fn fetchable_url(base: &Url, reference: &str) -> Result<String, String> {
     let url = base
         .join(reference)
         .map_err(|e| format!("bad URL {reference:?}: {e}"))?;
@@ -238,187 +318,5 @@ fn resolve(base: &Url, reference: &str) -> Result<String, String> {
         other => Err(format!(
             "URL {url} has scheme {other:?}; only http and https are fetched"
         )),
-    }
-}
-
-fn validate_image(entry: WireImage, base: &Url) -> Result<Image, String> {
-    if entry.uri.is_empty()
-        || !entry.uri.is_ascii()
-        || entry.uri.chars().any(|c| c.is_ascii_control())
-    {
-        return Err("the uri must be non-empty printable ASCII".into());
-    }
-    let arch = match entry.arch.as_deref().unwrap_or("x86_64") {
-        "x86_64" | "amd64" => "x86_64",
-        "i386" | "i686" => "i386",
-        other => return Err(format!("unknown architecture {other:?}")),
-    };
-    let mut files: Vec<FileRef> = Vec::new();
-    for file in entry.files {
-        let file = validate_file(file, base)?;
-        if files.iter().any(|known| known.kind == file.kind) {
-            return Err(format!("more than one {} file", file.kind.noun()));
-        }
-        files.push(file);
-    }
-    if !files.iter().any(|file| file.kind == FileKind::Image) {
-        return Err("no machine image file".into());
-    }
-    files.sort_by_key(|file| file.kind as u8);
-    let title = if entry.title.is_empty() {
-        entry.uri.clone()
-    } else {
-        entry.title
-    };
-    Ok(Image {
-        key: image_key(&entry.uri),
-        product: entry.product.unwrap_or_else(|| title.clone()),
-        title,
-        version: entry.version,
-        summary: entry.summary,
-        description_html: ammonia::clean(&entry.description_html),
-        icon_uri: entry.icon_uri.and_then(|icon| resolve(base, &icon).ok()),
-        provider: entry.provider.map(|provider| Provider {
-            title: provider.title,
-            uri: provider.uri,
-        }),
-        tags: entry.tags,
-        arch: arch.to_string(),
-        files,
-        uri: entry.uri,
-    })
-}
-
-fn validate_file(file: WireFile, base: &Url) -> Result<FileRef, String> {
-    let kind = match file.kind.as_str() {
-        "kernel" => FileKind::Kernel,
-        "ramdisk" => FileKind::Ramdisk,
-        "image" => FileKind::Image,
-        other => return Err(format!("unknown file kind {other:?}")),
-    };
-    let sha256 = Sha256Hex::parse(&file.sha256).ok_or_else(|| {
-        format!(
-            "{} sha256 {:?} is not 64 hex digits",
-            kind.noun(),
-            file.sha256
-        )
-    })?;
-    if file.size == 0 || file.size > crate::limits::MAX_FILE_BYTES {
-        return Err(format!(
-            "{} size {} is out of range",
-            kind.noun(),
-            file.size
-        ));
-    }
-    let compression = match file.compression.as_deref().unwrap_or("none") {
-        "none" => Compression::None,
-        "gzip" => Compression::Gzip,
-        other => {
-            return Err(format!(
-                "{} compression {other:?} is not supported",
-                kind.noun()
-            ));
-        }
-    };
-    let packing = match file.format.as_deref().unwrap_or("raw") {
-        "raw" => Packing::Raw,
-        "tar" if kind == FileKind::Image => Packing::Tar,
-        other => return Err(format!("{} format {other:?} is not supported", kind.noun())),
-    };
-    Ok(FileRef {
-        kind,
-        url: resolve(base, &file.url)?,
-        size: file.size,
-        sha256,
-        signature_url: file
-            .signature_url
-            .map(|url| resolve(base, &url))
-            .transpose()?,
-        compression,
-        packing,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn api() -> Url {
-        Url::parse("http://store.example:52781/api").unwrap()
-    }
-
-    fn document(images: &str) -> Vec<u8> {
-        format!(
-            r#"{{"format":"image-store/1","updated":"2026-11-21T10:00:00Z",
-                "sections":[{{"title":"S","summary":"","image-uris":["u1","gone"]}}],"images":[{images}]}}"#
-        )
-        .into_bytes()
-    }
-
-    const GOOD: &str = r#"{"uri":"u1","title":"One","arch":"x86_64","description-html":"<p onclick='x()'>hi<script>bad()</script></p>",
-        "files":[{"kind":"image","url":"files/one/image.gz","size":10,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","compression":"gzip","signature-url":"files/one/image.gz.asc"},
-                 {"kind":"kernel","url":"http://cdn.example/k","size":5,"sha256":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}]}"#;
-
-    #[test]
-    fn resolves_relative_urls_against_the_api_directory_and_sorts_files() {
-        let (catalog, dropped) = Catalog::parse(&document(GOOD), &api()).unwrap();
-        assert!(dropped.is_empty(), "{dropped:?}");
-        let image = catalog.by_uri("u1").unwrap();
-        assert_eq!(image.files[0].kind, FileKind::Kernel);
-        assert_eq!(image.files[0].url, "http://cdn.example/k");
-        assert_eq!(
-            image.files[1].url,
-            "http://store.example:52781/api/files/one/image.gz"
-        );
-        assert_eq!(
-            image.files[1].signature_url.as_deref(),
-            Some("http://store.example:52781/api/files/one/image.gz.asc")
-        );
-        assert_eq!(image.description_html, "<p>hi</p>");
-        assert_eq!(catalog.by_key(&image.key).unwrap().uri, "u1");
-        assert_eq!(catalog.sections[0].image_uris, vec!["u1".to_string()]);
-    }
-
-    #[test]
-    fn drops_bad_entries_with_a_reason_and_keeps_the_rest() {
-        let bad = [
-            (r#"{"uri":"b1","files":[]}"#, "no machine image"),
-            (
-                r#"{"uri":"b2","files":[{"kind":"image","url":"x","size":1,"sha256":"zz"}]}"#,
-                "not 64 hex",
-            ),
-            (
-                r#"{"uri":"b3","files":[{"kind":"image","url":"file:///etc/passwd","size":1,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}]}"#,
-                "scheme",
-            ),
-            (r#"{"uri":"b4","arch":"sparc","files":[]}"#, "architecture"),
-            (
-                r#"{"uri":"b5","files":[{"kind":"image","url":"x","size":0,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}]}"#,
-                "out of range",
-            ),
-        ];
-        for (entry, reason) in bad {
-            let (catalog, dropped) =
-                Catalog::parse(&document(&format!("{GOOD},{entry}")), &api()).unwrap();
-            assert_eq!(catalog.images.len(), 1, "{entry}");
-            assert!(
-                dropped[0].contains(reason),
-                "{dropped:?} should mention {reason}"
-            );
-        }
-    }
-
-    #[test]
-    fn refuses_unknown_formats_and_bad_times() {
-        let wrong = br#"{"format":"other/2","updated":"2026-11-21T10:00:00Z"}"#;
-        assert!(matches!(
-            Catalog::parse(wrong, &api()),
-            Err(CatalogFormatError::Format { .. })
-        ));
-        let time = br#"{"format":"image-store/1","updated":"yesterday"}"#;
-        assert!(matches!(
-            Catalog::parse(time, &api()),
-            Err(CatalogFormatError::Updated(_))
-        ));
     }
 }

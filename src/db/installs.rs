@@ -40,7 +40,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
         uri: uri.clone(),
         cause,
     };
-    let image = match serde_json::from_str::<Image>(&image_json) {
+    let image = match read_image_snapshot(&image_json) {
         Ok(image) => image,
         Err(e) => return Ok(Err(corrupt(format!("image snapshot: {e}")))),
     };
@@ -62,6 +62,46 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
         queued_at: row.get(9)?,
         updated_at: row.get(11)?,
     }))
+}
+
+/// The shape of the `image` JSON of an install row: the catalog entry as it was when install was
+/// pressed, a serialised [`Image`]. A change of `Image` that rows already written cannot be read
+/// as (a field renamed, removed or made required) bumps this, and [`read_image_snapshot`] learns
+/// to read the old shape; the test `the_image_snapshot_shape_is_pinned` fails on any change of the
+/// JSON, so none goes unnoticed. Rows written before the shape was recorded have no `shape`
+/// field and are shape 1.
+const IMAGE_SHAPE: u64 = 1;
+
+/// An install row's image snapshot, tagged with its shape.
+fn image_snapshot(image: &Image) -> String {
+    #[derive(serde::Serialize)]
+    struct Snapshot<'a> {
+        shape: u64,
+        #[serde(flatten)]
+        image: &'a Image,
+    }
+    serde_json::to_string(&Snapshot {
+        shape: IMAGE_SHAPE,
+        image,
+    })
+    .expect("an image always serialises")
+}
+
+/// Reads an image snapshot of any shape this proxy knows.
+fn read_image_snapshot(json: &str) -> Result<Image, String> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let shape = match value.get("shape") {
+        None => 1,
+        Some(shape) => shape
+            .as_u64()
+            .ok_or_else(|| format!("shape {shape} is not a number"))?,
+    };
+    match shape {
+        1 => serde_json::from_value::<Image>(value).map_err(|e| e.to_string()),
+        newer => Err(format!(
+            "shape {newer} is newer than this proxy knows ({IMAGE_SHAPE}); upgrade the proxy"
+        )),
+    }
 }
 
 fn get(tx: &Transaction<'_>, uri: &str) -> Result<Option<InstallRow>, DbError> {
@@ -128,7 +168,7 @@ impl Db {
         }
         let attempt = existing.as_ref().map_or(1, |row| row.attempt + 1);
         let now = now_unix();
-        let image_json = serde_json::to_string(image).expect("an image always serialises");
+        let image_json = image_snapshot(image);
         tx.execute(
             "INSERT INTO installs (image_uri, image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, updated_at)
              VALUES (?1, ?2, 'queued', ?3, NULL, ?4, ?5, NULL, NULL, NULL, ?6, ?6)
@@ -223,5 +263,57 @@ impl Db {
             conn.prepare("SELECT state, detail FROM events WHERE image_uri = ?1 ORDER BY id")?;
         let rows = stmt.query_map([uri], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An install row's image exactly as this proxy wrote it before the shape was recorded.
+    const SHAPE_1_UNTAGGED: &str = r#"{"uri":"http://store.example/api/images/karmic","key":"0123456789abcdef","product":"Ubuntu","title":"Ubuntu 9.10","version":"9.10","summary":"Karmic","description_html":"<p>hi</p>","icon_uri":null,"provider":{"title":"Canonical","uri":"http://canonical.com"},"tags":["ubuntu"],"arch":"x86_64","files":[{"kind":"kernel","url":"http://store.example/api/files/k","size":5,"sha256":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","signature_url":null,"compression":"none","packing":"raw"},{"kind":"image","url":"http://store.example/api/files/i.tar.gz","size":10,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","signature_url":"http://store.example/api/files/i.tar.gz.asc","compression":"gzip","packing":"tar"}]}"#;
+
+    #[test]
+    fn an_install_row_written_before_the_shape_was_recorded_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.sqlite")).unwrap();
+        db.lock()
+            .execute(
+                "INSERT INTO installs (image_uri, image, state, status_detail, error, attempt, bucket, queued_at, updated_at)
+                 VALUES ('http://store.example/api/images/karmic', ?1, 'failed', 'x', 'boom', 1, 'image-store-1', 1, 1)",
+                [SHAPE_1_UNTAGGED],
+            )
+            .unwrap();
+        let row = db
+            .install("http://store.example/api/images/karmic")
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.image.title, "Ubuntu 9.10");
+        assert_eq!(row.image.files.len(), 2);
+        assert_eq!(
+            row.image.files[1].packing,
+            crate::catalog::model::Packing::Tar
+        );
+        assert_eq!(
+            row.image.provider.as_ref().map(|p| p.title.as_str()),
+            Some("Canonical")
+        );
+        assert_eq!(row.error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn the_image_snapshot_shape_is_pinned() {
+        // A change here is a change of what install rows hold: bump IMAGE_SHAPE and read the old
+        // shape in read_image_snapshot rather than edit this text alone.
+        let image = read_image_snapshot(SHAPE_1_UNTAGGED).unwrap();
+        let written = image_snapshot(&image);
+        assert_eq!(
+            written,
+            format!(r#"{{"shape":1,{}"#, &SHAPE_1_UNTAGGED[1..])
+        );
+        let again = read_image_snapshot(&written).unwrap();
+        assert_eq!(image_snapshot(&again), written);
+        let newer = written.replace(r#""shape":1"#, r#""shape":2"#);
+        assert!(read_image_snapshot(&newer).unwrap_err().contains("newer"));
     }
 }

@@ -13,15 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// What went wrong with the state database. SQLite's errors are kept typed and printed in the
+/// message, so they are not also reported as `source()` (which would print them twice under `{:#}`).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}: {cause}")]
     Open {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error(
         "state database: the schema is version {found}, newer than this proxy knows ({known}); upgrade the proxy"
     )]
@@ -34,6 +36,12 @@ pub enum DbError {
     },
     #[error("state database: install of {uri} is stored damaged: {cause}")]
     Corrupt { uri: String, cause: String },
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(error: rusqlite::Error) -> Self {
+        DbError::Sqlite(error)
+    }
 }
 
 /// Each entry upgrades the schema by one version; never edit a shipped entry, append a new one.
@@ -82,6 +90,29 @@ const MIGRATIONS: &[&str] = &[
          state TEXT NOT NULL,
          detail TEXT NOT NULL
      );",
+    // 2: the catalog as documents tagged by format (a format may have several, inline-signed
+    // ones have no detached signature); `catalog` keeps the accepted catalog's format and time.
+    "CREATE TABLE catalog_documents (
+         name TEXT PRIMARY KEY,
+         url TEXT NOT NULL,
+         document BLOB NOT NULL,
+         signature BLOB,
+         updated TEXT NOT NULL,
+         updated_unix INTEGER NOT NULL
+     );
+     INSERT INTO catalog_documents (name, url, document, signature, updated, updated_unix)
+         SELECT 'dashboard', '', document, signature, updated, updated_unix FROM catalog;
+     CREATE TABLE catalog_accepted (
+         id INTEGER PRIMARY KEY CHECK (id = 1),
+         format TEXT NOT NULL,
+         updated TEXT NOT NULL,
+         updated_unix INTEGER NOT NULL,
+         accepted_at INTEGER NOT NULL
+     );
+     INSERT INTO catalog_accepted (id, format, updated, updated_unix, accepted_at)
+         SELECT id, 'image-store/1', updated, updated_unix, accepted_at FROM catalog;
+     DROP TABLE catalog;
+     ALTER TABLE catalog_accepted RENAME TO catalog;",
 ];
 
 pub fn now_unix() -> i64 {
@@ -91,12 +122,30 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// The last catalog that verified, exactly as it was signed.
+/// The last catalog accepted: its format, its time, and its documents exactly as they were signed.
+/// There is one upstream, so one catalog; several upstreams (issue 14) key it by upstream.
 pub struct StoredCatalog {
-    pub document: Vec<u8>,
-    pub signature: Vec<u8>,
+    /// The format's name (`image-store/1`): what reads the documents back.
+    pub format: String,
+    /// The catalog's `updated`, RFC 3339, and in Unix seconds.
+    pub updated: String,
     pub updated_unix: i64,
     pub accepted_at: i64,
+    pub documents: Vec<StoredDocument>,
+}
+
+/// One accepted catalog document (`catalog_documents`).
+pub struct StoredDocument {
+    /// The format's name for it: its rollback check compares with the document of this name.
+    pub name: String,
+    /// Where it was fetched from (empty for documents stored before schema version 2).
+    pub url: String,
+    pub document: Vec<u8>,
+    /// The detached signature; `None` for an inline-signed document.
+    pub signature: Option<Vec<u8>>,
+    /// The document's own `updated`, RFC 3339, and in Unix seconds.
+    pub updated: String,
+    pub updated_unix: i64,
 }
 
 #[derive(Clone)]
@@ -106,9 +155,9 @@ pub struct Db {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let open_err = |source| DbError::Open {
+        let open_err = |cause| DbError::Open {
             path: path.to_owned(),
-            source,
+            cause,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -147,37 +196,77 @@ impl Db {
     }
 
     pub fn load_catalog(&self) -> Result<Option<StoredCatalog>, DbError> {
-        Ok(self
-            .lock()
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let Some(mut catalog) = tx
             .query_row(
-                "SELECT document, signature, updated_unix, accepted_at FROM catalog WHERE id = 1",
+                "SELECT format, updated, updated_unix, accepted_at FROM catalog WHERE id = 1",
                 [],
                 |row| {
                     Ok(StoredCatalog {
-                        document: row.get(0)?,
-                        signature: row.get(1)?,
+                        format: row.get(0)?,
+                        updated: row.get(1)?,
                         updated_unix: row.get(2)?,
                         accepted_at: row.get(3)?,
+                        documents: Vec::new(),
                     })
                 },
             )
-            .optional()?)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let mut stmt = tx.prepare(
+            "SELECT name, url, document, signature, updated, updated_unix
+             FROM catalog_documents ORDER BY rowid",
+        )?;
+        catalog.documents = stmt
+            .query_map([], |row| {
+                Ok(StoredDocument {
+                    name: row.get(0)?,
+                    url: row.get(1)?,
+                    document: row.get(2)?,
+                    signature: row.get(3)?,
+                    updated: row.get(4)?,
+                    updated_unix: row.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(catalog))
     }
 
-    pub fn store_catalog(
-        &self,
-        document: &[u8],
-        signature: &[u8],
-        updated: &str,
-        updated_unix: i64,
-    ) -> Result<(), DbError> {
-        self.lock().execute(
-            "INSERT INTO catalog (id, updated, updated_unix, document, signature, accepted_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (id) DO UPDATE SET updated = ?1, updated_unix = ?2, document = ?3,
-                 signature = ?4, accepted_at = ?5",
-            params![updated, updated_unix, document, signature, now_unix()],
+    /// Replaces the stored catalog with `catalog`, documents and all, in one transaction.
+    pub fn store_catalog(&self, catalog: &StoredCatalog) -> Result<(), DbError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO catalog (id, format, updated, updated_unix, accepted_at)
+             VALUES (1, ?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET format = ?1, updated = ?2, updated_unix = ?3,
+                 accepted_at = ?4",
+            params![
+                catalog.format,
+                catalog.updated,
+                catalog.updated_unix,
+                catalog.accepted_at
+            ],
         )?;
+        tx.execute("DELETE FROM catalog_documents", [])?;
+        for document in &catalog.documents {
+            tx.execute(
+                "INSERT INTO catalog_documents (name, url, document, signature, updated, updated_unix)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    document.name,
+                    document.url,
+                    document.document,
+                    document.signature,
+                    document.updated,
+                    document.updated_unix
+                ],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -299,5 +388,61 @@ mod tests {
             Db::open(&path),
             Err(DbError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn a_catalog_stored_by_schema_1_becomes_an_image_store_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO catalog (id, updated, updated_unix, document, signature, accepted_at)
+                 VALUES (1, '2026-11-21T10:00:00Z', 1795255200, X'7b7d', X'0102', 7)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let stored = db.load_catalog().unwrap().unwrap();
+        assert_eq!(stored.format, "image-store/1");
+        assert_eq!(
+            (
+                stored.updated.as_str(),
+                stored.updated_unix,
+                stored.accepted_at
+            ),
+            ("2026-11-21T10:00:00Z", 1795255200, 7)
+        );
+        let [document] = stored.documents.as_slice() else {
+            panic!("one document");
+        };
+        assert_eq!(document.name, "dashboard");
+        assert_eq!(document.document, b"{}");
+        assert_eq!(document.signature.as_deref(), Some(&[1u8, 2][..]));
+        assert_eq!(document.updated_unix, 1795255200);
+
+        // Storing replaces the documents; an inline-signed one has no signature.
+        db.store_catalog(&StoredCatalog {
+            format: "other/1".into(),
+            updated: "2026-11-22T10:00:00Z".into(),
+            updated_unix: 1795341600,
+            accepted_at: 8,
+            documents: vec![StoredDocument {
+                name: "index".into(),
+                url: "http://mirror.example/streams/v1/index.sjson".into(),
+                document: b"signed".to_vec(),
+                signature: None,
+                updated: "2026-11-22T10:00:00Z".into(),
+                updated_unix: 1795341600,
+            }],
+        })
+        .unwrap();
+        let stored = db.load_catalog().unwrap().unwrap();
+        assert_eq!(stored.format, "other/1");
+        assert_eq!(stored.documents.len(), 1);
+        assert_eq!(stored.documents[0].signature, None);
     }
 }

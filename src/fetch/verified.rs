@@ -10,11 +10,12 @@
 use super::{FetchError, Fetcher};
 use crate::cache::{Cache, Sha256Hex};
 use crate::db::{Db, DbError};
-use crate::keyring::{Keyring, TrustError};
+use crate::trust::{Trust, TrustError};
 use crate::limits::{FILE_SIGNATURE_TIMEOUT, MAX_SIGNATURE_BYTES};
 use crate::metrics;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// What can stop a file on its road into the cache.
@@ -63,12 +64,12 @@ pub trait FileStages: Sync {
     fn verifying(&self, signed: bool) -> impl Future<Output = Result<(), DbError>> + Send;
 }
 
-/// The parts a verified download needs: upstream, the cache, the `files` table, the keyring.
+/// The parts a verified download needs: upstream, the cache, the `files` table, the trust service.
 pub struct VerifiedDownloads<'a> {
     pub fetcher: &'a Fetcher,
     pub cache: &'a Cache,
     pub db: &'a Db,
-    pub keyring_path: &'a Path,
+    pub trust: &'a Arc<Trust>,
 }
 
 impl VerifiedDownloads<'_> {
@@ -102,7 +103,7 @@ impl VerifiedDownloads<'_> {
         let received = |bytes| stages.received(bytes);
         let downloaded = partial.download(self.fetcher, &received, cancel).await?;
         stages.verifying(signature.is_some()).await?;
-        let verified = downloaded.verify(self.keyring_path, signature).await?;
+        let verified = downloaded.verify(self.trust, signature).await?;
         verified.record_and_promote(self.db)
     }
 }
@@ -184,15 +185,15 @@ impl<'a> Downloaded<'a> {
     /// got wrong is counted and the bytes thrown away; trouble with our own keyring keeps them.
     pub async fn verify(
         self,
-        keyring_path: &Path,
+        trust: &Arc<Trust>,
         signature: Option<Vec<u8>>,
     ) -> Result<Verified<'a>, FileError> {
         let partial = self.0;
         if let Some(signature) = signature {
-            let checked = check_signature(keyring_path, &partial.path, signature).await;
+            let checked = check_signature(trust, &partial.path, signature).await;
             if let Err(error) = checked {
-                if let FileError::Trust(trust) = &error
-                    && is_upstream_fault(trust)
+                if let FileError::Trust(refusal) = &error
+                    && refusal.is_upstream_fault()
                 {
                     metrics::global().upstream_error("file-signature");
                     partial.discard();
@@ -223,16 +224,17 @@ impl Verified<'_> {
 }
 
 /// The one place a file's detached signature is checked, on a blocking thread (files can be
-/// GiBs): the keyring at `keyring_path` over the bytes at `path`.
+/// GiBs): the trust service's keyring over the bytes at `path`.
 async fn check_signature(
-    keyring_path: &Path,
+    trust: &Arc<Trust>,
     path: &Path,
     signature: Vec<u8>,
 ) -> Result<(), FileError> {
-    let keyring_path = keyring_path.to_owned();
+    let trust = trust.clone();
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        let keyring = Keyring::load(&keyring_path)?;
+        // The keyring first, as before: a missing keyring is reported as such.
+        let keyring = trust.reload_if_changed()?;
         let data = std::fs::File::open(&path).map_err(|source| FileError::Disk {
             what: "reading",
             path: path.clone(),
@@ -242,18 +244,6 @@ async fn check_signature(
     })
     .await
     .expect("verification does not panic")
-}
-
-/// Whether a failed signature check is upstream's doing (a bad or unknown signature, an invalid
-/// key, an unreadable signature) rather than ours (a missing or unreadable keyring, our disk).
-fn is_upstream_fault(error: &TrustError) -> bool {
-    matches!(
-        error,
-        TrustError::BadSignature(_)
-            | TrustError::UnknownKey(_)
-            | TrustError::BadKey { .. }
-            | TrustError::Malformed(_)
-    )
 }
 
 #[cfg(test)]
@@ -295,8 +285,10 @@ mod tests {
         }
     }
 
-    fn test_keyring() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("keyrings/test-keyring.gpg")
+    fn test_keyring() -> Arc<Trust> {
+        Arc::new(Trust::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("keyrings/test-keyring.gpg"),
+        ))
     }
 
     #[tokio::test]
@@ -307,7 +299,7 @@ mod tests {
             fetcher: &Fetcher::new(Default::default()).unwrap(),
             cache: &s.cache,
             db: &s.db,
-            keyring_path: Path::new("/nonexistent"),
+            trust: &Arc::new(Trust::new("/nonexistent".into())),
         };
         assert!(!downloads.has(&file).unwrap());
         let downloaded = Partial::prepare(&s.cache, file)
@@ -354,7 +346,10 @@ mod tests {
                 .unwrap()
         };
         let missing = downloaded()
-            .verify(Path::new("/nonexistent/keyring.gpg"), Some(b"sig".to_vec()))
+            .verify(
+                &Arc::new(Trust::new("/nonexistent/keyring.gpg".into())),
+                Some(b"sig".to_vec()),
+            )
             .await
             .err()
             .unwrap();
@@ -372,7 +367,7 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            matches!(&garbage, FileError::Trust(trust) if is_upstream_fault(trust)),
+            matches!(&garbage, FileError::Trust(trust) if trust.is_upstream_fault()),
             "{garbage}"
         );
         assert!(!s.cache.partial_path(&s.sha256).exists(), "thrown away");

@@ -17,10 +17,10 @@ use crate::db::installs::Change;
 use crate::db::{Db, DbError};
 use crate::fetch::Fetcher;
 use crate::fetch::verified::VerifiedDownloads;
+use crate::trust::Trust;
 use board::{Board, InstallView};
 use state::InstallState;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -31,7 +31,7 @@ pub struct Installer {
     board: Board,
     cache: Cache,
     fetcher: Fetcher,
-    keyring_path: PathBuf,
+    trust: Arc<Trust>,
     cloud: Arc<dyn Cloud>,
     /// The installs a worker owns right now, with the token that cancels each.
     running: Mutex<HashMap<String, CancellationToken>>,
@@ -48,7 +48,7 @@ impl Installer {
         db: Db,
         cache: Cache,
         fetcher: Fetcher,
-        keyring_path: PathBuf,
+        trust: Arc<Trust>,
         cloud: Arc<dyn Cloud>,
         workers: usize,
     ) -> Result<Arc<Self>, DbError> {
@@ -65,7 +65,7 @@ impl Installer {
             board,
             cache,
             fetcher,
-            keyring_path,
+            trust,
             cloud,
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
@@ -81,7 +81,7 @@ impl Installer {
             fetcher: &self.fetcher,
             cache: &self.cache,
             db: &self.db,
-            keyring_path: &self.keyring_path,
+            trust: &self.trust,
         }
     }
 
