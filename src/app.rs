@@ -11,6 +11,7 @@ use crate::config::{CloudMode, Config};
 use crate::db::{Db, DbError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::install::Installer;
+use crate::publish::Publisher;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -47,10 +48,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let (cloud, secret): (Arc<dyn Cloud>, String) = match &config.cloud {
-        CloudMode::Fake { secret } => (
-            Arc::new(FakeCloud::new(&config.data_dir).with_gzip(config.gzip)),
-            secret.clone(),
-        ),
+        CloudMode::Fake { secret } => (Arc::new(FakeCloud::new(&config.data_dir)), secret.clone()),
         CloudMode::Eucalyptus { cloud_config } => {
             // The Store servlet signs with the administrator's secret key (SPEC §4.1).
             let credentials = match cloud_config {
@@ -65,8 +63,7 @@ pub async fn run(
                 credentials.source.display()
             );
             let secret = credentials.key.secret.clone();
-            let cloud = EucalyptusCloud::new(credentials, &config.data_dir, config.retry)?
-                .with_gzip(config.gzip);
+            let cloud = EucalyptusCloud::new(credentials, config.retry)?;
             (Arc::new(cloud), secret)
         }
     };
@@ -94,7 +91,9 @@ pub async fn run(
         Cache::new(&config.data_dir),
         fetcher,
         config.keyring.clone(),
-        cloud,
+        Publisher::new(cloud, &config.data_dir)
+            .with_gzip(config.gzip)
+            .with_retry(config.retry),
         config.workers,
     )?;
     let workers = tokio::spawn(installer.clone().run(shutdown.clone()));
@@ -117,7 +116,6 @@ pub async fn run(
     let _ = refresher.await;
     served.map_err(AppError::Serve)
 }
-
 
 /// The catalog, and the installs against the cloud's list of images, every so often.
 async fn refresh_periodically(

@@ -170,7 +170,7 @@ impl SignatureCheck {
             Cache::new(work_dir),
             fetcher,
             keyring,
-            Arc::new(FakeCloud::new(work_dir)),
+            crate::publish::Publisher::new(Arc::new(FakeCloud::new(work_dir)), work_dir),
             1,
         )
         .expect("the installer");

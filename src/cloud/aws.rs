@@ -8,7 +8,6 @@ use crate::fetch::{RetryPolicy, describe};
 use crate::limits::MAX_CLOUD_ERROR_BYTES;
 use reqwest::{Response, StatusCode, Url};
 use std::future::Future;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// One of a cloud's services (S3, EC2) as requests to it are addressed and signed.
@@ -94,7 +93,6 @@ pub async fn refused(action: &'static str, response: Response) -> Failure {
         Failure::Permanent(error)
     }
 }
-
 
 async fn error_body(mut response: Response) -> String {
     let mut body = Vec::new();

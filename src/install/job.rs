@@ -6,14 +6,17 @@ use super::Installer;
 use super::detail;
 use super::keyed_lock::KeyGuard;
 use super::state::InstallState;
+use crate::bundle;
 use crate::catalog::model::{FileKind, FileRef, Image};
-use crate::cloud::{Artifact, CloudError, Progress, bundle};
+use crate::cloud::CloudError;
 use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
 use crate::fetch::FetchError;
 use crate::keyring::{Keyring, TrustError};
 use crate::limits::{FILE_SIGNATURE_TIMEOUT, MAX_SIGNATURE_BYTES};
 use crate::metrics;
+use crate::publish::{Artifact, Progress};
+use crate::status::{self, Step};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -313,10 +316,7 @@ impl Job<'_> {
     }
 
     async fn publish_all(&self, image: &Image) -> Result<RegisteredIds, JobError> {
-        self.set_state(
-            InstallState::Installing,
-            &format!("Installing {}", image.title),
-        )?;
+        self.set_state(InstallState::Installing, &status::installing(&image.title))?;
         let total: u64 = image.total_bytes();
         let mut ids = RegisteredIds::default();
         let mut done = 0;
@@ -373,7 +373,7 @@ impl Job<'_> {
         total: u64,
     ) -> Result<String, JobError> {
         let installer = self.installer;
-        let cloud_id = installer.cloud.id().to_string();
+        let cloud_id = installer.publisher.cloud().id().to_string();
         let _only_us = self
             .exclusively(
                 &format!("publish:{}", artifact.identity),
@@ -387,7 +387,7 @@ impl Job<'_> {
                 self.uri(),
                 done_before + artifact.source_size,
                 total,
-                detail::already_registered(artifact.kind, &id),
+                status::already_registered(artifact.kind, &id),
             );
             return Ok(id);
         }
@@ -398,7 +398,7 @@ impl Job<'_> {
             total,
         };
         let published = installer
-            .cloud
+            .publisher
             .publish(artifact, &progress, self.cancel)
             .await
             .inspect_err(record_cloud_error)?;
@@ -417,7 +417,7 @@ impl Job<'_> {
 fn record_cloud_error(error: &CloudError) {
     let kind = match error {
         CloudError::Unpack(_) => "unpack",
-        CloudError::Write { .. } => "write",
+        CloudError::Local { .. } | CloudError::Keys { .. } => "write",
         CloudError::Bundle(_) => "bundle",
         CloudError::Refused { .. } => "refused",
         CloudError::Unreachable { .. } => "unreachable",
@@ -433,11 +433,15 @@ struct BoardProgress<'a> {
     total: u64,
 }
 
+/// Publishing's steps, worded by `status`, on the board as part of the whole install's bytes.
 impl Progress for BoardProgress<'_> {
-    fn report(&self, detail: String, source_done: u64) {
-        self.installer
-            .board
-            .progress(self.uri, self.done_before + source_done, self.total, detail);
+    fn report(&self, step: Step, source_done: u64) {
+        self.installer.board.progress(
+            self.uri,
+            self.done_before + source_done,
+            self.total,
+            step.line(),
+        );
     }
 }
 

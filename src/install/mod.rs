@@ -4,18 +4,18 @@
 //! before it is announced; a restart requeues whatever was in flight.
 
 pub mod board;
-pub mod detail;
 mod job;
 mod keyed_lock;
-pub mod pause;
 pub mod state;
+/// Kept under their old names until every caller uses `crate::status` and `crate::pause`.
+pub use crate::{pause, status as detail};
 
 use crate::cache::Cache;
 use crate::catalog::model::Image;
-use crate::cloud::Cloud;
 use crate::db::installs::Change;
 use crate::db::{Db, DbError};
 use crate::fetch::Fetcher;
+use crate::publish::Publisher;
 use board::{Board, InstallView};
 use state::InstallState;
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ pub struct Installer {
     cache: Cache,
     fetcher: Fetcher,
     keyring_path: PathBuf,
-    cloud: Arc<dyn Cloud>,
+    publisher: Publisher,
     /// The installs a worker owns right now, with the token that cancels each.
     running: Mutex<HashMap<String, CancellationToken>>,
     wake: Notify,
@@ -48,7 +48,7 @@ impl Installer {
         cache: Cache,
         fetcher: Fetcher,
         keyring_path: PathBuf,
-        cloud: Arc<dyn Cloud>,
+        publisher: Publisher,
         workers: usize,
     ) -> Result<Arc<Self>, DbError> {
         let requeued = db.requeue_interrupted()?;
@@ -65,7 +65,7 @@ impl Installer {
             cache,
             fetcher,
             keyring_path,
-            cloud,
+            publisher,
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             workers: workers.max(1),
@@ -138,7 +138,7 @@ impl Installer {
     /// registers anew instead of pointing at ids that are gone.
     pub async fn reconcile(&self) {
         let listed_at = crate::db::now_unix();
-        let listed = match self.cloud.registered().await {
+        let listed = match self.publisher.cloud().registered().await {
             Ok(listed) => listed,
             Err(error) => {
                 tracing::warn!("cannot list the cloud's images to reconcile installs: {error}");
@@ -147,7 +147,7 @@ impl Installer {
         };
         match self
             .db
-            .forget_cloud_objects(self.cloud.id(), &listed, listed_at)
+            .forget_cloud_objects(self.publisher.cloud().id(), &listed, listed_at)
         {
             Ok(0) => {}
             Ok(forgotten) => tracing::info!(forgotten, "registrations the cloud no longer has"),

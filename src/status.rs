@@ -1,6 +1,8 @@
 //! The one-line `status-detail` texts (SPEC §4.3, after Image Factory's `status_detail`): what the
 //! install is doing right now, in words an operator reads; on failure it becomes
-//! "Failure encountered while: <status-detail>: <cause>".
+//! "Failure encountered while: <status-detail>: <cause>". Every status line is worded here: the
+//! installer calls the functions below, and the bundler and the publisher report typed [`Step`]s
+//! that [`Step::line`] renders, so none of them writes an operator's sentence itself.
 
 use crate::catalog::model::FileKind;
 
@@ -33,6 +35,66 @@ pub fn amount(done: u64, total: u64) -> String {
     format!("{} of {} {name}", done / unit, total.div_ceil(unit))
 }
 
+/// A step of publishing one file, as the bundler and the publisher report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `done` of the `total` bytes of the cache file read into the bundle.
+    Bundling {
+        kind: FileKind,
+        done: u64,
+        total: u64,
+    },
+    /// Reading the image once to learn its size (its gzip trailer was wrong), before bundling.
+    Measuring {
+        kind: FileKind,
+        done: u64,
+        total: u64,
+    },
+    /// Making sure the bucket exists before the first part goes up.
+    CheckingBucket {
+        kind: FileKind,
+    },
+    /// Part `number` (from 1) of `count` going up.
+    UploadingPart {
+        kind: FileKind,
+        number: u64,
+        count: u64,
+    },
+    UploadingManifest {
+        kind: FileKind,
+    },
+    /// Looking for an earlier registration, then registering.
+    Registering {
+        kind: FileKind,
+    },
+}
+
+impl Step {
+    /// The step's status line: "Uploading machine image bundle: part 7 of 12".
+    pub fn line(&self) -> String {
+        match *self {
+            Step::Bundling { kind, done, total } => {
+                format!("Bundling {}: {}", kind.noun(), amount(done, total))
+            }
+            Step::Measuring { kind, done, total } => {
+                format!("Measuring {}: {}", kind.noun(), amount(done, total))
+            }
+            Step::CheckingBucket { kind } => {
+                format!("Uploading {} bundle: checking the bucket", kind.noun())
+            }
+            Step::UploadingPart {
+                kind,
+                number,
+                count,
+            } => format!("Uploading {} bundle: part {number} of {count}", kind.noun()),
+            Step::UploadingManifest { kind } => {
+                format!("Uploading {} bundle: manifest", kind.noun())
+            }
+            Step::Registering { kind } => format!("Registering {}", kind.noun()),
+        }
+    }
+}
+
 pub fn queued() -> String {
     "Waiting for a free worker".to_string()
 }
@@ -61,6 +123,10 @@ pub fn already_registered(kind: FileKind, id: &str) -> String {
     format!("Reusing the {} already registered as {id}", kind.noun())
 }
 
+pub fn installing(title: &str) -> String {
+    format!("Installing {title}")
+}
+
 pub fn installed(emi: &str) -> String {
     format!("Installed as {emi}")
 }
@@ -84,6 +150,24 @@ mod tests {
         assert_eq!(amount(0, 100), "0 of 100 bytes");
         assert_eq!(amount(GIB + GIB / 5, 4 * GIB), "1.2 of 4.0 GiB");
         assert_eq!(amount(12 * GIB, 20 * GIB), "12 of 20 GiB");
+        assert_eq!(
+            Step::UploadingPart {
+                kind: FileKind::Image,
+                number: 7,
+                count: 12
+            }
+            .line(),
+            "Uploading machine image bundle: part 7 of 12"
+        );
+        assert_eq!(
+            Step::Bundling {
+                kind: FileKind::Kernel,
+                done: 3 * MIB,
+                total: 5 * MIB
+            }
+            .line(),
+            "Bundling kernel: 3.0 of 5.0 MiB"
+        );
         assert_eq!(
             failure(
                 "Verifying kernel signature",
