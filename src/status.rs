@@ -131,6 +131,22 @@ pub fn installed(emi: &str) -> String {
     format!("Installed as {emi}")
 }
 
+/// An install or a queued request the operator cancelled.
+pub const CANCELLED: &str = "Cancelled by the operator";
+
+/// An installed image some of whose registrations the cloud no longer lists: "No longer in the
+/// cloud: machine image emi-12345678 deregistered".
+pub fn deregistered(missing: &[(FileKind, &str)]) -> String {
+    let missing: Vec<String> = missing
+        .iter()
+        .map(|(kind, id)| format!("{} {id}", kind.noun()))
+        .collect();
+    format!(
+        "No longer in the cloud: {} deregistered",
+        missing.join(", ")
+    )
+}
+
 pub fn failure(detail: &str, cause: &str) -> String {
     format!("Failure encountered while: {detail}: {cause}")
 }
@@ -150,6 +166,10 @@ mod tests {
         assert_eq!(amount(0, 100), "0 of 100 bytes");
         assert_eq!(amount(GIB + GIB / 5, 4 * GIB), "1.2 of 4.0 GiB");
         assert_eq!(amount(12 * GIB, 20 * GIB), "12 of 20 GiB");
+        assert_eq!(
+            deregistered(&[(FileKind::Image, "emi-1"), (FileKind::Kernel, "eki-2")]),
+            "No longer in the cloud: machine image emi-1, kernel eki-2 deregistered"
+        );
         assert_eq!(
             Step::UploadingPart {
                 kind: FileKind::Image,

@@ -79,7 +79,7 @@ pub(super) async fn run(
         Err(error) if error.is_cancel() && shutdown.is_cancelled() => return,
         Err(error) if error.is_cancel() => Change {
             to: InstallState::Cancelled,
-            detail: "Cancelled by the operator",
+            detail: status::CANCELLED,
             error: None,
             ids: None,
         },

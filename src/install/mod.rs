@@ -11,11 +11,12 @@ pub mod state;
 pub use crate::{pause, status as detail};
 
 use crate::cache::Cache;
-use crate::catalog::model::Image;
+use crate::catalog::model::{FileKind, Image};
 use crate::db::installs::Change;
 use crate::db::{Db, DbError};
 use crate::fetch::Fetcher;
 use crate::publish::Publisher;
+use crate::status;
 use board::{Board, InstallView};
 use state::InstallState;
 use std::collections::HashMap;
@@ -108,7 +109,7 @@ impl Installer {
                 uri,
                 Change {
                     to: InstallState::Cancelled,
-                    detail: "Cancelled by the operator",
+                    detail: status::CANCELLED,
                     error: None,
                     ids: None,
                 },
@@ -165,25 +166,22 @@ impl Installer {
             .iter()
             .filter(|row| row.state == InstallState::Installed && row.updated_at < listed_at)
         {
-            let missing: Vec<String> = [
-                ("machine image", &row.ids.emi),
-                ("kernel", &row.ids.eki),
-                ("ramdisk", &row.ids.eri),
+            let missing: Vec<(FileKind, &str)> = [
+                (FileKind::Image, &row.ids.emi),
+                (FileKind::Kernel, &row.ids.eki),
+                (FileKind::Ramdisk, &row.ids.eri),
             ]
             .into_iter()
-            .filter_map(|(noun, id)| {
-                id.as_ref()
+            .filter_map(|(kind, id)| {
+                id.as_deref()
                     .filter(|id| !listed.contains(*id))
-                    .map(|id| format!("{noun} {id}"))
+                    .map(|id| (kind, id))
             })
             .collect();
             if missing.is_empty() {
                 continue;
             }
-            let detail = format!(
-                "No longer in the cloud: {} deregistered",
-                missing.join(", ")
-            );
+            let detail = status::deregistered(&missing);
             let change = Change {
                 to: InstallState::Deregistered,
                 detail: &detail,
