@@ -273,3 +273,103 @@ impl BundleSink for BundlingHalf<'_> {
         tracing::debug!(part = %part.path.display(), size = part.size, "bundle part closed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::fake::FakeCloud;
+    use std::sync::Mutex;
+
+    /// The status lines a publish reported, in order.
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+
+    impl Progress for Lines {
+        fn report(&self, step: Step, _: u64) {
+            let line = step.line();
+            let mut lines = self.0.lock().unwrap();
+            if lines.last() != Some(&line) {
+                lines.push(line);
+            }
+        }
+    }
+
+    /// Into the fake cloud: bundled, each part and the manifest put, registered, the bundle
+    /// removed; published again (the installer never recorded the id), the registration is found
+    /// from the manifest in the bucket and nothing is bundled, sent or registered again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_whose_id_was_not_recorded_is_found_and_not_done_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path();
+        let source = data_dir.join("kernel");
+        let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&source, &image).unwrap();
+        let publisher =
+            Publisher::new(Arc::new(FakeCloud::new(data_dir)), data_dir).with_gzip(GzipSettings {
+                level: 1,
+                threads: 2,
+            });
+        let artifact = Artifact {
+            kind: FileKind::Kernel,
+            source,
+            source_size: image.len() as u64,
+            compression: Compression::None,
+            packing: Packing::Raw,
+            name: "test-1-kernel".into(),
+            arch: "x86_64".into(),
+            bucket: "image-store-1".into(),
+            kernel_id: None,
+            ramdisk_id: None,
+            identity: "kernel:test".into(),
+        };
+        let cancel = CancellationToken::new();
+        let lines = Lines::default();
+        let first = publisher.publish(&artifact, &lines, &cancel).await.unwrap();
+        assert_eq!(
+            first.image_id,
+            FakeCloud::image_id(FileKind::Kernel, "kernel:test")
+        );
+        assert_eq!(first.location, "image-store-1/test-1-kernel.manifest.xml");
+        let lines = lines.0.into_inner().unwrap();
+        assert!(lines[0].starts_with("Bundling kernel: "), "{lines:?}");
+        assert_eq!(
+            lines[lines.len() - 4..],
+            [
+                "Uploading kernel bundle: checking the bucket",
+                "Uploading kernel bundle: part 1 of 1",
+                "Uploading kernel bundle: manifest",
+                "Registering kernel",
+            ]
+        );
+        let bucket = data_dir.join("fake-cloud/image-store-1");
+        let mut held: Vec<String> = std::fs::read_dir(&bucket)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        held.sort();
+        assert_eq!(
+            held,
+            [
+                "test-1-kernel.manifest.xml",
+                "test-1-kernel.part.00",
+                "test-1-kernel.registration.json",
+            ]
+        );
+        assert!(
+            !data_dir
+                .join("bundles/image-store-1/test-1-kernel")
+                .exists()
+        );
+
+        let manifest = bucket.join("test-1-kernel.manifest.xml");
+        let sent = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+        let again = Lines::default();
+        let second = publisher.publish(&artifact, &again, &cancel).await.unwrap();
+        assert_eq!(second.image_id, first.image_id);
+        assert!(again.0.into_inner().unwrap().is_empty(), "nothing done");
+        assert_eq!(
+            std::fs::metadata(&manifest).unwrap().modified().unwrap(),
+            sent
+        );
+    }
+}

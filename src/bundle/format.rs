@@ -643,6 +643,53 @@ mod tests {
         assert_eq!(&*parsed.path().unwrap(), Path::new("vmlinuz"));
     }
 
+    /// Records each closed part, checking it is whole on disk and the manifest not yet written.
+    struct Closed {
+        manifest: PathBuf,
+        parts: Vec<Part>,
+    }
+
+    impl PartSink for Closed {
+        fn image_bytes(&mut self, _: u64) -> bool {
+            true
+        }
+
+        fn part_closed(&mut self, part: &Part) -> bool {
+            assert_eq!(std::fs::metadata(&part.path).unwrap().len(), part.size);
+            assert!(!self.manifest.exists(), "a part closes before the manifest");
+            self.parts.push(part.clone());
+            true
+        }
+    }
+
+    #[test]
+    fn each_part_is_told_to_the_sink_as_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
+        // Stored, not deflated: 21 MiB in make three parts.
+        let image = vec![7u8; 21 << 20];
+        let spec = BundleSpec {
+            prefix: "three-parts",
+            kind: FileKind::Kernel,
+            arch: "x86_64",
+            kernel_id: None,
+            ramdisk_id: None,
+            size: image.len() as u64,
+            gzip: GzipSettings {
+                level: 0,
+                threads: 1,
+            },
+        };
+        let mut sink = Closed {
+            manifest: dir.path().join("three-parts.manifest.xml"),
+            parts: Vec::new(),
+        };
+        let bundle =
+            write_bundle_into(&mut &image[..], &spec, &keys, dir.path(), &mut sink).unwrap();
+        assert_eq!(bundle.parts.len(), 3);
+        assert_eq!(sink.parts, bundle.parts);
+    }
+
     #[test]
     fn signed_text_spans_configuration_and_image() {
         let manifest = "<manifest><machine_configuration>a</machine_configuration><image>b</image><signature>s</signature></manifest>";
