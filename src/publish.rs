@@ -66,6 +66,7 @@ impl Artifact {
     }
 }
 
+/// What a publish registered, for `cloud_objects`.
 #[derive(Debug, Clone)]
 pub struct Published {
     /// `eki-…`, `eri-…` or `emi-…`.
@@ -110,6 +111,8 @@ impl Publisher {
         Self { retry, ..self }
     }
 
+    /// The cloud published into: the installer names registrations by its id and reconciles
+    /// with its list.
     pub fn cloud(&self) -> &dyn Cloud {
         &*self.cloud
     }

@@ -51,22 +51,17 @@ pub enum Step {
         total: u64,
     },
     /// Making sure the bucket exists before the first part goes up.
-    CheckingBucket {
-        kind: FileKind,
-    },
+    CheckingBucket { kind: FileKind },
     /// Part `number` (from 1) of `count` going up.
     UploadingPart {
         kind: FileKind,
         number: u64,
         count: u64,
     },
-    UploadingManifest {
-        kind: FileKind,
-    },
+    /// The manifest going up, after every part.
+    UploadingManifest { kind: FileKind },
     /// Looking for an earlier registration, then registering.
-    Registering {
-        kind: FileKind,
-    },
+    Registering { kind: FileKind },
 }
 
 impl Step {
@@ -95,6 +90,7 @@ impl Step {
     }
 }
 
+/// A queued install no worker has taken yet.
 pub fn queued() -> String {
     "Waiting for a free worker".to_string()
 }

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
+/// One EC2/S3 cloud as its credentials name it.
 pub struct EucalyptusCloud {
     id: String,
     s3: S3,
@@ -25,6 +26,7 @@ pub struct EucalyptusCloud {
 }
 
 impl EucalyptusCloud {
+    /// Reaches the cloud the credentials name, retrying what may pass as `retry` says.
     pub fn new(credentials: CloudCredentials, retry: RetryPolicy) -> Result<Self, CloudError> {
         let client = aws::http_client()?;
         let id = format!(

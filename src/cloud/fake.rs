@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// The cloud under `<data-dir>/fake-cloud/`.
 pub struct FakeCloud {
     root: PathBuf,
     id: String,
@@ -51,6 +52,7 @@ struct Record<'a> {
 const RECORD_SUFFIX: &str = ".registration.json";
 
 impl FakeCloud {
+    /// Keeps its buckets and keys under `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
         let root = data_dir.join("fake-cloud");
         Self {
