@@ -30,7 +30,27 @@ const BUFFER: usize = 1 << 20;
 
 /// Bundles an image's raw bytes into `dir` (SPEC §7), telling `sink` of each step ("Bundling
 /// kernel: 3 of 5 MiB") and of each part as it closes.
+///
+/// A bundle that failed leaves no manifest: a tarball refused for a member after its image has
+/// had its bundle written, and must not pass for a finished one ([`super::finished_bundle`]).
 pub fn bundle_artifact(
+    image: &SourceImage<'_>,
+    keys: &BundleKeys,
+    dir: &Path,
+    gzip: GzipSettings,
+    sink: &dyn BundleSink,
+    cancel: &CancellationToken,
+) -> Result<Bundle, BundleError> {
+    let bundled = bundle_once_or_measured(image, keys, dir, gzip, sink, cancel);
+    if bundled.is_err() {
+        let _ = std::fs::remove_file(dir.join(super::manifest_name(image.prefix)));
+    }
+    bundled
+}
+
+/// Bundles with the size the source suggests; measures the image and bundles again when the
+/// gzip trailer's guess was wrong.
+fn bundle_once_or_measured(
     image: &SourceImage<'_>,
     keys: &BundleKeys,
     dir: &Path,
@@ -377,6 +397,61 @@ mod tests {
         assert_eq!(bundle.size, (first.len() + second.len()) as u64);
         let parts = std::fs::read_dir(&out).unwrap().count();
         assert_eq!(parts, bundle.parts.len() + 1, "parts and the manifest only");
+    }
+
+    /// The image member is bundled whole before the member after it is judged: the refused
+    /// tarball's bundle must not pass for a finished one.
+    #[test]
+    fn a_tarball_refused_after_its_image_leaves_no_finished_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = |name: &str, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            let gnu = header.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_cksum();
+            let mut out = header.as_bytes().to_vec();
+            out.extend_from_slice(data);
+            out.resize(out.len().next_multiple_of(512), 0);
+            out
+        };
+        let mut tarball = member("disk.img", &[5u8; 70_000]);
+        tarball.extend(member("../escape", b"pwned"));
+        tarball.extend([0u8; 1024]);
+        let source = dir.path().join("image.tar");
+        std::fs::write(&source, &tarball).unwrap();
+        let image = SourceImage {
+            kind: crate::catalog::model::FileKind::Image,
+            path: &source,
+            size: tarball.len() as u64,
+            compression: Compression::None,
+            packing: Packing::Tar,
+            prefix: "refused-image",
+            arch: "x86_64",
+            kernel_id: None,
+            ramdisk_id: None,
+        };
+        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
+        let out = dir.path().join("bundle");
+        let settings = GzipSettings {
+            level: 1,
+            threads: 1,
+        };
+        let refused = bundle_artifact(
+            &image,
+            &keys,
+            &out,
+            settings,
+            &Quiet,
+            &CancellationToken::new(),
+        );
+        assert!(
+            matches!(refused, Err(BundleError::Unpack(_))),
+            "{refused:?}"
+        );
+        assert!(super::super::finished_bundle(&out, "refused-image").is_none());
     }
 
     #[test]
