@@ -3,10 +3,10 @@
 //! Writes DIR/image (disk-like bytes: zero runs, text, noise) unless it exists, bundles it into
 //! DIR/proxy/, and prints the time and the input rate.
 
+use image_store_proxy::bundle::gzip::GzipSettings;
+use image_store_proxy::bundle::keys;
+use image_store_proxy::bundle::{self, BundleSpec};
 use image_store_proxy::catalog::model::FileKind;
-use image_store_proxy::cloud::bundle::{self, BundleSpec};
-use image_store_proxy::cloud::gzip::GzipSettings;
-use image_store_proxy::cloud::keys;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;

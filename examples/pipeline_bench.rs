@@ -19,8 +19,8 @@
 use aes::Aes128;
 use cbc::cipher::{BlockEncryptMut, KeyIvInit, generic_array::GenericArray};
 use flate2::{Compress, Compression, FlushCompress};
+use image_store_proxy::bundle::gzip::{GzipSettings, GzipWriter};
 use image_store_proxy::client::ProxyClient;
-use image_store_proxy::cloud::gzip::{GzipSettings, GzipWriter};
 use image_store_proxy::trust::Keyring;
 use serde_json::Value;
 use sha1::{Digest, Sha1};

@@ -12,6 +12,7 @@ use crate::config::{CloudMode, Config};
 use crate::db::{Db, DbError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::install::Installer;
+use crate::publish::Publisher;
 use crate::trust::Trust;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,10 +60,9 @@ impl App {
     pub fn build(config: &Config) -> Result<Self, AppError> {
         keep_files_private();
         let (cloud, secret): (Arc<dyn Cloud>, String) = match &config.cloud {
-            CloudMode::Fake { secret } => (
-                Arc::new(FakeCloud::new(&config.data_dir).with_gzip(config.gzip)),
-                secret.clone(),
-            ),
+            CloudMode::Fake { secret } => {
+                (Arc::new(FakeCloud::new(&config.data_dir)), secret.clone())
+            }
             CloudMode::Eucalyptus { cloud_config } => {
                 // The Store servlet signs with the administrator's secret key (SPEC §4.1).
                 let credentials = match cloud_config {
@@ -77,8 +77,7 @@ impl App {
                     credentials.source.display()
                 );
                 let secret = credentials.key.secret.clone();
-                let cloud = EucalyptusCloud::new(credentials, &config.data_dir, config.retry)?
-                    .with_gzip(config.gzip);
+                let cloud = EucalyptusCloud::new(credentials, config.retry)?;
                 (Arc::new(cloud), secret)
             }
         };
@@ -100,7 +99,9 @@ impl App {
             Cache::new(&config.data_dir),
             fetcher,
             trust,
-            cloud,
+            Publisher::new(cloud, &config.data_dir)
+                .with_gzip(config.gzip)
+                .with_retry(config.retry),
             config.workers,
         )?;
         Ok(Self {

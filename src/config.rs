@@ -1,7 +1,7 @@
 //! The only place that reads flags, environment and config files (SPEC §3). Flags keep the
 //! original proxy's names; each can also come from `--config FILE` (TOML, the same names as keys).
 
-use crate::cloud::gzip::GzipSettings;
+use crate::bundle::gzip::GzipSettings;
 use crate::fetch::retry::{RetryPolicy, StallRule};
 use reqwest::Url;
 use serde::Deserialize;

@@ -2,7 +2,7 @@
 //! with fake-store (signed with the test key), runs the proxy against it in `--fake-eucalyptus`
 //! mode, and prints how to talk to it.
 
-use crate::cloud::gzip::GzipSettings;
+use crate::bundle::gzip::GzipSettings;
 use crate::config::{CloudMode, Config};
 use crate::fetch::RetryPolicy;
 use anyhow::Context;

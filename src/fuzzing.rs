@@ -176,7 +176,7 @@ impl SignatureCheck {
             Cache::new(work_dir),
             fetcher,
             trust,
-            Arc::new(FakeCloud::new(work_dir)),
+            crate::publish::Publisher::new(Arc::new(FakeCloud::new(work_dir)), work_dir),
             1,
         )
         .expect("the installer");

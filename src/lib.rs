@@ -12,10 +12,14 @@
 //! - [`fetch`]: HTTP downloads with resume, size cap and hashing as bytes flow
 //! - [`cache`]: content-addressed files, promoted only once verified
 //! - [`db`]: SQLite state: catalog, files, installs (the job queue), cloud objects, events
-//! - [`install`]: the state machine, the workers, status lines, the live board the UI polls
+//! - [`install`]: the state machine, the workers, the live board the UI polls
+//! - [`status`]: every status line's wording, and the typed steps publishing reports
 //! - [`unpack`]: gunzip and tarball member streaming for what gets installed
-//! - [`cloud`]: the one trait a cloud implements; EC2 image bundles, S3 upload, EC2 registration,
-//!   request signing, credentials; the fake cloud
+//! - [`bundle`]: the EC2 image bundle: tar, gzip, AES, parts, manifest, keys; the reading pipeline
+//! - [`publish`]: bundle -> upload -> register with recovery, once for every cloud
+//! - [`cloud`]: the transport a cloud implements: S3 upload, EC2 registration, request signing,
+//!   credentials; the fake cloud
+//! - [`pause`]: the crash tests' hook that parks an install at a chosen point
 //! - [`client`]: a client that signs like the servlet (CLI and tests)
 //! - [`json`]: ASCII-only JSON, as the servlet needs
 //! - [`rfc3986`]: the percent-encoding every signature here uses
@@ -27,6 +31,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bundle;
 pub mod cache;
 pub mod catalog;
 pub mod client;
@@ -43,7 +48,10 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod pause;
+pub mod publish;
 pub mod report;
 pub mod rfc3986;
+pub mod status;
 pub mod trust;
 pub mod unpack;

@@ -5,8 +5,8 @@
 //! original proxy did. Everything is read and checked at start-up: a missing or unreadable
 //! credential is one error naming the file and the field.
 
-use super::keys::{self, BundleKeys, KeyError};
 use super::sign::{AccessKey, SignatureVersion};
+use crate::bundle::keys::{self, BundleKeys, KeyError};
 use reqwest::Url;
 use serde::Deserialize;
 use std::collections::HashMap;

@@ -3,9 +3,9 @@
 //! endpoint as given (`/services/compute` on Eucalyptus, `/` elsewhere), signed V2 (HmacSHA256, as
 //! euca2ools up to 3.2) or V4.
 
-use super::CloudError;
 use super::aws::{self, Endpoint, Failure};
 use super::sign::{self, SignatureVersion};
+use super::{CloudError, Registration};
 use time::OffsetDateTime;
 
 /// The API version euca2ools 3.2 spoke: Eucalyptus 3.x/4.x and EC2 understand it.
@@ -21,17 +21,6 @@ pub struct ImageRecord {
     pub id: String,
     pub name: Option<String>,
     pub location: Option<String>,
-}
-
-/// What to register: a bundle's manifest and, for a machine image, its kernel and ramdisk.
-#[derive(Debug, Clone)]
-pub struct Registration<'a> {
-    /// `bucket/prefix.manifest.xml`.
-    pub location: &'a str,
-    pub name: &'a str,
-    pub architecture: &'a str,
-    pub kernel_id: Option<&'a str>,
-    pub ramdisk_id: Option<&'a str>,
 }
 
 impl Ec2 {

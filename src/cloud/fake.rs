@@ -1,16 +1,15 @@
-//! `--fake-eucalyptus`: a cloud on the local disk. Each artifact is bundled exactly as for a real
-//! cloud (`bundle.rs`): parts and manifest land in `<data-dir>/fake-cloud/<bucket>/` beside a
-//! `<prefix>.registration.json` record, under an id derived from what was registered (so the same
-//! artifact always gets the same id) in the form Eucalyptus uses: `emi-` and 8 upper-case hex
-//! digits. The "user" and "cloud" keys are made once in `<data-dir>/fake-cloud/keys/`, so the
-//! bundles can be decrypted with `openssl` as the cloud would. Nothing leaves the machine.
+//! `--fake-eucalyptus`: a cloud on the local disk. A bucket is the directory
+//! `<data-dir>/fake-cloud/<bucket>/`; putting an object links (or copies) the bundle's file there,
+//! and registering writes a `<prefix>.registration.json` record beside the manifest, under an id
+//! derived from what was registered (so the same artifact always gets the same id) in the form
+//! Eucalyptus uses: `emi-` and 8 upper-case hex digits. The "user" and "cloud" keys are made once
+//! in `<data-dir>/fake-cloud/keys/`, so the bundles can be decrypted with `openssl` as the cloud
+//! would. Nothing leaves the machine.
 
-use super::gzip::GzipSettings;
-use super::keys::{self, BundleKeys};
-use super::{
-    Artifact, Cloud, CloudError, Progress, PublishFuture, Published, RegisteredFuture,
-    bundle_artifact, id_prefix,
-};
+use super::{AttemptFuture, Cloud, CloudError, CloudFuture, Failure, Registration, id_prefix};
+use crate::bundle::keys::{self, BundleKeys};
+use crate::catalog::model::FileKind;
+use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -18,22 +17,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// The cloud under `<data-dir>/fake-cloud/`.
 pub struct FakeCloud {
     root: PathBuf,
     id: String,
     /// Made or loaded on the first install, not at start-up: key generation takes a moment.
     keys: Mutex<Option<BundleKeys>>,
-    gzip: GzipSettings,
 }
 
-/// What `registered` reads back from a registration record.
+/// What is read back from a registration record.
 #[derive(Deserialize)]
 struct RecordedId {
     image_id: String,
+    #[serde(default)]
+    location: String,
 }
 
 #[derive(Serialize)]
-struct Registration<'a> {
+struct Record<'a> {
     image_id: &'a str,
     kind: &'a str,
     name: &'a str,
@@ -48,20 +49,17 @@ struct Registration<'a> {
     digest: &'a str,
 }
 
+const RECORD_SUFFIX: &str = ".registration.json";
+
 impl FakeCloud {
+    /// Keeps its buckets and keys under `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
         let root = data_dir.join("fake-cloud");
         Self {
             id: format!("fake:{}", root.display()),
             root,
             keys: Mutex::new(None),
-            gzip: GzipSettings::default_for_this_machine(),
         }
-    }
-
-    /// How bundles are compressed (`--compression-level`).
-    pub fn with_gzip(self, gzip: GzipSettings) -> Self {
-        Self { gzip, ..self }
     }
 
     /// Where the fake cloud's "user" and "cloud" private keys are kept.
@@ -69,14 +67,11 @@ impl FakeCloud {
         data_dir.join("fake-cloud").join("keys")
     }
 
-    /// The id a registration gets: stable for the same artifact, distinct for different ones.
-    pub fn image_id(artifact: &Artifact) -> String {
-        let digest = Sha256::digest(artifact.identity.as_bytes());
-        format!(
-            "{}-{}",
-            id_prefix(artifact.kind),
-            hex::encode_upper(&digest[..4])
-        )
+    /// The id a registration gets: stable for the same artifact (its kind and identity),
+    /// distinct for different ones.
+    pub fn image_id(kind: FileKind, identity: &str) -> String {
+        let digest = Sha256::digest(identity.as_bytes());
+        format!("{}-{}", id_prefix(kind), hex::encode_upper(&digest[..4]))
     }
 
     fn keys(&self) -> Result<BundleKeys, CloudError> {
@@ -85,60 +80,85 @@ impl FakeCloud {
             return Ok(keys.clone());
         }
         let dir = self.root.join("keys");
-        let made = keys::fake_cloud_keys(&dir).map_err(|e| CloudError::Write {
-            path: dir.clone(),
-            source: std::io::Error::other(e.to_string()),
+        let made = keys::fake_cloud_keys(&dir).map_err(|source| CloudError::Keys {
+            dir: dir.clone(),
+            source,
         })?;
         *keys = Some(made.clone());
         Ok(made)
     }
 
-    fn publish_blocking(
-        &self,
-        artifact: &Artifact,
-        progress: &dyn Progress,
-        cancel: &CancellationToken,
-    ) -> Result<Published, CloudError> {
-        let bucket = self.root.join(&artifact.bucket);
-        let keys = self.keys()?;
-        let bundle = bundle_artifact(artifact, &keys, &bucket, self.gzip, progress, cancel)?;
-        // What a real cloud would have been sent: every part, and the manifest.
-        let manifest_size = std::fs::metadata(&bundle.manifest_path).map_or(0, |m| m.len());
-        crate::metrics::global().add_uploaded(bundle.bundled_size + manifest_size);
-        let noun = artifact.kind.noun();
-        progress.report(format!("Registering {noun}"), artifact.source_size);
-        let image_id = Self::image_id(artifact);
-        let location = format!("{}/{}", artifact.bucket, bundle.manifest_name);
-        let record = Registration {
+    fn put_blocking(&self, bucket: &str, key: &str, path: &Path) -> Result<bool, CloudError> {
+        let local = |action: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| CloudError::Local {
+                action,
+                path,
+                source,
+            }
+        };
+        let dir = self.root.join(bucket);
+        let target = dir.join(key);
+        let sending = md5_of(path).map_err(local("reading", path))?;
+        if md5_of(&target).is_ok_and(|there| there == sending) {
+            return Ok(false);
+        }
+        // Linked (or, across file systems, copied) under a temporary name, then renamed: an
+        // object is whole or absent.
+        let incoming = dir.join(format!(".{key}.incoming"));
+        let _ = std::fs::remove_file(&incoming);
+        if std::fs::hard_link(path, &incoming).is_err() {
+            std::fs::copy(path, &incoming).map_err(local("writing", &incoming))?;
+        }
+        std::fs::rename(&incoming, &target).map_err(local("writing", &target))?;
+        // What a real cloud would have been sent.
+        let size = std::fs::metadata(&target).map_or(0, |m| m.len());
+        crate::metrics::global().add_uploaded(size);
+        Ok(true)
+    }
+
+    fn register_blocking(&self, registration: &Registration<'_>) -> Result<String, CloudError> {
+        let bundle = registration.bundle;
+        let image_id = Self::image_id(registration.kind, registration.identity);
+        let record = Record {
             image_id: &image_id,
-            kind: noun,
-            name: &artifact.name,
-            location: &location,
-            architecture: &artifact.arch,
-            kernel_id: artifact.kernel_id.as_deref(),
-            ramdisk_id: artifact.ramdisk_id.as_deref(),
+            kind: registration.kind.noun(),
+            name: registration.name,
+            location: registration.location,
+            architecture: registration.architecture,
+            kernel_id: registration.kernel_id,
+            ramdisk_id: registration.ramdisk_id,
             size: bundle.size,
             bundled_size: bundle.bundled_size,
             parts: bundle.parts.iter().map(|p| p.file_name.as_str()).collect(),
             digest: &bundle.digest,
         };
-        let record_path = bucket.join(format!("{}.registration.json", artifact.name));
+        let bucket = registration
+            .location
+            .split_once('/')
+            .map_or("", |(bucket, _)| bucket);
+        let record_path = self
+            .root
+            .join(bucket)
+            .join(format!("{}{RECORD_SUFFIX}", registration.name));
         let json = serde_json::to_vec_pretty(&record).expect("a registration serialises");
-        std::fs::write(&record_path, json).map_err(|source| CloudError::Write {
+        std::fs::write(&record_path, json).map_err(|source| CloudError::Local {
+            action: "writing",
             path: record_path.clone(),
             source,
         })?;
-        Ok(Published { image_id, location })
+        Ok(image_id)
     }
 
-    /// Every `*.registration.json` under the fake cloud: deleting one deregisters its image.
-    fn registered_ids(&self) -> Result<HashSet<String>, CloudError> {
-        let mut ids = HashSet::new();
+    /// Every registration record under the fake cloud: deleting one deregisters its image.
+    fn records(&self) -> Result<Vec<RecordedId>, CloudError> {
+        let mut records = Vec::new();
         let buckets = match std::fs::read_dir(&self.root) {
             Ok(buckets) => buckets,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(records),
             Err(source) => {
-                return Err(CloudError::Write {
+                return Err(CloudError::Local {
+                    action: "reading",
                     path: self.root.clone(),
                     source,
                 });
@@ -150,19 +170,30 @@ impl FakeCloud {
             };
             for file in files.flatten() {
                 let path = file.path();
-                if !path.to_string_lossy().ends_with(".registration.json") {
+                if !path.to_string_lossy().ends_with(RECORD_SUFFIX) {
                     continue;
                 }
                 let Ok(bytes) = std::fs::read(&path) else {
                     continue;
                 };
                 if let Ok(record) = serde_json::from_slice::<RecordedId>(&bytes) {
-                    ids.insert(record.image_id);
+                    records.push(record);
                 }
             }
         }
-        Ok(ids)
+        Ok(records)
     }
+}
+
+/// As S3 compares objects: by MD5 (a part is at most 10 MiB).
+fn md5_of(path: &Path) -> std::io::Result<Vec<u8>> {
+    Ok(Md5::digest(std::fs::read(path)?).to_vec())
+}
+
+/// Disk work: off the async threads, but borrowing is simplest with `block_in_place` (the daemon
+/// runs the multi-threaded runtime).
+fn on_disk<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
 }
 
 impl Cloud for FakeCloud {
@@ -170,20 +201,63 @@ impl Cloud for FakeCloud {
         &self.id
     }
 
-    fn publish<'a>(
+    fn bundle_keys(&self) -> Result<BundleKeys, CloudError> {
+        on_disk(|| self.keys())
+    }
+
+    fn ensure_bucket<'a>(
         &'a self,
-        artifact: &'a Artifact,
-        progress: &'a dyn Progress,
-        cancel: &'a CancellationToken,
-    ) -> PublishFuture<'a> {
-        // Disk and decompression work: off the async threads, but borrowing is simplest with
-        // block_in_place (the daemon runs the multi-threaded runtime).
+        bucket: &'a str,
+        _cancel: &'a CancellationToken,
+    ) -> CloudFuture<'a, ()> {
         Box::pin(async move {
-            tokio::task::block_in_place(|| self.publish_blocking(artifact, progress, cancel))
+            let dir = self.root.join(bucket);
+            on_disk(|| std::fs::create_dir_all(&dir)).map_err(|source| CloudError::Local {
+                action: "writing",
+                path: dir.clone(),
+                source,
+            })
         })
     }
 
-    fn registered(&self) -> RegisteredFuture<'_> {
-        Box::pin(async move { tokio::task::block_in_place(|| self.registered_ids()) })
+    fn has_object<'a>(&'a self, bucket: &'a str, key: &'a str) -> CloudFuture<'a, bool> {
+        Box::pin(async move { Ok(on_disk(|| self.root.join(bucket).join(key).exists())) })
+    }
+
+    fn put_object<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        path: &'a Path,
+        _cancel: &'a CancellationToken,
+    ) -> CloudFuture<'a, bool> {
+        Box::pin(async move { on_disk(|| self.put_blocking(bucket, key, path)) })
+    }
+
+    fn find_registration<'a>(
+        &'a self,
+        location: &'a str,
+        _name: &'a str,
+    ) -> AttemptFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let records = on_disk(|| self.records()).map_err(Failure::Permanent)?;
+            Ok(records
+                .into_iter()
+                .find(|record| record.location == location)
+                .map(|record| record.image_id))
+        })
+    }
+
+    fn register<'a>(&'a self, registration: &'a Registration<'a>) -> AttemptFuture<'a, String> {
+        Box::pin(async move {
+            on_disk(|| self.register_blocking(registration)).map_err(Failure::Permanent)
+        })
+    }
+
+    fn registered(&self) -> CloudFuture<'_, HashSet<String>> {
+        Box::pin(async move {
+            let records = on_disk(|| self.records())?;
+            Ok(records.into_iter().map(|record| record.image_id).collect())
+        })
     }
 }

@@ -1,79 +1,49 @@
-//! Where installed images go (SPEC §7). One small trait, [`Cloud`]: publish one artifact (a kernel,
-//! a ramdisk, or a machine image linked to them) and return the id the cloud registered it under.
-//! The installer decides what to publish and remembers what was (`db::cloud_objects`); a cloud only
-//! bundles, moves bytes and registers. Both clouds make the same EC2 image bundle
-//! ([`bundle_artifact`]: `pipeline.rs` streams the image through `bundle.rs` and `gzip.rs`): `eucalyptus.rs` uploads it to S3 (`s3.rs`) and registers it
-//! through EC2 (`ec2.rs`), signing as `sign.rs` says with `credentials.rs`' keys; `fake.rs`
-//! (`--fake-eucalyptus`) keeps it on the local disk.
+//! Where installed images go (SPEC §7): the clouds that receive EC2 image bundles. [`Cloud`] is a
+//! transport: make sure a bucket exists, put an object unless the bucket has it, find an earlier
+//! registration, register, list what is registered. What to send and in which order (bundle,
+//! upload, register, and the recovery when an earlier run stopped half-way) is decided once, in
+//! `publish.rs`, for every cloud; the bundle itself is `bundle/`'s.
+//!
+//! `eucalyptus.rs` is a real cloud: S3 (`s3.rs`) and EC2 (`ec2.rs`) over `aws.rs`' client,
+//! signing as `sign.rs` says with `credentials.rs`' keys; `fake.rs` (`--fake-eucalyptus`) keeps
+//! buckets and registrations on the local disk.
 
 pub mod aws;
-pub mod bundle;
 pub mod credentials;
 pub mod ec2;
 pub mod eucalyptus;
 pub mod fake;
-pub mod gzip;
-pub mod keys;
-mod pipeline;
 pub mod s3;
 pub mod sign;
 
-use crate::catalog::model::{Compression, FileKind, Packing};
+use crate::bundle::keys::{BundleKeys, KeyError};
+use crate::bundle::{Bundle, BundleError};
+use crate::catalog::model::FileKind;
 use crate::unpack::UnpackError;
-use bundle::BundleError;
-pub use pipeline::bundle_artifact;
+pub use aws::{Failure, with_retries};
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use tokio_util::sync::CancellationToken;
 
-/// One file to publish, as the installer hands it over.
-#[derive(Debug, Clone)]
-pub struct Artifact {
-    pub kind: FileKind,
-    /// The verified cache file.
-    pub source: PathBuf,
-    pub source_size: u64,
-    pub compression: Compression,
-    pub packing: Packing,
-    /// Bundle prefix and image name, e.g. `ubuntu-server-amd64-9.10-kernel`.
-    pub name: String,
-    /// `x86_64` or `i386`.
-    pub arch: String,
-    /// `image-store-<unix seconds>`: the install's bucket.
-    pub bucket: String,
-    /// For a machine image: the ids of its kernel and ramdisk.
-    pub kernel_id: Option<String>,
-    pub ramdisk_id: Option<String>,
-    /// What makes two artifacts the same registration: kind, content and links.
-    pub identity: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Published {
-    /// `eki-…`, `eri-…` or `emi-…`.
-    pub image_id: String,
-    /// `bucket/prefix.manifest.xml` or wherever the cloud keeps it.
-    pub location: String,
-}
-
-/// Told how far publishing has got: one status line, and bytes of the source consumed.
-pub trait Progress: Send + Sync {
-    fn report(&self, detail: String, source_done: u64);
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
-    #[error("{0}")]
+    #[error(transparent)]
     Unpack(#[from] UnpackError),
-    #[error("writing {path}: {source}")]
-    Write {
+    /// A local file of the bundle or of the fake cloud could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Local {
+        /// `reading`, `writing`.
+        action: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Bundle(#[from] BundleError),
+    /// The fake cloud's own keys could not be loaded or made.
+    #[error("making the fake cloud's keys in {dir}: {source}")]
+    Keys { dir: PathBuf, source: KeyError },
+    #[error(transparent)]
+    Bundle(BundleError),
     #[error("the cloud refused {action}: {reason}")]
     Refused {
         action: &'static str,
@@ -89,26 +59,93 @@ pub enum CloudError {
     Cancelled,
 }
 
-pub type PublishFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Published, CloudError>> + Send + 'a>>;
-pub type RegisteredFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<HashSet<String>, CloudError>> + Send + 'a>>;
+impl From<BundleError> for CloudError {
+    /// A bundle that failed because its source did not unpack, or because it was cancelled, is
+    /// reported as that.
+    fn from(error: BundleError) -> Self {
+        match error {
+            BundleError::Unpack(error) => CloudError::Unpack(error),
+            BundleError::Cancelled => CloudError::Cancelled,
+            other => CloudError::Bundle(other),
+        }
+    }
+}
 
+/// What to register: a bundle's manifest in the bucket and, for a machine image, its kernel and
+/// ramdisk.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    pub kind: FileKind,
+    /// What makes two registrations the same: kind, content and links (the fake cloud's ids
+    /// derive from it).
+    pub identity: &'a str,
+    /// `bucket/prefix.manifest.xml`.
+    pub location: &'a str,
+    /// The bundle prefix, registered as the image's name.
+    pub name: &'a str,
+    pub architecture: &'a str,
+    pub kernel_id: Option<&'a str>,
+    pub ramdisk_id: Option<&'a str>,
+    /// The bundle the manifest describes.
+    pub bundle: &'a Bundle,
+}
+
+/// A cloud call that retries on its own.
+pub type CloudFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, CloudError>> + Send + 'a>>;
+/// One attempt of a cloud call, whose failure says whether another try may pass
+/// ([`with_retries`]).
+pub type AttemptFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + 'a>>;
+
+/// A cloud that receives bundles: a transport, with no opinion on what to send.
 pub trait Cloud: Send + Sync {
     /// Names this cloud in `cloud_objects`, so a registration is reused only in the cloud that has it.
     fn id(&self) -> &str;
 
-    /// Bundles, uploads and registers one artifact.
-    fn publish<'a>(
+    /// The bucket an install's bundles go to: the install's own, unless the cloud's
+    /// configuration names one.
+    fn bucket<'a>(&'a self, install_bucket: &'a str) -> &'a str {
+        install_bucket
+    }
+
+    /// The keys bundles for this cloud are made with (the user's, and the cloud's certificate).
+    /// May block (the fake cloud makes its keys on first use).
+    fn bundle_keys(&self) -> Result<BundleKeys, CloudError>;
+
+    /// Creates `bucket` unless it exists (and is ours).
+    fn ensure_bucket<'a>(
         &'a self,
-        artifact: &'a Artifact,
-        progress: &'a dyn Progress,
+        bucket: &'a str,
         cancel: &'a CancellationToken,
-    ) -> PublishFuture<'a>;
+    ) -> CloudFuture<'a, ()>;
+
+    /// Whether `bucket/key` exists (a missing bucket holds nothing); one try.
+    fn has_object<'a>(&'a self, bucket: &'a str, key: &'a str) -> CloudFuture<'a, bool>;
+
+    /// Puts the file at `path` as `bucket/key`, unless an object with the same MD5 is already
+    /// there; counts the bytes sent (`metrics`). Returns whether bytes were sent.
+    fn put_object<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        path: &'a Path,
+        cancel: &'a CancellationToken,
+    ) -> CloudFuture<'a, bool>;
+
+    /// The id of an image of ours registered from `location` (or, where the cloud reports no
+    /// locations, under `name`): a registration whose reply was lost, or whose id was never
+    /// recorded because the proxy stopped first. One attempt.
+    fn find_registration<'a>(
+        &'a self,
+        location: &'a str,
+        name: &'a str,
+    ) -> AttemptFuture<'a, Option<String>>;
+
+    /// Registers the manifest; returns the new image's id. One attempt.
+    fn register<'a>(&'a self, registration: &'a Registration<'a>) -> AttemptFuture<'a, String>;
 
     /// The ids of every image registered for us in this cloud right now: what is installed is
     /// reconciled with it, so an image deregistered by an operator shows as uninstalled again.
-    fn registered(&self) -> RegisteredFuture<'_>;
+    fn registered(&self) -> CloudFuture<'_, HashSet<String>>;
 }
 
 /// The EC2 id prefix of each kind (Eucalyptus' naming).

@@ -10,9 +10,9 @@
 use super::{FetchError, Fetcher};
 use crate::cache::{Cache, Sha256Hex};
 use crate::db::{Db, DbError};
-use crate::trust::{Trust, TrustError};
 use crate::limits::{FILE_SIGNATURE_TIMEOUT, MAX_SIGNATURE_BYTES};
 use crate::metrics;
+use crate::trust::{Trust, TrustError};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

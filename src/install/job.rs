@@ -6,12 +6,15 @@ use super::Installer;
 use super::detail;
 use super::keyed_lock::KeyGuard;
 use super::state::InstallState;
+use crate::bundle;
 use crate::catalog::model::{FileKind, FileRef, Image};
-use crate::cloud::{Artifact, CloudError, Progress, bundle};
+use crate::cloud::CloudError;
 use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
 use crate::fetch::verified::{FileError, FileStages, SignedFile};
 use crate::metrics;
+use crate::publish::{Artifact, Progress};
+use crate::status::{self, Step};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +75,7 @@ pub(super) async fn run(
         Err(error) if error.is_cancel() && shutdown.is_cancelled() => return,
         Err(error) if error.is_cancel() => Change {
             to: InstallState::Cancelled,
-            detail: "Cancelled by the operator",
+            detail: status::CANCELLED,
             error: None,
             ids: None,
         },
@@ -203,10 +206,7 @@ impl Job<'_> {
     }
 
     async fn publish_all(&self, image: &Image) -> Result<RegisteredIds, JobError> {
-        self.set_state(
-            InstallState::Installing,
-            &format!("Installing {}", image.title),
-        )?;
+        self.set_state(InstallState::Installing, &status::installing(&image.title))?;
         let total: u64 = image.total_bytes();
         let mut ids = RegisteredIds::default();
         let mut done = 0;
@@ -263,7 +263,7 @@ impl Job<'_> {
         total: u64,
     ) -> Result<String, JobError> {
         let installer = self.installer;
-        let cloud_id = installer.cloud.id().to_string();
+        let cloud_id = installer.publisher.cloud().id().to_string();
         let _only_us = self
             .exclusively(
                 &format!("publish:{}", artifact.identity),
@@ -277,7 +277,7 @@ impl Job<'_> {
                 self.uri(),
                 done_before + artifact.source_size,
                 total,
-                detail::already_registered(artifact.kind, &id),
+                status::already_registered(artifact.kind, &id),
             );
             return Ok(id);
         }
@@ -288,7 +288,7 @@ impl Job<'_> {
             total,
         };
         let published = installer
-            .cloud
+            .publisher
             .publish(artifact, &progress, self.cancel)
             .await
             .inspect_err(record_cloud_error)?;
@@ -361,7 +361,7 @@ impl FileStages for DownloadStages<'_> {
 fn record_cloud_error(error: &CloudError) {
     let kind = match error {
         CloudError::Unpack(_) => "unpack",
-        CloudError::Write { .. } => "write",
+        CloudError::Local { .. } | CloudError::Keys { .. } => "write",
         CloudError::Bundle(_) => "bundle",
         CloudError::Refused { .. } => "refused",
         CloudError::Unreachable { .. } => "unreachable",
@@ -377,11 +377,15 @@ struct BoardProgress<'a> {
     total: u64,
 }
 
+/// Publishing's steps, worded by `status`, on the board as part of the whole install's bytes.
 impl Progress for BoardProgress<'_> {
-    fn report(&self, detail: String, source_done: u64) {
-        self.installer
-            .board
-            .progress(self.uri, self.done_before + source_done, self.total, detail);
+    fn report(&self, step: Step, source_done: u64) {
+        self.installer.board.progress(
+            self.uri,
+            self.done_before + source_done,
+            self.total,
+            step.line(),
+        );
     }
 }
 

@@ -4,19 +4,20 @@
 //! before it is announced; a restart requeues whatever was in flight.
 
 pub mod board;
-pub mod detail;
 mod job;
 mod keyed_lock;
-pub mod pause;
 pub mod state;
+/// Kept under their old names until every caller uses `crate::status` and `crate::pause`.
+pub use crate::{pause, status as detail};
 
 use crate::cache::Cache;
-use crate::catalog::model::Image;
-use crate::cloud::Cloud;
+use crate::catalog::model::{FileKind, Image};
 use crate::db::installs::Change;
 use crate::db::{Db, DbError};
 use crate::fetch::Fetcher;
 use crate::fetch::verified::VerifiedDownloads;
+use crate::publish::Publisher;
+use crate::status;
 use crate::trust::Trust;
 use board::{Board, InstallView};
 use state::InstallState;
@@ -32,7 +33,7 @@ pub struct Installer {
     cache: Cache,
     fetcher: Fetcher,
     trust: Arc<Trust>,
-    cloud: Arc<dyn Cloud>,
+    publisher: Publisher,
     /// The installs a worker owns right now, with the token that cancels each.
     running: Mutex<HashMap<String, CancellationToken>>,
     wake: Notify,
@@ -49,7 +50,7 @@ impl Installer {
         cache: Cache,
         fetcher: Fetcher,
         trust: Arc<Trust>,
-        cloud: Arc<dyn Cloud>,
+        publisher: Publisher,
         workers: usize,
     ) -> Result<Arc<Self>, DbError> {
         let requeued = db.requeue_interrupted()?;
@@ -66,7 +67,7 @@ impl Installer {
             cache,
             fetcher,
             trust,
-            cloud,
+            publisher,
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             workers: workers.max(1),
@@ -119,7 +120,7 @@ impl Installer {
                 uri,
                 Change {
                     to: InstallState::Cancelled,
-                    detail: "Cancelled by the operator",
+                    detail: status::CANCELLED,
                     error: None,
                     ids: None,
                 },
@@ -149,7 +150,7 @@ impl Installer {
     /// registers anew instead of pointing at ids that are gone.
     pub async fn reconcile(&self) {
         let listed_at = crate::db::now_unix();
-        let listed = match self.cloud.registered().await {
+        let listed = match self.publisher.cloud().registered().await {
             Ok(listed) => listed,
             Err(error) => {
                 tracing::warn!("cannot list the cloud's images to reconcile installs: {error}");
@@ -158,7 +159,7 @@ impl Installer {
         };
         match self
             .db
-            .forget_cloud_objects(self.cloud.id(), &listed, listed_at)
+            .forget_cloud_objects(self.publisher.cloud().id(), &listed, listed_at)
         {
             Ok(0) => {}
             Ok(forgotten) => tracing::info!(forgotten, "registrations the cloud no longer has"),
@@ -176,25 +177,22 @@ impl Installer {
             .iter()
             .filter(|row| row.state == InstallState::Installed && row.updated_at < listed_at)
         {
-            let missing: Vec<String> = [
-                ("machine image", &row.ids.emi),
-                ("kernel", &row.ids.eki),
-                ("ramdisk", &row.ids.eri),
+            let missing: Vec<(FileKind, &str)> = [
+                (FileKind::Image, &row.ids.emi),
+                (FileKind::Kernel, &row.ids.eki),
+                (FileKind::Ramdisk, &row.ids.eri),
             ]
             .into_iter()
-            .filter_map(|(noun, id)| {
-                id.as_ref()
+            .filter_map(|(kind, id)| {
+                id.as_deref()
                     .filter(|id| !listed.contains(*id))
-                    .map(|id| format!("{noun} {id}"))
+                    .map(|id| (kind, id))
             })
             .collect();
             if missing.is_empty() {
                 continue;
             }
-            let detail = format!(
-                "No longer in the cloud: {} deregistered",
-                missing.join(", ")
-            );
+            let detail = status::deregistered(&missing);
             let change = Change {
                 to: InstallState::Deregistered,
                 detail: &detail,

@@ -6,10 +6,10 @@
 use crate::common;
 
 use common::openssl::{self, WrappedFor};
+use image_store_proxy::bundle::gzip::GzipSettings;
+use image_store_proxy::bundle::keys::{self, BundleKeys};
+use image_store_proxy::bundle::{self, BundleSpec, PART_SIZE};
 use image_store_proxy::catalog::model::FileKind;
-use image_store_proxy::cloud::bundle::{self, BundleSpec, PART_SIZE};
-use image_store_proxy::cloud::gzip::GzipSettings;
-use image_store_proxy::cloud::keys::{self, BundleKeys};
 use std::path::Path;
 
 fn keys(dir: &Path) -> (BundleKeys, [std::path::PathBuf; 4]) {

@@ -17,7 +17,7 @@ use crate::common;
 
 use common::moto::Moto;
 use common::{TestEnv, resumed_from};
-use image_store_proxy::install::pause::PAUSE_AT;
+use image_store_proxy::pause::PAUSE_AT;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 use std::path::Path;

@@ -2,11 +2,13 @@
 //! member of a GNU tar stream, the SHA-1 of that stream, gzip, AES-128-CBC under a random key and
 //! IV, cut into 10 MiB parts `<prefix>.part.NN`, and `<prefix>.manifest.xml` describing and signing
 //! it all. Every byte passes once through one chain of writers, so memory stays flat whatever the
-//! image's size. Pure and synchronous: the caller runs it on a blocking thread.
+//! image's size. Pure and synchronous: the caller runs it on a blocking thread. Each part is
+//! announced to the caller's [`PartSink`] as soon as it is closed.
 
 use super::gzip::{GzipSettings, GzipWriter};
 use super::keys::BundleKeys;
 use crate::catalog::model::FileKind;
+use crate::unpack::UnpackError;
 use aes::Aes128;
 use cbc::cipher::{BlockEncryptMut, KeyIvInit, generic_array::GenericArray};
 use rsa::{Pkcs1v15Encrypt, Pkcs1v15Sign};
@@ -14,6 +16,7 @@ use sha1::{Digest, Sha1};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
 
 /// euca2ools' part size: 10 MiB.
 pub const PART_SIZE: u64 = 10 << 20;
@@ -25,6 +28,9 @@ const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// The source file could not be unpacked (`pipeline.rs`' reader thread).
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
     #[error("reading the image: {0}")]
     Read(io::Error),
     #[error("writing {path}: {source}")]
@@ -81,6 +87,26 @@ pub struct Bundle {
 /// Told how many image bytes went in; `false` stops the bundle (cancelled).
 pub type Progress<'a> = &'a mut dyn FnMut(u64) -> bool;
 
+/// What the writer tells as it goes, on the writing thread (push model, after ripgrep's `Sink`).
+pub trait PartSink {
+    /// `done` image bytes went in; `false` stops the bundle (cancelled).
+    fn image_bytes(&mut self, done: u64) -> bool;
+
+    /// `part` is closed: whole, synced and hashed. `false` stops the bundle (cancelled).
+    fn part_closed(&mut self, _part: &Part) -> bool {
+        true
+    }
+}
+
+/// A progress closure is a sink that does not care about parts.
+struct Counting<'a>(Progress<'a>);
+
+impl PartSink for Counting<'_> {
+    fn image_bytes(&mut self, done: u64) -> bool {
+        (self.0)(done)
+    }
+}
+
 /// Writes the bundle of the `spec.size` bytes `image` yields into `dir`.
 pub fn write_bundle(
     image: &mut dyn Read,
@@ -88,6 +114,17 @@ pub fn write_bundle(
     keys: &BundleKeys,
     dir: &Path,
     progress: Progress<'_>,
+) -> Result<Bundle, BundleError> {
+    write_bundle_into(image, spec, keys, dir, &mut Counting(progress))
+}
+
+/// [`write_bundle`], telling `sink` of each part as soon as it is closed.
+pub fn write_bundle_into(
+    image: &mut dyn Read,
+    spec: &BundleSpec<'_>,
+    keys: &BundleKeys,
+    dir: &Path,
+    sink: &mut dyn PartSink,
 ) -> Result<Bundle, BundleError> {
     if spec.prefix.is_empty()
         || spec.prefix.len() > MAX_PREFIX
@@ -103,8 +140,9 @@ pub fn write_bundle(
     let key: [u8; 16] = rand::Rng::r#gen(&mut rng);
     let iv: [u8; 16] = rand::Rng::r#gen(&mut rng);
 
-    let sink = PartSink::new(dir, spec.prefix);
-    let cipher = CbcWriter::new(sink, &key, &iv);
+    let (closed, closed_parts) = mpsc::channel();
+    let files = PartFiles::new(dir, spec.prefix, closed);
+    let cipher = CbcWriter::new(files, &key, &iv);
     let gzip = GzipWriter::new(cipher, spec.gzip);
     let mut tar = HashingWriter {
         inner: gzip,
@@ -117,7 +155,11 @@ pub fn write_bundle(
 
     tar.write_all(&tar_header(spec.prefix, spec.size))
         .map_err(write_error)?;
-    let copied = copy_exact(image, &mut tar, spec.size, progress)?;
+    let mut sink = ClosedParts {
+        sink,
+        closed: closed_parts,
+    };
+    let copied = copy_exact(image, &mut tar, spec.size, &mut sink)?;
     let padding = (512 - copied % 512) % 512;
     let body_end = 512 + copied + padding + 1024;
     let record_padding = (TAR_RECORD - body_end % TAR_RECORD) % TAR_RECORD;
@@ -125,8 +167,11 @@ pub fn write_bundle(
 
     let digest = hex::encode(tar.hasher.finalize());
     let cipher = tar.inner.finish().map_err(write_error)?;
-    let sink = cipher.finish().map_err(write_error)?;
-    let parts = sink.finish()?;
+    let files = cipher.finish().map_err(write_error)?;
+    let parts = files.finish()?;
+    if !sink.pass_on() {
+        return Err(BundleError::Cancelled);
+    }
 
     let manifest = Manifest {
         spec,
@@ -137,7 +182,7 @@ pub fn write_bundle(
         iv_hex: &hex::encode(iv),
     }
     .render()?;
-    let manifest_name = format!("{}.manifest.xml", spec.prefix);
+    let manifest_name = super::manifest_name(spec.prefix);
     let manifest_path = dir.join(&manifest_name);
     write_file_synced(&manifest_path, manifest.as_bytes())?;
     Ok(Bundle {
@@ -150,11 +195,29 @@ pub fn write_bundle(
     })
 }
 
+/// The caller's sink, and the parts the writer chain closed since it was last told.
+struct ClosedParts<'a> {
+    sink: &'a mut dyn PartSink,
+    closed: Receiver<Part>,
+}
+
+impl ClosedParts<'_> {
+    /// Tells the sink of the parts closed since; `false` when it wants the bundle stopped.
+    fn pass_on(&mut self) -> bool {
+        while let Ok(part) = self.closed.try_recv() {
+            if !self.sink.part_closed(&part) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 fn copy_exact(
     image: &mut dyn Read,
     out: &mut dyn Write,
     expected: u64,
-    progress: Progress<'_>,
+    progress: &mut ClosedParts<'_>,
 ) -> Result<u64, BundleError> {
     let mut buffer = vec![0u8; CHUNK];
     let mut copied = 0u64;
@@ -177,7 +240,7 @@ fn copy_exact(
                 path: PathBuf::from("bundle part"),
                 source,
             })?;
-        if !progress(copied) {
+        if !progress.pass_on() || !progress.sink.image_bytes(copied) {
             return Err(BundleError::Cancelled);
         }
     }
@@ -302,21 +365,24 @@ impl<W: Write> Write for CbcWriter<W> {
     }
 }
 
-/// Cuts the encrypted stream into `PART_SIZE` files, each with its SHA-1.
-struct PartSink {
+/// Cuts the encrypted stream into `PART_SIZE` files, each with its SHA-1; each closed part is
+/// also sent on `closed`, for the bundle's [`PartSink`].
+struct PartFiles {
     dir: PathBuf,
     prefix: String,
     current: Option<(BufWriter<File>, Part, Sha1)>,
     done: Vec<Part>,
+    closed: Sender<Part>,
 }
 
-impl PartSink {
-    fn new(dir: &Path, prefix: &str) -> Self {
+impl PartFiles {
+    fn new(dir: &Path, prefix: &str, closed: Sender<Part>) -> Self {
         Self {
             dir: dir.to_owned(),
             prefix: prefix.to_string(),
             current: None,
             done: Vec::new(),
+            closed,
         }
     }
 
@@ -342,6 +408,8 @@ impl PartSink {
             let file = writer.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
             part.sha1 = hex::encode(hasher.finalize());
+            // The receiver lives as long as the bundle being written.
+            let _ = self.closed.send(part.clone());
             self.done.push(part);
         }
         Ok(())
@@ -359,7 +427,7 @@ impl PartSink {
     }
 }
 
-impl Write for PartSink {
+impl Write for PartFiles {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -573,6 +641,53 @@ mod tests {
         assert_eq!(parsed.mode().unwrap(), 0o644);
         assert_eq!(parsed.mtime().unwrap(), 0);
         assert_eq!(&*parsed.path().unwrap(), Path::new("vmlinuz"));
+    }
+
+    /// Records each closed part, checking it is whole on disk and the manifest not yet written.
+    struct Closed {
+        manifest: PathBuf,
+        parts: Vec<Part>,
+    }
+
+    impl PartSink for Closed {
+        fn image_bytes(&mut self, _: u64) -> bool {
+            true
+        }
+
+        fn part_closed(&mut self, part: &Part) -> bool {
+            assert_eq!(std::fs::metadata(&part.path).unwrap().len(), part.size);
+            assert!(!self.manifest.exists(), "a part closes before the manifest");
+            self.parts.push(part.clone());
+            true
+        }
+    }
+
+    #[test]
+    fn each_part_is_told_to_the_sink_as_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
+        // Stored, not deflated: 21 MiB in make three parts.
+        let image = vec![7u8; 21 << 20];
+        let spec = BundleSpec {
+            prefix: "three-parts",
+            kind: FileKind::Kernel,
+            arch: "x86_64",
+            kernel_id: None,
+            ramdisk_id: None,
+            size: image.len() as u64,
+            gzip: GzipSettings {
+                level: 0,
+                threads: 1,
+            },
+        };
+        let mut sink = Closed {
+            manifest: dir.path().join("three-parts.manifest.xml"),
+            parts: Vec::new(),
+        };
+        let bundle =
+            write_bundle_into(&mut &image[..], &spec, &keys, dir.path(), &mut sink).unwrap();
+        assert_eq!(bundle.parts.len(), 3);
+        assert_eq!(sink.parts, bundle.parts);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - `bundling`: a bundle is being written, part-way (past half of its source);
 //! - `registered`: an artifact is registered and its bundle removed, the id not yet recorded.
 //!
-//! Unset (always, outside those tests) it costs one environment lookup per process.
+//! `install/job.rs` holds `verify`, `publish.rs` the other two; a module of its own, so that no
+//! stage imports another's just for a test hook. Unset (always, outside those tests) it costs one
+//! environment lookup per process.
 
 /// The environment variable naming the point to pause at.
 pub const PAUSE_AT: &str = "IMAGE_STORE_PROXY_PAUSE_AT";

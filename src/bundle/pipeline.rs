@@ -2,7 +2,7 @@
 //! cores: a reader thread opens the file and gunzips it (and finds the `*.img` member of a
 //! tarball), handing 1 MiB buffers over a short queue; this thread frames the tar stream, hashes
 //! it (SHA-1) and feeds the gzip stage, whose blocks deflate on worker threads (`gzip.rs`), then
-//! encrypts and writes the parts (`bundle.rs`). Deflate bounds the whole; everything else hides
+//! encrypts and writes the parts (`format.rs`). Deflate bounds the whole; everything else hides
 //! beside it.
 //!
 //! The tar header states the image's size before its bytes, and a gzipped raw image does not say
@@ -11,12 +11,12 @@
 //! image of 4 GiB or more, a multi-member gzip) is the image measured by decompressing it once and
 //! bundled again.
 
-use super::bundle::{self, Bundle, BundleError, BundleSpec};
+use super::format::{self, Bundle, BundleError, BundleSpec, Part, PartSink};
 use super::gzip::GzipSettings;
 use super::keys::BundleKeys;
-use super::{Artifact, CloudError, Progress};
+use super::{BundleSink, SourceImage};
 use crate::catalog::model::{Compression, Packing};
-use crate::install::detail;
+use crate::status::Step;
 use crate::unpack::{self, UnpackError};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -28,43 +28,55 @@ use tokio_util::sync::CancellationToken;
 const QUEUE_DEPTH: usize = 4;
 const BUFFER: usize = 1 << 20;
 
-/// Bundles an artifact's raw image bytes into `dir` (SPEC §7), reporting "Bundling kernel: 3 of 5
-/// MiB" as the first half of its progress.
+/// Bundles an image's raw bytes into `dir` (SPEC §7), telling `sink` of each step ("Bundling
+/// kernel: 3 of 5 MiB") and of each part as it closes.
+///
+/// A bundle that failed leaves no manifest: a tarball refused for a member after its image has
+/// had its bundle written, and must not pass for a finished one ([`super::finished_bundle`]).
 pub fn bundle_artifact(
-    artifact: &Artifact,
+    image: &SourceImage<'_>,
     keys: &BundleKeys,
     dir: &Path,
     gzip: GzipSettings,
-    progress: &dyn Progress,
+    sink: &dyn BundleSink,
     cancel: &CancellationToken,
-) -> Result<Bundle, CloudError> {
-    std::fs::create_dir_all(dir).map_err(|source| CloudError::Write {
+) -> Result<Bundle, BundleError> {
+    let bundled = bundle_once_or_measured(image, keys, dir, gzip, sink, cancel);
+    if bundled.is_err() {
+        let _ = std::fs::remove_file(dir.join(super::manifest_name(image.prefix)));
+    }
+    bundled
+}
+
+/// Bundles with the size the source suggests; measures the image and bundles again when the
+/// gzip trailer's guess was wrong.
+fn bundle_once_or_measured(
+    image: &SourceImage<'_>,
+    keys: &BundleKeys,
+    dir: &Path,
+    gzip: GzipSettings,
+    sink: &dyn BundleSink,
+    cancel: &CancellationToken,
+) -> Result<Bundle, BundleError> {
+    std::fs::create_dir_all(dir).map_err(|source| BundleError::Write {
         path: dir.to_owned(),
         source,
     })?;
-    let hint = size_hint(artifact)?;
-    let first = bundle_pass(artifact, keys, dir, gzip, hint.size, progress, cancel);
+    let hint = size_hint(image)?;
+    let first = bundle_pass(image, keys, dir, gzip, hint.size, sink, cancel);
     match first {
-        Err(CloudError::Bundle(BundleError::SizeMismatch { expected, actual })) if hint.guessed => {
+        Err(BundleError::SizeMismatch { expected, actual }) if hint.guessed => {
             tracing::info!(
-                image = %artifact.source.display(),
+                image = %image.path.display(),
                 "the gzip trailer's size ({expected}) was not the image's (at least {actual}): measuring it"
             );
-            let noun = artifact.kind.noun();
-            let total = artifact.source_size;
-            let size = unpack::image_size(
-                &artifact.source,
-                artifact.compression,
-                artifact.packing,
-                &|done| {
-                    progress.report(
-                        format!("Measuring {noun}: {}", detail::amount(done, total)),
-                        0,
-                    )
-                },
-            )?;
-            remove_parts(dir, &artifact.name);
-            bundle_pass(artifact, keys, dir, gzip, Some(size), progress, cancel)
+            let kind = image.kind;
+            let total = image.size;
+            let size = unpack::image_size(image.path, image.compression, image.packing, &|done| {
+                sink.step(Step::Measuring { kind, done, total })
+            })?;
+            remove_parts(dir, image.prefix);
+            bundle_pass(image, keys, dir, gzip, Some(size), sink, cancel)
         }
         other => other,
     }
@@ -77,23 +89,22 @@ struct SizeHint {
     guessed: bool,
 }
 
-fn size_hint(artifact: &Artifact) -> Result<SizeHint, UnpackError> {
+fn size_hint(image: &SourceImage<'_>) -> Result<SizeHint, UnpackError> {
     let exact = |size| SizeHint {
         size,
         guessed: false,
     };
-    match (artifact.compression, artifact.packing) {
+    match (image.compression, image.packing) {
         // A tar member's header says; the reader passes it on.
         (_, Packing::Tar) => Ok(exact(None)),
-        (Compression::None, Packing::Raw) => Ok(exact(Some(artifact.source_size))),
+        (Compression::None, Packing::Raw) => Ok(exact(Some(image.size))),
         (Compression::Gzip, Packing::Raw) => {
-            let trailer =
-                gzip_trailer_size(&artifact.source).map_err(|source| UnpackError::Read {
-                    path: artifact.source.clone(),
-                    source,
-                })?;
+            let trailer = gzip_trailer_size(image.path).map_err(|source| UnpackError::Read {
+                path: image.path.to_owned(),
+                source,
+            })?;
             Ok(SizeHint {
-                size: Some(smallest_plausible_size(trailer, artifact.source_size)),
+                size: Some(smallest_plausible_size(trailer, image.size)),
                 guessed: true,
             })
         }
@@ -136,22 +147,17 @@ fn remove_parts(dir: &Path, prefix: &str) {
 
 /// One read of the source: the reader thread decompresses, this thread bundles.
 fn bundle_pass(
-    artifact: &Artifact,
+    image: &SourceImage<'_>,
     keys: &BundleKeys,
     dir: &Path,
     gzip: GzipSettings,
     size: Option<u64>,
-    progress: &dyn Progress,
+    sink: &dyn BundleSink,
     cancel: &CancellationToken,
-) -> Result<Bundle, CloudError> {
-    let noun = artifact.kind.noun();
-    let total = artifact.source_size;
-    let report = |done: u64| {
-        progress.report(
-            format!("Bundling {noun}: {}", detail::amount(done, total)),
-            done / 2,
-        )
-    };
+) -> Result<Bundle, BundleError> {
+    let kind = image.kind;
+    let total = image.size;
+    let report = |done: u64| sink.step(Step::Bundling { kind, done, total });
     std::thread::scope(|scope| {
         let (started, start) = mpsc::sync_channel::<Option<u64>>(1);
         let (writer, mut reader) = pipe();
@@ -159,15 +165,15 @@ fn bundle_pass(
             .name("image reader".into())
             .spawn_scoped(scope, move || {
                 unpack::with_image_bytes(
-                    &artifact.source,
-                    artifact.compression,
-                    artifact.packing,
+                    image.path,
+                    image.compression,
+                    image.packing,
                     &report,
                     |stream| -> Result<(), ReadFailure> {
                         let _ = started.send(stream.size);
                         writer.pump(stream.reader).map_err(|error| match error {
                             PumpError::Read(source) => ReadFailure::Unpack(UnpackError::Read {
-                                path: artifact.source.clone(),
+                                path: image.path.to_owned(),
                                 source,
                             }),
                             PumpError::WriterGone => ReadFailure::WriterGone,
@@ -178,17 +184,16 @@ fn bundle_pass(
             .expect("the reader thread starts");
         let written = start.recv().ok().map(|stream_size| {
             let spec = BundleSpec {
-                prefix: &artifact.name,
-                kind: artifact.kind,
-                arch: &artifact.arch,
-                kernel_id: artifact.kernel_id.as_deref(),
-                ramdisk_id: artifact.ramdisk_id.as_deref(),
+                prefix: image.prefix,
+                kind: image.kind,
+                arch: image.arch,
+                kernel_id: image.kernel_id,
+                ramdisk_id: image.ramdisk_id,
                 size: stream_size.or(size).unwrap_or_default(),
                 gzip,
             };
-            bundle::write_bundle(&mut reader, &spec, keys, dir, &mut |_| {
-                !cancel.is_cancelled()
-            })
+            let mut parts = PartsTo { sink, cancel };
+            format::write_bundle_into(&mut reader, &spec, keys, dir, &mut parts)
         });
         // Stops the reader if the writer gave up first.
         drop(reader);
@@ -196,14 +201,30 @@ fn bundle_pass(
         match (read, written) {
             // The reader's own failure says more than the writer's view of a short stream.
             (Err(ReadFailure::Unpack(error)), _) => Err(error.into()),
-            (_, Some(Ok(bundle))) => Ok(bundle),
-            (_, Some(Err(BundleError::Cancelled))) => Err(CloudError::Cancelled),
-            (_, Some(Err(error))) => Err(CloudError::Bundle(error)),
-            (_, None) => Err(CloudError::Bundle(BundleError::Read(io::Error::other(
+            (_, Some(result)) => result,
+            (_, None) => Err(BundleError::Read(io::Error::other(
                 "the image reader stopped before the image began",
-            )))),
+            ))),
         }
     })
+}
+
+/// The writer's view of the caller's sink: closed parts passed on, cancellation asked at each
+/// write (progress comes from the reader thread, which sees the source bytes).
+struct PartsTo<'a> {
+    sink: &'a dyn BundleSink,
+    cancel: &'a CancellationToken,
+}
+
+impl PartSink for PartsTo<'_> {
+    fn image_bytes(&mut self, _done: u64) -> bool {
+        !self.cancel.is_cancelled()
+    }
+
+    fn part_closed(&mut self, part: &Part) -> bool {
+        self.sink.part_closed(part);
+        !self.cancel.is_cancelled()
+    }
 }
 
 enum ReadFailure {
@@ -323,8 +344,8 @@ mod tests {
     }
 
     struct Quiet;
-    impl Progress for Quiet {
-        fn report(&self, _: String, _: u64) {}
+    impl BundleSink for Quiet {
+        fn step(&self, _: Step) {}
     }
 
     /// Two gzip members: the trailer tells only the second one's size, so the first pass fails
@@ -344,18 +365,16 @@ mod tests {
         }
         let source = dir.path().join("image.gz");
         std::fs::write(&source, &file).unwrap();
-        let artifact = Artifact {
+        let artifact = SourceImage {
             kind: crate::catalog::model::FileKind::Image,
-            source,
-            source_size: file.len() as u64,
+            path: &source,
+            size: file.len() as u64,
             compression: Compression::Gzip,
             packing: Packing::Raw,
-            name: "two-members-image".into(),
-            arch: "x86_64".into(),
-            bucket: "image-store-1".into(),
+            prefix: "two-members-image",
+            arch: "x86_64",
             kernel_id: None,
             ramdisk_id: None,
-            identity: "image:test".into(),
         };
         let hint = size_hint(&artifact).unwrap();
         assert!(hint.guessed);
@@ -378,6 +397,61 @@ mod tests {
         assert_eq!(bundle.size, (first.len() + second.len()) as u64);
         let parts = std::fs::read_dir(&out).unwrap().count();
         assert_eq!(parts, bundle.parts.len() + 1, "parts and the manifest only");
+    }
+
+    /// The image member is bundled whole before the member after it is judged: the refused
+    /// tarball's bundle must not pass for a finished one.
+    #[test]
+    fn a_tarball_refused_after_its_image_leaves_no_finished_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = |name: &str, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            let gnu = header.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_cksum();
+            let mut out = header.as_bytes().to_vec();
+            out.extend_from_slice(data);
+            out.resize(out.len().next_multiple_of(512), 0);
+            out
+        };
+        let mut tarball = member("disk.img", &[5u8; 70_000]);
+        tarball.extend(member("../escape", b"pwned"));
+        tarball.extend([0u8; 1024]);
+        let source = dir.path().join("image.tar");
+        std::fs::write(&source, &tarball).unwrap();
+        let image = SourceImage {
+            kind: crate::catalog::model::FileKind::Image,
+            path: &source,
+            size: tarball.len() as u64,
+            compression: Compression::None,
+            packing: Packing::Tar,
+            prefix: "refused-image",
+            arch: "x86_64",
+            kernel_id: None,
+            ramdisk_id: None,
+        };
+        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
+        let out = dir.path().join("bundle");
+        let settings = GzipSettings {
+            level: 1,
+            threads: 1,
+        };
+        let refused = bundle_artifact(
+            &image,
+            &keys,
+            &out,
+            settings,
+            &Quiet,
+            &CancellationToken::new(),
+        );
+        assert!(
+            matches!(refused, Err(BundleError::Unpack(_))),
+            "{refused:?}"
+        );
+        assert!(super::super::finished_bundle(&out, "refused-image").is_none());
     }
 
     #[test]

@@ -1,0 +1,107 @@
+//! The EC2 image bundle (SPEC §7), apart from any cloud that receives one: `format.rs` writes it
+//! (tar framing, SHA-1, gzip, AES-128-CBC, 10 MiB parts, the signed manifest; pure and
+//! streaming), `gzip.rs` deflates on every core, `keys.rs` loads and makes the RSA keys a bundle
+//! is wrapped and signed with, and `pipeline.rs` ([`bundle_artifact`]) reads a verified cache file
+//! once, unpacking it on a reader thread while this thread bundles.
+//!
+//! The bundler reports as it goes through a [`BundleSink`] (push model, after ripgrep's `Sink`):
+//! typed progress steps for the status line, and each part the moment it is closed and synced, so
+//! that an uploader can start on it while the next part is written.
+
+pub mod format;
+pub mod gzip;
+pub mod keys;
+mod pipeline;
+
+use crate::catalog::model::{Compression, FileKind, Packing};
+use crate::status::Step;
+use std::path::Path;
+
+pub use format::{
+    Bundle, BundleError, BundleSpec, MAX_PREFIX, PART_SIZE, Part, PartSink, signed_text,
+    write_bundle, write_bundle_into,
+};
+pub use pipeline::bundle_artifact;
+
+/// A verified image file and what its bundle says about it: what [`bundle_artifact`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceImage<'a> {
+    pub kind: FileKind,
+    /// The verified cache file.
+    pub path: &'a Path,
+    /// Its size on disk (compressed, or the tarball's), which progress is counted in.
+    pub size: u64,
+    pub compression: Compression,
+    pub packing: Packing,
+    /// The bundle prefix: the tar member's name, the parts' and the manifest's file names.
+    pub prefix: &'a str,
+    /// `x86_64` or `i386`.
+    pub arch: &'a str,
+    /// For a machine image: the kernel and ramdisk it boots with.
+    pub kernel_id: Option<&'a str>,
+    pub ramdisk_id: Option<&'a str>,
+}
+
+/// Told what the bundler does, as it does it. Called from the bundler's threads (the reader
+/// reports bytes consumed), hence `Sync`.
+pub trait BundleSink: Sync {
+    /// A step worth a status line: [`Step::Bundling`] as bytes flow, [`Step::Measuring`] when an
+    /// image's size must be found first.
+    fn step(&self, step: Step);
+
+    /// `part` is whole and synced on disk; the manifest, written last, is not yet. The seam where
+    /// an overlapped upload starts on a part while the next one is written.
+    fn part_closed(&self, _part: &Part) {}
+}
+
+/// `<prefix>.manifest.xml`: the manifest's file and object name.
+pub fn manifest_name(prefix: &str) -> String {
+    format!("{prefix}.manifest.xml")
+}
+
+/// A bundle an earlier attempt finished in `dir`: its manifest is written last, after every part,
+/// so a manifest whose parts are all present describes a whole bundle.
+pub fn finished_bundle(dir: &Path, prefix: &str) -> Option<Bundle> {
+    let manifest_name = manifest_name(prefix);
+    let manifest_path = dir.join(&manifest_name);
+    let text = std::fs::read_to_string(&manifest_path).ok()?;
+    let doc = roxmltree::Document::parse(&text).ok()?;
+    let field = |name: &str| {
+        doc.descendants()
+            .find(|n| n.has_tag_name(name))
+            .and_then(|n| n.text())
+            .map(str::to_string)
+    };
+    let mut parts = Vec::new();
+    for part in doc.descendants().filter(|n| n.has_tag_name("part")) {
+        let file_name = part
+            .children()
+            .find(|n| n.has_tag_name("filename"))?
+            .text()?
+            .to_string();
+        let sha1 = part
+            .children()
+            .find(|n| n.has_tag_name("digest"))?
+            .text()?
+            .to_string();
+        if file_name.contains('/') {
+            return None;
+        }
+        let path = dir.join(&file_name);
+        let size = std::fs::metadata(&path).ok()?.len();
+        parts.push(Part {
+            file_name,
+            path,
+            size,
+            sha1,
+        });
+    }
+    Some(Bundle {
+        manifest_name,
+        manifest_path,
+        digest: field("digest")?,
+        size: field("size")?.parse().ok()?,
+        bundled_size: parts.iter().map(|p| p.size).sum(),
+        parts,
+    })
+}

@@ -1,0 +1,195 @@
+//! The one-line `status-detail` texts (SPEC §4.3, after Image Factory's `status_detail`): what the
+//! install is doing right now, in words an operator reads; on failure it becomes
+//! "Failure encountered while: <status-detail>: <cause>". Every status line is worded here: the
+//! installer calls the functions below, and the bundler and the publisher report typed [`Step`]s
+//! that [`Step::line`] renders, so none of them writes an operator's sentence itself.
+
+use crate::catalog::model::FileKind;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// "42 of 117 MiB": both numbers in the unit that suits the total.
+pub fn amount(done: u64, total: u64) -> String {
+    let (unit, name) = match total {
+        t if t >= 10 * GIB => (GIB, "GiB"),
+        t if t >= GIB => {
+            return format!(
+                "{:.1} of {:.1} GiB",
+                done as f64 / GIB as f64,
+                total as f64 / GIB as f64
+            );
+        }
+        t if t >= 10 * MIB => (MIB, "MiB"),
+        t if t >= MIB => {
+            return format!(
+                "{:.1} of {:.1} MiB",
+                done as f64 / MIB as f64,
+                total as f64 / MIB as f64
+            );
+        }
+        t if t >= KIB => (KIB, "KiB"),
+        _ => return format!("{done} of {total} bytes"),
+    };
+    format!("{} of {} {name}", done / unit, total.div_ceil(unit))
+}
+
+/// A step of publishing one file, as the bundler and the publisher report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `done` of the `total` bytes of the cache file read into the bundle.
+    Bundling {
+        kind: FileKind,
+        done: u64,
+        total: u64,
+    },
+    /// Reading the image once to learn its size (its gzip trailer was wrong), before bundling.
+    Measuring {
+        kind: FileKind,
+        done: u64,
+        total: u64,
+    },
+    /// Making sure the bucket exists before the first part goes up.
+    CheckingBucket { kind: FileKind },
+    /// Part `number` (from 1) of `count` going up.
+    UploadingPart {
+        kind: FileKind,
+        number: u64,
+        count: u64,
+    },
+    /// The manifest going up, after every part.
+    UploadingManifest { kind: FileKind },
+    /// Looking for an earlier registration, then registering.
+    Registering { kind: FileKind },
+}
+
+impl Step {
+    /// The step's status line: "Uploading machine image bundle: part 7 of 12".
+    pub fn line(&self) -> String {
+        match *self {
+            Step::Bundling { kind, done, total } => {
+                format!("Bundling {}: {}", kind.noun(), amount(done, total))
+            }
+            Step::Measuring { kind, done, total } => {
+                format!("Measuring {}: {}", kind.noun(), amount(done, total))
+            }
+            Step::CheckingBucket { kind } => {
+                format!("Uploading {} bundle: checking the bucket", kind.noun())
+            }
+            Step::UploadingPart {
+                kind,
+                number,
+                count,
+            } => format!("Uploading {} bundle: part {number} of {count}", kind.noun()),
+            Step::UploadingManifest { kind } => {
+                format!("Uploading {} bundle: manifest", kind.noun())
+            }
+            Step::Registering { kind } => format!("Registering {}", kind.noun()),
+        }
+    }
+}
+
+/// A queued install no worker has taken yet.
+pub fn queued() -> String {
+    "Waiting for a free worker".to_string()
+}
+
+pub fn downloading(kind: FileKind, done: u64, total: u64) -> String {
+    format!("Downloading {}: {}", kind.noun(), amount(done, total))
+}
+
+pub fn waiting_for_other_install(kind: FileKind) -> String {
+    format!("Waiting for another install of the same {}", kind.noun())
+}
+
+pub fn fetching_signature(kind: FileKind) -> String {
+    format!("Fetching the {} signature", kind.noun())
+}
+
+pub fn verifying(kind: FileKind, signed: bool) -> String {
+    if signed {
+        format!("Verifying {} signature", kind.noun())
+    } else {
+        format!("Verifying {} checksum", kind.noun())
+    }
+}
+
+pub fn already_registered(kind: FileKind, id: &str) -> String {
+    format!("Reusing the {} already registered as {id}", kind.noun())
+}
+
+pub fn installing(title: &str) -> String {
+    format!("Installing {title}")
+}
+
+pub fn installed(emi: &str) -> String {
+    format!("Installed as {emi}")
+}
+
+/// An install or a queued request the operator cancelled.
+pub const CANCELLED: &str = "Cancelled by the operator";
+
+/// An installed image some of whose registrations the cloud no longer lists: "No longer in the
+/// cloud: machine image emi-12345678 deregistered".
+pub fn deregistered(missing: &[(FileKind, &str)]) -> String {
+    let missing: Vec<String> = missing
+        .iter()
+        .map(|(kind, id)| format!("{} {id}", kind.noun()))
+        .collect();
+    format!(
+        "No longer in the cloud: {} deregistered",
+        missing.join(", ")
+    )
+}
+
+pub fn failure(detail: &str, cause: &str) -> String {
+    format!("Failure encountered while: {detail}: {cause}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_read_naturally() {
+        assert_eq!(
+            downloading(FileKind::Kernel, 42 * MIB, 117 * MIB),
+            "Downloading kernel: 42 of 117 MiB"
+        );
+        assert_eq!(amount(MIB / 2, 2 * MIB + 1), "0.5 of 2.0 MiB");
+        assert_eq!(amount(3 * KIB, 64 * KIB), "3 of 64 KiB");
+        assert_eq!(amount(0, 100), "0 of 100 bytes");
+        assert_eq!(amount(GIB + GIB / 5, 4 * GIB), "1.2 of 4.0 GiB");
+        assert_eq!(amount(12 * GIB, 20 * GIB), "12 of 20 GiB");
+        assert_eq!(
+            deregistered(&[(FileKind::Image, "emi-1"), (FileKind::Kernel, "eki-2")]),
+            "No longer in the cloud: machine image emi-1, kernel eki-2 deregistered"
+        );
+        assert_eq!(
+            Step::UploadingPart {
+                kind: FileKind::Image,
+                number: 7,
+                count: 12
+            }
+            .line(),
+            "Uploading machine image bundle: part 7 of 12"
+        );
+        assert_eq!(
+            Step::Bundling {
+                kind: FileKind::Kernel,
+                done: 3 * MIB,
+                total: 5 * MIB
+            }
+            .line(),
+            "Bundling kernel: 3.0 of 5.0 MiB"
+        );
+        assert_eq!(
+            failure(
+                "Verifying kernel signature",
+                "made by a key not in the keyring (0x1234ABCD)"
+            ),
+            "Failure encountered while: Verifying kernel signature: made by a key not in the keyring (0x1234ABCD)"
+        );
+    }
+}
