@@ -3,7 +3,6 @@
 //! ramdisk and machine image published to the cloud, each once per cloud.
 
 use super::Installer;
-use super::detail;
 use super::keyed_lock::KeyGuard;
 use super::state::InstallState;
 use crate::bundle;
@@ -68,7 +67,7 @@ pub(super) async fn run(
     let change = match &outcome {
         Ok(ids) => Change {
             to: InstallState::Installed,
-            detail: &detail::installed(ids.emi.as_deref().unwrap_or("?")),
+            detail: &status::installed(ids.emi.as_deref().unwrap_or("?")),
             error: None,
             ids: Some(ids),
         },
@@ -81,7 +80,7 @@ pub(super) async fn run(
         },
         Err(error) => {
             let during = installer.board.detail(uri).unwrap_or_default();
-            let line = detail::failure(&during, &error.to_string());
+            let line = status::failure(&during, &error.to_string());
             tracing::warn!(%uri, "{line}");
             return job.commit_failure(&during, &line);
         }
@@ -154,7 +153,7 @@ impl Job<'_> {
                 self.uri(),
                 done,
                 total,
-                detail::downloading(file.kind, file.size, file.size),
+                status::downloading(file.kind, file.size, file.size),
             );
         }
         self.publish_all(&image).await
@@ -176,7 +175,7 @@ impl Job<'_> {
             self.uri(),
             done,
             total,
-            detail::waiting_for_other_install(kind),
+            status::waiting_for_other_install(kind),
         );
         tokio::select! {
             guard = locks.lock(key) => Ok(guard),
@@ -325,7 +324,7 @@ impl FileStages for DownloadStages<'_> {
     fn downloading(&self) -> Result<(), DbError> {
         self.job.set_state(
             InstallState::Downloading,
-            &detail::downloading(self.file.kind, 0, self.file.size),
+            &status::downloading(self.file.kind, 0, self.file.size),
         )
     }
 
@@ -334,7 +333,7 @@ impl FileStages for DownloadStages<'_> {
             self.job.uri(),
             self.done_before,
             self.total,
-            detail::fetching_signature(self.file.kind),
+            status::fetching_signature(self.file.kind),
         );
     }
 
@@ -343,16 +342,16 @@ impl FileStages for DownloadStages<'_> {
             self.job.uri(),
             self.done_before + bytes,
             self.total,
-            detail::downloading(self.file.kind, bytes, self.file.size),
+            status::downloading(self.file.kind, bytes, self.file.size),
         );
     }
 
     async fn verifying(&self, signed: bool) -> Result<(), DbError> {
         self.job.set_state(
             InstallState::Verifying,
-            &detail::verifying(self.file.kind, signed),
+            &status::verifying(self.file.kind, signed),
         )?;
-        super::pause::here("verify").await;
+        crate::pause::here("verify").await;
         Ok(())
     }
 }

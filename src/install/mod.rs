@@ -8,8 +8,6 @@ mod job;
 mod keyed_lock;
 pub mod state;
 /// Kept under their old names until every caller uses `crate::status` and `crate::pause`.
-pub use crate::{pause, status as detail};
-
 use crate::cache::Cache;
 use crate::catalog::model::{FileKind, Image};
 use crate::db::installs::Change;
@@ -97,7 +95,7 @@ impl Installer {
 
     /// `install`: queues an attempt, or returns the state of one already queued, running or done.
     pub fn request_install(&self, image: &Image) -> Result<InstallView, DbError> {
-        let (row, queued) = self.db.request_install(image, &detail::queued())?;
+        let (row, queued) = self.db.request_install(image, &status::queued())?;
         self.board.put(&row);
         if queued {
             tracing::info!(uri = %image.uri, attempt = row.attempt, "install queued");
