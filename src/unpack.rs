@@ -337,6 +337,32 @@ pub fn image_size(
     })
 }
 
+/// One tar member written byte by byte (header, data, padding), with whatever name, link target,
+/// type and declared size: the tar crate refuses to write the hostile members (`..` names, links
+/// out, sizes that lie) that the tests and fuzz seeds of this module need.
+#[doc(hidden)]
+pub fn raw_tar_member(
+    kind: tar::EntryType,
+    name: &str,
+    link: &str,
+    data: &[u8],
+    declared: u64,
+) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(declared);
+    header.set_mode(0o644);
+    let gnu = header.as_gnu_mut().expect("a GNU header");
+    assert!(name.len() <= 100 && link.len() <= 100, "{name} {link}");
+    gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+    gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(512), 0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,30 +465,8 @@ mod tests {
         ));
     }
 
-    /// A member written byte by byte, so that names the tar crate would refuse to write get in.
-    fn raw_member(
-        kind: tar::EntryType,
-        name: &str,
-        link: &str,
-        data: &[u8],
-        declared: u64,
-    ) -> Vec<u8> {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_size(declared);
-        header.set_mode(0o644);
-        let gnu = header.as_gnu_mut().unwrap();
-        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
-        gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
-        header.set_cksum();
-        let mut out = header.as_bytes().to_vec();
-        out.extend_from_slice(data);
-        out.resize(out.len().next_multiple_of(512), 0);
-        out
-    }
-
     fn regular(name: &str, data: &[u8]) -> Vec<u8> {
-        raw_member(tar::EntryType::Regular, name, "", data, data.len() as u64)
+        super::raw_tar_member(tar::EntryType::Regular, name, "", data, data.len() as u64)
     }
 
     /// Writes `members` as a gzipped tarball and unpacks it.
@@ -503,31 +507,35 @@ mod tests {
                 "has \"..\" in its path",
             ),
             (
-                raw_member(Symlink, "passwd", "/etc/passwd", b"", 0),
+                super::raw_tar_member(Symlink, "passwd", "/etc/passwd", b"", 0),
                 "passwd",
                 "is a symbolic link pointing out of the archive (to \"/etc/passwd\")",
             ),
             (
-                raw_member(Symlink, "a/b/up", "../../../x", b"", 0),
+                super::raw_tar_member(Symlink, "a/b/up", "../../../x", b"", 0),
                 "a/b/up",
                 "is a symbolic link pointing out of the archive (to \"../../../x\")",
             ),
             (
-                raw_member(Link, "hard", "../outside", b"", 0),
+                super::raw_tar_member(Link, "hard", "../outside", b"", 0),
                 "hard",
                 "is a hard link pointing out of the archive (to \"../outside\")",
             ),
             (
-                raw_member(Char, "dev/null", "", b"", 0),
+                super::raw_tar_member(Char, "dev/null", "", b"", 0),
                 "dev/null",
                 "is a character device",
             ),
             (
-                raw_member(Block, "dev/sda", "", b"", 0),
+                super::raw_tar_member(Block, "dev/sda", "", b"", 0),
                 "dev/sda",
                 "is a block device",
             ),
-            (raw_member(Fifo, "pipe", "", b"", 0), "pipe", "is a FIFO"),
+            (
+                super::raw_tar_member(Fifo, "pipe", "", b"", 0),
+                "pipe",
+                "is a FIFO",
+            ),
         ] {
             for members in [
                 vec![hostile.clone(), image.clone()],
@@ -538,8 +546,8 @@ mod tests {
             }
         }
         // Links that stay inside are ignored, and an *.img that is only a link is no image.
-        let inside = raw_member(Symlink, "a/b/link", "../c", b"", 0);
-        let hard = raw_member(Link, "again.img", "disk.img", b"", 0);
+        let inside = super::raw_tar_member(Symlink, "a/b/link", "../c", b"", 0);
+        let hard = super::raw_tar_member(Link, "again.img", "disk.img", b"", 0);
         let (name, bytes) = unpack(&[image.clone(), inside, hard.clone()]).unwrap();
         assert_eq!(
             (name.as_deref(), bytes.as_slice()),
@@ -557,7 +565,7 @@ mod tests {
         );
         // The header says 4096 bytes; the archive ends after 100.
         for members in [
-            vec![raw_member(
+            vec![super::raw_tar_member(
                 tar::EntryType::Regular,
                 "disk.img",
                 "",
@@ -566,7 +574,7 @@ mod tests {
             )],
             vec![
                 regular("disk.img", b"IMAGE!"),
-                raw_member(tar::EntryType::Regular, "notes", "", &[7; 100], 4096),
+                super::raw_tar_member(tar::EntryType::Regular, "notes", "", &[7; 100], 4096),
             ],
         ] {
             let dir = tempfile::tempdir().unwrap();

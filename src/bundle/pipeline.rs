@@ -405,17 +405,13 @@ mod tests {
     fn a_tarball_refused_after_its_image_leaves_no_finished_bundle() {
         let dir = tempfile::tempdir().unwrap();
         let member = |name: &str, data: &[u8]| {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_entry_type(tar::EntryType::Regular);
-            let gnu = header.as_gnu_mut().unwrap();
-            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
-            header.set_cksum();
-            let mut out = header.as_bytes().to_vec();
-            out.extend_from_slice(data);
-            out.resize(out.len().next_multiple_of(512), 0);
-            out
+            crate::unpack::raw_tar_member(
+                tar::EntryType::Regular,
+                name,
+                "",
+                data,
+                data.len() as u64,
+            )
         };
         let mut tarball = member("disk.img", &[5u8; 70_000]);
         tarball.extend(member("../escape", b"pwned"));

@@ -7,25 +7,10 @@
 use crate::common;
 
 use common::{TestEnv, gzip, openssl, openssl::WrappedFor};
+// Members written byte by byte: the tar crate refuses to write such names itself.
+use image_store_proxy::unpack::raw_tar_member as member;
 use std::path::{Path, PathBuf};
 use tar::EntryType::{self, Block, Char, Link, Regular, Symlink};
-
-/// A member written byte by byte: the tar crate refuses to write such names itself.
-fn member(kind: EntryType, name: &str, link: &str, data: &[u8], declared: u64) -> Vec<u8> {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_size(declared);
-    header.set_mode(0o644);
-    let gnu = header.as_gnu_mut().unwrap();
-    assert!(name.len() <= 100 && link.len() <= 100, "{name} {link}");
-    gnu.name[..name.len()].copy_from_slice(name.as_bytes());
-    gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
-    header.set_cksum();
-    let mut out = header.as_bytes().to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().next_multiple_of(512), 0);
-    out
-}
 
 fn regular(name: &str, data: &[u8]) -> Vec<u8> {
     member(Regular, name, "", data, data.len() as u64)

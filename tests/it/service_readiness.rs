@@ -2,6 +2,7 @@
 //! protocol that systemd's `Type=notify` and the init script's `start-stop-daemon --notify-await`
 //! wait on): the real binary, a real Unix datagram socket standing in for the manager.
 
+use crate::common;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -77,14 +78,7 @@ fn ready_once_serving_and_stopping_on_sigterm() {
         "ready comes after the state database is open"
     );
 
-    let kill = format!("kill -TERM {}", child.id());
-    assert!(
-        Command::new("sh")
-            .args(["-c", &kill])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::signal(child.id(), "TERM");
     assert_eq!(manager.message(), "STOPPING=1");
     let (status, stderr) = exit_with_stderr(child);
     assert!(
@@ -147,14 +141,9 @@ fn an_address_in_use_is_reported_with_its_errno() {
 /// the warnings; the last word of a failed start is an error (`<3>`).
 #[test]
 fn under_the_journal_lines_carry_their_priority_and_no_timestamp() {
-    use std::os::unix::fs::MetadataExt;
     let manager = Manager::new();
     let journal = manager.data_dir.with_extension("journal");
-    let stream = std::fs::File::create(&journal).unwrap();
-    let identity = {
-        let meta = stream.metadata().unwrap();
-        format!("{}:{}", meta.dev(), meta.ino())
-    };
+    let (stream, identity) = common::journal_stream(&journal);
     let mut child = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
         .args(["--listen", "127.0.0.1:0", "--fake-eucalyptus", SECRET])
         .args(["--api-url", "http://127.0.0.1:9/api", "--keyring"])
@@ -169,14 +158,7 @@ fn under_the_journal_lines_carry_their_priority_and_no_timestamp() {
         .unwrap();
     let ready = manager.message();
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
-    let kill = format!("kill -TERM {}", child.id());
-    assert!(
-        Command::new("sh")
-            .args(["-c", &kill])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
     let lines = std::fs::read_to_string(&journal).unwrap();
     assert!(
@@ -202,11 +184,7 @@ fn under_the_journal_lines_carry_their_priority_and_no_timestamp() {
 
     // The same daemon refused at start: its last word is an error.
     let refused = manager.data_dir.with_extension("refused");
-    let stream = std::fs::File::create(&refused).unwrap();
-    let identity = {
-        let meta = stream.metadata().unwrap();
-        format!("{}:{}", meta.dev(), meta.ino())
-    };
+    let (stream, identity) = common::journal_stream(&refused);
     let status = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
         .args([
             "--listen",
@@ -268,16 +246,7 @@ fn sighup_reloads_and_a_broken_config_keeps_the_running_one() {
     let ready = manager.message();
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     let pid = child.id();
-    let signal = |name: &str| {
-        let kill = format!("kill -{name} {pid}");
-        assert!(
-            Command::new("sh")
-                .args(["-c", &kill])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let signal = |name: &str| common::signal(pid, name);
     let wait_for_log = |needle: &str| {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {

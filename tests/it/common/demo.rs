@@ -95,15 +95,7 @@ impl Demo {
 
     /// Ctrl-C, as the demo's last line says.
     pub fn interrupt(mut self) {
-        // The shell's `kill` builtin: a bare machine may have no procps.
-        let kill = format!("kill -INT {}", self.child.id());
-        assert!(
-            Command::new("sh")
-                .args(["-c", &kill])
-                .status()
-                .unwrap()
-                .success()
-        );
+        super::signal(self.child.id(), "INT");
         let status = self.child.wait().unwrap();
         assert!(
             status.success(),

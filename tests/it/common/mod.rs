@@ -505,3 +505,27 @@ pub fn resumed_from(request: &fake_store::RequestRecord) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap()
 }
+
+/// Sends signal `name` (TERM, INT, HUP) to process `pid` with the shell's `kill` builtin: a bare
+/// machine may have no procps.
+pub fn signal(pid: u32, name: &str) {
+    let kill = format!("kill -{name} {pid}");
+    assert!(
+        Command::new("sh")
+            .args(["-c", &kill])
+            .status()
+            .unwrap()
+            .success(),
+        "{kill}"
+    );
+}
+
+/// A file to stand for the journal's stream on a child's stderr, and the `JOURNAL_STREAM`
+/// value (`device:inode`) that names it, as systemd sets it.
+pub fn journal_stream(path: &Path) -> (std::fs::File, String) {
+    use std::os::unix::fs::MetadataExt;
+    let stream = std::fs::File::create(path).unwrap();
+    let meta = stream.metadata().unwrap();
+    let identity = format!("{}:{}", meta.dev(), meta.ino());
+    (stream, identity)
+}
