@@ -232,11 +232,14 @@ impl Keyring {
     ) -> Result<(), TrustError> {
         let policy = StandardPolicy::new();
         let failure = Cell::new(None);
+        // Building the verifier reads the signature: what fails there is the signature's fault,
+        // even an early EOF; only reading `data` afterwards can fail on our side.
+        let unreadable = |error| failure.take().unwrap_or(TrustError::Malformed(error));
         let refused = |error| failure.take().unwrap_or_else(|| classify(error));
         let mut verifier = DetachedVerifierBuilder::from_bytes(signature)
             .map_err(TrustError::Malformed)?
             .with_policy(&policy, None, self.helper(&failure))
-            .map_err(refused)?;
+            .map_err(unreadable)?;
         verifier.verify_reader(data).map_err(refused)
     }
 

@@ -8,6 +8,7 @@
 use super::gzip::{GzipSettings, GzipWriter};
 use super::keys::BundleKeys;
 use crate::catalog::model::FileKind;
+use crate::fetch::stream::Digesting;
 use crate::unpack::UnpackError;
 use aes::Aes128;
 use cbc::cipher::{BlockEncryptMut, KeyIvInit, generic_array::GenericArray};
@@ -144,10 +145,7 @@ pub fn write_bundle_into(
     let files = PartFiles::new(dir, spec.prefix, closed);
     let cipher = CbcWriter::new(files, &key, &iv);
     let gzip = GzipWriter::new(cipher, spec.gzip);
-    let mut tar = HashingWriter {
-        inner: gzip,
-        hasher: Sha1::new(),
-    };
+    let mut tar = Digesting::new(gzip, Sha1::new());
     let write_error = |source| BundleError::Write {
         path: dir.join(format!("{}.part.*", spec.prefix)),
         source,
@@ -165,8 +163,9 @@ pub fn write_bundle_into(
     let record_padding = (TAR_RECORD - body_end % TAR_RECORD) % TAR_RECORD;
     write_zeros(&mut tar, padding + 1024 + record_padding).map_err(write_error)?;
 
-    let digest = hex::encode(tar.hasher.finalize());
-    let cipher = tar.inner.finish().map_err(write_error)?;
+    let (gzip, hasher) = tar.into_parts();
+    let digest = hex::encode(hasher.finalize());
+    let cipher = gzip.finish().map_err(write_error)?;
     let files = cipher.finish().map_err(write_error)?;
     let parts = files.finish()?;
     if !sink.pass_on() {
@@ -287,23 +286,6 @@ fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
     let mut file = File::create(path).map_err(error)?;
     file.write_all(bytes).map_err(error)?;
     file.sync_all().map_err(error)
-}
-
-/// Hashes what passes through on its way to `inner`.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha1,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// AES-128-CBC with PKCS#7 padding, as `openssl enc -aes-128-cbc -K .. -iv ..` writes it (no

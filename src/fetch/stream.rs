@@ -1,6 +1,7 @@
 //! Writer adapters that check bytes as they pass (after awslabs/tough's `io.rs`): [`SizeCap`]
 //! refuses any byte past the signed size, [`Digesting`] hashes what its writer took. A download is
-//! then "cap, hash, write", and the same pieces serve any other source of signed bytes. Both work
+//! then "cap, hash, write", and the same pieces serve any other stream (a bundle's tar stream is
+//! hashed by a `Digesting` too). Both work
 //! over `std::io::Write` and tokio's `AsyncWrite`.
 
 use sha2::{Digest, Sha256};
@@ -95,26 +96,26 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SizeCap<W> {
     }
 }
 
-/// Hashes (SHA-256) exactly the bytes its inner writer accepted, so the digest describes what
-/// was written, not what was offered.
-pub struct Digesting<W> {
+/// Hashes (SHA-256 for a download, SHA-1 for a bundle's tar stream) exactly the bytes its inner
+/// writer accepted, so the digest describes what was written, not what was offered.
+pub struct Digesting<W, D = Sha256> {
     inner: W,
-    hasher: Sha256,
+    hasher: D,
 }
 
-impl<W> Digesting<W> {
+impl<W, D: Digest> Digesting<W, D> {
     /// Continues `hasher`, which may already hold the earlier part of the stream.
-    pub fn new(inner: W, hasher: Sha256) -> Self {
+    pub fn new(inner: W, hasher: D) -> Self {
         Self { inner, hasher }
     }
 
     /// The writer and the hash state so far (to continue or to finalize).
-    pub fn into_parts(self) -> (W, Sha256) {
+    pub fn into_parts(self) -> (W, D) {
         (self.inner, self.hasher)
     }
 }
 
-impl<W: Write> Write for Digesting<W> {
+impl<W: Write, D: Digest> Write for Digesting<W, D> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
@@ -126,7 +127,7 @@ impl<W: Write> Write for Digesting<W> {
     }
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for Digesting<W> {
+impl<W: AsyncWrite + Unpin, D: Digest + Unpin> AsyncWrite for Digesting<W, D> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
