@@ -12,6 +12,7 @@
 //! - [`db`]: SQLite state: catalog, files, installs (the job queue), cloud objects, events
 //! - [`install`]: the state machine, the workers, status lines, the live board the UI polls
 //! - [`unpack`]: gunzip and tarball member streaming for what gets installed
+//! - [`qcow2`]: a qcow2 whole disk (an HVM `disk1.img`) read as its raw disk, streamed and judged
 //! - [`cloud`]: the one trait a cloud implements; EC2 image bundles, S3 upload, EC2 registration,
 //!   request signing, credentials; the fake cloud
 //! - [`client`]: a client that signs like the servlet (CLI and tests)
@@ -41,6 +42,7 @@ pub mod keyring;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod qcow2;
 pub mod report;
 pub mod rfc3986;
 pub mod unpack;
