@@ -322,7 +322,7 @@ impl Layout {
                 value: header_len.into(),
                 reason,
             };
-            if (header_len as usize) < V3_MIN_HEADER_BYTES || header_len % 8 != 0 {
+            if (header_len as usize) < V3_MIN_HEADER_BYTES || !header_len.is_multiple_of(8) {
                 return Err(bad(
                     "a version 3 header is at least 104 bytes, a multiple of 8",
                 ));
@@ -1247,7 +1247,7 @@ mod tests {
         file[100..104].copy_from_slice(&112u32.to_be_bytes());
         file[CLUSTER..CLUSTER + 8].copy_from_slice(&(2 * CLUSTER as u64).to_be_bytes());
         file[3 * CLUSTER..3 * CLUSTER + 8]
-            .copy_from_slice(&(FLAG_COPIED | 4 * CLUSTER as u64).to_be_bytes());
+            .copy_from_slice(&(FLAG_COPIED | (4 * CLUSTER as u64)).to_be_bytes());
         for (i, entry) in entries.iter().enumerate() {
             let at = 4 * CLUSTER + i * 8;
             file[at..at + 8].copy_from_slice(&entry.to_be_bytes());
@@ -1464,10 +1464,13 @@ mod tests {
         ));
     }
 
+    /// What a refusal must match.
+    type Expected = fn(&Qcow2Error) -> bool;
+
     #[test]
     fn refuses_bad_references() {
         let l2 = 4 * CLUSTER as u64;
-        let cases: [(&[u64], fn(&Qcow2Error) -> bool); 7] = [
+        let cases: [(&[u64], Expected); 7] = [
             (&[data_offset(9)], |e| {
                 matches!(e, Qcow2Error::BeyondEnd { .. })
             }),
@@ -1539,7 +1542,7 @@ mod tests {
 
     #[test]
     fn refuses_a_compressed_cluster_that_is_not_one_cluster() {
-        let check = |payload: &[u8], expected: fn(&Qcow2Error) -> bool| {
+        let check = |payload: &[u8], expected: Expected| {
             let entries = [compressed_entry(data_offset(0), payload.len() as u64)];
             let file = image(&entries, payload, CLUSTER as u64);
             let error = refusal(&file);
