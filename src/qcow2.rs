@@ -1400,6 +1400,14 @@ mod tests {
             patched(79, &[16]),
             Qcow2Error::UnsupportedFeature { bit: 4, .. }
         ));
+        assert!(matches!(
+            patched(79, &[2]),
+            Qcow2Error::UnsupportedFeature { bit: 1, .. }
+        ));
+        // The dirty bit only says the refcounts may be stale: the image still reads.
+        let mut dirty = good.clone();
+        dirty[79] = 1;
+        assert_eq!(read_all(&dirty).unwrap(), vec![0; 4096]);
         let mut zstd = good.clone();
         zstd[79] = 8;
         zstd[104] = 1;
