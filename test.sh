@@ -26,6 +26,7 @@ command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # tests/it/full_disk.rs (as root) puts the data dir on a small loop-mounted ext4 (tmpfs without it).
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]}"
     sudo=""

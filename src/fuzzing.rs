@@ -245,3 +245,9 @@ impl SignatureCheck {
         }
     }
 }
+
+/// Any bytes as a qcow2 image file: opened, walked and read (`qcow2::fuzz_qcow2` holds what must
+/// hold of every input).
+pub fn qcow2(data: &[u8]) {
+    crate::qcow2::fuzz_qcow2(data);
+}

@@ -40,6 +40,19 @@ pub const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// and fetches again after the restart, so it stays small; 64 KiB writes are still few syscalls.
 pub const DOWNLOAD_WRITE_BUFFER: usize = 64 << 10;
 
+// qcow2 whole disks (issue 14, `qcow2.rs`).
+
+/// Largest virtual disk a qcow2 image may declare, in bytes: its raw form is what gets bundled
+/// and uploaded, 2 TiB is above any cloud image's disk, and a few hundred bytes of header cannot
+/// ask for 2^62 bytes of zeros.
+pub const MAX_QCOW2_VIRTUAL_BYTES: u64 = 2048 * GIB;
+
+/// Largest qcow2 L1 table (its used part) or refcount table read, in bytes: each is held in
+/// memory, with a sorted list of the clusters it names, while the disk streams. 2 MiB of L1 maps
+/// 128 TiB at the usual 64 KiB clusters (qemu's own caps are 32 MiB and 8 MiB), so only tiny
+/// clusters on a huge disk meet it.
+pub const MAX_QCOW2_TABLE_BYTES: u64 = 2 * MIB;
+
 // The cloud (SPEC §7).
 
 /// How long one S3 or EC2 exchange may take in all: a 10 MiB part over a slow link included.

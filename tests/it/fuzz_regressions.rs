@@ -5,7 +5,14 @@
 use image_store_proxy::fuzzing;
 use std::path::{Path, PathBuf};
 
-const TARGETS: [&str; 5] = ["catalog", "signature", "eucarc", "tarball", "cloud_error"];
+const TARGETS: [&str; 6] = [
+    "catalog",
+    "signature",
+    "eucarc",
+    "tarball",
+    "cloud_error",
+    "qcow2",
+];
 
 /// The saved inputs of `target`: its regressions, then its seeds.
 fn inputs(target: &str) -> Vec<PathBuf> {
@@ -96,4 +103,9 @@ fn signature_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let check = fuzzing::SignatureCheck::new(dir.path());
     replay("signature", |data| check.check(data));
+}
+
+#[test]
+fn qcow2_inputs() {
+    replay("qcow2", fuzzing::qcow2);
 }

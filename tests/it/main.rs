@@ -27,5 +27,6 @@ mod load;
 mod monitoring;
 mod moto_cloud;
 mod openapi;
+mod qcow2;
 mod service_readiness;
 mod store_page;
