@@ -7,6 +7,7 @@
 //! - [`catalog`]: the upstream side: fetch, verify, keep and search the signed catalog
 //! - [`keyring`]: OpenPGP trust: the keyring and detached-signature checks (sequoia)
 //! - [`limits`]: every bound on what others may ask of the proxy, with its unit and reason
+//! - [`simplestreams`]: Canonical's simplestreams format: index, inherited item fields, filters, offers
 //! - [`fetch`]: HTTP downloads with resume, size cap and hashing as bytes flow
 //! - [`cache`]: content-addressed files, promoted only once verified
 //! - [`db`]: SQLite state: catalog, files, installs (the job queue), cloud objects, events
@@ -43,4 +44,5 @@ pub mod metrics;
 pub mod notify;
 pub mod report;
 pub mod rfc3986;
+pub mod simplestreams;
 pub mod unpack;
