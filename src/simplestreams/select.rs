@@ -4,9 +4,10 @@
 //! compressed qcow2 whole disk) or paravirtual from its `tar.gz` (the UEC tarball with the
 //! kernel and initrd members), as configured, falling back to the one the version has.
 //!
-//! Unlike this, sstream-mirror's `--max` counts the newest versions before its filters drop
-//! items (`resolve_work` never sees the filters), so a newest version without a matching item
-//! leaves that product empty there; here the newest version that has one is offered.
+//! As in python-simplestreams 0.1.0.post59's `sync_products` ("apply filters to items before
+//! filtering versions"): a version left without an item is gone before `--max` counts, so
+//! `--max 1 ftype=tar.gz` offers the newest version that has a `tar.gz`. (Older copies of the
+//! library counted versions first; `tests/simplestreams_model.rs` checks against the PyPI one.)
 
 use super::filter::{ItemFilter, passes_all};
 use super::{Checksum, ItemError, ItemIdentity, ItemPath, Products, ResolvedItem, compare_serials};

@@ -170,15 +170,19 @@ fn the_real_products_file_resolves_its_items() {
         disk.identity().to_string(),
         "com.ubuntu.cloud:released:download/com.ubuntu.cloud:server:16.10:s390x/20161012.3/disk1.img"
     );
-    let manifest = item(
-        &products,
-        "com.ubuntu.cloud:server:16.10:s390x",
-        "20161012.3",
-        "manifest",
+    let bare = Products::parse(
+        br#"{"format": "products:1.0", "content_id": "c", "updated": "Fri, 01 May 2026 03:00:00 +0000",
+             "products": {"p": {"versions": {"v": {"items": {"i": {"path": "x/y", "size": "0"}}}}}}}"#,
+    )
+    .unwrap();
+    let bare = bare.items().next().unwrap();
+    assert_eq!(
+        bare.checksum().unwrap_err().to_string(),
+        "stream item c/p/v/i has no \"sha256\""
     );
     assert_eq!(
-        manifest.checksum().unwrap_err().to_string(),
-        "stream item com.ubuntu.cloud:released:download/com.ubuntu.cloud:server:16.10:s390x/20161012.3/manifest has no \"sha256\""
+        bare.size().unwrap_err().to_string(),
+        "stream item c/p/v/i has \"size\" \"0\", which is not a size in bytes within the file cap"
     );
     assert_eq!(products.items().count(), 5);
 }
