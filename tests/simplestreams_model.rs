@@ -134,7 +134,7 @@ fn sstream_query_keeps_the_same_items_with_the_same_fields() {
         (Some(1), &["ftype=tar.gz"]),
         (Some(2), &["release=noble", "ftype~disk1"]),
     ];
-    for fixture_name in ["released-download.json", "inheritance.json"] {
+    for fixture_name in ["released-download.json", "inheritance.json", "aliases.json"] {
         let data = fixture(fixture_name);
         let products = Products::parse(&data).unwrap();
         let dir = tempfile::tempdir().unwrap();

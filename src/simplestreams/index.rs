@@ -5,7 +5,7 @@
 //! signed index naming a path outside the mirror is not to be trusted at all (SPEC §5.2).
 
 use super::path::ItemPath;
-use super::wire::{self, Level, WireNode};
+use super::wire::{Level, WireNode};
 use super::{StreamError, parse_updated};
 use time::OffsetDateTime;
 
@@ -40,11 +40,7 @@ impl Index {
     /// Parses an index's (already verified) JSON text.
     pub fn parse(data: &[u8]) -> Result<Self, StreamError> {
         let document = "index";
-        super::check_size(document, data)?;
-        let top = wire::parse(data, Level::IndexTop).map_err(|source| StreamError::Json {
-            document: document.into(),
-            source,
-        })?;
+        let top = super::parse_tree(document, data, Level::IndexTop)?;
         let format = top.fields.get("format");
         if format.map(String::as_str) != Some(INDEX_FORMAT) {
             return Err(StreamError::Format {

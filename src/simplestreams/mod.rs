@@ -64,6 +64,14 @@ pub enum StreamError {
         value: String,
         source: time::error::Parse,
     },
+    #[error(
+        "simplestreams {document} has {group:?} {name:?}, which its \"_aliases\" do not define"
+    )]
+    UnknownAlias {
+        document: String,
+        group: String,
+        name: String,
+    },
     #[error("simplestreams {document}: {source}")]
     Path {
         document: String,
@@ -85,6 +93,26 @@ pub enum StreamError {
         offered: String,
         accepted: String,
     },
+}
+
+/// Parses `data` at `level` and expands its `_aliases`.
+fn parse_tree(
+    document: &'static str,
+    data: &[u8],
+    level: wire::Level,
+) -> Result<wire::WireNode, StreamError> {
+    check_size(document, data)?;
+    let mut tree = wire::parse(data, level).map_err(|source| StreamError::Json {
+        document: document.into(),
+        source,
+    })?;
+    let aliases = std::mem::take(&mut tree.aliases);
+    wire::expand_aliases(&mut tree, &aliases).map_err(|unknown| StreamError::UnknownAlias {
+        document: document.into(),
+        group: unknown.group,
+        name: unknown.name,
+    })?;
+    Ok(tree)
 }
 
 fn check_size(document: &'static str, data: &[u8]) -> Result<(), StreamError> {

@@ -4,10 +4,11 @@
 //! version or a product. A [`ResolvedItem`] answers each field as `util.products_exdata` flattens
 //! it: the top's scalars, then the product's, then `product_name`, the version's, `version_name`,
 //! the item's, `item_name`, a later one overriding an earlier one. Resolution is lazy (a lookup
-//! walks the four levels) so that a field at the top is stored once, not once per item.
+//! walks the four levels) so that a field at the top is stored once, not once per item. A top's
+//! `_aliases` are expanded first, as `util.expand_tree` does.
 
 use super::path::ItemPath;
-use super::wire::{self, Level, WireNode};
+use super::wire::{Level, WireNode};
 use super::{DownloadEntry, StreamError, parse_updated};
 use crate::cache::Sha256Hex;
 use std::collections::BTreeMap;
@@ -81,11 +82,7 @@ impl Products {
     /// Parses a products file's (already verified) JSON text, and checks every item's path.
     pub fn parse(data: &[u8]) -> Result<Self, StreamError> {
         let document = "products file";
-        super::check_size(document, data)?;
-        let tree = wire::parse(data, Level::ProductsTop).map_err(|source| StreamError::Json {
-            document: document.into(),
-            source,
-        })?;
+        let tree = super::parse_tree(document, data, Level::ProductsTop)?;
         let format = tree.fields.get("format");
         if format.map(String::as_str) != Some(PRODUCTS_FORMAT) {
             return Err(StreamError::Format {

@@ -9,6 +9,7 @@ use time::format_description::well_known::Rfc2822;
 const INDEX: &[u8] = include_bytes!("../../tests/data/simplestreams/index.json");
 const RELEASED: &[u8] = include_bytes!("../../tests/data/simplestreams/released-download.json");
 const TREE: &[u8] = include_bytes!("../../tests/data/simplestreams/inheritance.json");
+const ALIASES: &[u8] = include_bytes!("../../tests/data/simplestreams/aliases.json");
 
 const NOBLE: &str = "com.example:server:24.04:amd64";
 const NOBLE_ARM: &str = "com.example:server:24.04:arm64";
@@ -214,6 +215,10 @@ fn fields_inherit_from_each_level_and_lower_levels_override() {
         "item overrides the hoisted ftype"
     );
     assert_eq!(tarball.get("hue"), Some("version"));
+    assert_eq!(tarball.get("tone"), Some("version"), "a null hides nothing");
+    assert_eq!(disk.get("weight"), Some("1.5"));
+    assert_eq!(disk.get("big"), Some("1e+16"), "as Python prints a float");
+    assert_eq!(disk.get("tiny"), Some("1e-05"));
     let hoisted = item(&products, NOBLE, "20260501.1", "disk1.img");
     assert!(
         matches!(hoisted.checksum(), Ok(Checksum::Sha256(ref h)) if h.as_str().starts_with("6666")),
@@ -238,6 +243,33 @@ fn fields_inherit_from_each_level_and_lower_levels_override() {
     for (key, value) in &fields {
         assert_eq!(disk.get(key), Some(*value), "{key}");
     }
+}
+
+#[test]
+fn aliases_expand_where_an_item_names_them() {
+    let products = Products::parse(ALIASES).unwrap();
+    let product = "com.ubuntu.cloud:server:16.04:amd64";
+    let hvm = item(&products, product, "20161020", "apne1hs");
+    assert_eq!(hvm.get("region"), Some("ap-northeast-1"));
+    assert_eq!(
+        hvm.get("endpoint"),
+        Some("https://ec2.ap-northeast-1.amazonaws.com")
+    );
+    assert_eq!(hvm.get("crsn"), Some("apne1"), "the alias name stays");
+    let pv = item(&products, product, "20161020", "use1pe");
+    assert_eq!(
+        pv.get("region"),
+        Some("us-east-1"),
+        "the alias overrides the item"
+    );
+    assert_eq!(hvm.get("_aliases"), None);
+    let text = String::from_utf8(ALIASES.to_vec())
+        .unwrap()
+        .replace("\"crsn\": \"use1\"", "\"crsn\": \"euw1\"");
+    assert_eq!(
+        Products::parse(text.as_bytes()).unwrap_err().to_string(),
+        "simplestreams products file has \"crsn\" \"euw1\", which its \"_aliases\" do not define"
+    );
 }
 
 #[test]
@@ -558,7 +590,16 @@ fn a_rollback_is_refused_and_the_same_time_accepted() {
 
 #[test]
 fn the_fuzz_harness_takes_the_samples_and_garbage() {
-    for data in [INDEX, RELEASED, TREE, b"", b"{", b"[]", b"{\"format\": 1}"] {
+    for data in [
+        INDEX,
+        RELEASED,
+        TREE,
+        ALIASES,
+        b"",
+        b"{",
+        b"[]",
+        b"{\"format\": 1}",
+    ] {
         fuzz_products(data);
     }
 }

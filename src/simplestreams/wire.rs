@@ -25,6 +25,8 @@ pub(super) enum Level {
     Item,
     IndexTop,
     IndexEntry,
+    /// One entry of an alias group of a top's `_aliases`: the fields it stands for.
+    Alias,
 }
 
 impl Level {
@@ -35,8 +37,13 @@ impl Level {
             Level::Product => Some(("versions", Level::Version)),
             Level::Version => Some(("items", Level::Item)),
             Level::IndexTop => Some(("index", Level::IndexEntry)),
-            Level::Item | Level::IndexEntry => None,
+            Level::Item | Level::IndexEntry | Level::Alias => None,
         }
+    }
+
+    /// Whether this level may carry `_aliases`: a document's top.
+    fn has_aliases(self) -> bool {
+        matches!(self, Level::ProductsTop | Level::IndexTop)
     }
 
     /// The key holding a list of names at this level: an index entry's `products`.
@@ -45,13 +52,54 @@ impl Level {
     }
 }
 
-/// One object of a stream: its scalar fields (stringified), its children by name, and for an
-/// index entry the product names it lists.
+/// One object of a stream: its scalar fields (stringified), its children by name, for an index
+/// entry the product names it lists, and for a top its `_aliases`.
 #[derive(Debug, Default)]
 pub(super) struct WireNode {
     pub fields: BTreeMap<String, String>,
     pub children: BTreeMap<String, WireNode>,
     pub names: Vec<String>,
+    pub aliases: Aliases,
+}
+
+/// A top's `_aliases` (`util.expand_tree`): group (a field name) → value → the fields that value
+/// stands for. Canonical uses them in `image-ids` streams (`crsn` → `region`, `endpoint`).
+pub(super) type Aliases = BTreeMap<String, BTreeMap<String, WireNode>>;
+
+/// A field of `node` (or of a node below it) that names an alias the top does not define.
+#[derive(Debug)]
+pub(super) struct UnknownAlias {
+    pub group: String,
+    pub name: String,
+}
+
+/// Expands `aliases` in `node` and every node below it, as `util.expand_data` does: a field
+/// whose key is an alias group and whose value is a non-empty string gains the fields of that
+/// alias (keys in order; a later field sees the values an earlier expansion set).
+pub(super) fn expand_aliases(node: &mut WireNode, aliases: &Aliases) -> Result<(), UnknownAlias> {
+    if aliases.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = node.fields.keys().cloned().collect();
+    for key in keys {
+        let Some(group) = aliases.get(&key).filter(|group| !group.is_empty()) else {
+            continue;
+        };
+        let Some(name) = node.fields.get(&key).filter(|name| !name.is_empty()) else {
+            continue;
+        };
+        let alias = group.get(name).ok_or_else(|| UnknownAlias {
+            group: key.clone(),
+            name: name.clone(),
+        })?;
+        for (field, value) in &alias.fields {
+            node.fields.insert(field.clone(), value.clone());
+        }
+    }
+    for child in node.children.values_mut() {
+        expand_aliases(child, aliases)?;
+    }
+    Ok(())
 }
 
 /// Parses `data` as one document whose top object is at `level`.
@@ -120,6 +168,10 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
                 }
                 _ => {}
             }
+            if self.level.has_aliases() && key == "_aliases" {
+                node.aliases = map.next_value_seed(AliasesSeed { items: self.items })?;
+                continue;
+            }
             if self.level.names() == Some(key.as_str()) {
                 node.names = map.next_value::<Names>()?.0;
                 continue;
@@ -179,6 +231,43 @@ impl<'de> Visitor<'de> for ChildrenSeed<'_> {
             }
         }
         Ok(children)
+    }
+}
+
+/// A top's `_aliases`: groups of named aliases.
+struct AliasesSeed<'c> {
+    items: &'c Cell<usize>,
+}
+
+impl<'de> DeserializeSeed<'de> for AliasesSeed<'_> {
+    type Value = Aliases;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Aliases, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AliasesSeed<'_> {
+    type Value = Aliases;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of alias groups")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Aliases, A::Error> {
+        let mut groups = Aliases::new();
+        while let Some(group) = map.next_key::<String>()? {
+            check_string("alias group", &group)?;
+            let aliases = map.next_value_seed(ChildrenSeed {
+                level: Level::Alias,
+                items: self.items,
+            })?;
+            groups.insert(group, aliases);
+            if groups.len() > MAX_STREAM_CHILDREN {
+                return Err(de::Error::custom(format_args!(
+                    "more than {MAX_STREAM_CHILDREN} alias groups"
+                )));
+            }
+        }
+        Ok(groups)
     }
 }
 
