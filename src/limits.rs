@@ -58,6 +58,11 @@ pub const MAX_STREAM_ITEMS: usize = 500_000;
 /// by every item below it.
 pub const MAX_STREAM_FIELDS: usize = 1024;
 
+/// Bytes that expanding a stream's `_aliases` may copy into the objects naming them: real
+/// aliases are a region and an endpoint; without a cap a few large aliases named by every item
+/// would grow a small document into gigabytes.
+pub const MAX_STREAM_ALIAS_BYTES: u64 = 64 * MIB;
+
 /// Longest key, string value or path in a stream, in bytes: real ones are under 200 (a path).
 pub const MAX_STREAM_STRING_BYTES: usize = 16 << 10;
 

@@ -26,6 +26,7 @@ pub use products::{Checksum, ItemError, ItemIdentity, Products, ResolvedItem};
 pub use select::{
     ChosenVersion, InstalledVersions, Offer, Offers, Selection, Virtualization, VirtualizationError,
 };
+pub use wire::AliasError;
 
 use crate::limits::MAX_STREAM_DOCUMENT_BYTES;
 use std::cmp::Ordering;
@@ -64,13 +65,10 @@ pub enum StreamError {
         value: String,
         source: time::error::Parse,
     },
-    #[error(
-        "simplestreams {document} has {group:?} {name:?}, which its \"_aliases\" do not define"
-    )]
-    UnknownAlias {
+    #[error("simplestreams {document}: {source}")]
+    Aliases {
         document: String,
-        group: String,
-        name: String,
+        source: AliasError,
     },
     #[error("simplestreams {document}: {source}")]
     Path {
@@ -107,10 +105,12 @@ fn parse_tree(
         source,
     })?;
     let aliases = std::mem::take(&mut tree.aliases);
-    wire::expand_aliases(&mut tree, &aliases).map_err(|unknown| StreamError::UnknownAlias {
-        document: document.into(),
-        group: unknown.group,
-        name: unknown.name,
+    let mut budget = crate::limits::MAX_STREAM_ALIAS_BYTES;
+    wire::expand_aliases(&mut tree, &aliases, &mut budget).map_err(|source| {
+        StreamError::Aliases {
+            document: document.into(),
+            source,
+        }
     })?;
     Ok(tree)
 }

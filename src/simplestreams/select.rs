@@ -181,7 +181,9 @@ pub struct Offers {
 
 impl Selection {
     /// The versions to offer, product by product, newest first: of the versions with an item
-    /// that passes the filters, the newest `max_versions` and those installed.
+    /// that passes the filters, the newest `max_versions` and those installed. An installed
+    /// version none of whose items passes the filters any more has nothing to offer and is left
+    /// out (the caller still knows it as installed).
     pub fn choose<'a>(
         &self,
         products: &'a Products,

@@ -268,7 +268,34 @@ fn aliases_expand_where_an_item_names_them() {
         .replace("\"crsn\": \"use1\"", "\"crsn\": \"euw1\"");
     assert_eq!(
         Products::parse(text.as_bytes()).unwrap_err().to_string(),
-        "simplestreams products file has \"crsn\" \"euw1\", which its \"_aliases\" do not define"
+        "simplestreams products file: \"crsn\" \"euw1\" is not defined in its \"_aliases\""
+    );
+}
+
+#[test]
+fn alias_expansion_is_capped() {
+    let value = "v".repeat(crate::limits::MAX_STREAM_STRING_BYTES - 8);
+    let alias: Vec<String> = (0..64).map(|n| format!("\"f{n}\": \"{value}\"")).collect();
+    let items: Vec<String> = (0..100)
+        .map(|n| format!("\"i{n}\": {{\"big\": \"one\"}}"))
+        .collect();
+    let text = format!(
+        r#"{{"format": "products:1.0", "content_id": "c", "updated": "Fri, 01 May 2026 03:00:00 +0000",
+            "_aliases": {{"big": {{"one": {{{}}}}}}},
+            "products": {{"p": {{"versions": {{"v": {{"items": {{{}}}}}}}}}}}}}"#,
+        alias.join(","),
+        items.join(",")
+    );
+    let error = Products::parse(text.as_bytes()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StreamError::Aliases {
+                source: AliasError::TooLarge { .. },
+                ..
+            }
+        ),
+        "{error:?}"
     );
 }
 

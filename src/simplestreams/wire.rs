@@ -9,7 +9,8 @@
 //! before it is all in memory.
 
 use crate::limits::{
-    MAX_STREAM_CHILDREN, MAX_STREAM_FIELDS, MAX_STREAM_ITEMS, MAX_STREAM_STRING_BYTES,
+    MAX_STREAM_ALIAS_BYTES, MAX_STREAM_CHILDREN, MAX_STREAM_FIELDS, MAX_STREAM_ITEMS,
+    MAX_STREAM_STRING_BYTES,
 };
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::cell::Cell;
@@ -66,17 +67,26 @@ pub(super) struct WireNode {
 /// stands for. Canonical uses them in `image-ids` streams (`crsn` → `region`, `endpoint`).
 pub(super) type Aliases = BTreeMap<String, BTreeMap<String, WireNode>>;
 
-/// A field of `node` (or of a node below it) that names an alias the top does not define.
-#[derive(Debug)]
-pub(super) struct UnknownAlias {
-    pub group: String,
-    pub name: String,
+/// Why a document's `_aliases` cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AliasError {
+    #[error("{group:?} {name:?} is not defined in its \"_aliases\"")]
+    Unknown { group: String, name: String },
+    #[error("expanding its \"_aliases\" would copy more than {cap} bytes")]
+    TooLarge { cap: u64 },
+    #[error("expanding its \"_aliases\" gives an object more than {cap} fields")]
+    TooManyFields { cap: usize },
 }
 
 /// Expands `aliases` in `node` and every node below it, as `util.expand_data` does: a field
 /// whose key is an alias group and whose value is a non-empty string gains the fields of that
-/// alias (keys in order; a later field sees the values an earlier expansion set).
-pub(super) fn expand_aliases(node: &mut WireNode, aliases: &Aliases) -> Result<(), UnknownAlias> {
+/// alias (keys in order; a later field sees the values an earlier expansion set). What it copies
+/// is counted against [`MAX_STREAM_ALIAS_BYTES`] (`budget` is what is left).
+pub(super) fn expand_aliases(
+    node: &mut WireNode,
+    aliases: &Aliases,
+    budget: &mut u64,
+) -> Result<(), AliasError> {
     if aliases.is_empty() {
         return Ok(());
     }
@@ -88,16 +98,25 @@ pub(super) fn expand_aliases(node: &mut WireNode, aliases: &Aliases) -> Result<(
         let Some(name) = node.fields.get(&key).filter(|name| !name.is_empty()) else {
             continue;
         };
-        let alias = group.get(name).ok_or_else(|| UnknownAlias {
+        let alias = group.get(name).ok_or_else(|| AliasError::Unknown {
             group: key.clone(),
             name: name.clone(),
         })?;
         for (field, value) in &alias.fields {
+            let cost = (field.len() + value.len()) as u64;
+            *budget = budget.checked_sub(cost).ok_or(AliasError::TooLarge {
+                cap: MAX_STREAM_ALIAS_BYTES,
+            })?;
             node.fields.insert(field.clone(), value.clone());
+        }
+        if node.fields.len() > MAX_STREAM_FIELDS {
+            return Err(AliasError::TooManyFields {
+                cap: MAX_STREAM_FIELDS,
+            });
         }
     }
     for child in node.children.values_mut() {
-        expand_aliases(child, aliases)?;
+        expand_aliases(child, aliases, budget)?;
     }
     Ok(())
 }
