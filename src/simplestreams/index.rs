@@ -45,7 +45,7 @@ impl Index {
         if format.map(String::as_str) != Some(INDEX_FORMAT) {
             return Err(StreamError::Format {
                 document: document.into(),
-                found: format.cloned(),
+                found: format.cloned().unwrap_or_default(),
                 expected: INDEX_FORMAT,
             });
         }

@@ -51,7 +51,8 @@ pub enum StreamError {
     #[error("simplestreams {document} has format {found:?}, expected {expected:?}")]
     Format {
         document: String,
-        found: Option<String>,
+        /// Empty when the document has none.
+        found: String,
         expected: &'static str,
     },
     #[error("simplestreams {document} has no {field:?}")]

@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn unsafe_paths_are_refused_each_with_its_reason() {
         use ItemPathError as E;
-        let cases: &[(&str, fn(&E) -> bool)] = &[
+        type IsExpected = fn(&E) -> bool;
+        let cases: &[(&str, IsExpected)] = &[
             ("", |e| matches!(e, E::Empty { .. })),
             ("/etc/passwd", |e| matches!(e, E::Absolute { .. })),
             ("//evil.example/x", |e| matches!(e, E::Absolute { .. })),

@@ -56,24 +56,24 @@ pub enum Checksum {
     Md5(String),
 }
 
-/// Why an item lacks something an install needs.
+/// Why an item lacks something an install needs (the identity boxed: errors stay small).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ItemError {
     #[error("stream item {item} has no {field:?}")]
     Missing {
-        item: ItemIdentity,
+        item: Box<ItemIdentity>,
         field: &'static str,
     },
     #[error("stream item {item} has {field:?} {value:?}, which is not {expected}")]
     Invalid {
-        item: ItemIdentity,
+        item: Box<ItemIdentity>,
         field: &'static str,
         value: String,
         expected: &'static str,
     },
     #[error("stream item {item}: {source}")]
     Path {
-        item: ItemIdentity,
+        item: Box<ItemIdentity>,
         source: super::ItemPathError,
     },
 }
@@ -87,7 +87,7 @@ impl Products {
         if format.map(String::as_str) != Some(PRODUCTS_FORMAT) {
             return Err(StreamError::Format {
                 document: document.into(),
-                found: format.cloned(),
+                found: format.cloned().unwrap_or_default(),
                 expected: PRODUCTS_FORMAT,
             });
         }
@@ -277,7 +277,7 @@ impl<'a> ResolvedItem<'a> {
     pub fn path(&self) -> Result<ItemPath, ItemError> {
         let path = self.required("path")?;
         ItemPath::parse(path).map_err(|source| ItemError::Path {
-            item: self.identity(),
+            item: Box::new(self.identity()),
             source,
         })
     }
@@ -290,7 +290,7 @@ impl<'a> ResolvedItem<'a> {
             .ok()
             .filter(|size| (1..=crate::limits::MAX_FILE_BYTES).contains(size))
             .ok_or_else(|| ItemError::Invalid {
-                item: self.identity(),
+                item: Box::new(self.identity()),
                 field: "size",
                 value: text.to_owned(),
                 expected: "a size in bytes within the file cap",
@@ -302,7 +302,7 @@ impl<'a> ResolvedItem<'a> {
         if let Some(text) = self.get("sha256") {
             return Sha256Hex::parse(text).map(Checksum::Sha256).ok_or_else(|| {
                 ItemError::Invalid {
-                    item: self.identity(),
+                    item: Box::new(self.identity()),
                     field: "sha256",
                     value: text.to_owned(),
                     expected: "64 hex digits",
@@ -310,7 +310,7 @@ impl<'a> ResolvedItem<'a> {
             });
         }
         let text = self.get("md5").ok_or_else(|| ItemError::Missing {
-            item: self.identity(),
+            item: Box::new(self.identity()),
             field: "sha256",
         })?;
         let md5 = text.to_ascii_lowercase();
@@ -318,7 +318,7 @@ impl<'a> ResolvedItem<'a> {
             Ok(Checksum::Md5(md5))
         } else {
             Err(ItemError::Invalid {
-                item: self.identity(),
+                item: Box::new(self.identity()),
                 field: "md5",
                 value: text.to_owned(),
                 expected: "32 hex digits",
@@ -328,7 +328,7 @@ impl<'a> ResolvedItem<'a> {
 
     fn required(&self, field: &'static str) -> Result<&'a str, ItemError> {
         self.get(field).ok_or_else(|| ItemError::Missing {
-            item: self.identity(),
+            item: Box::new(self.identity()),
             field,
         })
     }
