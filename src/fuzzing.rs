@@ -251,3 +251,9 @@ impl SignatureCheck {
 pub fn qcow2(data: &[u8]) {
     crate::qcow2::fuzz_qcow2(data);
 }
+
+/// Any bytes as a simplestreams index, then as a products file, through what the catalog does
+/// next (`simplestreams::fuzz_products` holds what must hold of every input).
+pub fn simplestreams(data: &[u8]) {
+    crate::simplestreams::fuzz_products(data);
+}

@@ -9,6 +9,7 @@
 //!   clear-signed checks (sequoia), and whose fault a refusal is
 //! - [`logging`]: log lines on a terminal, or with the journal's priorities under systemd
 //! - [`limits`]: every bound on what others may ask of the proxy, with its unit and reason
+//! - [`simplestreams`]: Canonical's simplestreams format: index, inherited item fields, filters, offers
 //! - [`fetch`]: HTTP downloads with resume, size cap and hashing as bytes flow
 //! - [`cache`]: content-addressed files, promoted only once verified
 //! - [`db`]: SQLite state: catalog, files, installs (the job queue), cloud objects, events
@@ -54,6 +55,7 @@ pub mod publish;
 pub mod qcow2;
 pub mod report;
 pub mod rfc3986;
+pub mod simplestreams;
 pub mod status;
 pub mod trust;
 pub mod unpack;

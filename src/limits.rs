@@ -53,6 +53,32 @@ pub const MAX_QCOW2_VIRTUAL_BYTES: u64 = 2048 * GIB;
 /// clusters on a huge disk meet it.
 pub const MAX_QCOW2_TABLE_BYTES: u64 = 2 * MIB;
 
+// Simplestreams upstreams (SPEC §5.2). Their documents are parsed only once verified, so these
+// bound mistakes and a compromised mirror's key, not strangers.
+
+/// Largest simplestreams index or products document accepted, in bytes: Canonical's released
+/// and daily download products files are a few MiB each, and the whole document is parsed in memory.
+pub const MAX_STREAM_DOCUMENT_BYTES: u64 = 64 * MIB;
+
+/// Entries one object of a stream may hold (index entries, products of a file, versions of a
+/// product, items of a version): the busiest real level, the products of a file, has a few hundred.
+pub const MAX_STREAM_CHILDREN: usize = 65_536;
+
+/// Items one products file may hold in all: filters and the version choice walk each one.
+pub const MAX_STREAM_ITEMS: usize = 500_000;
+
+/// Scalar fields one object of a stream may carry: real ones carry under 20; each is inherited
+/// by every item below it.
+pub const MAX_STREAM_FIELDS: usize = 1024;
+
+/// Bytes that expanding a stream's `_aliases` may copy into the objects naming them: real
+/// aliases are a region and an endpoint; without a cap a few large aliases named by every item
+/// would grow a small document into gigabytes.
+pub const MAX_STREAM_ALIAS_BYTES: u64 = 64 * MIB;
+
+/// Longest key, string value or path in a stream, in bytes: real ones are under 200 (a path).
+pub const MAX_STREAM_STRING_BYTES: usize = 16 << 10;
+
 // The cloud (SPEC §7).
 
 /// How long one S3 or EC2 exchange may take in all: a 10 MiB part over a slow link included.

@@ -5,13 +5,14 @@
 use image_store_proxy::fuzzing;
 use std::path::{Path, PathBuf};
 
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "catalog",
     "signature",
     "eucarc",
     "tarball",
     "cloud_error",
     "qcow2",
+    "simplestreams",
 ];
 
 /// The saved inputs of `target`: its regressions, then its seeds.
@@ -108,4 +109,9 @@ fn signature_inputs() {
 #[test]
 fn qcow2_inputs() {
     replay("qcow2", fuzzing::qcow2);
+}
+
+#[test]
+fn simplestreams_inputs() {
+    replay("simplestreams", fuzzing::simplestreams);
 }

@@ -29,4 +29,5 @@ mod moto_cloud;
 mod openapi;
 mod qcow2;
 mod service_readiness;
+mod simplestreams_model;
 mod store_page;
