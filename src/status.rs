@@ -10,28 +10,19 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-/// "42 of 117 MiB": both numbers in the unit that suits the total.
+/// "42 of 117 MiB": both numbers in the unit that suits the total; one decimal below ten units
+/// ("0.5 of 2.0 MiB"), whole units above (the total rounded up).
 pub fn amount(done: u64, total: u64) -> String {
-    let (unit, name) = match total {
-        t if t >= 10 * GIB => (GIB, "GiB"),
-        t if t >= GIB => {
-            return format!(
-                "{:.1} of {:.1} GiB",
-                done as f64 / GIB as f64,
-                total as f64 / GIB as f64
-            );
-        }
-        t if t >= 10 * MIB => (MIB, "MiB"),
-        t if t >= MIB => {
-            return format!(
-                "{:.1} of {:.1} MiB",
-                done as f64 / MIB as f64,
-                total as f64 / MIB as f64
-            );
-        }
-        t if t >= KIB => (KIB, "KiB"),
-        _ => return format!("{done} of {total} bytes"),
+    let Some(&(unit, name)) = [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")]
+        .iter()
+        .find(|(unit, _)| total >= *unit)
+    else {
+        return format!("{done} of {total} bytes");
     };
+    if total < 10 * unit && unit > KIB {
+        let scaled = |bytes: u64| bytes as f64 / unit as f64;
+        return format!("{:.1} of {:.1} {name}", scaled(done), scaled(total));
+    }
     format!("{} of {} {name}", done / unit, total.div_ceil(unit))
 }
 

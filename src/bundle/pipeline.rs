@@ -379,21 +379,8 @@ mod tests {
         let hint = size_hint(&artifact).unwrap();
         assert!(hint.guessed);
         assert_ne!(hint.size, Some((first.len() + second.len()) as u64));
-        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
         let out = dir.path().join("bundle");
-        let settings = GzipSettings {
-            level: 1,
-            threads: 2,
-        };
-        let bundle = bundle_artifact(
-            &artifact,
-            &keys,
-            &out,
-            settings,
-            &Quiet,
-            &CancellationToken::new(),
-        )
-        .unwrap();
+        let bundle = bundle_quietly(&artifact, dir.path(), 2).unwrap();
         assert_eq!(bundle.size, (first.len() + second.len()) as u64);
         let parts = std::fs::read_dir(&out).unwrap().count();
         assert_eq!(parts, bundle.parts.len() + 1, "parts and the manifest only");
@@ -429,20 +416,8 @@ mod tests {
             kernel_id: None,
             ramdisk_id: None,
         };
-        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
         let out = dir.path().join("bundle");
-        let settings = GzipSettings {
-            level: 1,
-            threads: 1,
-        };
-        let refused = bundle_artifact(
-            &image,
-            &keys,
-            &out,
-            settings,
-            &Quiet,
-            &CancellationToken::new(),
-        );
+        let refused = bundle_quietly(&image, dir.path(), 1);
         assert!(
             matches!(refused, Err(BundleError::Unpack(_))),
             "{refused:?}"
@@ -464,5 +439,23 @@ mod tests {
         let (writer, mut reader) = pipe();
         drop(writer);
         assert!(reader.read(&mut [0u8; 8]).is_err());
+    }
+
+    /// Bundles `image` into `<dir>/bundle` at level 1 on `threads`, with the fake cloud's keys.
+    fn bundle_quietly(
+        image: &SourceImage<'_>,
+        dir: &Path,
+        threads: usize,
+    ) -> Result<Bundle, BundleError> {
+        let keys = super::super::keys::fake_cloud_keys(&dir.join("keys")).unwrap();
+        let settings = GzipSettings { level: 1, threads };
+        bundle_artifact(
+            image,
+            &keys,
+            &dir.join("bundle"),
+            settings,
+            &Quiet,
+            &CancellationToken::new(),
+        )
     }
 }

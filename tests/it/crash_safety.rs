@@ -39,7 +39,11 @@ async fn start(dir: &Path, pause: Option<&str>, big: bool) -> (Moto, TestEnv) {
     if big {
         let set = env.images.join(BIG_SET);
         std::fs::create_dir_all(&set).unwrap();
-        std::fs::write(set.join("image"), noise(BIG_SIZE)).unwrap();
+        std::fs::write(
+            set.join("image"),
+            common::noise(0x9E37_79B9_7F4A_7C15, BIG_SIZE),
+        )
+        .unwrap();
         let meta = json!({"title": "Crash test", "version": "1", "product": "crash-test",
             "summary": "incompressible", "tags": ["test"], "arch": "x86_64"});
         std::fs::write(set.join("meta.json"), meta.to_string()).unwrap();
@@ -65,20 +69,6 @@ fn kill_and_restart(env: &mut TestEnv) -> Vec<(String, String)> {
     env.proxy_env.clear();
     env.start_proxy();
     states
-}
-
-/// Incompressible bytes (xorshift).
-fn noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// The state database as a SIGKILL left it, opened read-only: intact, in WAL mode, and every
@@ -210,15 +200,9 @@ async fn assert_installed_once(moto: &Moto, env: &TestEnv, uri: &str, artifacts:
     assert_eq!(names.len(), artifacts, "RegisterImage calls: {names:?}");
     names.dedup();
     assert_eq!(names.len(), artifacts, "registered twice: {names:?}");
-    let images = moto.check(&["images"]);
-    let ids: Vec<&Value> = images
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| &i["id"])
-        .collect();
+    let (images, ids) = moto.images();
     assert_eq!(ids.len(), artifacts, "{images}");
-    assert!(ids.contains(&&installed["emi"]), "{installed} in {images}");
+    assert!(ids.contains(&installed["emi"]), "{installed} in {images}");
     installed
 }
 

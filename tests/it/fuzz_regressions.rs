@@ -78,16 +78,6 @@ fn every_target_has_a_harness_here() {
 }
 
 #[test]
-fn catalog_inputs() {
-    replay("catalog", fuzzing::catalog);
-}
-
-#[test]
-fn cloud_error_inputs() {
-    replay("cloud_error", fuzzing::cloud_error);
-}
-
-#[test]
 fn eucarc_inputs() {
     let dir = tempfile::tempdir().unwrap();
     replay("eucarc", |data| fuzzing::eucarc(data, dir.path()));
@@ -106,12 +96,19 @@ fn signature_inputs() {
     replay("signature", |data| check.check(data));
 }
 
-#[test]
-fn qcow2_inputs() {
-    replay("qcow2", fuzzing::qcow2);
+/// One named test per harness that needs nothing but the bytes.
+macro_rules! replays {
+    ($($test:ident: $target:ident),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            replay(stringify!($target), fuzzing::$target);
+        }
+    )*};
 }
 
-#[test]
-fn simplestreams_inputs() {
-    replay("simplestreams", fuzzing::simplestreams);
+replays! {
+    catalog_inputs: catalog,
+    cloud_error_inputs: cloud_error,
+    qcow2_inputs: qcow2,
+    simplestreams_inputs: simplestreams,
 }

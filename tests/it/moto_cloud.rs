@@ -230,17 +230,11 @@ async fn a_failing_cloud_ends_in_a_clear_error_and_the_retry_registers_nothing_t
         .map(|r| r["params"]["ImageLocation"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(locations.len(), 3, "each registered once: {locations:?}");
-    let images = moto.check(&["images"]);
-    assert_eq!(images.as_array().unwrap().len(), 3, "{images}");
-    let ids: Vec<&Value> = images
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| &i["id"])
-        .collect();
+    let (images, ids) = moto.images();
+    assert_eq!(ids.len(), 3, "{images}");
     for kind in ["emi", "eki", "eri"] {
         assert!(
-            ids.contains(&&installed[kind]),
+            ids.contains(&installed[kind]),
             "{kind} {installed} among {images}"
         );
     }

@@ -23,10 +23,7 @@ pub const SECRET: &str = "test-secret-0123456789";
 
 /// Deterministic bytes: zero runs, text and noise, as disk images are.
 pub fn image_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
+    let mut noise = Xorshift::seeded(seed);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         match (out.len() / 4096) % 3 {
@@ -37,18 +34,42 @@ pub fn image_bytes(seed: u64, len: usize) -> Vec<u8> {
                     .cycle()
                     .take(4096),
             ),
-            _ => {
-                for _ in 0..512 {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    out.extend_from_slice(&state.to_le_bytes());
-                }
-            }
+            _ => noise.fill(&mut out, 4096),
         }
     }
     out.truncate(len);
     out
+}
+
+/// Incompressible deterministic bytes (xorshift64): what deflate cannot shrink.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    Xorshift::seeded(seed).fill(&mut out, len);
+    out.truncate(len);
+    out
+}
+
+/// Marsaglia's xorshift64: fast, deterministic, and far from compressible.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn seeded(seed: u64) -> Self {
+        Self(
+            seed.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                | 1,
+        )
+    }
+
+    /// Appends at least `len` bytes (whole 8-byte words) to `out`.
+    fn fill(&mut self, out: &mut Vec<u8>, len: usize) {
+        for _ in 0..len.div_ceil(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            out.extend_from_slice(&self.0.to_le_bytes());
+        }
+    }
 }
 
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {

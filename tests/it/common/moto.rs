@@ -80,6 +80,18 @@ impl Moto {
         }
     }
 
+    /// The images moto has registered (`check images`) and their ids.
+    pub fn images(&self) -> (Value, Vec<Value>) {
+        let images = self.check(&["images"]);
+        let ids = images
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|image| image["id"].clone())
+            .collect();
+        (images, ids)
+    }
+
     /// Runs `moto_check.py` and returns the JSON it prints.
     pub fn check(&self, args: &[&str]) -> Value {
         let output = Command::new(&self.python)
