@@ -41,45 +41,37 @@ pub fn bundle_artifact(
     sink: &dyn BundleSink,
     cancel: &CancellationToken,
 ) -> Result<Bundle, BundleError> {
-    let bundled = bundle_once_or_measured(image, keys, dir, gzip, sink, cancel);
+    // With the size the source suggests; measured and bundled again when the gzip trailer's
+    // guess was wrong.
+    let bundled = (|| {
+        std::fs::create_dir_all(dir).map_err(|source| BundleError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let hint = size_hint(image)?;
+        let first = bundle_pass(image, keys, dir, gzip, hint.size, sink, cancel);
+        match first {
+            Err(BundleError::SizeMismatch { expected, actual }) if hint.guessed => {
+                tracing::info!(
+                    image = %image.path.display(),
+                    "the gzip trailer's size ({expected}) was not the image's (at least {actual}): measuring it"
+                );
+                let kind = image.kind;
+                let total = image.size;
+                let size =
+                    unpack::image_size(image.path, image.compression, image.packing, &|done| {
+                        sink.step(Step::Measuring { kind, done, total })
+                    })?;
+                remove_parts(dir, image.prefix);
+                bundle_pass(image, keys, dir, gzip, Some(size), sink, cancel)
+            }
+            other => other,
+        }
+    })();
     if bundled.is_err() {
         let _ = std::fs::remove_file(dir.join(super::manifest_name(image.prefix)));
     }
     bundled
-}
-
-/// Bundles with the size the source suggests; measures the image and bundles again when the
-/// gzip trailer's guess was wrong.
-fn bundle_once_or_measured(
-    image: &SourceImage<'_>,
-    keys: &BundleKeys,
-    dir: &Path,
-    gzip: GzipSettings,
-    sink: &dyn BundleSink,
-    cancel: &CancellationToken,
-) -> Result<Bundle, BundleError> {
-    std::fs::create_dir_all(dir).map_err(|source| BundleError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let hint = size_hint(image)?;
-    let first = bundle_pass(image, keys, dir, gzip, hint.size, sink, cancel);
-    match first {
-        Err(BundleError::SizeMismatch { expected, actual }) if hint.guessed => {
-            tracing::info!(
-                image = %image.path.display(),
-                "the gzip trailer's size ({expected}) was not the image's (at least {actual}): measuring it"
-            );
-            let kind = image.kind;
-            let total = image.size;
-            let size = unpack::image_size(image.path, image.compression, image.packing, &|done| {
-                sink.step(Step::Measuring { kind, done, total })
-            })?;
-            remove_parts(dir, image.prefix);
-            bundle_pass(image, keys, dir, gzip, Some(size), sink, cancel)
-        }
-        other => other,
-    }
 }
 
 /// What is known of the image's size before reading it.
@@ -365,17 +357,12 @@ mod tests {
         }
         let source = dir.path().join("image.gz");
         std::fs::write(&source, &file).unwrap();
-        let artifact = SourceImage {
-            kind: crate::catalog::model::FileKind::Image,
-            path: &source,
-            size: file.len() as u64,
-            compression: Compression::Gzip,
-            packing: Packing::Raw,
-            prefix: "two-members-image",
-            arch: "x86_64",
-            kernel_id: None,
-            ramdisk_id: None,
-        };
+        let artifact = machine_image(
+            &source,
+            Compression::Gzip,
+            Packing::Raw,
+            "two-members-image",
+        );
         let hint = size_hint(&artifact).unwrap();
         assert!(hint.guessed);
         assert_ne!(hint.size, Some((first.len() + second.len()) as u64));
@@ -405,17 +392,7 @@ mod tests {
         tarball.extend([0u8; 1024]);
         let source = dir.path().join("image.tar");
         std::fs::write(&source, &tarball).unwrap();
-        let image = SourceImage {
-            kind: crate::catalog::model::FileKind::Image,
-            path: &source,
-            size: tarball.len() as u64,
-            compression: Compression::None,
-            packing: Packing::Tar,
-            prefix: "refused-image",
-            arch: "x86_64",
-            kernel_id: None,
-            ramdisk_id: None,
-        };
+        let image = machine_image(&source, Compression::None, Packing::Tar, "refused-image");
         let out = dir.path().join("bundle");
         let refused = bundle_quietly(&image, dir.path(), 1);
         assert!(
@@ -439,6 +416,26 @@ mod tests {
         let (writer, mut reader) = pipe();
         drop(writer);
         assert!(reader.read(&mut [0u8; 8]).is_err());
+    }
+
+    /// An x86_64 machine image at `path` (its size read from the file), with no kernel or ramdisk.
+    fn machine_image<'a>(
+        path: &'a Path,
+        compression: Compression,
+        packing: Packing,
+        prefix: &'a str,
+    ) -> SourceImage<'a> {
+        SourceImage {
+            kind: crate::catalog::model::FileKind::Image,
+            path,
+            size: std::fs::metadata(path).unwrap().len(),
+            compression,
+            packing,
+            prefix,
+            arch: "x86_64",
+            kernel_id: None,
+            ramdisk_id: None,
+        }
     }
 
     /// Bundles `image` into `<dir>/bundle` at level 1 on `threads`, with the fake cloud's keys.

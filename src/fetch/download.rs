@@ -310,8 +310,8 @@ mod tests {
 
     #[test]
     fn a_resume_hashes_what_is_there_and_drops_what_cannot_be_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let partial = dir.path().join("x.part");
+        let scratch = tempfile::tempdir().unwrap();
+        let partial = scratch.path().to_owned().join("x.part");
         let (have, hasher) = hash_existing(&partial, 10).unwrap();
         assert_eq!((have, hasher.finalize()), (0, Sha256::digest(b"")));
 

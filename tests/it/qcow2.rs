@@ -4,6 +4,7 @@
 //! image the reader must refuse, made by qemu-img or by patching the bytes of a real fixture.
 //! Without qemu-img each test says it is skipped and returns.
 
+use crate::common;
 use image_store_proxy::qcow2::{ClusterKind, Qcow2Error, Qcow2Image, Region};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
@@ -76,65 +77,46 @@ impl Segment {
     }
 }
 
-/// A small deterministic generator (xorshift64*), so fixtures are the same on every run.
-struct Bytes(u64);
-
-impl Bytes {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, out: &mut [u8]) {
-        for chunk in out.chunks_mut(8) {
-            let word = self.next().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
+/// Compressible text of `len` bytes: words picked by deterministic noise, now and then three
+/// bytes of it, so deflate has work to do but plenty to gain.
+fn text(seed: u64, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 12] = [
+        "cloud ",
+        "image ",
+        "store ",
+        "proxy ",
+        "qcow2 ",
+        "cluster ",
+        "ubuntu ",
+        "noble ",
+        "bundle ",
+        "deflate ",
+        "\n",
+        "eucalyptus ",
+    ];
+    let picks = common::noise(seed, len);
+    let mut out = Vec::with_capacity(len + 16);
+    for pick in picks.chunks(4) {
+        if out.len() >= len {
+            break;
+        }
+        out.extend_from_slice(WORDS[(pick[0] % 12) as usize].as_bytes());
+        if pick[1] & 0x3 == 0 {
+            out.extend_from_slice(&pick[1..]);
         }
     }
-
-    fn text(&mut self, len: usize) -> Vec<u8> {
-        const WORDS: [&str; 12] = [
-            "cloud ",
-            "image ",
-            "store ",
-            "proxy ",
-            "qcow2 ",
-            "cluster ",
-            "ubuntu ",
-            "noble ",
-            "bundle ",
-            "deflate ",
-            "\n",
-            "eucalyptus ",
-        ];
-        let mut out = Vec::with_capacity(len + 16);
-        while out.len() < len {
-            let n = self.next();
-            out.extend_from_slice(WORDS[(n % 12) as usize].as_bytes());
-            if n & 0x300 == 0 {
-                out.extend_from_slice(&(n >> 40).to_le_bytes()[..3]);
-            }
-        }
-        out.truncate(len);
-        out
-    }
+    out.truncate(len);
+    out
 }
 
 /// Writes a raw file of `segments`, in order; returns its length.
 fn make_raw(path: &Path, segments: &[Segment]) -> u64 {
     let mut file = File::create(path).unwrap();
-    let mut bytes = Bytes(0x9e37_79b9_7f4a_7c15);
     let mut at = 0;
-    for segment in segments {
+    for (seed, segment) in (0x9e37_79b9_7f4a_7c15..).zip(segments) {
         match *segment {
-            Segment::Text(len) => file.write_all(&bytes.text(len as usize)).unwrap(),
-            Segment::Random(len) => {
-                let mut buf = vec![0; len as usize];
-                bytes.fill(&mut buf);
-                file.write_all(&buf).unwrap();
-            }
+            Segment::Text(len) => file.write_all(&text(seed, len as usize)).unwrap(),
+            Segment::Random(len) => file.write_all(&common::noise(seed, len as usize)).unwrap(),
             Segment::Zeros(len) => file.write_all(&vec![0; len as usize]).unwrap(),
             Segment::Hole(len) => {
                 file.seek(SeekFrom::Current(len as i64)).unwrap();

@@ -18,6 +18,13 @@ struct Manager {
 }
 
 impl Manager {
+    /// A file beside the data dir, `data.<extension>`, holding `contents`.
+    fn file(&self, extension: &str, contents: &str) -> std::path::PathBuf {
+        let path = self.data_dir.with_extension(extension);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
@@ -34,8 +41,10 @@ impl Manager {
         }
     }
 
-    fn start(&self, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
+    /// The daemon with `args`, its data dir and this manager's socket; stderr piped.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"));
+        command
             // Upstream is nowhere: readiness must not wait for the catalog.
             .args(["--api-url", "http://127.0.0.1:9/api", "--data-dir"])
             .arg(&self.data_dir)
@@ -43,9 +52,12 @@ impl Manager {
             .env("NOTIFY_SOCKET", &self.path)
             .env_remove("http_proxy")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn start(&self, args: &[&str]) -> Child {
+        self.command(args).spawn().unwrap()
     }
 
     /// The next datagram the daemon sent, as `KEY=value` lines.
@@ -91,12 +103,10 @@ fn ready_once_serving_and_stopping_on_sigterm() {
 fn a_refused_configuration_is_reported_with_its_reason() {
     let manager = Manager::new();
     // Cloud credentials without S3_URL: no install could succeed, so the daemon does not start.
-    let eucarc = manager.data_dir.with_extension("eucarc");
-    std::fs::write(
-        &eucarc,
+    let eucarc = manager.file(
+        "eucarc",
         "export EC2_URL=http://127.0.0.1:9/services/compute\nexport EC2_ACCESS_KEY='a'\n",
-    )
-    .unwrap();
+    );
     let child = manager.start(&[
         "--listen",
         "127.0.0.1:0",
@@ -144,15 +154,12 @@ fn under_the_journal_lines_carry_their_priority_and_no_timestamp() {
     let manager = Manager::new();
     let journal = manager.data_dir.with_extension("journal");
     let (stream, identity) = common::journal_stream(&journal);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
-        .args(["--listen", "127.0.0.1:0", "--fake-eucalyptus", SECRET])
-        .args(["--api-url", "http://127.0.0.1:9/api", "--keyring"])
-        .arg(manager.data_dir.with_extension("no-keyring.gpg"))
-        .arg("--data-dir")
-        .arg(&manager.data_dir)
-        .env("NOTIFY_SOCKET", &manager.path)
+    let no_keyring = manager.data_dir.with_extension("no-keyring.gpg");
+    let mut child = manager
+        .command(&["--listen", "127.0.0.1:0", "--fake-eucalyptus", SECRET])
+        .arg("--keyring")
+        .arg(no_keyring)
         .env("JOURNAL_STREAM", &identity)
-        .stdout(Stdio::null())
         .stderr(stream)
         .spawn()
         .unwrap();
@@ -185,17 +192,10 @@ fn under_the_journal_lines_carry_their_priority_and_no_timestamp() {
     // The same daemon refused at start: its last word is an error.
     let refused = manager.data_dir.with_extension("refused");
     let (stream, identity) = common::journal_stream(&refused);
-    let status = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cloud-config",
-            "/nonexistent/cloud.toml",
-        ])
-        .arg("--data-dir")
-        .arg(&manager.data_dir)
+    let status = manager
+        .command(&["--listen", "127.0.0.1:0"])
+        .args(["--cloud-config", "/nonexistent/cloud.toml"])
         .env("JOURNAL_STREAM", &identity)
-        .stdout(Stdio::null())
         .stderr(stream)
         .status()
         .unwrap();
@@ -225,21 +225,15 @@ fn time_year() -> i64 {
 #[test]
 fn sighup_reloads_and_a_broken_config_keeps_the_running_one() {
     let manager = Manager::new();
-    let config = manager.data_dir.with_extension("toml");
-    std::fs::write(
-        &config,
-        format!("fake-eucalyptus = \"{SECRET}\"\napi-url = \"http://127.0.0.1:9/api\"\n"),
-    )
-    .unwrap();
+    let config = manager.file(
+        "toml",
+        &format!("fake-eucalyptus = \"{SECRET}\"\napi-url = \"http://127.0.0.1:9/api\"\n"),
+    );
     let log_path = manager.data_dir.with_extension("log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
-        .args(["--listen", "127.0.0.1:0", "--config"])
+    let mut child = manager
+        .command(&["--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
-        .arg("--data-dir")
-        .arg(&manager.data_dir)
-        .env("NOTIFY_SOCKET", &manager.path)
-        .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
