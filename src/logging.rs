@@ -3,7 +3,9 @@
 //! start of a line on stderr (`sd-daemon(3)`): the priority and no timestamp, so `journalctl -p
 //! warning` shows the warnings. systemd tells a service its stderr is the journal with
 //! `JOURNAL_STREAM=<device>:<inode>`, and only a stderr with that device and inode is the journal
-//! (a child that inherited the variable but writes elsewhere is not).
+//! (a child that inherited the variable but writes elsewhere is not). The init script asks for the
+//! same prefixes with `IMAGE_STORE_PROXY_LOG_PRIORITIES=1`, for `logger --prio-prefix`, so syslog
+//! keeps the levels too.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -20,7 +22,7 @@ pub fn init(debug: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if stderr_is_the_journal() {
+    if priorities_wanted() {
         builder
             .with_ansi(false)
             .event_format(JournalFormat::default())
@@ -33,11 +35,18 @@ pub fn init(debug: bool) {
 /// A line the process writes on stderr itself (its last word on a failed start), with the
 /// journal's priority prefix when stderr is the journal.
 pub fn error_line(line: &str) -> String {
-    if stderr_is_the_journal() {
+    if priorities_wanted() {
         format!("<{}>{line}", priority(&Level::ERROR))
     } else {
         line.to_string()
     }
+}
+
+/// Whether each line is to start with its syslog priority: stderr is the journal, or the init
+/// script's logger reads the prefixes.
+fn priorities_wanted() -> bool {
+    std::env::var_os("IMAGE_STORE_PROXY_LOG_PRIORITIES").is_some_and(|v| v == "1")
+        || stderr_is_the_journal()
 }
 
 /// Whether stderr is the stream `JOURNAL_STREAM` names.

@@ -28,7 +28,7 @@ use std::time::SystemTime;
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error(
-        "keyring {path} does not exist (import the store's public key there, see keyrings/README.md)"
+        "keyring {path} does not exist (import the store's public key there: see FILES in image-store-proxy(1))"
     )]
     KeyringMissing { path: PathBuf },
     #[error("keyring {path} is unreadable: {cause}")]
@@ -525,7 +525,7 @@ pub(crate) mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "keyring {} does not exist (import the store's public key there, see keyrings/README.md)",
+                "keyring {} does not exist (import the store's public key there: see FILES in image-store-proxy(1))",
                 path.display()
             )
         );

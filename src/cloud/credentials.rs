@@ -57,6 +57,10 @@ pub enum CredentialsError {
          (run the proxy on the cloud controller as a user euca_conf serves, or give --cloud-config FILE)"
     )]
     EucaConf { zip: PathBuf, cause: String },
+    #[error(
+        "Proxy failed to retrieve Eucalyptus credentials: {file} is readable by every user (mode {mode:04o}) and holds a secret; chmod o-rwx it"
+    )]
+    OpenToOthers { file: PathBuf, mode: u32 },
 }
 
 /// The TOML form of `--cloud-config`; paths are relative to the file.
@@ -187,6 +191,9 @@ impl Fields {
             ));
         }
         let cloud_cert = self.key_file(CLOUD_CERT, keys::load_certificate_key)?;
+        // The file holds the secret key and names the private key: neither is for other users.
+        closed_to_others(&self.file)?;
+        closed_to_others(&self.path(USER_KEY)?)?;
         let signature = match self.optional(SIGNATURE) {
             Some(text) => SignatureVersion::parse(text)
                 .ok_or_else(|| self.invalid(SIGNATURE, text, "expected 2 or 4".into()))?,
@@ -211,6 +218,26 @@ impl Fields {
             source: self.file,
         })
     }
+}
+
+/// Refuses a credential file that users other than the daemon's own (and its group) may read:
+/// the cloud administrator's secret and private key would be everyone's.
+fn closed_to_others(file: &Path) -> Result<(), CredentialsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file)
+        .map_err(|e| CredentialsError::Read {
+            file: file.to_owned(),
+            cause: e.to_string(),
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(CredentialsError::OpenToOthers {
+            file: file.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
 }
 
 /// Reads a `--cloud-config` file: eucarc-style when it has `NAME=value` lines, TOML otherwise.
@@ -412,7 +439,19 @@ fn unpack_zip(zip: &Path, dir: &Path) -> Result<(), CredentialsError> {
             .take(1 << 20)
             .read_to_end(&mut bytes)
             .map_err(|e| error(format!("{name}: {e}")))?;
-        std::fs::write(dir.join(&name), bytes).map_err(|e| error(format!("{name}: {e}")))?;
+        // The cloud administrator's keys: the daemon's alone, whatever the umask.
+        let write = || {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.join(&name))?
+                .write_all(&bytes)
+        };
+        write().map_err(|e| error(format!("{name}: {e}")))?;
     }
     Ok(())
 }

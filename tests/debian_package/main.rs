@@ -210,7 +210,8 @@ fn refuses_the_shipped_configuration(user: &SystemUser, syslog: Option<&Syslog>)
         text(&refused)
     );
     if let Some(syslog) = syslog {
-        syslog.wait_for("Proxy failed to retrieve Eucalyptus credentials");
+        // At its level: daemon.err (3 * 8 + 3), where it once came as info like every line.
+        syslog.wait_for_at("Proxy failed to retrieve Eucalyptus credentials", 27);
     }
     user.wait_until_no_process_runs();
 }
@@ -391,7 +392,7 @@ fn reloads(daemon: &Daemon, syslog: Option<&Syslog>) {
     let reload = init_script("reload");
     assert!(reload.status.success(), "{}", text(&reload));
     if let Some(syslog) = syslog {
-        syslog.wait_for("reloaded the configuration");
+        syslog.wait_for_at("reloaded the configuration", 30);
     }
     assert_eq!(Daemon::from_pidfile().pid, daemon.pid, "the same daemon");
     assert_eq!(

@@ -51,10 +51,21 @@ impl Syslog {
     }
 
     pub(crate) fn wait_for(&self, needle: &str) {
+        self.wait_for_line(needle, |_| true);
+    }
+
+    /// Waits for a line saying `needle` at syslog priority `priority` (facility * 8 + level:
+    /// daemon.err is 27, daemon.warning 28, daemon.info 30), as the datagram's `<N>` states it.
+    pub(crate) fn wait_for_at(&self, needle: &str, priority: u8) {
+        let prefix = format!("<{priority}>");
+        self.wait_for_line(needle, |line| line.starts_with(&prefix));
+    }
+
+    fn wait_for_line(&self, needle: &str, also: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let lines = self.lines.lock().unwrap().clone();
-            if lines.iter().any(|l| l.contains(needle)) {
+            if lines.iter().any(|l| l.contains(needle) && also(l)) {
                 return;
             }
             assert!(

@@ -201,3 +201,47 @@ fn a_missing_cloud_config_is_said_once_and_nothing_listens() {
         "{line}"
     );
 }
+
+/// The cloud administrator's secret and private key are refused, with one line naming the file
+/// and its mode, when other users may read them; closed, the same credentials get further.
+#[test]
+fn credentials_that_others_may_read_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    common::openssl::make_identity(&creds, "user");
+    common::openssl::make_identity(&creds, "cloud");
+    let toml = creds.join("cloud.toml");
+    std::fs::write(
+        &toml,
+        "ec2-url = \"http://127.0.0.1:9/services/compute\"\ns3-url = \"http://127.0.0.1:9/services/objectstorage\"\n\
+         access-key = \"a\"\nsecret-key = \"b\"\nuser-id = \"123456789012\"\nuser-cert = \"user-cert.pem\"\n\
+         user-key = \"user-pk.pem\"\ncloud-cert = \"cloud-cert.pem\"\n",
+    )
+    .unwrap();
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let refusal = |expected: &Path, shown: &str| {
+        let output = run_to_exit(daemon(
+            dir.path(),
+            &["--cloud-config", toml.to_str().unwrap()],
+        ));
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "{} is readable by every user (mode {shown})",
+                expected.display()
+            )),
+            "{stderr}"
+        );
+    };
+    mode(&toml, 0o644);
+    refusal(&toml, "0644");
+    mode(&toml, 0o600);
+    let key = creds.join("user-pk.pem");
+    mode(&key, 0o604);
+    refusal(&key, "0604");
+}

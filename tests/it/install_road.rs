@@ -428,9 +428,9 @@ async fn files_that_hold_secrets_are_private_whatever_the_umask() {
     );
     for key in private_keys {
         assert_eq!(
-            mode(&key) & 0o037,
-            0,
-            "{}: {:04o}",
+            mode(&key),
+            0o600,
+            "a private key is the daemon's alone: {}: {:04o}",
             key.display(),
             mode(&key)
         );

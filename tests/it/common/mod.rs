@@ -550,3 +550,14 @@ pub fn journal_stream(path: &Path) -> (std::fs::File, String) {
     let identity = format!("{}:{}", meta.dev(), meta.ino());
     (stream, identity)
 }
+
+/// Makes every file in `dir` readable by its owner only (0600), as credentials are kept.
+pub fn close_to_others(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+}

@@ -208,7 +208,7 @@ impl Moto {
         std::fs::create_dir_all(&creds).unwrap();
         super::openssl::make_identity(&creds, "user");
         super::openssl::make_identity(&creds, "cloud");
-        match format {
+        let config = match format {
             "toml" => {
                 let path = creds.join("cloud.toml");
                 std::fs::write(
@@ -244,6 +244,9 @@ impl Moto {
                 .unwrap();
                 path
             }
-        }
+        };
+        // As an operator keeps them: the proxy refuses credentials others may read.
+        super::close_to_others(&creds);
+        config
     }
 }
