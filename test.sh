@@ -3,9 +3,8 @@
 # tests need (GnuPG makes the keys and signatures the proxy must judge; openssl opens the EC2
 # bundles; moto is the S3/EC2 server; headless Chromium and chromedriver drive the Store page,
 # which axe-core checks; the Debian packaging tools build and check the package), then runs the
-# same checks CI runs:
-# formatting, clippy with warnings as errors, and every test of the workspace. The Debian package
-# test runs as root.
+# same checks CI runs: formatting, clippy with warnings as errors, and every test of the
+# workspace. The Debian package test runs as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -86,13 +86,30 @@ async fn check_signer(browser: &Browser) {
 /// Wraps the page's `fetch` (once) to hold back requests whose URL contains one of `patterns`
 /// until [`release`] (or until the page's own timeout aborts them), and logs each path asked.
 async fn hold_requests(browser: &Browser, patterns: &[&str]) {
+    wrap_fetch(browser).await;
+    browser
+        .eval("window.__held.patterns = arguments[0];", json!([patterns]))
+        .await;
+}
+
+/// Fails at once, as a broken network does, the requests whose URL contains one of `patterns`.
+async fn fail_requests(browser: &Browser, patterns: &[&str]) {
+    wrap_fetch(browser).await;
+    browser
+        .eval("window.__held.failing = arguments[0];", json!([patterns]))
+        .await;
+}
+
+async fn wrap_fetch(browser: &Browser) {
     let script = "
         if (!window.__held) {
-            const held = window.__held = {patterns: [], waiting: [], log: []};
+            const held = window.__held = {patterns: [], failing: [], waiting: [], log: []};
             const real = window.fetch.bind(window);
             window.fetch = (input, init = {}) => {
                 const url = new URL(String(input instanceof Request ? input.url : input), location.href);
                 held.log.push(url.pathname);
+                if (held.failing.some((p) => url.href.includes(p)))
+                    return Promise.reject(new TypeError('Failed to fetch'));
                 if (!held.patterns.some((p) => url.href.includes(p))) return real(input, init);
                 return new Promise((resolve, reject) => {
                     held.waiting.push(() => real(input, init).then(resolve, reject));
@@ -100,9 +117,8 @@ async fn hold_requests(browser: &Browser, patterns: &[&str]) {
                         () => reject(new DOMException('aborted', 'AbortError')));
                 });
             };
-        }
-        window.__held.patterns = arguments[0];";
-    browser.eval(script, json!([patterns])).await;
+        }";
+    browser.eval(script, json!([])).await;
 }
 
 async fn release(browser: &Browser) {
@@ -133,11 +149,6 @@ async fn focused_is(browser: &Browser, css: &str) -> bool {
         )
         .await
         == json!(true)
-}
-
-/// The first element matching `css`, for the WebDriver commands that take an element.
-async fn element(browser: &Browser, css: &str) -> String {
-    browser.find(css).await
 }
 
 /// `rgb(r, g, b)` or `rgba(r, g, b, a)` as computed styles give it: the channels and alpha.
@@ -231,7 +242,7 @@ async fn check_live_regions(browser: &Browser) {
             "announceRole": "status", "announceInCatalog": false, "announceHidden": true,
         })
     );
-    let announce = element(browser, "#announce").await;
+    let announce = browser.find("#announce").await;
     assert_eq!(browser.accessible_role(&announce).await, "status");
 }
 
@@ -391,7 +402,7 @@ async fn a_person_installs_an_image_from_the_demo_by_clicking() {
 
     check_live_regions(&browser).await;
     check_axe(&browser, "the catalog").await;
-    let install = element(&browser, &button("9.10", "install")).await;
+    let install = browser.find(&button("9.10", "install")).await;
     assert_eq!(
         browser.accessible_name(&install).await,
         "Install Ubuntu 9.10 Server (amd64)"
@@ -542,7 +553,8 @@ async fn a_person_installs_an_image_from_the_demo_by_clicking() {
     browser
         .eval(
             "window.__realNow = Date.now; Date.now = () => window.__realNow() - 120000; \
-             window.__held.log.length = 0;",
+             window.__held.log.length = 0; \
+             document.querySelectorAll('article.image').forEach((c) => c.dataset.drawnBefore = 'yes');",
             json!([]),
         )
         .await;
@@ -567,7 +579,7 @@ async fn a_person_installs_an_image_from_the_demo_by_clicking() {
             "the refreshed catalog",
             "return {login: document.getElementById('login').hidden, \
                      message: document.getElementById('message').hidden ? '' : document.getElementById('message').innerText, \
-                     cards: document.querySelectorAll('article.image').length, \
+                     cards: document.querySelectorAll('article.image:not([data-drawn-before])').length, \
                      kept: sessionStorage.length};",
             json!([]),
             |page| page["cards"] == 2,
@@ -615,7 +627,7 @@ async fn a_person_installs_an_image_from_the_demo_by_clicking() {
     // A poll that hangs: after the page's timeout the one-line notice says so, polling goes on,
     // and the notice goes once the proxy answers again.
     hold_requests(&browser, &["/api/states"]).await;
-    let install = element(&browser, &pending).await;
+    let install = browser.find(&pending).await;
     browser
         .eval("arguments[0].focus();", json!([element_arg(&install)]))
         .await;
@@ -652,7 +664,33 @@ async fn upstream_down_shows_a_stale_banner_and_a_failure_as_its_one_line() {
     env.stop_store();
     let browser = Browser::start().await;
     browser.goto(&format!("{}/store/", env.proxy_url())).await;
+
+    // The proxy out of reach at the first try: a transport failure, not a wrong secret; the
+    // secret stays in the field, and Enter tries again.
+    fail_requests(&browser, &["/healthz"]).await;
     sign_in(&browser, SECRET).await;
+    let message = browser
+        .wait_for(
+            "the unreachable message",
+            "const m = document.getElementById('message'); return m.hidden ? '' : m.innerText;",
+            json!([]),
+            |text| text != "",
+        )
+        .await;
+    let message = message.as_str().unwrap();
+    assert!(
+        message.starts_with("Cannot reach the proxy at ") && !message.contains("secret is wrong"),
+        "{message}"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('secret').value;", json!([]))
+            .await,
+        SECRET
+    );
+    fail_requests(&browser, &[]).await;
+    assert!(focused_is(&browser, "#secret").await);
+    browser.press(&ENTER.to_string()).await;
     browser.find("article.image").await;
     let banner = browser.text("#stale").await;
     assert!(

@@ -138,6 +138,8 @@ function showLogin(reason, { keepSecret = false } = {}) {
     page.secret = null;
     sessionStorage.removeItem(SECRET_KEY);
     $("secret").value = "";
+  } else if (!$("secret").value && page.secret) {
+    $("secret").value = page.secret; // remembered from this tab: Enter tries again
   }
   $("login").hidden = false;
   $("session").hidden = true;
