@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from a bare Debian machine with the Rust toolchain: installs what the
 # tests need (GnuPG makes the keys and signatures the proxy must judge; openssl opens the EC2
-# bundles; moto is the S3/EC2 server; headless Chromium and chromedriver drive the Store page; the
-# Debian packaging tools build and check the package), then runs the same checks CI runs:
-# formatting, clippy with warnings as errors, cargo-deny's licence, ban and source checks (deny.toml),
-# and every test of the workspace; RustSec advisories are reported, never a failure. The Debian
-# package test runs as root.
+# bundles; moto is the S3/EC2 server; headless Chromium and chromedriver drive the Store page,
+# which axe-core checks; the Debian packaging tools build and check the package), then runs the
+# same checks CI runs: formatting, clippy with warnings as errors, cargo-deny's licence, ban and
+# source checks (deny.toml), and every test of the workspace; RustSec advisories are reported,
+# never a failure. The Debian package test runs as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,6 +17,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# npm fetches axe-core, the accessibility checker the Store page test injects into the page.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The Debian package test (tests/debian_package/): build, lint, install, run, purge.
 dpkg -s build-essential >/dev/null 2>&1 || missing+=(build-essential)
 command -v dpkg-buildpackage >/dev/null 2>&1 || missing+=(dpkg-dev)
@@ -50,6 +52,20 @@ if [ "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]; then
     echo "$pins" >"$venv/.pins"
 fi
 export IMAGE_STORE_PROXY_TEST_VENV="$venv"
+
+# axe-core, pinned, under target/ (the Store page test reads axe.min.js from there); installed only
+# when missing or when the pin changes.
+axe_version=4.14.1
+axe_dir="$PWD/target/test-peers/axe-core"
+if [ "$(cat "$axe_dir/.version" 2>/dev/null)" != "$axe_version" ]; then
+    echo "test.sh: installing axe-core $axe_version into $axe_dir"
+    rm -rf "$axe_dir"
+    mkdir -p "$axe_dir"
+    npm install --prefix "$axe_dir" --no-save --no-package-lock --no-audit --no-fund \
+        --ignore-scripts --silent "axe-core@$axe_version"
+    echo "$axe_version" >"$axe_dir/.version"
+fi
+export IMAGE_STORE_PROXY_TEST_AXE="$axe_dir/node_modules/axe-core/axe.min.js"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -17,6 +17,14 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The W3C key under which an element reference travels.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// WebDriver's Tab and Enter keys, for [`Browser::press`].
+pub const TAB: char = '\u{E004}';
+pub const ENTER: char = '\u{E007}';
+
+/// An element reference as a script argument (it arrives in the page as the element itself).
+pub fn element_arg(element: &str) -> Value {
+    json!({ ELEMENT: element })
+}
 
 pub struct Browser {
     driver: Child,
@@ -84,6 +92,8 @@ impl Browser {
         // Keep reading its stdout so that it never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let base = format!("http://127.0.0.1:{port}");
+        // The crate's reqwest has no default TLS provider; a test that starts no TestEnv has none.
+        image_store_proxy::fetch::install_crypto_provider();
         // Every command answers within seconds; a hung browser fails the test instead of stalling it.
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -236,6 +246,59 @@ impl Browser {
             json!({"text": text}),
         )
         .await;
+    }
+
+    /// Presses each key of `keys` in turn (a character, or [`TAB`] / [`ENTER`]) through the W3C
+    /// actions API: what a keyboard does, to whichever element has the focus.
+    pub async fn press(&self, keys: &str) {
+        let actions: Vec<Value> = keys
+            .chars()
+            .flat_map(|key| {
+                let key = key.to_string();
+                [
+                    json!({"type": "keyDown", "value": key}),
+                    json!({"type": "keyUp", "value": key}),
+                ]
+            })
+            .collect();
+        self.command(
+            "POST",
+            &self.session_path("/actions"),
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]}),
+        )
+        .await;
+    }
+
+    /// The reference of the element that has the focus.
+    pub async fn focused(&self) -> String {
+        let found = self
+            .command("GET", &self.session_path("/element/active"), Value::Null)
+            .await;
+        found[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    /// The browser's accessible name for an element (what a screen reader says).
+    pub async fn accessible_name(&self, element: &str) -> String {
+        let name = self
+            .command(
+                "GET",
+                &self.session_path(&format!("/element/{element}/computedlabel")),
+                Value::Null,
+            )
+            .await;
+        name.as_str().unwrap_or_default().to_string()
+    }
+
+    /// The browser's computed ARIA role for an element.
+    pub async fn accessible_role(&self, element: &str) -> String {
+        let role = self
+            .command(
+                "GET",
+                &self.session_path(&format!("/element/{element}/computedrole")),
+                Value::Null,
+            )
+            .await;
+        role.as_str().unwrap_or_default().to_string()
     }
 
     /// The rendered text of the first element matching `css` ("" when there is none).
