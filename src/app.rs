@@ -209,9 +209,8 @@ async fn apply_reloads(
         }
         running = config;
         tracing::info!("reloaded the configuration; reading the keyring and the catalog again");
-        if let Some(failure) = catalog.refresh().await {
-            tracing::warn!("reload: {failure}");
-        }
+        // A refusal is logged by the catalog service itself, once.
+        catalog.refresh().await;
     }
 }
 

@@ -400,6 +400,12 @@ fn reloads(daemon: &Daemon, syslog: Option<&Syslog>) {
         Some(0),
         "still running"
     );
+    // What the daemon wrote holds secrets: closed to other users.
+    for path in ["state.sqlite", "fake-cloud/keys/user-pk.pem"] {
+        let path = Path::new(DATA_DIR).join(path);
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode & 0o007, 0, "{}: {mode:04o}", path.display());
+    }
 }
 
 /// The packaged fake-store, serving its demo images on a free port.
