@@ -88,6 +88,10 @@ pub const CLOUD_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// hundred bytes; an endless one must not grow memory.
 pub const MAX_CLOUD_ERROR_BYTES: usize = 64 << 10;
 
+/// Largest file taken out of `euca_conf`'s credentials zip, in bytes: a eucarc and PEM keys and
+/// certificates are a few KiB each; a zip entry that inflates past this is not one of them.
+pub const MAX_CREDENTIAL_FILE_BYTES: u64 = MIB;
+
 // The UI API (SPEC §4).
 
 /// How long a client has to send its request line and headers: a client trickling them a byte a

@@ -436,7 +436,7 @@ fn unpack_zip(zip: &Path, dir: &Path) -> Result<(), CredentialsError> {
         let mut bytes = Vec::new();
         entry
             .by_ref()
-            .take(1 << 20)
+            .take(crate::limits::MAX_CREDENTIAL_FILE_BYTES)
             .read_to_end(&mut bytes)
             .map_err(|e| error(format!("{name}: {e}")))?;
         // The cloud administrator's keys: the daemon's alone, whatever the umask.
