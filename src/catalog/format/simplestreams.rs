@@ -82,9 +82,15 @@ impl SimplestreamsFormat {
     /// The entries of `index` to follow: the configured content ids it has, refusing an index
     /// that has none of them (an empty catalog would hide the last good one for nothing).
     fn downloads(&self, index: &Index) -> Result<Vec<DownloadEntry>, SimplestreamsError> {
-        let entries = index.downloads(&self.content_ids)?;
+        let mut entries = index.downloads(&self.content_ids)?;
+        // The index document's own name is no products file's.
+        entries.retain(|entry| entry.content_id != INDEX);
         if entries.is_empty() {
-            let found: Vec<&str> = index.content_ids().take(8).collect();
+            const NAMED: usize = 8;
+            let mut found: Vec<&str> = index.content_ids().take(NAMED + 1).collect();
+            if found.len() > NAMED {
+                found[NAMED] = "...";
+            }
             return Err(SimplestreamsError::NoDownloads {
                 configured: self.content_ids.join(", "),
                 found: if found.is_empty() {
@@ -405,7 +411,7 @@ mod tests {
             "20240725".to_owned(),
             585_498_624,
         );
-        assert_eq!(images(&service), [noble.clone()]);
+        assert_eq!(images(&service), std::slice::from_ref(&noble));
         let catalog = service.current();
         let image = &catalog.images[0];
         assert_eq!(image.key, model::image_key(&image.uri));
@@ -428,12 +434,15 @@ mod tests {
             "d237766700000000000000000000000000000000000000000000000000000000"
         );
         assert_eq!(file.signature_url, None);
-        assert_eq!(catalog.sections[0].image_uris, [image.uri.clone()]);
+        assert_eq!(
+            catalog.sections[0].image_uris,
+            std::slice::from_ref(&image.uri)
+        );
         assert_eq!(catalog.sections[0].summary, DEFAULT_CONTENT_ID);
 
         // A restart reads the stored documents back through the format.
         let service = start();
-        assert_eq!(images(&service), [noble.clone()]);
+        assert_eq!(images(&service), std::slice::from_ref(&noble));
 
         // A products file that is not the one its index entry names.
         publish(
@@ -452,7 +461,7 @@ mod tests {
             )),
             "{line}"
         );
-        assert_eq!(images(&service), [noble.clone()]);
+        assert_eq!(images(&service), std::slice::from_ref(&noble));
 
         // A clear-signed products file changed after signing.
         publish(&gpg, &files, RELEASED);
@@ -471,7 +480,7 @@ mod tests {
             line.contains("its signature was refused: bad signature"),
             "{line}"
         );
-        assert_eq!(images(&service), [noble.clone()]);
+        assert_eq!(images(&service), std::slice::from_ref(&noble));
 
         // An item path that leaves the mirror root: the model refuses the file as a whole.
         publish(
@@ -631,6 +640,19 @@ mod tests {
                 .iter()
                 .any(|line| line.contains("unknown architecture \"s390x\"")),
             "{dropped:?}"
+        );
+
+        // A stored products file that is not the one the index entry names.
+        let daily = products(&RELEASED.replace(
+            r#""content_id": "com.ubuntu.cloud:released:download""#,
+            r#""content_id": "com.ubuntu.cloud:daily:download""#,
+        ));
+        let Err(error) = format.build(&root(), &[index.clone(), daily]) else {
+            panic!("a products file of another content id was built");
+        };
+        assert_eq!(
+            error.to_string(),
+            "simplestreams products file streams/v1/com.ubuntu.cloud:released:download.sjson has content_id \"com.ubuntu.cloud:daily:download\", but its index entry names \"com.ubuntu.cloud:released:download\""
         );
 
         // Without the products file the index names (a stored catalog cut short): refused.
