@@ -22,6 +22,7 @@
 //! [`build`]: CatalogFormat::build
 
 pub mod image_store;
+pub mod simplestreams;
 
 use super::model::Catalog;
 use reqwest::Url;
@@ -103,6 +104,8 @@ pub struct Parsed {
 pub enum FormatError {
     #[error(transparent)]
     ImageStore(#[from] image_store::ImageStoreError),
+    #[error(transparent)]
+    Simplestreams(#[from] simplestreams::SimplestreamsError),
     /// At start: the stored catalog is of another format than the upstream's (the operator
     /// pointed the proxy elsewhere).
     #[error("it is stored as {found:?}, but the upstream speaks {expected:?}")]
