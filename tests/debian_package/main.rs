@@ -276,8 +276,23 @@ fn install_an_image(proxy_url: &str) -> Value {
         2,
         "{dashboard}"
     );
-    let forged = client(proxy_url, "not-the-secret", &["dashboard"]);
-    assert_eq!(forged["error-message"], "Bad request signature", "{forged}");
+    // A forgery is refused, and the client says so in its exit status (1) as well as the reply.
+    let forged = Command::new("/usr/bin/image-store-proxy")
+        .args([
+            "client",
+            "--url",
+            proxy_url,
+            "--secret",
+            "not-the-secret",
+            "dashboard",
+        ])
+        .env_remove("http_proxy")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(forged.status.code(), Some(1), "{}", text(&forged));
+    let reply: Value = serde_json::from_slice(&forged.stdout).unwrap();
+    assert_eq!(reply["error-message"], "Bad request signature", "{reply}");
     client(proxy_url, SECRET, &["install", "Ubuntu 9.10"]);
     wait_until_installed(proxy_url)
 }
