@@ -185,6 +185,10 @@ impl Publisher {
         if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
             tracing::warn!("removing the uploaded bundle {}: {error}", dir.display());
         }
+        // The install's bucket directory goes with its last bundle (it fails while others stay).
+        if let Some(bucket_dir) = dir.parent() {
+            let _ = tokio::fs::remove_dir(bucket_dir).await;
+        }
         pause::here("registered").await;
         Ok(Published { image_id, location })
     }
