@@ -105,19 +105,21 @@ fn fake_key(dir: &Path, who: &str) -> Result<RsaPrivateKey, KeyError> {
     std::fs::write(&public_path, public).map_err(|e| write_error(&public_path, &e))?;
     // Written under a temporary name and renamed: a half-written key is never loaded.
     let partial = dir.join(format!("{who}-pk.pem.part"));
-    // A private key: the daemon's alone (0600), whatever the umask.
-    let write_private = || {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&partial)?
-            .write_all(pem.as_bytes())
-    };
-    write_private().map_err(|e| write_error(&partial, &e))?;
+    write_private(&partial, pem.as_bytes()).map_err(|e| write_error(&partial, &e))?;
     std::fs::rename(&partial, &path).map_err(|e| write_error(&path, &e))?;
     Ok(key)
+}
+
+/// Writes a file only its owner may read (0600), whatever the umask: a private key, the cloud
+/// administrator's credentials.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
 }

@@ -418,7 +418,7 @@ pub fn search<'a>(catalog: &'a Catalog, query: &str) -> Vec<&'a Arc<Image>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The service with a format shaped as simplestreams is: a clear-signed index that names a
     //! products document (with a detached signature here, to drive both kinds of proof).
     use super::*;
@@ -523,10 +523,11 @@ mod tests {
         }
     }
 
-    type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+    /// What a test mirror serves: path -> bytes.
+    pub(crate) type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
 
-    /// A static mirror on loopback, serving `files` by path.
-    async fn mirror(files: Files) -> Url {
+    /// A static mirror on loopback, serving `files` by path (other formats' tests use it too).
+    pub(crate) async fn mirror(files: Files) -> Url {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
@@ -540,6 +541,56 @@ mod tests {
         });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Url::parse(&format!("http://{address}/mirror/")).unwrap()
+    }
+
+    /// What a format's service test starts from: a signing key, its keyring as the trust
+    /// service, a loopback mirror, a database and a fetcher.
+    pub(crate) struct Upstream {
+        pub(crate) _dir: tempfile::TempDir,
+        pub(crate) gpg: Gpg,
+        pub(crate) trust: Arc<Trust>,
+        pub(crate) files: Files,
+        pub(crate) upstream: Url,
+        pub(crate) db: Db,
+        pub(crate) fetcher: Fetcher,
+    }
+
+    /// A catalog service of `format` over `upstream`, refreshed only when a test says so.
+    pub(crate) fn service(
+        upstream: &Url,
+        format: Box<dyn CatalogFormat>,
+        trust: &Arc<Trust>,
+        fetcher: &Fetcher,
+        db: &Db,
+    ) -> CatalogService {
+        let max_age = Duration::from_secs(3600);
+        let service = CatalogService::new(
+            upstream.clone(),
+            format,
+            trust.clone(),
+            fetcher.clone(),
+            db.clone(),
+            max_age,
+        );
+        service.unwrap()
+    }
+
+    /// An [`Upstream`] whose key is named `uid`.
+    pub(crate) async fn upstream(uid: &str) -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let gpg = Gpg::new(uid);
+        let keyring = dir.path().join("keyring.gpg");
+        std::fs::write(&keyring, gpg.export()).unwrap();
+        let files = Files::default();
+        Upstream {
+            trust: Arc::new(Trust::new(keyring)),
+            upstream: mirror(files.clone()).await,
+            files,
+            db: Db::open(&dir.path().join("state.sqlite")).unwrap(),
+            fetcher: Fetcher::new(RetryPolicy::default()).unwrap(),
+            gpg,
+            _dir: dir,
+        }
     }
 
     /// Publishes a clear-signed index of time `index` naming `products` of time `products`.
@@ -569,26 +620,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_format_of_several_documents_is_fetched_verified_kept_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let gpg = Gpg::new("Mirror <mirror@example.invalid>");
-        let keyring = dir.path().join("keyring.gpg");
-        std::fs::write(&keyring, gpg.export()).unwrap();
-        let trust = Arc::new(Trust::new(keyring));
-        let files = Files::default();
-        let upstream = mirror(files.clone()).await;
-        let db = Db::open(&dir.path().join("state.sqlite")).unwrap();
-        let fetcher = Fetcher::new(RetryPolicy::default()).unwrap();
-        let start = || {
-            CatalogService::new(
-                upstream.clone(),
-                Box::new(TwoLevel),
-                trust.clone(),
-                fetcher.clone(),
-                db.clone(),
-                Duration::from_secs(3600),
-            )
-            .unwrap()
-        };
+        let Upstream {
+            _dir,
+            gpg,
+            trust,
+            files,
+            upstream,
+            db,
+            fetcher,
+        } = upstream("Mirror <mirror@example.invalid>").await;
+        let start = || service(&upstream, Box::new(TwoLevel), &trust, &fetcher, &db);
         let service = start();
 
         publish(&gpg, &files, 100, 100, &["u1"]);

@@ -308,6 +308,14 @@ pub fn directory_url(api_url: &Url) -> Url {
     base
 }
 
+/// A format's fixed document `path` (`dashboard`, `streams/v1/index.sjson`) under the upstream's
+/// directory.
+pub fn document_url(upstream: &Url, path: &str) -> Url {
+    directory_url(upstream)
+        .join(path)
+        .expect("a fixed relative path")
+}
+
 /// `reference` resolved against `base`, if it is an http or https URL: nothing else is fetched.
 pub fn fetchable_url(base: &Url, reference: &str) -> Result<String, String> {
     let url = base

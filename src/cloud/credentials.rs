@@ -440,18 +440,7 @@ fn unpack_zip(zip: &Path, dir: &Path) -> Result<(), CredentialsError> {
             .read_to_end(&mut bytes)
             .map_err(|e| error(format!("{name}: {e}")))?;
         // The cloud administrator's keys: the daemon's alone, whatever the umask.
-        let write = || {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(dir.join(&name))?
-                .write_all(&bytes)
-        };
-        write().map_err(|e| error(format!("{name}: {e}")))?;
+        keys::write_private(&dir.join(&name), &bytes).map_err(|e| error(format!("{name}: {e}")))?;
     }
     Ok(())
 }

@@ -25,6 +25,16 @@ fn daemon(data_dir: &Path, args: &[&str]) -> Command {
     command
 }
 
+/// Starts the daemon on `config` in `data_dir` and returns its stderr, which must end in a refusal.
+fn refused_start(data_dir: &Path, config: &Path) -> String {
+    let output = run_to_exit(daemon(
+        data_dir,
+        &["--cloud-config", config.to_str().unwrap()],
+    ));
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn run_to_exit(mut command: Command) -> Output {
     command
         .stdout(Stdio::piped())
@@ -42,12 +52,7 @@ fn a_missing_or_unreadable_credential_is_one_line_naming_the_file_and_the_field(
         "export EC2_URL=http://10.1.1.1:8773/services/Eucalyptus\nexport EC2_ACCESS_KEY='a'\nexport EC2_SECRET_KEY='b'\n",
     )
     .unwrap();
-    let output = run_to_exit(daemon(
-        dir.path(),
-        &["--cloud-config", eucarc.to_str().unwrap()],
-    ));
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(dir.path(), &eucarc);
     assert!(
         stderr.contains(&format!(
             "Proxy failed to retrieve Eucalyptus credentials: {} has no S3_URL (is Walrus registered?)",
@@ -63,12 +68,7 @@ fn a_missing_or_unreadable_credential_is_one_line_naming_the_file_and_the_field(
          user-id = \"1\"\nuser-cert = \"nowhere/cert.pem\"\n",
     )
     .unwrap();
-    let output = run_to_exit(daemon(
-        dir.path(),
-        &["--cloud-config", toml.to_str().unwrap()],
-    ));
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(dir.path(), &toml);
     assert!(stderr.contains("cloud.toml: user-cert"), "{stderr}");
     assert!(stderr.contains("nowhere/cert.pem"), "{stderr}");
 }
@@ -224,19 +224,12 @@ fn credentials_that_others_may_read_are_refused() {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
     };
     let refusal = |expected: &Path, shown: &str| {
-        let output = run_to_exit(daemon(
-            dir.path(),
-            &["--cloud-config", toml.to_str().unwrap()],
-        ));
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains(&format!(
-                "{} is readable by every user (mode {shown})",
-                expected.display()
-            )),
-            "{stderr}"
+        let stderr = refused_start(dir.path(), &toml);
+        let line = format!(
+            "{} is readable by every user (mode {shown})",
+            expected.display()
         );
+        assert!(stderr.contains(&line), "{stderr}");
     };
     mode(&toml, 0o644);
     refusal(&toml, "0644");

@@ -48,9 +48,7 @@ impl CatalogFormat for ImageStoreFormat {
     }
 
     fn roots(&self, upstream: &Url) -> Vec<DocumentRequest> {
-        let url = model::directory_url(upstream)
-            .join(DOCUMENT)
-            .expect("a fixed relative path");
+        let url = model::document_url(upstream, DOCUMENT);
         let signature_url =
             Url::parse(&format!("{url}.asc")).expect("a URL with a suffix is a URL");
         vec![DocumentRequest {

@@ -117,9 +117,7 @@ impl CatalogFormat for SimplestreamsFormat {
     }
 
     fn roots(&self, upstream: &Url) -> Vec<DocumentRequest> {
-        let url = model::directory_url(upstream)
-            .join(INDEX_PATH)
-            .expect("a fixed relative path");
+        let url = model::document_url(upstream, INDEX_PATH);
         vec![DocumentRequest {
             name: INDEX.to_owned(),
             url,
@@ -308,13 +306,8 @@ mod tests {
     use super::*;
     use crate::catalog::CatalogService;
     use crate::catalog::format::Proof;
-    use crate::db::Db;
-    use crate::fetch::{Fetcher, RetryPolicy};
+    use crate::trust::Keyring;
     use crate::trust::tests::Gpg;
-    use crate::trust::{Keyring, Trust};
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
 
     const INDEX_JSON: &str = include_str!("../../../tests/data/simplestreams/index.json");
     const RELEASED: &str = include_str!("../../../tests/data/simplestreams/released-download.json");
@@ -326,24 +319,7 @@ mod tests {
     const JAMMY_SHA256: &str =
         r#""sha256": "2222222222222222222222222222222222222222222222222222222222222222","#;
 
-    type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
-
-    /// A static mirror on loopback, serving `files` by path.
-    async fn mirror(files: Files) -> Url {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-            let found = files.lock().unwrap().get(uri.path()).cloned();
-            async move {
-                match found {
-                    Some(bytes) => (axum::http::StatusCode::OK, bytes),
-                    None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
-                }
-            }
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Url::parse(&format!("http://{address}/mirror/")).unwrap()
-    }
+    use crate::catalog::tests::Files;
 
     /// Publishes the index and `products`, each clear-signed.
     fn publish(gpg: &Gpg, files: &Files, products: &str) {
@@ -380,30 +356,19 @@ mod tests {
 
     #[tokio::test]
     async fn the_service_offers_the_newest_amd64_images_and_refuses_bad_products_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let gpg = Gpg::new("Ubuntu Cloud Image Builder <mirror@example.invalid>");
-        let keyring = dir.path().join("keyring.gpg");
-        std::fs::write(&keyring, gpg.export()).unwrap();
-        let trust = Arc::new(Trust::new(keyring));
-        let files = Files::default();
-        let upstream = mirror(files.clone()).await;
-        let db = Db::open(&dir.path().join("state.sqlite")).unwrap();
-        let fetcher = Fetcher::new(RetryPolicy::default()).unwrap();
+        let mirror =
+            crate::catalog::tests::upstream("Ubuntu Cloud Image Builder <c@example.invalid>");
+        let mirror = mirror.await;
+        let (gpg, files, upstream) = (&mirror.gpg, &mirror.files, &mirror.upstream);
+        let format = || Box::new(SimplestreamsFormat::default());
         let start = || {
-            CatalogService::new(
-                upstream.clone(),
-                Box::new(SimplestreamsFormat::default()),
-                trust.clone(),
-                fetcher.clone(),
-                db.clone(),
-                Duration::from_secs(3600),
-            )
-            .unwrap()
+            let (trust, fetcher, db) = (&mirror.trust, &mirror.fetcher, &mirror.db);
+            crate::catalog::tests::service(upstream, format(), trust, fetcher, db)
         };
         let service = start();
 
         // Of the three products: s390x is filtered out, jammy's md5-only tar.gz is dropped.
-        publish(&gpg, &files, RELEASED);
+        publish(gpg, files, RELEASED);
         assert_eq!(service.refresh().await, None);
         let noble = (
             format!("{upstream}{NOBLE_PATH}"),
@@ -446,8 +411,8 @@ mod tests {
 
         // A products file that is not the one its index entry names.
         publish(
-            &gpg,
-            &files,
+            gpg,
+            files,
             &RELEASED.replace(
                 r#""content_id": "com.ubuntu.cloud:released:download""#,
                 r#""content_id": "com.ubuntu.cloud:daily:download""#,
@@ -464,7 +429,7 @@ mod tests {
         assert_eq!(images(&service), std::slice::from_ref(&noble));
 
         // A clear-signed products file changed after signing.
-        publish(&gpg, &files, RELEASED);
+        publish(gpg, files, RELEASED);
         {
             let mut files = files.lock().unwrap();
             let signed = files.get_mut(&format!("/mirror/{PRODUCTS_PATH}")).unwrap();
@@ -484,8 +449,8 @@ mod tests {
 
         // An item path that leaves the mirror root: the model refuses the file as a whole.
         publish(
-            &gpg,
-            &files,
+            gpg,
+            files,
             &RELEASED.replace(NOBLE_PATH, "server/releases/../../../etc/passwd"),
         );
         let line = service.refresh().await.unwrap();

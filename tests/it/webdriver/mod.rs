@@ -279,26 +279,24 @@ impl Browser {
 
     /// The browser's accessible name for an element (what a screen reader says).
     pub async fn accessible_name(&self, element: &str) -> String {
-        let name = self
-            .command(
-                "GET",
-                &self.session_path(&format!("/element/{element}/computedlabel")),
-                Value::Null,
-            )
-            .await;
-        name.as_str().unwrap_or_default().to_string()
+        self.element_string(element, "computedlabel").await
     }
 
     /// The browser's computed ARIA role for an element.
     pub async fn accessible_role(&self, element: &str) -> String {
-        let role = self
+        self.element_string(element, "computedrole").await
+    }
+
+    /// A string the browser computes for an element (`/element/{id}/{what}`).
+    async fn element_string(&self, element: &str, what: &str) -> String {
+        let value = self
             .command(
                 "GET",
-                &self.session_path(&format!("/element/{element}/computedrole")),
+                &self.session_path(&format!("/element/{element}/{what}")),
                 Value::Null,
             )
             .await;
-        role.as_str().unwrap_or_default().to_string()
+        value.as_str().unwrap_or_default().to_string()
     }
 
     /// The rendered text of the first element matching `css` ("" when there is none).
