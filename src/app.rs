@@ -216,7 +216,6 @@ async fn apply_reloads(
 
 /// The settings that differ between `a` and `b` and that only a restart applies.
 fn settings_needing_a_restart(a: &Config, b: &Config) -> Vec<&'static str> {
-    let debug = |value: &dyn std::fmt::Debug| format!("{value:?}");
     [
         ("listen", a.listen != b.listen),
         ("data-dir", a.data_dir != b.data_dir),
@@ -224,12 +223,12 @@ fn settings_needing_a_restart(a: &Config, b: &Config) -> Vec<&'static str> {
         ("keyring", a.keyring != b.keyring),
         (
             "the cloud (fake-eucalyptus, cloud-config)",
-            debug(&a.cloud) != debug(&b.cloud),
+            a.cloud != b.cloud,
         ),
         ("workers", a.workers != b.workers),
         ("catalog-max-age", a.catalog_max_age != b.catalog_max_age),
         ("compression", a.gzip != b.gzip),
-        ("retries and stalls", debug(&a.retry) != debug(&b.retry)),
+        ("retries and stalls", a.retry != b.retry),
     ]
     .into_iter()
     .filter_map(|(setting, changed)| changed.then_some(setting))

@@ -76,7 +76,7 @@ pub struct DaemonArgs {
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloudMode {
     Fake { secret: String },
     Eucalyptus { cloud_config: Option<PathBuf> },

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often and how patiently transient failures are retried.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Tries in all, the first included, over one download (progress does not reset the count:
     /// a link that keeps failing fails the install in bounded time).
@@ -87,7 +87,7 @@ where
 /// `Range` after the retry pause, like a cut connection. The read timeout alone would not do: a
 /// server that sends one byte a minute never lets it fire. 1 KiB/s over 30 s by default: far
 /// below any working link, far above a stuck one. A rate of 0 turns the rule off.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StallRule {
     pub min_bytes_per_second: u64,
     pub window: Duration,
