@@ -81,8 +81,19 @@ pub const MAX_STREAM_STRING_BYTES: usize = 16 << 10;
 
 // The cloud (SPEC §7).
 
-/// How long one S3 or EC2 exchange may take in all: a 10 MiB part over a slow link included.
-pub const CLOUD_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long one S3 or EC2 exchange may take before it is given up and tried again (see
+/// [`cloud_exchange_timeout`]): the round trip, the cloud's own work and its reply.
+pub const CLOUD_EXCHANGE_BASE: Duration = Duration::from_secs(30);
+
+/// The slowest link to the cloud an exchange waits on, in bytes a second (2 Mbit/s): a 10 MiB
+/// part may take 40 s on top of [`CLOUD_EXCHANGE_BASE`]. A cloud that stops answering costs one
+/// such wait and a retry, not a hang.
+pub const SLOWEST_CLOUD_LINK_BYTES_PER_SECOND: u64 = 256 << 10;
+
+/// The deadline of one cloud exchange that sends `body_bytes`.
+pub fn cloud_exchange_timeout(body_bytes: u64) -> Duration {
+    CLOUD_EXCHANGE_BASE + Duration::from_secs(body_bytes / SLOWEST_CLOUD_LINK_BYTES_PER_SECOND)
+}
 
 /// Bytes of a cloud's error reply read to find its `<Code>` and `<Message>`: real ones are a few
 /// hundred bytes; an endless one must not grow memory.

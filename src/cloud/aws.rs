@@ -49,7 +49,6 @@ pub fn http_client() -> Result<reqwest::Client, CloudError> {
     reqwest::Client::builder()
         .user_agent(concat!("image-store-proxy/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(crate::limits::CONNECT_TIMEOUT)
-        .timeout(crate::limits::CLOUD_REQUEST_TIMEOUT)
         .build()
         .map_err(|e| CloudError::Unreachable {
             action: "starting",

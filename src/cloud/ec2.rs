@@ -88,6 +88,7 @@ impl Ec2 {
             }
         };
         let response = request
+            .timeout(crate::limits::cloud_exchange_timeout(body.len() as u64))
             .body(body)
             .send()
             .await

@@ -125,6 +125,7 @@ impl S3 {
             .endpoint
             .client
             .request(call.method.clone(), url.clone())
+            .timeout(crate::limits::cloud_exchange_timeout(call.body.len() as u64))
             .header("content-length", call.body.len())
             .body(call.body.clone());
         for (name, value) in headers {
@@ -274,25 +275,76 @@ impl S3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn s3(endpoint: &str) -> S3 {
+        S3::new(
+            Endpoint {
+                client: aws::http_client().unwrap(),
+                url: Url::parse(endpoint).unwrap(),
+                key: crate::cloud::sign::AccessKey {
+                    id: "a".into(),
+                    secret: "b".into(),
+                },
+                signature: SignatureVersion::V2,
+                region: "us-east-1".into(),
+            },
+            RetryPolicy::default(),
+        )
+    }
+
+    /// A cloud that takes a PUT and never answers: the exchange is given up at its deadline and
+    /// tried again on a new connection, which lands the part (the CI run of 033b0db waited on one
+    /// such exchange until the test gave up).
+    #[tokio::test]
+    async fn a_put_the_cloud_never_answers_is_tried_again_at_its_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = bytes::Bytes::from_static(b"part bytes");
+        let etag = hex::encode(Md5::digest(&body));
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut puts = 0;
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = vec![0u8; 64 << 10];
+                let n = socket.read(&mut request).await.unwrap();
+                let head = String::from_utf8_lossy(&request[..n]).to_string();
+                if head.starts_with("HEAD") {
+                    let reply =
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                    socket.write_all(reply.as_bytes()).await.unwrap();
+                    continue;
+                }
+                puts += 1;
+                if puts == 1 {
+                    held.push(socket);
+                    continue;
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\netag: \"{etag}\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                socket.write_all(reply.as_bytes()).await.unwrap();
+                return puts;
+            }
+        });
+        let started = std::time::Instant::now();
+        let sent = s3(&format!("http://{addr}/"))
+            .put_unless_present("b", "k.part.00", body, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(sent);
+        assert_eq!(server.await.unwrap(), 2, "one PUT held, one answered");
+        let waited = started.elapsed();
+        let deadline = crate::limits::cloud_exchange_timeout(10);
+        assert!(
+            waited >= deadline && waited < deadline * 2,
+            "{waited:?} for a deadline of {deadline:?}"
+        );
+    }
 
     #[test]
     fn objects_live_under_the_endpoint_s_own_path() {
-        crate::fetch::install_crypto_provider();
-        let s3 = |endpoint: &str| {
-            S3::new(
-                Endpoint {
-                    client: reqwest::Client::new(),
-                    url: Url::parse(endpoint).unwrap(),
-                    key: crate::cloud::sign::AccessKey {
-                        id: "a".into(),
-                        secret: "b".into(),
-                    },
-                    signature: SignatureVersion::V2,
-                    region: "us-east-1".into(),
-                },
-                RetryPolicy::default(),
-            )
-        };
         let walrus = s3("http://clc:8773/services/Walrus/");
         assert_eq!(
             walrus.path("image-store-1", Some("k.part.00")),
