@@ -220,6 +220,11 @@ pub fn with_image_bytes<T, E: From<UnpackError>>(
             reader: &mut decompressed,
         }),
         Packing::Tar => with_tar_image(path, decompressed, install),
+        // TODO(issue 14): the qcow2 reader streamed here (the install helper's branch).
+        Packing::Qcow2 => Err(UnpackError::NoImage {
+            path: path.to_owned(),
+        }
+        .into()),
     }
 }
 

@@ -88,7 +88,7 @@ fn size_hint(image: &SourceImage<'_>) -> Result<SizeHint, UnpackError> {
     };
     match (image.compression, image.packing) {
         // A tar member's header says; the reader passes it on.
-        (_, Packing::Tar) => Ok(exact(None)),
+        (_, Packing::Tar | Packing::Qcow2) => Ok(exact(None)),
         (Compression::None, Packing::Raw) => Ok(exact(Some(image.size))),
         (Compression::Gzip, Packing::Raw) => {
             let trailer = gzip_trailer_size(image.path).map_err(|source| UnpackError::Read {

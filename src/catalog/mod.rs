@@ -511,7 +511,10 @@ pub(crate) mod tests {
                                     signature_url: None,
                                     compression: Compression::None,
                                     packing: Packing::Raw,
+                                    provides: Vec::new(),
                                 }],
+                                virtualization: model::Virtualization::Hvm,
+                                stream: None,
                             },
                             upstream,
                         )

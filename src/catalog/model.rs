@@ -47,8 +47,54 @@ pub enum Compression {
 pub enum Packing {
     /// The file is the image itself.
     Raw,
-    /// The file is a tarball holding the image (`*.img`), as UEC images were shipped.
+    /// The file is a tarball holding the image (`*.img`), as UEC images were shipped; a file that
+    /// [`FileRef::provides`] a kernel and ramdisk holds them too (`*vmlinuz*`, `*initrd*`).
     Tar,
+    /// The file is a qcow2 whole disk: the image is the raw disk it describes.
+    Qcow2,
+}
+
+/// How the cloud boots the machine image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Virtualization {
+    /// Booted by the cloud's hypervisor with the image's own kernel and ramdisk, registered
+    /// beside it.
+    #[default]
+    Paravirtual,
+    /// A whole disk, booted by its own boot loader: no kernel or ramdisk registered.
+    Hvm,
+}
+
+impl Virtualization {
+    /// EC2's `VirtualizationType`, and the word the fake cloud records.
+    pub fn ec2_name(self) -> &'static str {
+        match self {
+            Virtualization::Paravirtual => "paravirtual",
+            Virtualization::Hvm => "hvm",
+        }
+    }
+}
+
+/// Where an image came from in a simplestreams mirror, kept with the install and written on every
+/// image registered from it, so that a cloud's images can be matched to stream versions again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamIdentity {
+    pub content_id: String,
+    pub product: String,
+    pub version: String,
+    pub item: String,
+}
+
+impl StreamIdentity {
+    /// The image's description in the cloud: `simplestreams <content id> <product> <version>
+    /// <item>` (glance-simplestreams-sync keeps the same four in its image properties).
+    pub fn description(&self) -> String {
+        format!(
+            "simplestreams {} {} {} {}",
+            self.content_id, self.product, self.version, self.item
+        )
+    }
 }
 
 /// One file to download: where, and the signed size and SHA-256 it must match.
@@ -61,6 +107,21 @@ pub struct FileRef {
     pub signature_url: Option<String>,
     pub compression: Compression,
     pub packing: Packing,
+    /// What is registered from this one file, in install order, when it is more than its own
+    /// kind: a UEC tarball's kernel, ramdisk and machine image. Empty: its `kind` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provides: Vec<FileKind>,
+}
+
+impl FileRef {
+    /// The artifacts registered from this file, in install order.
+    pub fn artifacts(&self) -> Vec<FileKind> {
+        if self.provides.is_empty() {
+            vec![self.kind]
+        } else {
+            self.provides.clone()
+        }
+    }
 }
 
 /// Who publishes the image, as the Store tab shows it.
@@ -91,6 +152,11 @@ pub struct Image {
     pub arch: String,
     /// Kernel, ramdisk, image, in that order (the order they are installed in).
     pub files: Vec<FileRef>,
+    #[serde(default)]
+    pub virtualization: Virtualization,
+    /// Set for an image of a simplestreams mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamIdentity>,
 }
 
 impl Image {
@@ -222,6 +288,8 @@ pub struct ImageDraft {
     pub arch: &'static str,
     /// Each already checked by [`checked_file`]; in any order.
     pub files: Vec<FileRef>,
+    pub virtualization: Virtualization,
+    pub stream: Option<StreamIdentity>,
 }
 
 impl Image {
@@ -238,9 +306,20 @@ impl Image {
         }
         if let Some(file) = files
             .iter()
-            .find(|file| file.packing == Packing::Tar && file.kind != FileKind::Image)
+            .find(|file| file.packing != Packing::Raw && file.kind != FileKind::Image)
         {
-            return Err(format!("a {} cannot be a tarball", file.kind.noun()));
+            return Err(format!(
+                "a {} cannot be a tarball or a qcow2 disk",
+                file.kind.noun()
+            ));
+        }
+        if draft.virtualization == Virtualization::Hvm
+            && files
+                .iter()
+                .flat_map(FileRef::artifacts)
+                .any(|kind| kind != FileKind::Image)
+        {
+            return Err("an HVM image boots its own kernel: it has no kernel or ramdisk".into());
         }
         files.sort_by_key(|file| file.kind as u8);
         let title = if draft.title.is_empty() {
@@ -262,6 +341,8 @@ impl Image {
             tags: draft.tags,
             arch: draft.arch.to_string(),
             files,
+            virtualization: draft.virtualization,
+            stream: draft.stream,
             uri: draft.uri,
         })
     }

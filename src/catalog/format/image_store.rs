@@ -139,6 +139,9 @@ fn validate_image(entry: WireImage, base: &Url) -> Result<Image, String> {
             tags: entry.tags,
             arch,
             files,
+            // `image-store/1` lists a kernel and ramdisk beside each image.
+            virtualization: model::Virtualization::Paravirtual,
+            stream: None,
         },
         base,
     )
@@ -179,6 +182,7 @@ fn validate_file(file: WireFile, base: &Url) -> Result<FileRef, String> {
             .transpose()?,
         compression,
         packing,
+        provides: Vec::new(),
     })
 }
 

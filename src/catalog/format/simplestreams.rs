@@ -11,7 +11,7 @@ use super::{
 };
 use crate::catalog::model::{
     self, CatalogBuilder, Compression, FileKind, FileRef, Image, ImageDraft, Packing, Provider,
-    Section,
+    Section, StreamIdentity,
 };
 use crate::simplestreams::{
     Checksum, DEFAULT_CONTENT_ID, DownloadEntry, Index, InstalledVersions, ItemFilter, ItemPath,
@@ -247,11 +247,21 @@ fn image(offer: &Offer, uri: &str, upstream: &Url) -> Result<Image, String> {
         Some(other) => return Err(format!("unknown architecture {other:?}")),
         None => return Err("no architecture".into()),
     };
-    let (compression, packing) = match offer.virtualization {
-        // A compressed qcow2 whole disk, which `unpack` cannot read yet.
-        // TODO(issue 14): Packing::Qcow2.
-        Virtualization::Hvm => (Compression::None, Packing::Raw),
-        Virtualization::Paravirtual => (Compression::Gzip, Packing::Tar),
+    // `disk1.img` is a qcow2 whole disk (its clusters compressed inside); a UEC `tar.gz` holds
+    // the machine image, its kernel and its ramdisk.
+    let (compression, packing, provides, virtualization) = match offer.virtualization {
+        Virtualization::Hvm => (
+            Compression::None,
+            Packing::Qcow2,
+            Vec::new(),
+            model::Virtualization::Hvm,
+        ),
+        Virtualization::Paravirtual => (
+            Compression::Gzip,
+            Packing::Tar,
+            vec![FileKind::Kernel, FileKind::Ramdisk, FileKind::Image],
+            model::Virtualization::Paravirtual,
+        ),
     };
     let kind = FileKind::Image;
     let sha256 = match &offer.checksum {
@@ -274,6 +284,7 @@ fn image(offer: &Offer, uri: &str, upstream: &Url) -> Result<Image, String> {
             signature_url: None,
             compression,
             packing,
+            provides,
         },
     )?;
     let mut tags = vec![offer.virtualization.to_string()];
@@ -294,6 +305,13 @@ fn image(offer: &Offer, uri: &str, upstream: &Url) -> Result<Image, String> {
             tags,
             arch,
             files,
+            virtualization,
+            stream: Some(StreamIdentity {
+                content_id: offer.identity.content_id.clone(),
+                product: offer.identity.product_name.clone(),
+                version: offer.identity.version_name.clone(),
+                item: offer.identity.item_name.clone(),
+            }),
         },
         upstream,
     )
