@@ -3,16 +3,20 @@
 
 use crate::api::{self, AppState, nonce::NonceBook};
 use crate::cache::Cache;
+use crate::catalog::format::CatalogFormat;
 use crate::catalog::format::image_store::ImageStoreFormat;
+use crate::catalog::format::simplestreams::SimplestreamsFormat;
+use crate::catalog::upstreams::Catalogs;
 use crate::catalog::{CatalogError, CatalogService};
 use crate::cloud::credentials::{self, CredentialsError};
 use crate::cloud::eucalyptus::EucalyptusCloud;
 use crate::cloud::{Cloud, CloudError, fake::FakeCloud};
-use crate::config::{CloudMode, Config};
+use crate::config::{CloudMode, Config, SimplestreamsSettings, Upstream, UpstreamFormat};
 use crate::db::{Db, DbError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::install::Installer;
 use crate::publish::Publisher;
+use crate::simplestreams::{ItemFilter, Selection};
 use crate::trust::Trust;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +38,12 @@ pub enum AppError {
     Db(#[from] DbError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error("upstream {url}: filter {filter:?}")]
+    Filter {
+        url: reqwest::Url,
+        filter: String,
+        source: crate::simplestreams::FilterError,
+    },
     #[error("HTTP client")]
     Http(#[from] FetchError),
     #[error(transparent)]
@@ -48,7 +58,7 @@ pub enum AppError {
 /// credentials, the data directory, the database), so the daemon announces that it listens only
 /// once this exists.
 pub struct App {
-    catalog: Arc<CatalogService>,
+    catalog: Arc<Catalogs>,
     installer: Arc<Installer>,
     secret: String,
     /// What the parts were built from: a reload is compared with it.
@@ -82,23 +92,42 @@ impl App {
             }
         };
         prepare_data_dir(&config.data_dir)?;
-        // One trust service for the catalog and the files; it warns now if the keyring is missing.
-        let trust = Arc::new(Trust::new(config.keyring.clone()));
+        // One trust service per keyring: the files' (detached signatures) and each upstream's
+        // for its documents. Each warns now if its keyring is missing.
+        let file_trust = Arc::new(Trust::new(config.keyring.clone()));
         let db = Db::open(&config.data_dir.join("state.sqlite"))?;
         let fetcher = Fetcher::new(config.retry)?;
-        let catalog = Arc::new(CatalogService::new(
-            config.api_url.clone(),
-            Box::new(ImageStoreFormat),
-            trust.clone(),
-            fetcher.clone(),
-            db.clone(),
-            config.catalog_max_age,
-        )?);
+        let mut services = Vec::new();
+        let mut warnings = Vec::new();
+        for upstream in &config.upstreams {
+            let trust = if upstream.keyring == config.keyring {
+                file_trust.clone()
+            } else {
+                Arc::new(Trust::new(upstream.keyring.clone()))
+            };
+            let format = catalog_format(upstream)?;
+            if format.accepts_unsigned() {
+                warnings.push(format!(
+                    "Warning: the catalog of {} is taken unsigned (allow-unsigned): its images are only as trustworthy as the network to it",
+                    upstream.url
+                ));
+            }
+            tracing::info!(url = %upstream.url, format = format.name(), keyring = %upstream.keyring.display(), "upstream");
+            services.push(CatalogService::new(
+                upstream.url.clone(),
+                format,
+                trust,
+                fetcher.clone(),
+                db.clone(),
+                config.catalog_max_age,
+            )?);
+        }
+        let catalog = Arc::new(Catalogs::new(services, warnings));
         let installer = Installer::new(
             db,
             Cache::new(&config.data_dir),
             fetcher,
-            trust,
+            file_trust,
             Publisher::new(cloud, &config.data_dir)
                 .with_gzip(config.gzip)
                 .with_retry(config.retry),
@@ -145,6 +174,43 @@ impl App {
         let _ = refresher.await;
         served.map_err(AppError::Serve)
     }
+}
+
+/// The format an upstream speaks, set up as configured.
+fn catalog_format(upstream: &Upstream) -> Result<Box<dyn CatalogFormat>, AppError> {
+    match &upstream.format {
+        UpstreamFormat::ImageStore => Ok(Box::new(ImageStoreFormat)),
+        UpstreamFormat::Simplestreams(settings) => {
+            Ok(Box::new(simplestreams_format(&upstream.url, settings)?))
+        }
+    }
+}
+
+fn simplestreams_format(
+    url: &reqwest::Url,
+    settings: &SimplestreamsSettings,
+) -> Result<SimplestreamsFormat, AppError> {
+    let filters = settings
+        .filters
+        .iter()
+        .map(|filter| {
+            ItemFilter::parse(filter).map_err(|source| AppError::Filter {
+                url: url.clone(),
+                filter: filter.clone(),
+                source,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(SimplestreamsFormat {
+        content_ids: settings.content_ids.clone(),
+        selection: Selection {
+            filters,
+            max_versions: settings.max_versions,
+            virtualization: settings.virtualization,
+        },
+        section_title: settings.section_title.clone(),
+        allow_unsigned: settings.allow_unsigned,
+    })
 }
 
 /// What the proxy writes holds secrets (the database, the fake cloud's private keys, the cloud
@@ -198,7 +264,7 @@ pub async fn run(
 /// retries) is kept until the next restart, and a change to it is logged as such.
 async fn apply_reloads(
     mut running: Config,
-    catalog: Arc<CatalogService>,
+    catalog: Arc<Catalogs>,
     mut reloads: UnboundedReceiver<Config>,
 ) {
     while let Some(config) = reloads.recv().await {
@@ -219,7 +285,10 @@ fn settings_needing_a_restart(a: &Config, b: &Config) -> Vec<&'static str> {
     [
         ("listen", a.listen != b.listen),
         ("data-dir", a.data_dir != b.data_dir),
-        ("api-url", a.api_url != b.api_url),
+        (
+            "the upstreams (api-url, simplestreams, [[upstream]])",
+            a.upstreams != b.upstreams,
+        ),
         ("keyring", a.keyring != b.keyring),
         (
             "the cloud (fake-eucalyptus, cloud-config)",
@@ -237,7 +306,7 @@ fn settings_needing_a_restart(a: &Config, b: &Config) -> Vec<&'static str> {
 
 /// The catalog, and the installs against the cloud's list of images, every so often.
 async fn refresh_periodically(
-    catalog: Arc<CatalogService>,
+    catalog: Arc<Catalogs>,
     installer: Arc<Installer>,
     shutdown: CancellationToken,
 ) {

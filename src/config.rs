@@ -1,8 +1,11 @@
 //! The only place that reads flags, environment and config files (SPEC §3). Flags keep the
 //! original proxy's names; each can also come from `--config FILE` (TOML, the same names as keys).
+//! Upstreams come from `--api-url` (`image-store/1`) and `--simplestreams` (a mirror root), or
+//! from the file's `[[upstream]]` tables; with none at all, Canonical's released cloud images.
 
 use crate::bundle::gzip::GzipSettings;
 use crate::fetch::retry::{RetryPolicy, StallRule};
+use crate::simplestreams::{DEFAULT_CONTENT_ID, ItemFilter, Virtualization};
 use reqwest::Url;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -12,17 +15,55 @@ use std::time::Duration;
 pub const DEFAULT_API_URL: &str = "https://imagestore.canonical.com/api";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/image-store-proxy";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:52780";
+/// Canonical's released Ubuntu cloud images, and the key they are signed with (Debian package
+/// `ubuntu-keyring`): the upstream when none is configured.
+pub const DEFAULT_SIMPLESTREAMS_URL: &str = "https://cloud-images.ubuntu.com/releases/";
+pub const DEFAULT_SIMPLESTREAMS_KEYRING: &str = "/usr/share/keyrings/ubuntu-cloudimage-keyring.gpg";
+/// The cloud architecture the default filter keeps (`arch~(amd64|x86_64)`).
+pub const DEFAULT_CLOUD_ARCHITECTURE: &str = "x86_64";
 
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct DaemonArgs {
-    /// Upstream store API base URL [default: https://imagestore.canonical.com/api]
+    /// An `image-store/1` upstream's API base URL (fake-store's `http://HOST:PORT/api`)
     #[arg(long, value_name = "URL")]
     pub api_url: Option<String>,
+    /// A simplestreams mirror root (its index is streams/v1/index.sjson under it) [default, when
+    /// no upstream is given: https://cloud-images.ubuntu.com/releases/]
+    #[arg(long, value_name = "URL")]
+    pub simplestreams: Option<String>,
+    /// For --simplestreams: keep only items that pass EXPR (key=val, key!=val, key~regex,
+    /// key!~regex; repeatable, all must pass) [default: the cloud's architecture]
+    #[arg(long = "filter", value_name = "EXPR")]
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// For --simplestreams: the newest N versions of each product are offered, besides every
+    /// installed one [default: 1]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_versions: Option<u64>,
+    /// For --simplestreams: which image to install where a version has both [default: hvm]
+    #[arg(long, value_name = "hvm|paravirtual")]
+    pub virtualization: Option<String>,
+    /// For --simplestreams: follow these index entries [default: com.ubuntu.cloud:released:download]
+    #[arg(long = "content-id", value_name = "ID")]
+    #[serde(default)]
+    pub content_ids: Vec<String>,
+    /// For --simplestreams: accept an unsigned tree (streams/v1/index.json), with a warning on
+    /// the dashboard. Its images are then only as trustworthy as the network to the mirror
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// Upstreams listed in the config file (`[[upstream]]`), each with its own keyring and
+    /// selection; used instead of --api-url and --simplestreams
+    #[arg(skip)]
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamTable>,
     /// State, cache, bundles and keyring [default: /var/lib/image-store-proxy]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// OpenPGP public keyring (binary or armored) trusted for the catalog and files [default: <data-dir>/keyring.gpg]
+    /// OpenPGP public keyring (binary or armored) trusted for the upstreams given by flag and
+    /// for files' detached signatures [default: <data-dir>/keyring.gpg; for --simplestreams
+    /// /usr/share/keyrings/ubuntu-cloudimage-keyring.gpg]
     #[arg(long, value_name = "FILE")]
     pub keyring: Option<PathBuf>,
     /// Install into a local fake cloud under the data dir; SECRET validates the UI's requests.
@@ -76,6 +117,51 @@ pub struct DaemonArgs {
     pub config: Option<PathBuf>,
 }
 
+/// One `[[upstream]]` table of the config file: `api-url` or `simplestreams`, and its settings.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct UpstreamTable {
+    pub api_url: Option<String>,
+    pub simplestreams: Option<String>,
+    pub keyring: Option<PathBuf>,
+    #[serde(default)]
+    pub filters: Vec<String>,
+    pub max_versions: Option<u64>,
+    pub virtualization: Option<String>,
+    #[serde(default)]
+    pub content_ids: Vec<String>,
+    pub section_title: Option<String>,
+    #[serde(default)]
+    pub allow_unsigned: bool,
+}
+
+/// An upstream the catalog is read from: where, which keyring its documents must verify with,
+/// and what it speaks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub url: Url,
+    pub keyring: PathBuf,
+    pub format: UpstreamFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamFormat {
+    ImageStore,
+    Simplestreams(SimplestreamsSettings),
+}
+
+/// What a simplestreams upstream follows and offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimplestreamsSettings {
+    pub content_ids: Vec<String>,
+    /// Checked at start; kept as written (they compare and print as the operator wrote them).
+    pub filters: Vec<String>,
+    pub max_versions: usize,
+    pub virtualization: Virtualization,
+    pub section_title: String,
+    pub allow_unsigned: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloudMode {
     Fake { secret: String },
@@ -84,8 +170,10 @@ pub enum CloudMode {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub api_url: Url,
+    /// In the Store tab's order; never empty.
+    pub upstreams: Vec<Upstream>,
     pub data_dir: PathBuf,
+    /// Trusted for files' detached signatures (only `image-store/1` has them).
     pub keyring: PathBuf,
     pub listen: String,
     pub cloud: CloudMode,
@@ -100,8 +188,16 @@ pub struct Config {
 pub enum ConfigError {
     #[error("config file {path}: {cause}")]
     File { path: PathBuf, cause: String },
-    #[error("--api-url {url:?}: {cause}")]
-    ApiUrl { url: String, cause: String },
+    #[error("upstream URL {url:?}: {cause}")]
+    UpstreamUrl { url: String, cause: String },
+    #[error("an [[upstream]] table needs exactly one of api-url and simplestreams")]
+    UpstreamKind,
+    #[error("upstream {url}: {cause}")]
+    Upstream { url: String, cause: String },
+    #[error(
+        "the image-store upstreams {first} and {second} name different keyrings; files' detached signatures are checked against one keyring, so they must share it"
+    )]
+    ImageStoreKeyrings { first: Url, second: Url },
     #[error("compression-level {0} is out of range: 0 (store) to 9 (smallest)")]
     CompressionLevel(u32),
     #[error("compression-threads must be at least 1")]
@@ -121,25 +217,15 @@ impl DaemonArgs {
             Some(path) => self.merge(read_file(&path)?),
             None => self,
         };
-        let api_url_text = merged
-            .api_url
-            .unwrap_or_else(|| DEFAULT_API_URL.to_string());
-        let api_url = Url::parse(&api_url_text).map_err(|e| ConfigError::ApiUrl {
-            url: api_url_text.clone(),
-            cause: e.to_string(),
-        })?;
-        if !matches!(api_url.scheme(), "http" | "https") {
-            return Err(ConfigError::ApiUrl {
-                url: api_url_text,
-                cause: "only http and https are supported".into(),
-            });
-        }
         let data_dir = merged
             .data_dir
+            .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let keyring = merged
             .keyring
+            .clone()
             .unwrap_or_else(|| data_dir.join("keyring.gpg"));
+        let upstreams = upstreams(&merged, &keyring)?;
         let cloud = match (merged.fake_eucalyptus, merged.fake_eucalyptus_secret_file) {
             (Some(_), Some(_)) => return Err(ConfigError::TwoSecrets),
             (Some(secret), None) => CloudMode::Fake { secret },
@@ -176,7 +262,7 @@ impl DaemonArgs {
             return Err(ConfigError::CompressionThreads);
         }
         Ok(Config {
-            api_url,
+            upstreams,
             data_dir,
             keyring,
             listen: merged.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
@@ -192,6 +278,21 @@ impl DaemonArgs {
     fn merge(self, file: DaemonArgs) -> DaemonArgs {
         DaemonArgs {
             api_url: self.api_url.or(file.api_url),
+            simplestreams: self.simplestreams.or(file.simplestreams),
+            filters: if self.filters.is_empty() {
+                file.filters
+            } else {
+                self.filters
+            },
+            max_versions: self.max_versions.or(file.max_versions),
+            virtualization: self.virtualization.or(file.virtualization),
+            content_ids: if self.content_ids.is_empty() {
+                file.content_ids
+            } else {
+                self.content_ids
+            },
+            allow_unsigned: self.allow_unsigned || file.allow_unsigned,
+            upstreams: file.upstreams,
             data_dir: self.data_dir.or(file.data_dir),
             keyring: self.keyring.or(file.keyring),
             fake_eucalyptus: self.fake_eucalyptus.or(file.fake_eucalyptus),
@@ -211,6 +312,145 @@ impl DaemonArgs {
             config: self.config,
         }
     }
+}
+
+/// The upstreams, in order: the file's `[[upstream]]` tables; else `--api-url`, then
+/// `--simplestreams`; else Canonical's released images.
+fn upstreams(args: &DaemonArgs, keyring: &Path) -> Result<Vec<Upstream>, ConfigError> {
+    let from_flags = || {
+        let mut tables = Vec::new();
+        if let Some(api_url) = &args.api_url {
+            tables.push(UpstreamTable {
+                api_url: Some(api_url.clone()),
+                keyring: args.keyring.clone(),
+                ..UpstreamTable::default()
+            });
+        }
+        if args.simplestreams.is_some() || tables.is_empty() {
+            tables.push(UpstreamTable {
+                simplestreams: Some(
+                    args.simplestreams
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_SIMPLESTREAMS_URL.to_owned()),
+                ),
+                keyring: args.keyring.clone(),
+                filters: args.filters.clone(),
+                max_versions: args.max_versions,
+                virtualization: args.virtualization.clone(),
+                content_ids: args.content_ids.clone(),
+                section_title: None,
+                allow_unsigned: args.allow_unsigned,
+                ..UpstreamTable::default()
+            });
+        }
+        tables
+    };
+    let tables = if args.upstreams.is_empty() {
+        from_flags()
+    } else {
+        args.upstreams.clone()
+    };
+    let upstreams: Vec<Upstream> = tables
+        .into_iter()
+        .map(|table| upstream(table, keyring))
+        .collect::<Result<_, _>>()?;
+    let mut image_stores = upstreams
+        .iter()
+        .filter(|upstream| upstream.format == UpstreamFormat::ImageStore);
+    if let Some(first) = image_stores.next()
+        && let Some(second) = image_stores.find(|other| other.keyring != first.keyring)
+    {
+        return Err(ConfigError::ImageStoreKeyrings {
+            first: first.url.clone(),
+            second: second.url.clone(),
+        });
+    }
+    Ok(upstreams)
+}
+
+fn upstream(table: UpstreamTable, keyring: &Path) -> Result<Upstream, ConfigError> {
+    let (text, is_image_store) = match (&table.api_url, &table.simplestreams) {
+        (Some(url), None) => (url.clone(), true),
+        (None, Some(url)) => (url.clone(), false),
+        _ => return Err(ConfigError::UpstreamKind),
+    };
+    let url = Url::parse(&text).map_err(|e| ConfigError::UpstreamUrl {
+        url: text.clone(),
+        cause: e.to_string(),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::UpstreamUrl {
+            url: text,
+            cause: "only http and https are supported".into(),
+        });
+    }
+    if is_image_store {
+        return Ok(Upstream {
+            url,
+            keyring: table.keyring.unwrap_or_else(|| keyring.to_owned()),
+            format: UpstreamFormat::ImageStore,
+        });
+    }
+    let refused = |cause: String| ConfigError::Upstream {
+        url: text.clone(),
+        cause,
+    };
+    // A mirror root is a directory: `…/releases` and `…/releases/` are the same mirror.
+    let url = crate::catalog::model::directory_url(&url);
+    let filters = if table.filters.is_empty() {
+        vec![
+            ItemFilter::for_cloud_architecture(DEFAULT_CLOUD_ARCHITECTURE)
+                .map_err(|e| refused(e.to_string()))?
+                .to_string(),
+        ]
+    } else {
+        table.filters
+    };
+    for filter in &filters {
+        ItemFilter::parse(filter).map_err(|e| refused(e.to_string()))?;
+    }
+    let virtualization = match &table.virtualization {
+        Some(text) => text
+            .parse()
+            .map_err(|e: crate::simplestreams::VirtualizationError| refused(e.to_string()))?,
+        None => Virtualization::Hvm,
+    };
+    let max_versions = table.max_versions.unwrap_or(1);
+    if max_versions == 0 || max_versions > crate::limits::MAX_STREAM_VERSIONS_OFFERED as u64 {
+        return Err(refused(format!(
+            "max-versions {max_versions} is out of range: 1 to {}",
+            crate::limits::MAX_STREAM_VERSIONS_OFFERED
+        )));
+    }
+    let content_ids = if table.content_ids.is_empty() {
+        vec![DEFAULT_CONTENT_ID.to_owned()]
+    } else {
+        table.content_ids
+    };
+    let section_title = table.section_title.unwrap_or_else(|| {
+        if url.as_str() == DEFAULT_SIMPLESTREAMS_URL {
+            "Ubuntu cloud images".to_owned()
+        } else {
+            format!(
+                "Cloud images from {}",
+                url.host_str().unwrap_or("the mirror")
+            )
+        }
+    });
+    Ok(Upstream {
+        url,
+        keyring: table
+            .keyring
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SIMPLESTREAMS_KEYRING)),
+        format: UpstreamFormat::Simplestreams(SimplestreamsSettings {
+            content_ids,
+            filters,
+            max_versions: max_versions as usize,
+            virtualization,
+            section_title,
+            allow_unsigned: table.allow_unsigned,
+        }),
+    })
 }
 
 fn read_file(path: &Path) -> Result<DaemonArgs, ConfigError> {
@@ -296,7 +536,12 @@ mod tests {
             ..Default::default()
         };
         let config = args.resolve().unwrap();
-        assert_eq!(config.api_url.as_str(), "http://flag.example/api");
+        let [upstream] = config.upstreams.as_slice() else {
+            panic!("one upstream: {:?}", config.upstreams);
+        };
+        assert_eq!(upstream.url.as_str(), "http://flag.example/api");
+        assert_eq!(upstream.format, UpstreamFormat::ImageStore);
+        assert_eq!(upstream.keyring, PathBuf::from("/srv/isp/keyring.gpg"));
         assert_eq!(config.data_dir, PathBuf::from("/srv/isp"));
         assert_eq!(config.keyring, PathBuf::from("/srv/isp/keyring.gpg"));
         assert_eq!(config.listen, DEFAULT_LISTEN);
@@ -322,6 +567,125 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(error.to_string().contains("only http and https"), "{error}");
+    }
+
+    #[test]
+    fn with_no_upstream_canonical_s_released_images_are_the_one() {
+        let config = DaemonArgs::default().resolve().unwrap();
+        let [upstream] = config.upstreams.as_slice() else {
+            panic!("one upstream: {:?}", config.upstreams);
+        };
+        assert_eq!(upstream.url.as_str(), DEFAULT_SIMPLESTREAMS_URL);
+        assert_eq!(
+            upstream.keyring,
+            PathBuf::from(DEFAULT_SIMPLESTREAMS_KEYRING)
+        );
+        let UpstreamFormat::Simplestreams(settings) = &upstream.format else {
+            panic!("{upstream:?}");
+        };
+        assert_eq!(settings.filters, ["arch~(amd64|x86_64)"]);
+        assert_eq!(settings.content_ids, [DEFAULT_CONTENT_ID]);
+        assert_eq!(settings.max_versions, 1);
+        assert_eq!(settings.virtualization, Virtualization::Hvm);
+        assert!(!settings.allow_unsigned);
+    }
+
+    #[test]
+    fn flags_give_an_image_store_then_a_mirror_and_the_file_may_list_upstreams() {
+        let config = DaemonArgs {
+            api_url: Some("http://store.example/api".into()),
+            simplestreams: Some("http://mirror.example/ubuntu".into()),
+            filters: vec!["release=noble".into(), "arch~amd64".into()],
+            max_versions: Some(3),
+            virtualization: Some("paravirtual".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let urls: Vec<&str> = config.upstreams.iter().map(|u| u.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            ["http://store.example/api", "http://mirror.example/ubuntu/"]
+        );
+        let UpstreamFormat::Simplestreams(settings) = &config.upstreams[1].format else {
+            panic!("{:?}", config.upstreams);
+        };
+        assert_eq!(settings.filters, ["release=noble", "arch~amd64"]);
+        assert_eq!(settings.max_versions, 3);
+        assert_eq!(settings.virtualization, Virtualization::Paravirtual);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(
+            &file,
+            r#"
+[[upstream]]
+simplestreams = "https://cloud-images.ubuntu.com/daily/"
+keyring = "/etc/isp/ubuntu.gpg"
+content-ids = ["com.ubuntu.cloud:daily:download"]
+section-title = "Ubuntu daily builds"
+max-versions = 2
+filters = ["release~(jammy|noble)"]
+
+[[upstream]]
+simplestreams = "http://10.0.0.5/mirror/"
+allow-unsigned = true
+"#,
+        )
+        .unwrap();
+        let config = DaemonArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let [daily, local] = config.upstreams.as_slice() else {
+            panic!("{:?}", config.upstreams);
+        };
+        assert_eq!(daily.keyring, PathBuf::from("/etc/isp/ubuntu.gpg"));
+        let UpstreamFormat::Simplestreams(daily) = &daily.format else {
+            panic!("{daily:?}");
+        };
+        assert_eq!(daily.section_title, "Ubuntu daily builds");
+        assert_eq!(daily.content_ids, ["com.ubuntu.cloud:daily:download"]);
+        assert_eq!(daily.max_versions, 2);
+        let UpstreamFormat::Simplestreams(local) = &local.format else {
+            panic!("{local:?}");
+        };
+        assert!(local.allow_unsigned);
+        assert_eq!(local.section_title, "Cloud images from 10.0.0.5");
+        assert_eq!(local.filters, ["arch~(amd64|x86_64)"]);
+
+        for (toml, says) in [
+            ("[[upstream]]\n", "exactly one of api-url and simplestreams"),
+            (
+                "[[upstream]]\nsimplestreams = \"http://m/\"\nfilters = [\"arch\"]\n",
+                "is not key=value",
+            ),
+            (
+                "[[upstream]]\nsimplestreams = \"http://m/\"\nmax-versions = 0\n",
+                "max-versions 0 is out of range",
+            ),
+            (
+                "[[upstream]]\nsimplestreams = \"http://m/\"\nvirtualization = \"xen\"\n",
+                "xen",
+            ),
+            (
+                "[[upstream]]\napi-url = \"http://a/api\"\nkeyring = \"/a.gpg\"\n\
+                 [[upstream]]\napi-url = \"http://b/api\"\nkeyring = \"/b.gpg\"\n",
+                "must share it",
+            ),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let error = DaemonArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains(says), "{toml}: {error}");
+        }
     }
 
     #[test]

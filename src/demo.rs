@@ -3,7 +3,7 @@
 //! mode, and prints how to talk to it.
 
 use crate::bundle::gzip::GzipSettings;
-use crate::config::{CloudMode, Config};
+use crate::config::{CloudMode, Config, Upstream, UpstreamFormat};
 use crate::fetch::RetryPolicy;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -85,7 +85,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let listener = bind_or_any(&args.listen).await?;
     let addr = listener.local_addr()?;
     let config = Config {
-        api_url: format!("http://{store_addr}/api").parse()?,
+        upstreams: vec![Upstream {
+            url: format!("http://{store_addr}/api").parse()?,
+            keyring: keyring.clone(),
+            format: UpstreamFormat::ImageStore,
+        }],
         data_dir: proxy_dir.clone(),
         keyring,
         listen: addr.to_string(),

@@ -182,7 +182,7 @@ impl SignatureCheck {
         .expect("the installer");
         Self {
             state: AppState {
-                catalog: Arc::new(catalog),
+                catalog: Arc::new(catalog::upstreams::Catalogs::single(catalog)),
                 installer,
                 secret: Arc::from(SECRET),
                 // Small, so that a long run also exercises the full book.

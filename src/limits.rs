@@ -76,6 +76,10 @@ pub const MAX_STREAM_FIELDS: usize = 1024;
 /// would grow a small document into gigabytes.
 pub const MAX_STREAM_ALIAS_BYTES: u64 = 64 * MIB;
 
+/// Most versions of each product a simplestreams upstream may be set to offer
+/// (`max-versions`): each is a row of the Store tab, and Canonical keeps a few dozen serials.
+pub const MAX_STREAM_VERSIONS_OFFERED: usize = 100;
+
 /// Longest key, string value or path in a stream, in bytes: real ones are under 200 (a path).
 pub const MAX_STREAM_STRING_BYTES: usize = 16 << 10;
 

@@ -77,7 +77,8 @@ async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
     // One line on stdout for whoever started us (tests pass --listen 127.0.0.1:0 and read it).
     println!("image-store-proxy listening on http://{addr}/api");
     std::io::stdout().flush()?;
-    tracing::info!(api_url = %config.api_url, data_dir = %config.data_dir.display(), "starting");
+    let upstreams: Vec<&str> = config.upstreams.iter().map(|u| u.url.as_str()).collect();
+    tracing::info!(upstreams = %upstreams.join(" "), data_dir = %config.data_dir.display(), "starting");
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     // Installed here, before READY=1 can go out: a SIGTERM right after it must find the handler.

@@ -27,9 +27,7 @@ use std::time::SystemTime;
 /// `{:#}`).
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error(
-        "keyring {path} does not exist (import the store's public key there: see FILES in image-store-proxy(1))"
-    )]
+    #[error("keyring {path} does not exist ({})", missing_keyring_hint(path))]
     KeyringMissing { path: PathBuf },
     #[error("keyring {path} is unreadable: {cause}")]
     KeyringUnreadable { path: PathBuf, cause: KeyringCause },
@@ -45,6 +43,22 @@ pub enum TrustError {
     BadSignature(anyhow::Error),
     #[error("reading the signed data failed: {0}")]
     Read(std::io::Error),
+}
+
+/// What to do about a keyring that is not there.
+fn missing_keyring_hint(path: &std::path::Path) -> &'static str {
+    if path == std::path::Path::new(crate::config::DEFAULT_SIMPLESTREAMS_KEYRING) {
+        "install the Debian package ubuntu-keyring, which holds the key Canonical signs its cloud images with"
+    } else {
+        "import the store's public key there: see FILES in image-store-proxy(1)"
+    }
+}
+
+/// Whether `document` is an OpenPGP clear-signed message (RFC 4880 §7), not plain text.
+pub fn is_clear_signed(document: &[u8]) -> bool {
+    document
+        .trim_ascii_start()
+        .starts_with(b"-----BEGIN PGP SIGNED MESSAGE-----")
 }
 
 /// Why a keyring file could not be used: reading it, or parsing what it holds.

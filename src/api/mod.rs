@@ -13,7 +13,7 @@ mod store_page;
 mod views;
 
 use crate::catalog::model::Image;
-use crate::catalog::{self, CatalogService};
+use crate::catalog::{self, upstreams::Catalogs};
 use crate::install::Installer;
 use crate::install::board::InstallView;
 use auth::Signed;
@@ -32,7 +32,7 @@ use views::{ActionLinks, Envelope, ImageInfo, Section};
 
 #[derive(Clone)]
 pub struct AppState {
-    pub catalog: Arc<CatalogService>,
+    pub catalog: Arc<Catalogs>,
     pub installer: Arc<Installer>,
     /// The key of the servlet's HMAC: the admin's secret key, or `--fake-eucalyptus`'s SECRET.
     pub secret: Arc<[u8]>,
@@ -179,7 +179,7 @@ async fn dashboard(State(app): State<AppState>, headers: HeaderMap, signed: Sign
         catalog: app.catalog.current(),
         host: signed.host,
         installs: app.installer.board().all(),
-        last_error: app.catalog.last_error(),
+        last_error: app.catalog.dashboard_message(),
     };
     let body = app
         .dashboards
@@ -264,7 +264,7 @@ async fn search(State(app): State<AppState>, signed: Signed) -> Response {
         summary: String::new(),
         image_uris: uris,
     }]);
-    page.envelope.error_message = app.catalog.last_error();
+    page.envelope.error_message = app.catalog.dashboard_message();
     page.finish()
 }
 

@@ -6,15 +6,16 @@
 
 pub mod format;
 pub mod model;
+pub mod upstreams;
 
 use crate::db::{Db, DbError, StoredCatalog, StoredDocument};
 use crate::fetch::{FetchError, Fetcher};
 use crate::limits::{CATALOG_FETCH_TIMEOUT, MAX_CATALOG_BYTES, MAX_SIGNATURE_BYTES};
-use crate::trust::{Keyring, Trust, TrustError};
+use crate::trust::{self, Keyring, Trust, TrustError};
 use format::{
     Authentication, CatalogFormat, DocumentRequest, FormatError, Parsed, Proof, VerifiedDocument,
 };
-use model::{Catalog, Image};
+use model::{Catalog, Image, StreamIdentity};
 use reqwest::Url;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -106,8 +107,9 @@ impl CatalogService {
     ) -> Result<Self, CatalogError> {
         let mut catalog = Catalog::empty();
         let mut accepted = Accepted::default();
-        if let Some(stored) = db.load_catalog()? {
-            match Self::read_stored(format.as_ref(), &trust, &upstream, stored) {
+        if let Some(stored) = db.load_catalog(upstream.as_str())? {
+            let installed = installed_streams(&db)?;
+            match Self::read_stored(format.as_ref(), &trust, &upstream, stored, &installed) {
                 Ok((parsed, stored_accepted)) => {
                     catalog = parsed;
                     accepted = stored_accepted;
@@ -140,6 +142,7 @@ impl CatalogService {
         trust: &Trust,
         upstream: &Url,
         stored: StoredCatalog,
+        installed: &[StreamIdentity],
     ) -> Result<(Catalog, Accepted), CatalogError> {
         if stored.format != format.name() {
             return Err(CatalogError::Format(FormatError::Stored {
@@ -155,6 +158,9 @@ impl CatalogService {
         for stored in stored.documents {
             let proof = match stored.signature {
                 Some(signature) => Proof::Detached { signature },
+                None if format.accepts_unsigned() && !trust::is_clear_signed(&stored.document) => {
+                    Proof::Unsigned
+                }
                 None => Proof::Inline {
                     text: trust.verify_inline(&stored.document)?,
                 },
@@ -169,7 +175,7 @@ impl CatalogService {
                 proof,
             });
         }
-        let Parsed { catalog, .. } = format.build(upstream, &documents)?;
+        let Parsed { catalog, .. } = format.build(upstream, &documents, installed)?;
         Ok((catalog, accepted))
     }
 
@@ -259,8 +265,12 @@ impl CatalogService {
     /// them, builds the catalog and stores it; returns it with its rollback watermarks.
     async fn fetch_verified(&self) -> Result<(Catalog, Accepted), CatalogError> {
         // The keyring first: without it nothing fetched could be trusted. One keyring for all
-        // the documents of this refresh.
-        let keyring = self.trust.reload_if_changed()?;
+        // the documents of this refresh; none for an upstream taken unsigned.
+        let keyring = if self.format.accepts_unsigned() {
+            None
+        } else {
+            Some(self.trust.reload_if_changed()?)
+        };
         let watermarks = self
             .status
             .lock()
@@ -277,7 +287,7 @@ impl CatalogService {
             {
                 continue;
             }
-            let document = self.fetch_document(&keyring, request).await?;
+            let document = self.fetch_document(keyring.as_ref(), request).await?;
             let summary = self.format.read(&document)?;
             if let Some(&accepted) = watermarks.get(&document.name)
                 && summary.updated.unix_timestamp() < accepted
@@ -292,7 +302,9 @@ impl CatalogService {
         }
         let (documents, updated): (Vec<VerifiedDocument>, Vec<OffsetDateTime>) =
             documents.into_iter().unzip();
-        let Parsed { catalog, dropped } = self.format.build(&self.upstream, &documents)?;
+        let installed = installed_streams(&self.db)?;
+        let Parsed { catalog, dropped } =
+            self.format.build(&self.upstream, &documents, &installed)?;
         for reason in &dropped {
             tracing::warn!("catalog entry skipped: {reason}");
         }
@@ -304,33 +316,41 @@ impl CatalogService {
                 .map(|(document, updated)| (document.name.clone(), updated.unix_timestamp()))
                 .collect(),
         };
-        self.db.store_catalog(&StoredCatalog {
-            format: self.format.name().to_string(),
-            updated: rfc3339(catalog.updated),
-            updated_unix: accepted.catalog,
-            accepted_at: crate::db::now_unix(),
-            documents: documents
-                .into_iter()
-                .zip(updated)
-                .map(|(document, updated)| StoredDocument {
-                    signature: document.signature().map(<[u8]>::to_vec),
-                    name: document.name,
-                    url: document.url,
-                    document: document.document,
-                    updated: rfc3339(updated),
-                    updated_unix: updated.unix_timestamp(),
-                })
-                .collect(),
-        })?;
+        self.db.store_catalog(
+            self.upstream.as_str(),
+            &StoredCatalog {
+                format: self.format.name().to_string(),
+                updated: rfc3339(catalog.updated),
+                updated_unix: accepted.catalog,
+                accepted_at: crate::db::now_unix(),
+                documents: documents
+                    .into_iter()
+                    .zip(updated)
+                    .map(|(document, updated)| StoredDocument {
+                        signature: document.signature().map(<[u8]>::to_vec),
+                        name: document.name,
+                        url: document.url,
+                        document: document.document,
+                        updated: rfc3339(updated),
+                        updated_unix: updated.unix_timestamp(),
+                    })
+                    .collect(),
+            },
+        )?;
         Ok((catalog, accepted))
     }
 
     /// One document, fetched with the caps and verified as its request says.
     async fn fetch_document(
         &self,
-        keyring: &Keyring,
+        keyring: Option<&Arc<Keyring>>,
         request: DocumentRequest,
     ) -> Result<VerifiedDocument, CatalogError> {
+        // An unsigned upstream's document that is signed after all is still verified.
+        let keyring = || match keyring {
+            Some(keyring) => Ok(keyring.clone()),
+            None => self.trust.reload_if_changed(),
+        };
         let document = self
             .fetcher
             .get_small(
@@ -349,12 +369,13 @@ impl CatalogService {
                         CATALOG_FETCH_TIMEOUT,
                     )
                     .await?;
-                keyring.verify_bytes(&document, &signature)?;
+                keyring()?.verify_bytes(&document, &signature)?;
                 Proof::Detached { signature }
             }
             Authentication::Inline => Proof::Inline {
-                text: keyring.verify_inline(&document)?,
+                text: keyring()?.verify_inline(&document)?,
             },
+            Authentication::Unsigned => Proof::Unsigned,
         };
         Ok(VerifiedDocument {
             name: request.name,
@@ -383,6 +404,17 @@ impl CatalogService {
             ),
         }
     }
+}
+
+/// The stream versions of every install that is done or under way: they stay on offer.
+fn installed_streams(db: &Db) -> Result<Vec<StreamIdentity>, DbError> {
+    use crate::install::state::InstallState;
+    Ok(db
+        .installs()?
+        .into_iter()
+        .filter(|row| row.state == InstallState::Installed || row.state.is_active())
+        .filter_map(|row| row.image.stream.clone())
+        .collect())
 }
 
 fn rfc3339(time: OffsetDateTime) -> String {
@@ -480,6 +512,7 @@ pub(crate) mod tests {
             &self,
             upstream: &Url,
             documents: &[VerifiedDocument],
+            _installed: &[model::StreamIdentity],
         ) -> Result<Parsed, FormatError> {
             let mut builder = CatalogBuilder::default();
             let mut updated = OffsetDateTime::UNIX_EPOCH;

@@ -221,6 +221,28 @@ impl Catalog {
         self.images.is_empty()
     }
 
+    /// Several upstreams' catalogs as one: their sections in order, an image URI listed twice
+    /// kept from the first, `updated` the newest of theirs.
+    pub fn merged(parts: &[Arc<Catalog>]) -> Self {
+        let mut images: Vec<Arc<Image>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for image in parts.iter().flat_map(|part| &part.images) {
+            if seen.insert(image.uri.as_str()) {
+                images.push(image.clone());
+            }
+        }
+        let sections = parts
+            .iter()
+            .flat_map(|part| part.sections.iter().cloned())
+            .collect();
+        let updated = parts
+            .iter()
+            .map(|part| part.updated)
+            .max()
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        Self::new(updated, sections, images)
+    }
+
     pub fn by_uri(&self, uri: &str) -> Option<&Arc<Image>> {
         self.by_uri.get(uri).map(|&i| &self.images[i])
     }

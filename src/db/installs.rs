@@ -70,7 +70,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
 /// to read the old shape; the test `the_image_snapshot_shape_is_pinned` fails on any change of the
 /// JSON, so none goes unnoticed. Rows written before the shape was recorded have no `shape`
 /// field and are shape 1.
-const IMAGE_SHAPE: u64 = 1;
+const IMAGE_SHAPE: u64 = 2;
 
 /// An install row's image snapshot, tagged with its shape.
 fn image_snapshot(image: &Image) -> String {
@@ -97,7 +97,9 @@ fn read_image_snapshot(json: &str) -> Result<Image, String> {
             .ok_or_else(|| format!("shape {shape} is not a number"))?,
     };
     match shape {
-        1 => serde_json::from_value::<Image>(value).map_err(|e| e.to_string()),
+        // 2 added `virtualization` (1 was always paravirtual, its default), `stream` and a file's
+        // `provides` (absent in 1: none).
+        1 | 2 => serde_json::from_value::<Image>(value).map_err(|e| e.to_string()),
         newer => Err(format!(
             "shape {newer} is newer than this proxy knows ({IMAGE_SHAPE}); upgrade the proxy"
         )),
@@ -307,13 +309,35 @@ mod tests {
         // shape in read_image_snapshot rather than edit this text alone.
         let image = read_image_snapshot(SHAPE_1_UNTAGGED).unwrap();
         let written = image_snapshot(&image);
-        assert_eq!(
-            written,
-            format!(r#"{{"shape":1,{}"#, &SHAPE_1_UNTAGGED[1..])
+        let shape_2 = SHAPE_1_UNTAGGED.replace(
+            r#""packing":"tar"}]}"#,
+            r#""packing":"tar"}],"virtualization":"paravirtual"}"#,
         );
+        assert_eq!(written, format!(r#"{{"shape":2,{}"#, &shape_2[1..]));
         let again = read_image_snapshot(&written).unwrap();
         assert_eq!(image_snapshot(&again), written);
-        let newer = written.replace(r#""shape":1"#, r#""shape":2"#);
+        let mut image = again;
+        image.virtualization = crate::catalog::model::Virtualization::Hvm;
+        image.stream = Some(crate::catalog::model::StreamIdentity {
+            content_id: "com.ubuntu.cloud:released:download".into(),
+            product: "com.ubuntu.cloud:server:24.04:amd64".into(),
+            version: "20240725".into(),
+            item: "disk1.img".into(),
+        });
+        {
+            use crate::catalog::model::FileKind;
+            image.files[1].provides = vec![FileKind::Kernel, FileKind::Ramdisk, FileKind::Image];
+        }
+        let stream = image_snapshot(&image);
+        assert!(
+            stream.ends_with(r#""packing":"tar","provides":["kernel","ramdisk","image"]}],"virtualization":"hvm","stream":{"content_id":"com.ubuntu.cloud:released:download","product":"com.ubuntu.cloud:server:24.04:amd64","version":"20240725","item":"disk1.img"}}"#),
+            "{stream}"
+        );
+        assert_eq!(
+            image_snapshot(&read_image_snapshot(&stream).unwrap()),
+            stream
+        );
+        let newer = written.replace(r#""shape":2"#, r#""shape":3"#);
         assert!(read_image_snapshot(&newer).unwrap_err().contains("newer"));
     }
 }

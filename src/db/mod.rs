@@ -113,7 +113,37 @@ const MIGRATIONS: &[&str] = &[
          SELECT id, 'image-store/1', updated, updated_unix, accepted_at FROM catalog;
      DROP TABLE catalog;
      ALTER TABLE catalog_accepted RENAME TO catalog;",
+    // 3: one accepted catalog per upstream, keyed by its URL; the one catalog of schema 2 is
+    // kept under '' until an upstream of its format adopts it.
+    "CREATE TABLE catalogs (
+         upstream TEXT PRIMARY KEY,
+         format TEXT NOT NULL,
+         updated TEXT NOT NULL,
+         updated_unix INTEGER NOT NULL,
+         accepted_at INTEGER NOT NULL
+     );
+     INSERT INTO catalogs (upstream, format, updated, updated_unix, accepted_at)
+         SELECT '', format, updated, updated_unix, accepted_at FROM catalog;
+     CREATE TABLE catalog_documents_v3 (
+         upstream TEXT NOT NULL,
+         name TEXT NOT NULL,
+         url TEXT NOT NULL,
+         document BLOB NOT NULL,
+         signature BLOB,
+         updated TEXT NOT NULL,
+         updated_unix INTEGER NOT NULL,
+         PRIMARY KEY (upstream, name)
+     );
+     INSERT INTO catalog_documents_v3
+         (upstream, name, url, document, signature, updated, updated_unix)
+         SELECT '', name, url, document, signature, updated, updated_unix FROM catalog_documents;
+     DROP TABLE catalog;
+     DROP TABLE catalog_documents;
+     ALTER TABLE catalog_documents_v3 RENAME TO catalog_documents;",
 ];
+
+/// Where the one catalog of schema 2 waits for its upstream (migration 3).
+const UNKEYED_UPSTREAM: &str = "";
 
 pub fn now_unix() -> i64 {
     SystemTime::now()
@@ -122,8 +152,8 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// The last catalog accepted: its format, its time, and its documents exactly as they were signed.
-/// There is one upstream, so one catalog; several upstreams (issue 14) key it by upstream.
+/// The last catalog accepted from one upstream: its format, its time, and its documents exactly
+/// as they were signed.
 pub struct StoredCatalog {
     /// The format's name (`image-store/1`): what reads the documents back.
     pub format: String,
@@ -195,68 +225,79 @@ impl Db {
             .pragma_query_value(None, "user_version", |row| row.get(0))?)
     }
 
-    pub fn load_catalog(&self) -> Result<Option<StoredCatalog>, DbError> {
+    /// The catalog last accepted from `upstream` (its URL); else the one catalog an earlier
+    /// schema kept for whichever upstream it had (the caller checks its format).
+    pub fn load_catalog(&self, upstream: &str) -> Result<Option<StoredCatalog>, DbError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let Some(mut catalog) = tx
-            .query_row(
-                "SELECT format, updated, updated_unix, accepted_at FROM catalog WHERE id = 1",
-                [],
-                |row| {
-                    Ok(StoredCatalog {
-                        format: row.get(0)?,
-                        updated: row.get(1)?,
-                        updated_unix: row.get(2)?,
-                        accepted_at: row.get(3)?,
-                        documents: Vec::new(),
+        for key in [upstream, UNKEYED_UPSTREAM] {
+            let found = tx
+                .query_row(
+                    "SELECT format, updated, updated_unix, accepted_at FROM catalogs
+                     WHERE upstream = ?1",
+                    [key],
+                    |row| {
+                        Ok(StoredCatalog {
+                            format: row.get(0)?,
+                            updated: row.get(1)?,
+                            updated_unix: row.get(2)?,
+                            accepted_at: row.get(3)?,
+                            documents: Vec::new(),
+                        })
+                    },
+                )
+                .optional()?;
+            let Some(mut catalog) = found else {
+                continue;
+            };
+            let mut stmt = tx.prepare(
+                "SELECT name, url, document, signature, updated, updated_unix
+                 FROM catalog_documents WHERE upstream = ?1 ORDER BY rowid",
+            )?;
+            catalog.documents = stmt
+                .query_map([key], |row| {
+                    Ok(StoredDocument {
+                        name: row.get(0)?,
+                        url: row.get(1)?,
+                        document: row.get(2)?,
+                        signature: row.get(3)?,
+                        updated: row.get(4)?,
+                        updated_unix: row.get(5)?,
                     })
-                },
-            )
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        let mut stmt = tx.prepare(
-            "SELECT name, url, document, signature, updated, updated_unix
-             FROM catalog_documents ORDER BY rowid",
-        )?;
-        catalog.documents = stmt
-            .query_map([], |row| {
-                Ok(StoredDocument {
-                    name: row.get(0)?,
-                    url: row.get(1)?,
-                    document: row.get(2)?,
-                    signature: row.get(3)?,
-                    updated: row.get(4)?,
-                    updated_unix: row.get(5)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(Some(catalog))
+                })?
+                .collect::<Result<_, _>>()?;
+            return Ok(Some(catalog));
+        }
+        Ok(None)
     }
 
-    /// Replaces the stored catalog with `catalog`, documents and all, in one transaction.
-    pub fn store_catalog(&self, catalog: &StoredCatalog) -> Result<(), DbError> {
+    /// Replaces the catalog stored for `upstream` with `catalog`, documents and all, in one
+    /// transaction (adopting the unkeyed one of an earlier schema, if there was one).
+    pub fn store_catalog(&self, upstream: &str, catalog: &StoredCatalog) -> Result<(), DbError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        for key in [upstream, UNKEYED_UPSTREAM] {
+            tx.execute("DELETE FROM catalogs WHERE upstream = ?1", [key])?;
+            tx.execute("DELETE FROM catalog_documents WHERE upstream = ?1", [key])?;
+        }
         tx.execute(
-            "INSERT INTO catalog (id, format, updated, updated_unix, accepted_at)
-             VALUES (1, ?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET format = ?1, updated = ?2, updated_unix = ?3,
-                 accepted_at = ?4",
+            "INSERT INTO catalogs (upstream, format, updated, updated_unix, accepted_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
+                upstream,
                 catalog.format,
                 catalog.updated,
                 catalog.updated_unix,
                 catalog.accepted_at
             ],
         )?;
-        tx.execute("DELETE FROM catalog_documents", [])?;
         for document in &catalog.documents {
             tx.execute(
-                "INSERT INTO catalog_documents (name, url, document, signature, updated, updated_unix)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO catalog_documents
+                     (upstream, name, url, document, signature, updated, updated_unix)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
+                    upstream,
                     document.name,
                     document.url,
                     document.document,
@@ -406,7 +447,11 @@ mod tests {
             .unwrap();
         }
         let db = Db::open(&path).unwrap();
-        let stored = db.load_catalog().unwrap().unwrap();
+        // Schema 3 keeps it for whichever upstream asks first.
+        let stored = db
+            .load_catalog("http://store.example/api")
+            .unwrap()
+            .unwrap();
         assert_eq!(stored.format, "image-store/1");
         assert_eq!(
             (
@@ -424,25 +469,35 @@ mod tests {
         assert_eq!(document.signature.as_deref(), Some(&[1u8, 2][..]));
         assert_eq!(document.updated_unix, 1795255200);
 
-        // Storing replaces the documents; an inline-signed one has no signature.
-        db.store_catalog(&StoredCatalog {
-            format: "other/1".into(),
-            updated: "2026-11-22T10:00:00Z".into(),
-            updated_unix: 1795341600,
-            accepted_at: 8,
-            documents: vec![StoredDocument {
-                name: "index".into(),
-                url: "http://mirror.example/streams/v1/index.sjson".into(),
-                document: b"signed".to_vec(),
-                signature: None,
+        // Storing replaces the documents; an inline-signed one has no signature. Each upstream
+        // has its own, and the first to store adopts the unkeyed one.
+        let mirror = "http://mirror.example/";
+        db.store_catalog(
+            mirror,
+            &StoredCatalog {
+                format: "other/1".into(),
                 updated: "2026-11-22T10:00:00Z".into(),
                 updated_unix: 1795341600,
-            }],
-        })
+                accepted_at: 8,
+                documents: vec![StoredDocument {
+                    name: "index".into(),
+                    url: "http://mirror.example/streams/v1/index.sjson".into(),
+                    document: b"signed".to_vec(),
+                    signature: None,
+                    updated: "2026-11-22T10:00:00Z".into(),
+                    updated_unix: 1795341600,
+                }],
+            },
+        )
         .unwrap();
-        let stored = db.load_catalog().unwrap().unwrap();
+        let stored = db.load_catalog(mirror).unwrap().unwrap();
         assert_eq!(stored.format, "other/1");
         assert_eq!(stored.documents.len(), 1);
         assert_eq!(stored.documents[0].signature, None);
+        assert!(
+            db.load_catalog("http://store.example/api")
+                .unwrap()
+                .is_none()
+        );
     }
 }

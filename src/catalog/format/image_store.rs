@@ -9,7 +9,7 @@ use super::{
 };
 use crate::catalog::model::{
     self, CatalogBuilder, Compression, FileKind, FileRef, Image, ImageDraft, Packing, Provider,
-    Section,
+    Section, StreamIdentity,
 };
 use reqwest::Url;
 use serde::Deserialize;
@@ -66,7 +66,12 @@ impl CatalogFormat for ImageStoreFormat {
         })
     }
 
-    fn build(&self, upstream: &Url, documents: &[VerifiedDocument]) -> Result<Parsed, FormatError> {
+    fn build(
+        &self,
+        upstream: &Url,
+        documents: &[VerifiedDocument],
+        _installed: &[StreamIdentity],
+    ) -> Result<Parsed, FormatError> {
         let document = documents
             .iter()
             .find(|document| document.name == DOCUMENT)

@@ -24,7 +24,7 @@
 pub mod image_store;
 pub mod simplestreams;
 
-use super::model::Catalog;
+use super::model::{Catalog, StreamIdentity};
 use reqwest::Url;
 use time::OffsetDateTime;
 
@@ -36,6 +36,9 @@ pub enum Authentication {
     /// The document is an OpenPGP inline-signed (clear-signed) message; what it says is the text
     /// the signature covers.
     Inline,
+    /// Not signed at all: only for an upstream the operator let go unsigned
+    /// ([`CatalogFormat::accepts_unsigned`]).
+    Unsigned,
 }
 
 /// One document of a catalog, to fetch and verify.
@@ -65,13 +68,15 @@ pub enum Proof {
     Detached { signature: Vec<u8> },
     /// The document was inline-signed; this is the text its signature covers.
     Inline { text: Vec<u8> },
+    /// Nothing: the upstream is configured to be taken unsigned.
+    Unsigned,
 }
 
 impl VerifiedDocument {
     /// What the signature covers, and so what the format may read.
     pub fn text(&self) -> &[u8] {
         match &self.proof {
-            Proof::Detached { .. } => &self.document,
+            Proof::Detached { .. } | Proof::Unsigned => &self.document,
             Proof::Inline { text } => text,
         }
     }
@@ -80,7 +85,7 @@ impl VerifiedDocument {
     pub fn signature(&self) -> Option<&[u8]> {
         match &self.proof {
             Proof::Detached { signature } => Some(signature),
-            Proof::Inline { .. } => None,
+            Proof::Inline { .. } | Proof::Unsigned => None,
         }
     }
 }
@@ -122,6 +127,12 @@ pub trait CatalogFormat: Send + Sync {
     /// The tag the accepted documents are stored under (`image-store/1`).
     fn name(&self) -> &'static str;
 
+    /// Whether its documents are taken unsigned ([`Authentication::Unsigned`]): the operator said
+    /// so for this upstream, and the dashboard says so to everyone.
+    fn accepts_unsigned(&self) -> bool {
+        false
+    }
+
     /// The documents to fetch first, relative to the upstream URL.
     fn roots(&self, upstream: &Url) -> Vec<DocumentRequest>;
 
@@ -129,5 +140,12 @@ pub trait CatalogFormat: Send + Sync {
     fn read(&self, document: &VerifiedDocument) -> Result<DocumentSummary, FormatError>;
 
     /// The validated catalog from every verified document; file URLs resolve against `upstream`.
-    fn build(&self, upstream: &Url, documents: &[VerifiedDocument]) -> Result<Parsed, FormatError>;
+    /// `installed` are the stream versions installed (or being installed) here: a format that
+    /// chooses versions keeps offering them.
+    fn build(
+        &self,
+        upstream: &Url,
+        documents: &[VerifiedDocument],
+        installed: &[StreamIdentity],
+    ) -> Result<Parsed, FormatError>;
 }

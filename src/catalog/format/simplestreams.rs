@@ -25,6 +25,7 @@ pub const FORMAT: &str = "simplestreams/v1";
 
 /// The index's place under the mirror root, and the name its stored copy is kept under.
 const INDEX_PATH: &str = "streams/v1/index.sjson";
+const UNSIGNED_INDEX_PATH: &str = "streams/v1/index.json";
 const INDEX: &str = "index";
 
 /// Why a simplestreams document, or the set of them, was refused as a whole.
@@ -60,6 +61,8 @@ pub struct SimplestreamsFormat {
     pub selection: Selection,
     /// The Store tab heading of each products file's images (its content id is the summary).
     pub section_title: String,
+    /// Read the unsigned `.json` tree instead of the clear-signed `.sjson` one.
+    pub allow_unsigned: bool,
 }
 
 impl SimplestreamsFormat {
@@ -76,6 +79,7 @@ impl SimplestreamsFormat {
                 virtualization: Virtualization::Hvm,
             },
             section_title: "Ubuntu cloud images".to_owned(),
+            allow_unsigned: false,
         })
     }
 
@@ -116,12 +120,20 @@ impl CatalogFormat for SimplestreamsFormat {
         FORMAT
     }
 
+    fn accepts_unsigned(&self) -> bool {
+        self.allow_unsigned
+    }
+
     fn roots(&self, upstream: &Url) -> Vec<DocumentRequest> {
-        let url = model::document_url(upstream, INDEX_PATH);
+        let (path, authentication) = if self.allow_unsigned {
+            (UNSIGNED_INDEX_PATH, Authentication::Unsigned)
+        } else {
+            (INDEX_PATH, Authentication::Inline)
+        };
         vec![DocumentRequest {
             name: INDEX.to_owned(),
-            url,
-            authentication: Authentication::Inline,
+            url: model::document_url(upstream, path),
+            authentication,
         }]
     }
 
@@ -132,7 +144,7 @@ impl CatalogFormat for SimplestreamsFormat {
             let next = self
                 .downloads(&index)?
                 .into_iter()
-                .map(|entry| products_request(&root, &entry))
+                .map(|entry| products_request(&root, &entry, self.allow_unsigned))
                 .collect::<Result<_, _>>()?;
             return Ok(DocumentSummary {
                 updated: index.updated,
@@ -156,7 +168,12 @@ impl CatalogFormat for SimplestreamsFormat {
         })
     }
 
-    fn build(&self, upstream: &Url, documents: &[VerifiedDocument]) -> Result<Parsed, FormatError> {
+    fn build(
+        &self,
+        upstream: &Url,
+        documents: &[VerifiedDocument],
+        installed: &[StreamIdentity],
+    ) -> Result<Parsed, FormatError> {
         let document = |name: &str| {
             documents
                 .iter()
@@ -179,10 +196,12 @@ impl CatalogFormat for SimplestreamsFormat {
             products
                 .check_entry(&entry)
                 .map_err(SimplestreamsError::from)?;
-            // TODO(issue 14): the installed versions, from the database, once the app wires this.
-            let offers = self
-                .selection
-                .offers(&products, &InstalledVersions::default());
+            let installed: InstalledVersions = installed
+                .iter()
+                .filter(|identity| identity.content_id == entry.content_id)
+                .map(|identity| (identity.product.as_str(), identity.version.as_str()))
+                .collect();
+            let offers = self.selection.offers(&products, &installed);
             dropped.extend(offers.passed_over);
             let mut image_uris = Vec::new();
             for offer in offers.offers {
@@ -219,23 +238,28 @@ fn mirror_root(index_url: &str) -> Result<Url, SimplestreamsError> {
 }
 
 /// The clear-signed products file an index entry names: real mirrors serve `<name>.sjson`
-/// beside the `<name>.json` an unsigned index may name.
+/// beside the `<name>.json` an unsigned index may name. Unsigned: the `.json` as named.
 fn products_request(
     root: &Url,
     entry: &DownloadEntry,
+    unsigned: bool,
 ) -> Result<DocumentRequest, SimplestreamsError> {
     let entry_path = |source| SimplestreamsError::EntryPath {
         content_id: entry.content_id.clone(),
         source,
     };
-    let path = match entry.path.as_str().strip_suffix(".json") {
-        Some(stem) => ItemPath::parse(&format!("{stem}.sjson")).map_err(entry_path)?,
-        None => entry.path.clone(),
+    let signed_path = match entry.path.as_str().strip_suffix(".json") {
+        Some(stem) if !unsigned => ItemPath::parse(&format!("{stem}.sjson")).map_err(entry_path)?,
+        _ => entry.path.clone(),
     };
     Ok(DocumentRequest {
         name: entry.content_id.clone(),
-        url: path.join_onto(root).map_err(entry_path)?,
-        authentication: Authentication::Inline,
+        url: signed_path.join_onto(root).map_err(entry_path)?,
+        authentication: if unsigned {
+            Authentication::Unsigned
+        } else {
+            Authentication::Inline
+        },
     })
 }
 
@@ -409,7 +433,18 @@ mod tests {
         assert_eq!(image.files.len(), 1);
         assert_eq!(
             (file.kind, file.compression, file.packing),
-            (FileKind::Image, Compression::None, Packing::Raw)
+            (FileKind::Image, Compression::None, Packing::Qcow2)
+        );
+        assert_eq!(image.virtualization, model::Virtualization::Hvm);
+        assert_eq!(
+            image
+                .stream
+                .as_ref()
+                .map(StreamIdentity::description)
+                .as_deref(),
+            Some(
+                "simplestreams com.ubuntu.cloud:released:download com.ubuntu.cloud:server:24.04:amd64 20240725 disk1.img"
+            )
         );
         assert_eq!(file.url, image.uri);
         assert_eq!(
@@ -575,8 +610,9 @@ mod tests {
             format.read(&released).unwrap().updated,
             time::OffsetDateTime::from_unix_timestamp(1478230438).unwrap()
         );
-        let Parsed { catalog, dropped } =
-            format.build(&root(), &[index.clone(), released]).unwrap();
+        let Parsed { catalog, dropped } = format
+            .build(&root(), &[index.clone(), released], &[])
+            .unwrap();
         assert_eq!(catalog.images.len(), 1);
         assert_eq!(
             dropped,
@@ -589,7 +625,7 @@ mod tests {
         // With a SHA-256 the version without a disk1.img is offered as its UEC tarball.
         let with_sha256 = products(&RELEASED.replace(JAMMY_MD5, JAMMY_SHA256));
         let Parsed { catalog, dropped } = format
-            .build(&root(), &[index.clone(), with_sha256])
+            .build(&root(), &[index.clone(), with_sha256], &[])
             .unwrap();
         assert!(dropped.is_empty(), "{dropped:?}");
         let jammy = catalog
@@ -616,7 +652,7 @@ mod tests {
             ..SimplestreamsFormat::default()
         };
         let Parsed { dropped, .. } = everything
-            .build(&root(), &[index.clone(), products(RELEASED)])
+            .build(&root(), &[index.clone(), products(RELEASED)], &[])
             .unwrap();
         assert!(
             dropped
@@ -630,7 +666,7 @@ mod tests {
             r#""content_id": "com.ubuntu.cloud:released:download""#,
             r#""content_id": "com.ubuntu.cloud:daily:download""#,
         ));
-        let Err(error) = format.build(&root(), &[index.clone(), daily]) else {
+        let Err(error) = format.build(&root(), &[index.clone(), daily], &[]) else {
             panic!("a products file of another content id was built");
         };
         assert_eq!(
@@ -639,7 +675,7 @@ mod tests {
         );
 
         // Without the products file the index names (a stored catalog cut short): refused.
-        let Err(error) = format.build(&root(), &[index]) else {
+        let Err(error) = format.build(&root(), &[index], &[]) else {
             panic!("a catalog without its products file was built");
         };
         assert_eq!(
