@@ -257,3 +257,82 @@ pub fn qcow2(data: &[u8]) {
 pub fn simplestreams(data: &[u8]) {
     crate::simplestreams::fuzz_products(data);
 }
+
+/// Any bytes as a clear-signed (or inline-signed) message, through `Keyring::verify_inline` as the
+/// catalog verifies a simplestreams document: never a panic, a refusal always one line. And any
+/// text free of carriage returns, clear-signed by a key of the keyring, verifies and reads back as
+/// that text (trailing whitespace and the final newline aside, which the cleartext framework does
+/// not keep).
+pub fn clearsign(data: &[u8]) {
+    let (keyring, signer) = clearsign_keys();
+    if let Err(refusal) = keyring.verify_inline(data) {
+        assert_one_line("clear-signed refusal", &refusal.to_string());
+    }
+    if data.contains(&b'\r') {
+        return;
+    }
+    let signed = clear_sign(signer, data);
+    let text = keyring
+        .verify_inline(&signed)
+        .unwrap_or_else(|refusal| panic!("our own clear-signed message was refused: {refusal}"));
+    let lines = |bytes: &[u8]| -> Vec<Vec<u8>> {
+        let mut lines: Vec<Vec<u8>> = bytes
+            .split(|&b| b == b'\n')
+            .map(|line| line.trim_ascii_end().to_vec())
+            .collect();
+        while lines.last().is_some_and(Vec::is_empty) {
+            lines.pop();
+        }
+        lines
+    };
+    assert_eq!(
+        lines(&text),
+        lines(data),
+        "the text read back is not what was signed"
+    );
+}
+
+/// A keyring of one fresh key, and that key's signer: made once per process.
+fn clearsign_keys() -> &'static (crate::trust::Keyring, sequoia_openpgp::crypto::KeyPair) {
+    use sequoia_openpgp::cert::CertBuilder;
+    use sequoia_openpgp::policy::StandardPolicy;
+    use sequoia_openpgp::serialize::Serialize;
+    static KEYS: std::sync::OnceLock<(crate::trust::Keyring, sequoia_openpgp::crypto::KeyPair)> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let (cert, _) = CertBuilder::general_purpose(Some("fuzzing <fuzz@example.invalid>"))
+            .generate()
+            .expect("a fresh key");
+        let mut public = Vec::new();
+        cert.serialize(&mut public).expect("a key serialises");
+        let keyring = crate::trust::Keyring::from_bytes(&public).expect("its own keyring");
+        let policy = StandardPolicy::new();
+        let signer = cert
+            .keys()
+            .with_policy(&policy, None)
+            .secret()
+            .for_signing()
+            .next()
+            .expect("a signing key")
+            .key()
+            .clone()
+            .into_keypair()
+            .expect("an unencrypted key");
+        (keyring, signer)
+    })
+}
+
+fn clear_sign(signer: &sequoia_openpgp::crypto::KeyPair, text: &[u8]) -> Vec<u8> {
+    use sequoia_openpgp::serialize::stream::{Message, Signer};
+    use std::io::Write;
+    let mut signed = Vec::new();
+    let message = Message::new(&mut signed);
+    let mut writer = Signer::new(message, signer.clone())
+        .expect("a signer")
+        .cleartext()
+        .build()
+        .expect("a cleartext signer");
+    writer.write_all(text).expect("writing to memory");
+    writer.finalize().expect("finishing the signature");
+    signed
+}

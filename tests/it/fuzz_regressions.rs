@@ -5,7 +5,7 @@
 use image_store_proxy::fuzzing;
 use std::path::{Path, PathBuf};
 
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
     "catalog",
     "signature",
     "eucarc",
@@ -13,6 +13,7 @@ const TARGETS: [&str; 7] = [
     "cloud_error",
     "qcow2",
     "simplestreams",
+    "clearsign",
 ];
 
 /// The saved inputs of `target`: its regressions, then its seeds.
@@ -111,4 +112,5 @@ replays! {
     cloud_error_inputs: cloud_error,
     qcow2_inputs: qcow2,
     simplestreams_inputs: simplestreams,
+    clearsign_inputs: clearsign,
 }
