@@ -32,6 +32,10 @@ pub struct DaemonArgs {
     /// no upstream is given: https://cloud-images.ubuntu.com/releases/]
     #[arg(long, value_name = "URL")]
     pub simplestreams: Option<String>,
+    /// For --simplestreams: the keyring its clear-signed index and products files must verify
+    /// with [default: /usr/share/keyrings/ubuntu-cloudimage-keyring.gpg, from ubuntu-keyring]
+    #[arg(long, value_name = "FILE")]
+    pub simplestreams_keyring: Option<PathBuf>,
     /// For --simplestreams: keep only items that pass EXPR (key=val, key!=val, key~regex,
     /// key!~regex; repeatable, all must pass) [default: the cloud's architecture]
     #[arg(long = "filter", value_name = "EXPR")]
@@ -61,9 +65,8 @@ pub struct DaemonArgs {
     /// State, cache, bundles and keyring [default: /var/lib/image-store-proxy]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// OpenPGP public keyring (binary or armored) trusted for the upstreams given by flag and
-    /// for files' detached signatures [default: <data-dir>/keyring.gpg; for --simplestreams
-    /// /usr/share/keyrings/ubuntu-cloudimage-keyring.gpg]
+    /// OpenPGP public keyring (binary or armored) trusted for the --api-url catalog and files'
+    /// detached signatures [default: <data-dir>/keyring.gpg]
     #[arg(long, value_name = "FILE")]
     pub keyring: Option<PathBuf>,
     /// Install into a local fake cloud under the data dir; SECRET validates the UI's requests.
@@ -279,6 +282,7 @@ impl DaemonArgs {
         DaemonArgs {
             api_url: self.api_url.or(file.api_url),
             simplestreams: self.simplestreams.or(file.simplestreams),
+            simplestreams_keyring: self.simplestreams_keyring.or(file.simplestreams_keyring),
             filters: if self.filters.is_empty() {
                 file.filters
             } else {
@@ -333,7 +337,7 @@ fn upstreams(args: &DaemonArgs, keyring: &Path) -> Result<Vec<Upstream>, ConfigE
                         .clone()
                         .unwrap_or_else(|| DEFAULT_SIMPLESTREAMS_URL.to_owned()),
                 ),
-                keyring: args.keyring.clone(),
+                keyring: args.simplestreams_keyring.clone(),
                 filters: args.filters.clone(),
                 max_versions: args.max_versions,
                 virtualization: args.virtualization.clone(),

@@ -28,6 +28,12 @@ use time::format_description::well_known::Rfc3339;
 pub enum CatalogError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// Upstream has no such document, and the format knows why that may be.
+    #[error("{fetch}; {advice}")]
+    Missing {
+        fetch: FetchError,
+        advice: &'static str,
+    },
     /// The trust service's refusal, printed in the message (so it is not also the `source`).
     #[error("its signature was refused: {0}")]
     Signature(TrustError),
@@ -54,7 +60,7 @@ impl CatalogError {
     fn record(&self) {
         let kind = match self {
             CatalogError::Signature(refusal) if !refusal.is_upstream_fault() => return,
-            CatalogError::Fetch(_) | CatalogError::Db(_) => return,
+            CatalogError::Fetch(_) | CatalogError::Missing { .. } | CatalogError::Db(_) => return,
             CatalogError::Signature(_) => "catalog-signature",
             CatalogError::Format(_) => "catalog-format",
             CatalogError::Rollback { .. } => "catalog-rollback",
@@ -358,7 +364,15 @@ impl CatalogService {
                 MAX_CATALOG_BYTES,
                 CATALOG_FETCH_TIMEOUT,
             )
-            .await?;
+            .await
+            .map_err(
+                |fetch| match (&fetch, self.format.missing_document_advice(&request)) {
+                    (FetchError::Status { status: 404, .. }, Some(advice)) => {
+                        CatalogError::Missing { fetch, advice }
+                    }
+                    _ => CatalogError::Fetch(fetch),
+                },
+            )?;
         let proof = match &request.authentication {
             Authentication::Detached { signature_url } => {
                 let signature = self

@@ -133,6 +133,12 @@ pub trait CatalogFormat: Send + Sync {
         false
     }
 
+    /// What to tell the operator when upstream has no `request` (HTTP 404), if the format knows
+    /// a likely reason.
+    fn missing_document_advice(&self, _request: &DocumentRequest) -> Option<&'static str> {
+        None
+    }
+
     /// The documents to fetch first, relative to the upstream URL.
     fn roots(&self, upstream: &Url) -> Vec<DocumentRequest>;
 

@@ -124,6 +124,12 @@ impl CatalogFormat for SimplestreamsFormat {
         self.allow_unsigned
     }
 
+    fn missing_document_advice(&self, request: &DocumentRequest) -> Option<&'static str> {
+        (request.authentication == Authentication::Inline).then_some(
+            "a mirror of unsigned .json files only is refused unless its upstream sets allow-unsigned = true",
+        )
+    }
+
     fn roots(&self, upstream: &Url) -> Vec<DocumentRequest> {
         let (path, authentication) = if self.allow_unsigned {
             (UNSIGNED_INDEX_PATH, Authentication::Unsigned)
