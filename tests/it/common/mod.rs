@@ -149,6 +149,9 @@ pub struct TestEnv {
     pub cloud: Option<(PathBuf, String)>,
     /// Extra environment for the next proxy start (e.g. the crash tests' pause hook).
     pub proxy_env: Vec<(String, String)>,
+    /// The upstream flags of the next proxy start instead of `--api-url <fake-store>` (a
+    /// `--simplestreams` mirror, say).
+    pub upstream_args: Option<Vec<String>>,
 }
 
 pub struct Proxy {
@@ -197,6 +200,7 @@ impl TestEnv {
             extra_args: Vec::new(),
             cloud: None,
             proxy_env: Vec::new(),
+            upstream_args: None,
         };
         env.start_store().await;
         env
@@ -246,14 +250,12 @@ impl TestEnv {
             .path()
             .join(format!("proxy-{}.log", self.proxy_starts));
         let mut child = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--api-url",
-                &self.store_url,
-                "--catalog-max-age",
-                "0",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--catalog-max-age", "0"])
+            .args(
+                self.upstream_args
+                    .clone()
+                    .unwrap_or_else(|| vec!["--api-url".into(), self.store_url.clone()]),
+            )
             .args(["--retry-delay-ms", &self.retry_delay_ms.to_string()])
             .args(&self.extra_args)
             .args(match &self.cloud {
