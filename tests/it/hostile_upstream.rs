@@ -331,8 +331,12 @@ async fn bytes_corrupted_in_flight_are_refused_and_the_next_install_downloads_af
 /// The catalog's `updated` time as stored in SQLite: what a restart starts from.
 fn stored_catalog_time(env: &TestEnv) -> String {
     let db = rusqlite::Connection::open(env.data_dir.join("state.sqlite")).unwrap();
-    db.query_row("SELECT updated FROM catalog", [], |row| row.get(0))
-        .unwrap()
+    db.query_row(
+        "SELECT updated FROM catalogs WHERE upstream = ?1",
+        [&env.store_url],
+        |row| row.get(0),
+    )
+    .unwrap()
 }
 
 async fn dashboard_error(env: &TestEnv) -> (String, usize) {
