@@ -13,6 +13,7 @@ mod catalog;
 pub mod demo;
 mod faults;
 mod http;
+pub mod qcow2;
 mod range;
 mod signing;
 
