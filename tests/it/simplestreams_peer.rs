@@ -428,3 +428,71 @@ async fn sstream_mirror_refuses_an_item_path_out_of_the_mirror() {
         "nothing was written outside"
     );
 }
+
+/// The bad trees the real tools accept (their judgement stops at signatures, checksums and
+/// paths) are still bad inputs for the proxy: its reader refuses each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_reader_refuses_a_mismatched_content_id_and_a_rolled_back_tree() {
+    let mirror = Mirror::start().await;
+    let keyring = Keyring::from_bytes(fake_store::TEST_KEYRING).unwrap();
+    let products_path = format!("streams/v1/{}.sjson", fake_store::DOWNLOAD_CONTENT_ID);
+    let read = || {
+        let verified = |path: &str| {
+            let signed = mirror.store.simplestreams_file(path).unwrap().unwrap();
+            keyring.verify_inline(&signed).unwrap()
+        };
+        let index = Index::parse(&verified(fake_store::SIMPLESTREAMS_INDEX_PATH)).unwrap();
+        let entry = index.downloads(&[DEFAULT_CONTENT_ID.to_owned()]).unwrap()[0].clone();
+        (
+            index,
+            entry,
+            Products::parse(&verified(&products_path)).unwrap(),
+        )
+    };
+    let (index, entry, products) = read();
+    products.check_entry(&entry).unwrap();
+
+    mirror.faults(|faults| faults.content_id_mismatch = true);
+    let (_, entry, mismatched) = read();
+    let error = mismatched.check_entry(&entry).unwrap_err().to_string();
+    assert!(error.contains(fake_store::MISMATCHED_CONTENT_ID), "{error}");
+
+    mirror.faults(|faults| {
+        *faults = StreamFaults {
+            rolled_back: true,
+            ..StreamFaults::default()
+        }
+    });
+    let (old_index, _, old_products) = read();
+    for (document, accepted, offered) in [
+        ("index", index.updated, old_index.updated),
+        ("products file", products.updated, old_products.updated),
+    ] {
+        let refusal =
+            image_store_proxy::simplestreams::refuse_rollback(document, accepted, offered);
+        let error = refusal.unwrap_err().to_string();
+        assert!(error.contains("before the"), "{document}: {error}");
+    }
+
+    mirror.faults(|faults| {
+        *faults = StreamFaults {
+            unsigned_only: true,
+            ..StreamFaults::default()
+        }
+    });
+    let store = &mirror.store;
+    assert_eq!(
+        store
+            .simplestreams_file(fake_store::SIMPLESTREAMS_INDEX_PATH)
+            .unwrap(),
+        None
+    );
+    let unsigned = store
+        .simplestreams_file("streams/v1/index.json")
+        .unwrap()
+        .unwrap();
+    assert!(
+        keyring.verify_inline(&unsigned).is_err(),
+        "an unsigned index is no signed one"
+    );
+}
