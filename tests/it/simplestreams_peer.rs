@@ -4,7 +4,8 @@
 //! downloads every item and checks its checksums; and where the tools can judge a bad tree (a
 //! tampered `.sjson`, a key outside the keyring, a wrong checksum, a path out of the mirror),
 //! they refuse it. The proxy's own reader (`image_store_proxy::simplestreams`) reads the same
-//! tree and offers what the default filters keep.
+//! tree and offers what the default filters keep, refuses the bad trees the tools let through, and
+//! its qcow2 reader reads every `disk1.img` as `qemu-img` does.
 //!
 //! The peer is found as in `simplestreams_model.rs`; without it the tests say so and pass.
 
@@ -495,4 +496,46 @@ async fn the_proxys_reader_refuses_a_mismatched_content_id_and_a_rolled_back_tre
         keyring.verify_inline(&unsigned).is_err(),
         "an unsigned index is no signed one"
     );
+}
+
+/// Every `disk1.img` of the tree reads through the proxy's qcow2 reader as the raw disk
+/// `qemu-img convert` makes of it, with compressed clusters among its clusters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_qcow2_reader_and_qemu_img_read_every_disk1_img_as_the_same_disk() {
+    use image_store_proxy::qcow2::{ClusterKind, Qcow2Image};
+    use std::io::Read;
+    let mirror = Mirror::start().await;
+    for item in mirror.items.iter().filter(|item| item.ftype == "disk1.img") {
+        let bytes = mirror
+            .store
+            .simplestreams_file(&item.path)
+            .unwrap()
+            .unwrap();
+        let qcow2 = mirror.dir.path().join("disk1.img");
+        let raw = mirror.dir.path().join("disk.raw");
+        std::fs::write(&qcow2, &bytes).unwrap();
+        let convert = Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .args([&qcow2, &raw])
+            .output()
+            .expect("qemu-img is installed (the test command installs it)");
+        assert!(convert.status.success(), "{}", failure(&convert));
+        let theirs = std::fs::read(&raw).unwrap();
+
+        let mut image = Qcow2Image::open(std::io::Cursor::new(bytes)).unwrap();
+        assert_eq!(image.version(), 3);
+        assert_eq!(image.virtual_size(), theirs.len() as u64);
+        let compressed = image
+            .clusters()
+            .filter(|cluster| matches!(cluster.as_ref().unwrap().kind, ClusterKind::Compressed(_)))
+            .count();
+        assert!(compressed > 0, "{}: no compressed cluster", item.path);
+        let mut ours = Vec::new();
+        image.into_reader().read_to_end(&mut ours).unwrap();
+        assert!(
+            ours == theirs,
+            "{}: the proxy reads another disk",
+            item.path
+        );
+    }
 }
