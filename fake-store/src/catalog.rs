@@ -24,6 +24,10 @@ pub enum Error {
     Empty(PathBuf),
     #[error("signing key: {0}")]
     Key(String),
+    #[error("image set {set:?} cannot be published as simplestreams: {cause}")]
+    Stream { set: String, cause: String },
+    #[error("simplestreams {path}: {cause}")]
+    StreamDocument { path: String, cause: String },
     #[error("bad time {0:?}: expected RFC 3339")]
     Time(String),
 }
@@ -40,6 +44,18 @@ pub struct Meta {
     pub arch: Option<String>,
     pub provider: Option<serde_json::Value>,
     pub section: Option<String>,
+    /// Simplestreams: the release's short name (`lucid`) [default: the set's name].
+    pub release: Option<String>,
+    /// Simplestreams: `Lucid Lynx` [default: none].
+    pub release_codename: Option<String>,
+    /// Simplestreams: `10.04 LTS` [default: the version].
+    pub release_title: Option<String>,
+    /// Simplestreams: the serials (version names) this set is published as, each a build of
+    /// its own [default: the day of the store's `updated`, `YYYYMMDD`].
+    pub serials: Option<Vec<String>>,
+    /// Simplestreams: other architectures (`arm64`) whose newest serial is published as a
+    /// `disk1.img` too, as ports are built less often.
+    pub ports: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]

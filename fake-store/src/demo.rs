@@ -1,6 +1,7 @@
 //! The demo image sets: small but real files, generated (never committed as binaries). Two sets
 //! share the same kernel and ramdisk, as releases of one distribution often do, so a demo install
-//! of the second shows the proxy reusing what it already has.
+//! of the second shows the proxy reusing what it already has. As simplestreams they are two
+//! releases, the second with two serials and an arm64 port (see `simplestreams.rs`).
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -148,6 +149,8 @@ pub fn write_demo_images(dir: &Path) -> io::Result<()> {
         "summary": "Ubuntu Server 9.10 (Karmic Koala) for the Ubuntu Enterprise Cloud",
         "description-html": "<p>A demo image of Ubuntu Server.</p><ul><li>kernel and ramdisk</li><li>8 MiB root disk</li></ul>",
         "tags": ["ubuntu", "server", "karmic"], "arch": "x86_64", "provider": provider,
+        "release": "karmic", "release-codename": "Karmic Koala", "release-title": "9.10",
+        "serials": ["20100415"],
     });
     std::fs::write(karmic.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
 
@@ -167,6 +170,8 @@ pub fn write_demo_images(dir: &Path) -> io::Result<()> {
         "summary": "Lucid Lynx \u{2014} long-term support, shipped as a UEC tarball",
         "description-html": "<p>A demo image shipped as <code>*.tar.gz</code>, as UEC images were.</p>",
         "tags": ["ubuntu", "server", "lucid", "lts"], "arch": "x86_64", "provider": provider,
+        "release": "lucid", "release-codename": "Lucid Lynx", "release-title": "10.04 LTS",
+        "serials": ["20100427", "20101020"], "ports": ["arm64"],
     });
     std::fs::write(lucid.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
     std::fs::write(dir.join(COMPLETE), b"")

@@ -23,6 +23,7 @@ pub fn router(inner: Arc<Inner>) -> Router {
         .route("/api/dashboard.asc", get(dashboard_signature))
         .route("/api/files/{set}/{name}", get(file))
         .route("/api/icons/{name}", get(icon))
+        .route("/simplestreams/{*path}", get(simplestreams))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such thing\n") })
         .layer(middleware::from_fn_with_state(
             inner.clone(),
@@ -46,7 +47,10 @@ async fn record_and_fault(
         .map(str::to_owned);
     let (path_fault, forced) = {
         let mut faults = inner.faults.lock().expect("faults lock");
-        let api_path = path.strip_prefix("/api/").unwrap_or(&path);
+        let api_path = path
+            .strip_prefix("/api/")
+            .or_else(|| path.strip_prefix('/'))
+            .unwrap_or(&path);
         (faults::take(&mut faults.paths, api_path), faults.status)
     };
     let forced = match path_fault {
@@ -234,13 +238,54 @@ async fn file(
     .await
 }
 
+/// A simplestreams document or item (`path` under the mirror root), with Range and the faults.
+async fn simplestreams(
+    State(inner): State<Arc<Inner>>,
+    Path(path): Path<String>,
+    fault: Option<Extension<Fault>>,
+    headers: HeaderMap,
+) -> Response {
+    let lookup = {
+        let inner = inner.clone();
+        let path = path.clone();
+        // The first request builds the items: compression, off the async threads.
+        tokio::task::spawn_blocking(move || inner.stream_file(&path)).await
+    };
+    let bytes = match lookup {
+        Ok(Ok(Some(bytes))) => bytes,
+        Ok(Ok(None)) => return (StatusCode::NOT_FOUND, "no such file\n").into_response(),
+        Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    let is_document = path.starts_with("streams/");
+    let content_type = match path.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("json") => "application/json",
+        Some("sjson") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    let len = bytes.len() as u64;
+    let mut response = serve_body(
+        &inner,
+        std::io::Cursor::new(bytes),
+        len,
+        headers.get(header::RANGE),
+        fault.map(|Extension(fault)| fault),
+        !is_document,
+    )
+    .await;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 async fn serve_file(
     inner: &Inner,
     path: &std::path::Path,
     range_header: Option<&HeaderValue>,
     fault: Option<Fault>,
 ) -> Response {
-    let mut file = match tokio::fs::File::open(path).await {
+    let file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         Err(e) => {
             return (
@@ -254,6 +299,22 @@ async fn serve_file(
         Ok(meta) => meta.len(),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     };
+    serve_body(inner, file, len, range_header, fault, true).await
+}
+
+/// Serves `len` bytes of `body` with Range support and `fault`; `is_file` also applies the
+/// store-wide file switches (`drop_file_after`, `bytes_per_second`).
+async fn serve_body<B>(
+    inner: &Inner,
+    mut body: B,
+    len: u64,
+    range_header: Option<&HeaderValue>,
+    fault: Option<Fault>,
+    is_file: bool,
+) -> Response
+where
+    B: tokio::io::AsyncRead + tokio::io::AsyncSeek + Unpin + Send + 'static,
+{
     let (status, start, end) = match range::parse(range_header.and_then(|v| v.to_str().ok()), len) {
         Ok(Some((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
         Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),
@@ -266,11 +327,12 @@ async fn serve_file(
         }
     };
     let count = if len == 0 { 0 } else { end - start + 1 };
-    if file.seek(SeekFrom::Start(start)).await.is_err() {
+    if body.seek(SeekFrom::Start(start)).await.is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     let drop_after = match fault {
         Some(Fault::DropAfter(cut)) => Some(cut).filter(|cut| *cut < count),
+        _ if !is_file => None,
         _ => {
             let mut faults = inner.faults.lock().expect("faults lock");
             match faults.drop_file_after {
@@ -280,8 +342,11 @@ async fn serve_file(
         }
     };
     let sent = drop_after.unwrap_or(count);
-    let rate = inner.faults.lock().expect("faults lock").bytes_per_second;
-    let stream: ByteStream = ReaderStream::with_capacity(file.take(sent), 64 << 10).boxed();
+    let rate = match is_file {
+        true => inner.faults.lock().expect("faults lock").bytes_per_second,
+        false => None,
+    };
+    let stream: ByteStream = ReaderStream::with_capacity(body.take(sent), 64 << 10).boxed();
     let shaped = faults::shape_body(fault, stream, start, count);
     let stream = match rate {
         Some(rate) if rate > 0 => faults::throttle(shaped.body, rate),

@@ -7,17 +7,26 @@
 //! - `http.rs`: the HTTP API, the request log and the faults
 //! - `range.rs`: `Range` header parsing
 //! - `faults.rs`: per-path misbehaviour a test switches on at run time ([`Fault`])
+//! - `simplestreams.rs`: the same image sets as a clear-signed simplestreams mirror under
+//!   [`SIMPLESTREAMS_ROOT_PATH`] ([`simplestreams_root`]), with its own bad inputs ([`StreamFaults`])
+//! - [`qcow2`]: the qcow2 writer of the simplestreams `disk1.img` items
 //! - [`demo`]: generates the demo image sets
 
 mod catalog;
 pub mod demo;
 mod faults;
 mod http;
+pub mod qcow2;
 mod range;
 mod signing;
+mod simplestreams;
 
 pub use catalog::Error;
 pub use faults::{Fault, PathFault, SignedCatalog};
+pub use simplestreams::{
+    DOWNLOAD_CONTENT_ID, IMAGE_IDS_CONTENT_ID, INDEX_PATH as SIMPLESTREAMS_INDEX_PATH,
+    MISMATCHED_CONTENT_ID, ROOT_PATH as SIMPLESTREAMS_ROOT_PATH, StreamFaults, StreamItem,
+};
 
 use catalog::ImageSet;
 use signing::SigningKey;
@@ -63,6 +72,9 @@ pub struct Faults {
     pub replay_catalog: Option<SignedCatalog>,
     /// Sign the served catalog with this armored secret key instead (the files keep theirs).
     pub catalog_signed_by: Option<String>,
+    /// What the simplestreams tree gets wrong (the switches above apply to it too: `status`,
+    /// and `drop_file_after` and `bytes_per_second` to its items).
+    pub simplestreams: StreamFaults,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +100,9 @@ struct StoreState {
 
 struct Inner {
     state: RwLock<StoreState>,
+    /// The simplestreams items, built on first use (compressing them takes a while) and
+    /// forgotten when the sets or the time change.
+    stream_payload: Mutex<Option<Arc<simplestreams::Payload>>>,
     faults: Mutex<Faults>,
     requests: Mutex<Vec<RequestRecord>>,
 }
@@ -167,6 +182,7 @@ impl FakeStore {
         Ok(FakeStore {
             inner: Arc::new(Inner {
                 state: RwLock::new(state),
+                stream_payload: Mutex::default(),
                 faults: Mutex::default(),
                 requests: Mutex::default(),
             }),
@@ -177,9 +193,14 @@ impl FakeStore {
         &self,
         change: impl FnOnce(&mut StoreState) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let mut state = self.inner.state.write().expect("state lock");
-        change(&mut state)?;
-        state.sign_catalog()
+        {
+            let mut state = self.inner.state.write().expect("state lock");
+            change(&mut state)?;
+            state.sign_catalog()?;
+        }
+        // After the state lock is let go: a build holds this lock, then reads the state.
+        *self.inner.stream_payload.lock().expect("payload lock") = None;
+        Ok(())
     }
 
     /// Re-scans the directory (files may have changed) and signs everything again.
@@ -211,7 +232,8 @@ impl FakeStore {
         self.inner.faults.lock().expect("faults lock")
     }
 
-    /// The next `times` requests for `path` (after `/api/`; `None`: all of them) get `fault`.
+    /// The next `times` requests for `path` (after `/api/`, or after `/` outside the API:
+    /// `simplestreams/streams/v1/index.sjson`; `None`: all of them) get `fault`.
     /// Rules apply in the order they were added; a used-up rule is skipped.
     pub fn inject(&self, path: &str, fault: Fault, times: Option<u32>) {
         self.faults().paths.push(PathFault {
@@ -251,6 +273,64 @@ impl FakeStore {
             .map(|s| s.name.clone())
             .collect()
     }
+}
+
+impl Inner {
+    /// The simplestreams items, built now unless they already are.
+    fn stream_payload(&self) -> Result<Arc<simplestreams::Payload>, Error> {
+        let mut payload = self.stream_payload.lock().expect("payload lock");
+        if let Some(built) = &*payload {
+            return Ok(built.clone());
+        }
+        let built = {
+            let state = self.state.read().expect("state lock");
+            Arc::new(simplestreams::Payload::build(&state.sets, &state.updated)?)
+        };
+        *payload = Some(built.clone());
+        Ok(built)
+    }
+
+    /// What is served at `path` under the simplestreams root now, faults included.
+    fn stream_file(&self, path: &str) -> Result<Option<axum::body::Bytes>, Error> {
+        let payload = self.stream_payload()?;
+        let (updated, key) = {
+            let state = self.state.read().expect("state lock");
+            (state.updated.clone(), state.key.clone())
+        };
+        let faults = self
+            .faults
+            .lock()
+            .expect("faults lock")
+            .simplestreams
+            .clone();
+        payload
+            .serve(path, &updated, &key, &faults)
+            .map_err(|cause| Error::StreamDocument {
+                path: path.to_owned(),
+                cause,
+            })
+    }
+}
+
+impl FakeStore {
+    /// Every image-downloads item of the simplestreams tree, as it truly is (whatever the
+    /// faults make the documents say). Builds the tree unless it is built: call it before
+    /// pointing a client at the tree, so that its first request does not wait for compression.
+    pub fn simplestreams_items(&self) -> Result<Vec<StreamItem>, Error> {
+        Ok(self.inner.stream_payload()?.items())
+    }
+
+    /// The bytes served now at `path` under the simplestreams root (`streams/v1/index.sjson`,
+    /// an item's path), faults included; `None` where nothing is served.
+    pub fn simplestreams_file(&self, path: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.inner.stream_file(path)?.map(|bytes| bytes.to_vec()))
+    }
+}
+
+/// The simplestreams mirror root of a fake-store listening at `addr`:
+/// `http://ADDR/simplestreams/`. The signed index is [`SIMPLESTREAMS_INDEX_PATH`] under it.
+pub fn simplestreams_root(addr: std::net::SocketAddr) -> String {
+    format!("http://{addr}{SIMPLESTREAMS_ROOT_PATH}")
 }
 
 /// Serves until `shutdown` resolves. The caller binds (tests bind 127.0.0.1:0).

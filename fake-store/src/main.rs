@@ -1,6 +1,6 @@
 //! `fake-store DIR`: serves a directory of image sets as a signed upstream store API.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use fake_store::{FakeStore, StoreConfig};
 use std::path::PathBuf;
 
@@ -31,6 +31,46 @@ struct Args {
     /// Serve files no faster than this many KiB per second (0: as fast as possible)
     #[arg(long, value_name = "KIB", default_value_t = 0)]
     kib_per_second: u64,
+    /// Serve the simplestreams tree with this bad input (repeatable)
+    #[arg(long, value_name = "FAULT", value_enum)]
+    simplestreams_fault: Vec<StreamFault>,
+    /// Clear-sign the simplestreams .sjson documents with this armored secret key instead
+    #[arg(long, value_name = "FILE")]
+    simplestreams_signed_by: Option<PathBuf>,
+}
+
+/// The switches of `fake_store::StreamFaults`, one flag value each.
+#[derive(Clone, Copy, ValueEnum)]
+enum StreamFault {
+    /// Every .sjson changed after signing
+    TamperSigned,
+    /// No .sjson: an unsigned tree of .json only
+    UnsignedOnly,
+    /// Every "updated" a day earlier than the store's
+    RolledBack,
+    /// The products file names another content id than its index entry
+    ContentIdMismatch,
+    /// Every item path starts with ../
+    ItemPathEscapes,
+    /// Every item size one more than its file's
+    WrongItemSize,
+    /// Every item sha256 with its last digit changed
+    WrongItemSha256,
+}
+
+impl StreamFault {
+    fn switch_on(self, faults: &mut fake_store::StreamFaults) {
+        let switch = match self {
+            StreamFault::TamperSigned => &mut faults.tamper_signed,
+            StreamFault::UnsignedOnly => &mut faults.unsigned_only,
+            StreamFault::RolledBack => &mut faults.rolled_back,
+            StreamFault::ContentIdMismatch => &mut faults.content_id_mismatch,
+            StreamFault::ItemPathEscapes => &mut faults.item_path_escapes,
+            StreamFault::WrongItemSize => &mut faults.wrong_item_size,
+            StreamFault::WrongItemSha256 => &mut faults.wrong_item_sha256,
+        };
+        *switch = true;
+    }
 }
 
 #[tokio::main]
@@ -49,11 +89,26 @@ async fn main() -> anyhow::Result<()> {
     if args.kib_per_second > 0 {
         store.faults().bytes_per_second = Some(args.kib_per_second << 10);
     }
+    {
+        let mut faults = store.faults();
+        for fault in &args.simplestreams_fault {
+            fault.switch_on(&mut faults.simplestreams);
+        }
+        faults.simplestreams.signed_by = args
+            .simplestreams_signed_by
+            .map(std::fs::read_to_string)
+            .transpose()?;
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    let addr = listener.local_addr()?;
     println!(
-        "fake-store serving http://{}/api from {}",
-        listener.local_addr()?,
+        "fake-store serving http://{addr}/api from {}",
         args.dir.display()
+    );
+    println!(
+        "  simplestreams mirror {}{}",
+        fake_store::simplestreams_root(addr),
+        fake_store::SIMPLESTREAMS_INDEX_PATH
     );
     for name in store.set_names() {
         println!("  image set {name}");

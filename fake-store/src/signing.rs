@@ -8,6 +8,7 @@ use openpgp::crypto::KeyPair;
 use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
 use openpgp::serialize::stream::{Armorer, Message, Signer};
+use openpgp::types::HashAlgorithm;
 use std::io::{self, Read, Write};
 
 #[derive(Clone)]
@@ -60,6 +61,27 @@ impl SigningKey {
                 }
                 signer.write_all(&buffer[..n])?;
             }
+            signer.finalize().map_err(other)?;
+        }
+        Ok(sink)
+    }
+
+    /// `text` clear-signed (RFC 4880 §7) with SHA-512, as Canonical signs its `.sjson` files:
+    /// the text stays readable, and `gpgv` verifies it as it is. Lines lose trailing spaces, as
+    /// the framework requires; the JSON this signs has none.
+    pub fn clearsign(&self, text: &[u8]) -> io::Result<Vec<u8>> {
+        let other = |e: anyhow::Error| io::Error::other(e.to_string());
+        let mut sink = Vec::new();
+        {
+            let message = Message::new(&mut sink);
+            let mut signer = Signer::new(message, self.keypair.clone())
+                .map_err(other)?
+                .hash_algo(HashAlgorithm::SHA512)
+                .map_err(other)?
+                .cleartext()
+                .build()
+                .map_err(other)?;
+            signer.write_all(text)?;
             signer.finalize().map_err(other)?;
         }
         Ok(sink)

@@ -281,3 +281,111 @@ async fn a_rate_limit_slows_file_bodies_and_keeps_them_whole() {
     assert_eq!(get(&url, None).await.bytes().await.unwrap(), bytes);
     assert!(started.elapsed() < slow, "unthrottled is faster");
 }
+
+/// `gpgv` with the committed test keyring over a clear-signed message.
+fn gpgv_accepts_clearsigned(message: &[u8]) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.sjson"), message).unwrap();
+    let keyring = Path::new(env!("CARGO_MANIFEST_DIR")).join("../keyrings/test-keyring.gpg");
+    Command::new("gpgv")
+        .arg("--homedir")
+        .arg(dir.path())
+        .arg("--keyring")
+        .arg(keyring)
+        .arg(dir.path().join("index.sjson"))
+        .output()
+        .expect("gpgv is installed (the test command installs it)")
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simplestreams_tree_is_served_beside_the_api_with_range_faults_and_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("noble");
+    std::fs::create_dir(&set).unwrap();
+    std::fs::write(set.join("kernel"), b"kernel bytes").unwrap();
+    std::fs::write(set.join("ramdisk"), b"ramdisk bytes").unwrap();
+    let image: Vec<u8> = b"a filesystem block. "
+        .iter()
+        .cycle()
+        .take(1 << 20)
+        .copied()
+        .collect();
+    std::fs::write(set.join("image"), &image).unwrap();
+    let served = serve(&set).await;
+    let root = format!(
+        "{}{}",
+        served.base.trim_end_matches("/api"),
+        fake_store::SIMPLESTREAMS_ROOT_PATH
+    );
+    let store = served.store.clone();
+    let items = tokio::task::spawn_blocking(move || store.simplestreams_items())
+        .await
+        .unwrap()
+        .unwrap();
+    let ftypes: Vec<&str> = items.iter().map(|i| i.ftype.as_str()).collect();
+    assert_eq!(ftypes, ["disk1.img", "tar.gz"]);
+
+    let index = get(
+        &format!("{root}{}", fake_store::SIMPLESTREAMS_INDEX_PATH),
+        None,
+    )
+    .await;
+    assert_eq!(index.status(), 200);
+    let index = index.bytes().await.unwrap();
+    assert!(gpgv_accepts_clearsigned(&index));
+    served.store.faults().simplestreams.tamper_signed = true;
+    let tampered = get(
+        &format!("{root}{}", fake_store::SIMPLESTREAMS_INDEX_PATH),
+        None,
+    )
+    .await;
+    assert!(!gpgv_accepts_clearsigned(&tampered.bytes().await.unwrap()));
+    served.store.faults().simplestreams = fake_store::StreamFaults {
+        unsigned_only: true,
+        ..Default::default()
+    };
+    let signed = get(
+        &format!("{root}{}", fake_store::SIMPLESTREAMS_INDEX_PATH),
+        None,
+    )
+    .await;
+    assert_eq!(signed.status(), 404);
+    assert_eq!(
+        get(&format!("{root}streams/v1/index.json"), None)
+            .await
+            .status(),
+        200
+    );
+
+    let disk = &items[0];
+    let whole = served
+        .store
+        .simplestreams_file(&disk.path)
+        .unwrap()
+        .unwrap();
+    assert_eq!(whole.len() as u64, disk.size);
+    let url = format!("{root}{}", disk.path);
+    let part = get(&url, Some("bytes=10-19")).await;
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), whole[10..20]);
+    served.store.inject(
+        &format!("simplestreams/{}", disk.path),
+        fake_store::Fault::Corrupt { offset: 4 },
+        Some(1),
+    );
+    let corrupt = get(&url, None).await.bytes().await.unwrap();
+    assert_eq!(corrupt.len(), whole.len());
+    assert_eq!(corrupt[4], whole[4] ^ 0xff);
+    assert_eq!(get(&url, None).await.bytes().await.unwrap(), whole);
+    served.store.faults().status = Some(503);
+    assert_eq!(get(&url, None).await.status(), 503);
+    served.store.faults().status = None;
+    assert_eq!(
+        get(&format!("{root}server/nothing.img"), None)
+            .await
+            .status(),
+        404
+    );
+}

@@ -30,4 +30,5 @@ mod openapi;
 mod qcow2;
 mod service_readiness;
 mod simplestreams_model;
+mod simplestreams_peer;
 mod store_page;
