@@ -246,10 +246,10 @@ impl SignatureCheck {
     }
 }
 
-/// Any bytes as a qcow2 image file: opened, walked and read (`qcow2::fuzz_qcow2` holds what must
+/// Any bytes as a qcow2 image file: opened, walked and read (`unpack::qcow2::fuzz_qcow2` holds what must
 /// hold of every input).
 pub fn qcow2(data: &[u8]) {
-    crate::qcow2::fuzz_qcow2(data);
+    crate::unpack::qcow2::fuzz_qcow2(data);
 }
 
 /// Any bytes as a simplestreams index, then as a products file, through what the catalog does

@@ -1,11 +1,11 @@
-//! The qcow2 reader (`image_store_proxy::qcow2`) against qemu itself: fixtures made here with
+//! The qcow2 reader (`image_store_proxy::unpack::qcow2`) against qemu itself: fixtures made here with
 //! `qemu-img` (Debian qemu-utils) from raw files of known content, read through `Qcow2Reader` and
 //! compared by SHA-256 with `qemu-img convert -O raw` of the same file; then one named test per
 //! image the reader must refuse, made by qemu-img or by patching the bytes of a real fixture.
 //! Without qemu-img each test says it is skipped and returns.
 
 use crate::common;
-use image_store_proxy::qcow2::{ClusterKind, Qcow2Error, Qcow2Image, Region};
+use image_store_proxy::unpack::qcow2::{ClusterKind, Qcow2Error, Qcow2Image, Region};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};

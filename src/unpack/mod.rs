@@ -11,6 +11,8 @@
 //! install would be a guess). Ignored: directories, other files, links that stay inside (a link
 //! is never followed, so an `*.img` that is a link does not count as the image).
 
+pub mod qcow2;
+
 use crate::catalog::model::{Compression, Packing};
 use flate2::read::MultiGzDecoder;
 use std::fs::File;
