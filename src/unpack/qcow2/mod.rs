@@ -9,7 +9,8 @@
 //! before it is used, and a refusal is one [`Qcow2Error`] line naming the structure and its bytes.
 //! Refused: a bad magic or version; a backing file, an external data file, encryption; unknown
 //! incompatible features, extended L2 entries, a "corrupt" mark; zstd compression (no zstd crate
-//! here); a virtual size past [`MAX_QCOW2_VIRTUAL_BYTES`](crate::limits::MAX_QCOW2_VIRTUAL_BYTES); tables past [`MAX_QCOW2_TABLE_BYTES`](crate::limits::MAX_QCOW2_TABLE_BYTES); any
+//! here); a virtual size past [`crate::limits::MAX_QCOW2_VIRTUAL_BYTES`]; tables past
+//! [`crate::limits::MAX_QCOW2_TABLE_BYTES`]; any
 //! table or cluster past the end of the file or misaligned; reserved bits set; a table or cluster
 //! that overlaps the header, the L1 table, the refcount table, an L2 table or a refcount block
 //! (which is also what a cycle is in qcow2: a table naming itself or another table as guest data,
@@ -18,13 +19,13 @@
 //! internal snapshots' tables are not read: only the active L1 table is the disk.
 //!
 //! Memory: the L1 table's used part and a sorted list of the metadata clusters (both bounded by
-//! [`MAX_QCOW2_TABLE_BYTES`](crate::limits::MAX_QCOW2_TABLE_BYTES)), one L2 table, and a cluster or two of buffers (2 MiB clusters at most).
+//! [`crate::limits::MAX_QCOW2_TABLE_BYTES`]), one L2 table, and a cluster or two of buffers (2 MiB
+//! clusters at most).
 //!
 //! The seam for issue 16 (splicing the upstream's deflate data): [`Qcow2Image::clusters`] walks
 //! guest clusters in order and names each one's [`ClusterKind`]; each compressed cluster is an
 //! independent raw deflate stream of exactly one cluster, whose bytes [`Qcow2Image::compressed_data`]
 //! gives and [`Qcow2Image::read_cluster`] checks and inflates. [`Qcow2Reader`] is the raw disk.
-
 //!
 //! The files: `header.rs` judges the header, its extensions and where the fixed tables lie;
 //! `walk.rs` opens an image and walks its clusters, judging each table entry; `reader.rs` is the
