@@ -313,6 +313,12 @@ impl Image {
                 file.kind.noun()
             ));
         }
+        if files
+            .iter()
+            .any(|file| file.packing == Packing::Qcow2 && file.compression != Compression::None)
+        {
+            return Err("a qcow2 disk is read in place: it cannot also be gzipped".into());
+        }
         if draft.virtualization == Virtualization::Hvm
             && files
                 .iter()

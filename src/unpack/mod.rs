@@ -1,30 +1,31 @@
-//! Turns a cached download into the bytes that get installed (SPEC §5): gunzip when compressed,
-//! and for a UEC-style tarball the `*.img` member, streamed straight out of the archive. Nothing is
-//! extracted to disk, so a hostile tarball's paths, links and devices are never written anywhere:
-//! only a regular file's bytes are read.
-//!
-//! A tarball is still judged whole, every member, before its image counts ([`image_size`] reads it
-//! through; the cloud measures before it bundles). Refused outright, the member named: an absolute
-//! path or a `..` anywhere (also on an `*.img`: a tarball built so is hostile or broken, and which
-//! file was meant is a guess), a symbolic or hard link whose target leaves the archive, a device
-//! or FIFO, a member shorter than its header says, and two regular `*.img` members (which one to
-//! install would be a guess). Ignored: directories, other files, links that stay inside (a link
-//! is never followed, so an `*.img` that is a link does not count as the image).
+//! Turns a cached download into the bytes that get installed (SPEC §5): gunzip when compressed;
+//! for a tarball the member of the artifact wanted (`tar.rs`: a UEC tarball's `*.img`,
+//! `*vmlinuz*` and `*initrd*`, every member judged); for a qcow2 whole disk its raw disk
+//! (`qcow2/`, every structure judged), read in place from the cache file with memory flat and no
+//! raw copy on disk. Progress is told in bytes of the source file consumed.
 
 pub mod qcow2;
+mod tar;
 
-use crate::catalog::model::{Compression, Packing};
+use crate::catalog::model::{Compression, FileKind, Packing};
 use flate2::read::MultiGzDecoder;
+use qcow2::{Qcow2Error, Qcow2Image};
 use std::fs::File;
-use std::io::{self, BufReader, Read};
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+pub use tar::{pattern, raw_tar_member};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("reading {path}: {}", one_line(source))]
     Read { path: PathBuf, source: io::Error },
-    #[error("the tarball {path} holds no regular *.img file")]
-    NoImage { path: PathBuf },
+    #[error(
+        "the tarball {path} holds no regular {} member{}",
+        pattern(*kind),
+        needed_for(*kind)
+    )]
+    NoMember { path: PathBuf, kind: FileKind },
     #[error("the tarball {path} is refused: member {member:?} {reason}")]
     Refused {
         path: PathBuf,
@@ -32,10 +33,12 @@ pub enum UnpackError {
         reason: String,
     },
     #[error(
-        "the tarball {path} is refused: it holds two *.img files, {first:?} and {second:?}, and which one to install is ambiguous"
+        "the tarball {path} is refused: it holds two {} files, {first:?} and {second:?}, and which one to install is ambiguous",
+        pattern(*kind)
     )]
-    TwoImages {
+    TwoMembers {
         path: PathBuf,
+        kind: FileKind,
         first: String,
         second: String,
     },
@@ -48,94 +51,42 @@ pub enum UnpackError {
         declared: u64,
         present: u64,
     },
+    #[error("the qcow2 image {path} cannot be installed: {source}")]
+    Qcow2 { path: PathBuf, source: Qcow2Error },
+    /// A qcow2 disk is read at offsets, which a gzip stream cannot give.
+    #[error("the qcow2 image {path} is gzipped: a qcow2 disk is read in place, uncompressed")]
+    GzippedQcow2 { path: PathBuf },
 }
 
-/// Why a member makes its tarball unacceptable, if it does.
-fn refusal(entry: &tar::Entry<'_, impl Read>) -> io::Result<Option<String>> {
-    let path = entry.path()?;
-    if let Some(reason) = path_problem(&path) {
-        return Ok(Some(format!("has {reason}")));
+impl UnpackError {
+    /// A failed read of `path`'s unpacked bytes: a qcow2 refusal met mid-stream (the raw reader
+    /// carries it inside an `io::Error`) comes out as itself.
+    pub fn reading(path: &Path, source: io::Error) -> UnpackError {
+        if source
+            .get_ref()
+            .is_some_and(|inner| inner.is::<Qcow2Error>())
+        {
+            let inner = source.into_inner().expect("checked above");
+            let source = *inner.downcast::<Qcow2Error>().expect("checked above");
+            return UnpackError::Qcow2 {
+                path: path.to_owned(),
+                source,
+            };
+        }
+        UnpackError::Read {
+            path: path.to_owned(),
+            source,
+        }
     }
-    let kind = entry.header().entry_type();
-    let link = |what: &str, base: &Path| -> io::Result<Option<String>> {
-        let target = entry.link_name()?.unwrap_or_default();
-        Ok(escapes(base, &target)
-            .then(|| format!("is a {what} pointing out of the archive (to {target:?})")))
-    };
+}
+
+/// Why a tarball's missing member matters: Eucalyptus 4+ boots a paravirtual image only with
+/// its own kernel and ramdisk.
+fn needed_for(kind: FileKind) -> &'static str {
     match kind {
-        tar::EntryType::Symlink => link("symbolic link", path.parent().unwrap_or(Path::new(""))),
-        tar::EntryType::Link => link("hard link", Path::new("")),
-        tar::EntryType::Char => Ok(Some("is a character device".into())),
-        tar::EntryType::Block => Ok(Some("is a block device".into())),
-        tar::EntryType::Fifo => Ok(Some("is a FIFO".into())),
-        _ => Ok(None),
-    }
-}
-
-/// An absolute path or a `..` in a member's own name.
-fn path_problem(path: &Path) -> Option<&'static str> {
-    path.components().find_map(|component| match component {
-        Component::RootDir | Component::Prefix(_) => Some("an absolute path"),
-        Component::ParentDir => Some("\"..\" in its path"),
-        Component::CurDir | Component::Normal(_) => None,
-    })
-}
-
-/// Whether `target`, taken from the directory `base` inside the archive, ends up outside it.
-fn escapes(base: &Path, target: &Path) -> bool {
-    let mut depth = base
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .count();
-    for component in target.components() {
-        match component {
-            Component::RootDir | Component::Prefix(_) => return true,
-            Component::ParentDir if depth == 0 => return true,
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-        }
-    }
-    false
-}
-
-/// A member's bytes that fail loudly when the archive ends before the header's size is reached
-/// (the tar crate would just stop short).
-struct ExactMember<R: Read> {
-    entry: R,
-    declared: u64,
-    present: u64,
-    /// The archive ended before the member did.
-    at_end: bool,
-}
-
-impl<R: Read> Read for ExactMember<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.entry.read(buf)?;
-        self.present += n as u64;
-        if n == 0 && !buf.is_empty() && self.present < self.declared {
-            self.at_end = true;
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "the tarball ends {} bytes into a member whose header declares {}",
-                    self.present, self.declared
-                ),
-            ));
-        }
-        Ok(n)
-    }
-}
-
-impl<R: Read> ExactMember<R> {
-    /// Reads what the consumer left, to check the member is all there.
-    fn finish(mut self) -> io::Result<Result<(), (u64, u64)>> {
-        self.present += io::copy(&mut self.entry, &mut io::sink())?;
-        Ok(if self.present < self.declared {
-            Err((self.present, self.declared))
-        } else {
-            Ok(())
-        })
+        FileKind::Kernel => ": a paravirtual image needs a kernel to boot",
+        FileKind::Ramdisk => ": a paravirtual image needs a ramdisk to boot",
+        FileKind::Image => "",
     }
 }
 
@@ -163,6 +114,12 @@ struct Metered<'a> {
     report: &'a (dyn Fn(u64) + Sync),
 }
 
+impl Seek for Metered<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(to)
+    }
+}
+
 impl Read for Metered<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -175,22 +132,27 @@ impl Read for Metered<'_> {
     }
 }
 
-/// The raw image bytes as they stream out of the source file.
+/// The raw bytes of one artifact as they stream out of the source file.
 pub struct ImageStream<'a> {
     /// For a tarball, the member's file name.
     pub name: Option<&'a str>,
     /// The number of bytes `reader` yields, when known before reading them: a tar member's
-    /// header says, and an uncompressed file is its own size. A gzipped file does not say.
+    /// header says, an uncompressed file is its own size, a qcow2 disk its virtual size. A
+    /// gzipped file does not say.
     pub size: Option<u64>,
     pub reader: &'a mut dyn Read,
 }
 
-/// Calls `install` with a stream of the image's raw bytes. `consumed` is told how far into the
-/// source file the work has got.
-pub fn with_image_bytes<T, E: From<UnpackError>>(
+/// Calls `install` with a stream of the raw bytes of the artifact `wanted` of the source file (a
+/// file that is not a tarball is one artifact, whatever is wanted). `consumed` is told how far
+/// into the source file the work has got: for a qcow2 disk, the bytes read of it so far (tables
+/// and clusters, metered as they are read, at most the file's size), since its clusters need not
+/// lie in guest order.
+pub fn with_artifact_bytes<T, E: From<UnpackError>>(
     path: &Path,
     compression: Compression,
     packing: Packing,
+    wanted: FileKind,
     consumed: &(dyn Fn(u64) + Sync),
     install: impl FnOnce(ImageStream<'_>) -> Result<T, E>,
 ) -> Result<T, E> {
@@ -202,421 +164,245 @@ pub fn with_image_bytes<T, E: From<UnpackError>>(
     let source_size = file.metadata().map_err(read_error)?.len();
     // Said before the first byte: a failure in the first MiB then names this step, not the last.
     consumed(0);
+    if packing == Packing::Qcow2 {
+        return with_qcow2_disk(path, file, compression, source_size, consumed, install);
+    }
     let metered = Metered {
         inner: file,
         consumed: 0,
         reported: 0,
         report: consumed,
     };
-    let mut decompressed: Box<dyn Read + '_> = match compression {
+    let mut decompressed = decompressed(compression, metered);
+    match packing {
+        Packing::Tar => tar::with_member(path, decompressed, wanted, install),
+        Packing::Raw | Packing::Qcow2 => install(ImageStream {
+            name: None,
+            size: (compression == Compression::None).then_some(source_size),
+            reader: &mut decompressed,
+        }),
+    }
+}
+
+fn decompressed<'a>(compression: Compression, metered: Metered<'a>) -> Box<dyn Read + 'a> {
+    match compression {
         Compression::None => Box::new(BufReader::with_capacity(1 << 20, metered)),
         Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::with_capacity(
             1 << 20,
             metered,
         ))),
-    };
-    match packing {
-        Packing::Raw => install(ImageStream {
-            name: None,
-            size: (compression == Compression::None).then_some(source_size),
-            reader: &mut decompressed,
-        }),
-        Packing::Tar => with_tar_image(path, decompressed, install),
-        // TODO(issue 14): the qcow2 reader streamed here (the install helper's branch).
-        Packing::Qcow2 => Err(UnpackError::NoImage {
-            path: path.to_owned(),
-        }
-        .into()),
     }
 }
 
-/// Walks every member of the tarball (see the module's rules), handing the one regular `*.img`
-/// to `install` as it passes.
-fn with_tar_image<T, E: From<UnpackError>>(
+/// The raw disk of the qcow2 image in `file`, read at offsets (no read-ahead buffer: the reader
+/// reads whole clusters, and a buffer would only read past each seek).
+fn with_qcow2_disk<T, E: From<UnpackError>>(
     path: &Path,
-    decompressed: impl Read,
+    file: File,
+    compression: Compression,
+    source_size: u64,
+    consumed: &(dyn Fn(u64) + Sync),
     install: impl FnOnce(ImageStream<'_>) -> Result<T, E>,
 ) -> Result<T, E> {
-    let read_error = |source| UnpackError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut install = Some(install);
-    let mut image: Option<(String, T)> = None;
-    let mut archive = tar::Archive::new(decompressed);
-    for entry in archive.entries().map_err(read_error)? {
-        let mut entry = entry.map_err(read_error)?;
-        let member = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        if let Some(reason) = refusal(&entry).map_err(read_error)? {
-            return Err(UnpackError::Refused {
-                path: path.to_owned(),
-                member,
-                reason,
-            }
-            .into());
-        }
-        let declared = entry.size();
-        let name = entry
-            .path()
-            .map_err(read_error)?
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| n.ends_with(".img"))
-            .map(str::to_owned);
-        let is_image = entry.header().entry_type() == tar::EntryType::Regular && name.is_some();
-        if let (true, Some((first, _))) = (is_image, &image) {
-            return Err(UnpackError::TwoImages {
-                path: path.to_owned(),
-                first: first.clone(),
-                second: member,
-            }
-            .into());
-        }
-        let mut exact = ExactMember {
-            entry: &mut entry,
-            declared,
-            present: 0,
-            at_end: false,
-        };
-        let installed = match (is_image, install.take()) {
-            (true, Some(install)) => {
-                let result = install(ImageStream {
-                    name: name.as_deref(),
-                    size: Some(declared),
-                    reader: &mut exact,
-                });
-                // A reader that met the archive's end inside the member: the cut is the cause.
-                if result.is_err() && exact.present < exact.declared && exact.at_end {
-                    return Err(UnpackError::Truncated {
-                        path: path.to_owned(),
-                        member,
-                        declared,
-                        present: exact.present,
-                    }
-                    .into());
-                }
-                Some(result?)
-            }
-            (_, unused) => {
-                install = unused;
-                None
-            }
-        };
-        if let Err((present, declared)) = exact.finish().map_err(read_error)? {
-            return Err(UnpackError::Truncated {
-                path: path.to_owned(),
-                member,
-                declared,
-                present,
-            }
-            .into());
-        }
-        if let Some(value) = installed {
-            image = Some((member, value));
-        }
-    }
-    match image {
-        Some((_, value)) => Ok(value),
-        None => Err(UnpackError::NoImage {
+    if compression != Compression::None {
+        return Err(UnpackError::GzippedQcow2 {
             path: path.to_owned(),
         }
-        .into()),
+        .into());
     }
+    // A compressed cluster's sectors may be read again with its neighbour's: never past the file.
+    let capped = |done: u64| consumed(done.min(source_size));
+    let metered = Metered {
+        inner: file,
+        consumed: 0,
+        reported: 0,
+        report: &capped,
+    };
+    let image = Qcow2Image::open(metered).map_err(|source| UnpackError::Qcow2 {
+        path: path.to_owned(),
+        source,
+    })?;
+    let size = image.virtual_size();
+    let mut reader = image.into_reader();
+    let value = install(ImageStream {
+        name: None,
+        size: Some(size),
+        reader: &mut reader,
+    })?;
+    consumed(source_size);
+    Ok(value)
 }
 
-/// The number of raw image bytes in a source file: read off a tar header or the file itself when
-/// possible, else counted by decompressing once (a gzip trailer holds the size only modulo 4 GiB,
-/// and only for its last member).
-pub fn image_size(
-    path: &Path,
-    compression: Compression,
-    packing: Packing,
-    consumed: &(dyn Fn(u64) + Sync),
-) -> Result<u64, UnpackError> {
-    with_image_bytes(path, compression, packing, consumed, |stream| {
-        if let Some(size) = stream.size {
-            return Ok(size);
-        }
-        io::copy(stream.reader, &mut io::sink()).map_err(|source| UnpackError::Read {
+/// The size of a qcow2 image's raw disk, read off its (judged) header.
+pub fn qcow2_virtual_size(path: &Path) -> Result<u64, UnpackError> {
+    let file = File::open(path).map_err(|source| UnpackError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Qcow2Image::open(file)
+        .map(|image| image.virtual_size())
+        .map_err(|source| UnpackError::Qcow2 {
             path: path.to_owned(),
             source,
         })
-    })
 }
 
-/// One tar member written byte by byte (header, data, padding), with whatever name, link target,
-/// type and declared size: the tar crate refuses to write the hostile members (`..` names, links
-/// out, sizes that lie) that the tests and fuzz seeds of this module need.
-#[doc(hidden)]
-pub fn raw_tar_member(
-    kind: tar::EntryType,
-    name: &str,
-    link: &str,
-    data: &[u8],
-    declared: u64,
-) -> Vec<u8> {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_size(declared);
-    header.set_mode(0o644);
-    let gnu = header.as_gnu_mut().expect("a GNU header");
-    assert!(name.len() <= 100 && link.len() <= 100, "{name} {link}");
-    gnu.name[..name.len()].copy_from_slice(name.as_bytes());
-    gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
-    header.set_cksum();
-    let mut out = header.as_bytes().to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().next_multiple_of(512), 0);
-    out
+/// Checks, in one pass over the tarball, that it holds exactly one regular member of each role in
+/// `roles` (and that every member passes `tar.rs`' rules): done before anything of a file that
+/// provides several artifacts is published. Returns each role's member size, in `roles`' order.
+pub fn check_members(
+    path: &Path,
+    compression: Compression,
+    roles: &[FileKind],
+    consumed: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<u64>, UnpackError> {
+    let file = File::open(path).map_err(|source| UnpackError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    consumed(0);
+    let metered = Metered {
+        inner: file,
+        consumed: 0,
+        reported: 0,
+        report: consumed,
+    };
+    tar::census(path, decompressed(compression, metered), roles)
+}
+
+/// The number of raw bytes of the artifact `wanted` in a source file: read off a tar header, a
+/// qcow2 header or the file itself when possible, else counted by decompressing once (a gzip
+/// trailer holds the size only modulo 4 GiB, and only for its last member).
+pub fn artifact_size(
+    path: &Path,
+    compression: Compression,
+    packing: Packing,
+    wanted: FileKind,
+    consumed: &(dyn Fn(u64) + Sync),
+) -> Result<u64, UnpackError> {
+    with_artifact_bytes(path, compression, packing, wanted, consumed, |stream| {
+        if let Some(size) = stream.size {
+            return Ok(size);
+        }
+        io::copy(stream.reader, &mut io::sink())
+            .map_err(|source| UnpackError::reading(path, source))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::{Compression as Level, write::GzEncoder};
-    use std::io::Write;
+    use std::sync::Mutex;
 
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut encoder = GzEncoder::new(Vec::new(), Level::fast());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
-    }
+    const SEED: &[u8] = include_bytes!("../../fuzz/corpus/qcow2/seed-compressed-v3-512.qcow2");
 
-    fn read_all(
+    fn read_disk(
         path: &Path,
-        compression: Compression,
-        packing: Packing,
-    ) -> Result<(Option<String>, Vec<u8>), UnpackError> {
-        with_image_bytes(path, compression, packing, &|_| {}, |stream| {
-            let mut out = Vec::new();
-            stream
-                .reader
-                .read_to_end(&mut out)
-                .map_err(|source| UnpackError::Read {
-                    path: path.into(),
-                    source,
-                })?;
-            Ok((stream.name.map(str::to_owned), out))
-        })
+        reports: &Mutex<Vec<u64>>,
+    ) -> Result<(Option<u64>, Vec<u8>), UnpackError> {
+        let report = |done| reports.lock().unwrap().push(done);
+        with_artifact_bytes(
+            path,
+            Compression::None,
+            Packing::Qcow2,
+            FileKind::Image,
+            &report,
+            |stream| {
+                let mut out = Vec::new();
+                stream
+                    .reader
+                    .read_to_end(&mut out)
+                    .map_err(|source| UnpackError::reading(path, source))?;
+                Ok((stream.size, out))
+            },
+        )
     }
 
     #[test]
-    fn gunzips_and_picks_the_img_member_skipping_links_that_stay_inside() {
+    fn a_qcow2_file_streams_its_raw_disk_and_reports_source_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut tarball = tar::Builder::new(Vec::new());
-        let mut link = tar::Header::new_gnu();
-        link.set_entry_type(tar::EntryType::Symlink);
-        link.set_size(0);
-        tarball
-            .append_link(&mut link, "link.img", "sub/disk.img")
+        let path = dir.path().join("disk1.img");
+        std::fs::write(&path, SEED).unwrap();
+        let reports = Mutex::new(Vec::new());
+        let (size, raw) = read_disk(&path, &reports).unwrap();
+        let mut expected = Vec::new();
+        Qcow2Image::open(io::Cursor::new(SEED))
+            .unwrap()
+            .into_reader()
+            .read_to_end(&mut expected)
             .unwrap();
-        let mut header = tar::Header::new_gnu();
-        header.set_size(5);
-        header.set_mode(0o644);
-        tarball
-            .append_data(&mut header, "README", &b"hello"[..])
-            .unwrap();
-        let mut header = tar::Header::new_gnu();
-        header.set_size(6);
-        tarball
-            .append_data(&mut header, "sub/disk.img", &b"IMAGE!"[..])
-            .unwrap();
-        let path = dir.path().join("image.tar.gz");
-        std::fs::write(&path, gzip(&tarball.into_inner().unwrap())).unwrap();
-        let (name, bytes) = read_all(&path, Compression::Gzip, Packing::Tar).unwrap();
-        assert_eq!(name.as_deref(), Some("disk.img"));
-        assert_eq!(bytes, b"IMAGE!");
-
-        let raw = dir.path().join("kernel.gz");
-        std::fs::write(&raw, gzip(b"kernel bytes")).unwrap();
-        assert_eq!(
-            read_all(&raw, Compression::Gzip, Packing::Raw).unwrap().1,
-            b"kernel bytes"
-        );
+        assert_eq!(size, Some(expected.len() as u64));
+        assert!(raw == expected);
+        assert_eq!(qcow2_virtual_size(&path).unwrap(), raw.len() as u64);
+        let reports = reports.into_inner().unwrap();
+        assert_eq!(reports.first(), Some(&0));
+        assert_eq!(reports.last(), Some(&(SEED.len() as u64)));
+        assert!(reports.iter().all(|&done| done <= SEED.len() as u64));
     }
 
     #[test]
-    fn a_header_with_newlines_is_refused_in_one_line() {
+    fn a_qcow2_refusal_reaches_the_caller_as_one_line_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut header = tar::Header::new_gnu();
-        header.set_size(2);
-        header.set_path("disk.img").unwrap();
-        header.as_mut_bytes()[148..156].copy_from_slice(b"\n\n\n\n\n\n\n\n");
-        let mut tarball = header.as_bytes().to_vec();
-        tarball.resize(2048, 0);
-        let path = dir.path().join("image.tar");
-        std::fs::write(&path, tarball).unwrap();
-        let error = read_all(&path, Compression::None, Packing::Tar)
-            .unwrap_err()
-            .to_string();
+        let path = dir.path().join("disk1.img");
+        let mut huge = SEED.to_vec();
+        huge[24..32].copy_from_slice(&(1u64 << 62).to_be_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        let error = read_disk(&path, &Mutex::default()).unwrap_err();
         assert!(
-            error.ends_with("numeric field was not a number: \\n\\n\\n\\n\\n\\n\\n\\n when getting cksum for disk.img"),
+            matches!(
+                &error,
+                UnpackError::Qcow2 {
+                    source: Qcow2Error::VirtualSizeTooLarge { .. },
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let line = crate::report::one_line(&error);
+        assert_eq!(
+            line,
+            format!(
+                "the qcow2 image {} cannot be installed: the virtual size of {} bytes is past the cap of {} bytes",
+                path.display(),
+                1u64 << 62,
+                crate::limits::MAX_QCOW2_VIRTUAL_BYTES
+            )
+        );
+
+        // Met mid-stream (a compressed cluster's deflate data broken), it is the same variant.
+        let mut broken = SEED.to_vec();
+        let l1 = u64::from_be_bytes(broken[40..48].try_into().unwrap()) as usize;
+        let l2 = (u64::from_be_bytes(broken[l1..l1 + 8].try_into().unwrap())
+            & 0x00ff_ffff_ffff_fe00) as usize;
+        let entry = (0..64)
+            .map(|i| u64::from_be_bytes(broken[l2 + i * 8..l2 + i * 8 + 8].try_into().unwrap()))
+            .find(|entry| entry >> 62 & 1 == 1)
+            .expect("a compressed cluster in the seed");
+        let offset = (entry & ((1 << 61) - 1)) as usize;
+        broken[offset..offset + 16].fill(0xff);
+        std::fs::write(&path, &broken).unwrap();
+        let error = read_disk(&path, &Mutex::default()).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                UnpackError::Qcow2 {
+                    source: Qcow2Error::Inflate { .. } | Qcow2Error::InflateShort { .. },
+                    ..
+                }
+            ),
             "{error:?}"
         );
-    }
+        assert!(!crate::report::one_line(&error).contains('\n'));
 
-    #[test]
-    fn a_tarball_without_an_image_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut tarball = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(2);
-        tarball
-            .append_data(&mut header, "notes.txt", &b"hi"[..])
-            .unwrap();
-        let path = dir.path().join("image.tar");
-        std::fs::write(&path, tarball.into_inner().unwrap()).unwrap();
-        assert!(matches!(
-            read_all(&path, Compression::None, Packing::Tar),
-            Err(UnpackError::NoImage { .. })
-        ));
-    }
-
-    fn regular(name: &str, data: &[u8]) -> Vec<u8> {
-        super::raw_tar_member(tar::EntryType::Regular, name, "", data, data.len() as u64)
-    }
-
-    /// Writes `members` as a gzipped tarball and unpacks it.
-    fn unpack(members: &[Vec<u8>]) -> Result<(Option<String>, Vec<u8>), UnpackError> {
-        let dir = tempfile::tempdir().unwrap();
-        let mut tar = members.concat();
-        tar.extend_from_slice(&[0; 1024]);
-        let path = dir.path().join("image.tar.gz");
-        std::fs::write(&path, gzip(&tar)).unwrap();
-        read_all(&path, Compression::Gzip, Packing::Tar)
-    }
-
-    fn refused_member(result: Result<(Option<String>, Vec<u8>), UnpackError>) -> (String, String) {
-        match result {
-            Err(UnpackError::Refused { member, reason, .. }) => (member, reason),
-            other => panic!("not refused: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn hostile_members_refuse_the_tarball_before_or_after_the_image() {
-        use tar::EntryType::{Block, Char, Fifo, Link, Symlink};
-        let image = regular("disk.img", b"IMAGE!");
-        for (hostile, member, reason) in [
-            (
-                regular("/etc/evil.img", b"x"),
-                "/etc/evil.img",
-                "has an absolute path",
-            ),
-            (
-                regular("../evil.img", b"x"),
-                "../evil.img",
-                "has \"..\" in its path",
-            ),
-            (
-                regular("a/../../notes", b"x"),
-                "a/../../notes",
-                "has \"..\" in its path",
-            ),
-            (
-                super::raw_tar_member(Symlink, "passwd", "/etc/passwd", b"", 0),
-                "passwd",
-                "is a symbolic link pointing out of the archive (to \"/etc/passwd\")",
-            ),
-            (
-                super::raw_tar_member(Symlink, "a/b/up", "../../../x", b"", 0),
-                "a/b/up",
-                "is a symbolic link pointing out of the archive (to \"../../../x\")",
-            ),
-            (
-                super::raw_tar_member(Link, "hard", "../outside", b"", 0),
-                "hard",
-                "is a hard link pointing out of the archive (to \"../outside\")",
-            ),
-            (
-                super::raw_tar_member(Char, "dev/null", "", b"", 0),
-                "dev/null",
-                "is a character device",
-            ),
-            (
-                super::raw_tar_member(Block, "dev/sda", "", b"", 0),
-                "dev/sda",
-                "is a block device",
-            ),
-            (
-                super::raw_tar_member(Fifo, "pipe", "", b"", 0),
-                "pipe",
-                "is a FIFO",
-            ),
-        ] {
-            for members in [
-                vec![hostile.clone(), image.clone()],
-                vec![image.clone(), hostile.clone()],
-            ] {
-                let (got_member, got_reason) = refused_member(unpack(&members));
-                assert_eq!((got_member.as_str(), got_reason.as_str()), (member, reason));
-            }
-        }
-        // Links that stay inside are ignored, and an *.img that is only a link is no image.
-        let inside = super::raw_tar_member(Symlink, "a/b/link", "../c", b"", 0);
-        let hard = super::raw_tar_member(Link, "again.img", "disk.img", b"", 0);
-        let (name, bytes) = unpack(&[image.clone(), inside, hard.clone()]).unwrap();
-        assert_eq!(
-            (name.as_deref(), bytes.as_slice()),
-            (Some("disk.img"), &b"IMAGE!"[..])
-        );
-        assert!(matches!(unpack(&[hard]), Err(UnpackError::NoImage { .. })));
-    }
-
-    #[test]
-    fn two_images_are_ambiguous_and_a_short_member_is_cut_short() {
-        let two = unpack(&[regular("a.img", b"A"), regular("sub/b.img", b"B")]);
-        assert!(
-            matches!(&two, Err(UnpackError::TwoImages { first, second, .. }) if first == "a.img" && second == "sub/b.img"),
-            "{two:?}"
-        );
-        // The header says 4096 bytes; the archive ends after 100.
-        for members in [
-            vec![super::raw_tar_member(
-                tar::EntryType::Regular,
-                "disk.img",
-                "",
-                &[7; 100],
-                4096,
-            )],
-            vec![
-                regular("disk.img", b"IMAGE!"),
-                super::raw_tar_member(tar::EntryType::Regular, "notes", "", &[7; 100], 4096),
-            ],
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("image.tar.gz");
-            std::fs::write(&path, gzip(&members.concat())).unwrap();
-            let error = image_size(&path, Compression::Gzip, Packing::Tar, &|_| {}).unwrap_err();
-            assert!(
-                matches!(
-                    error,
-                    UnpackError::Truncated {
-                        present: 512,
-                        declared: 4096,
-                        ..
-                    }
-                ),
-                "{error:?}"
-            );
-            assert!(
-                error
-                    .to_string()
-                    .ends_with("is cut short, 512 of the 4096 bytes its header declares"),
-                "{error}"
-            );
-            // Read through, the image itself reports the cut as a read error.
-            assert!(read_all(&path, Compression::Gzip, Packing::Tar).is_err());
-        }
-    }
-
-    #[test]
-    fn link_targets_are_resolved_from_the_link_s_directory() {
-        assert!(!escapes(Path::new("a/b"), Path::new("../c")));
-        assert!(!escapes(Path::new("a"), Path::new("./b/../c")));
-        assert!(escapes(Path::new("a"), Path::new("../../c")));
-        assert!(escapes(Path::new(""), Path::new("..")));
-        assert!(escapes(Path::new("a"), Path::new("/c")));
-        assert!(!escapes(Path::new(""), Path::new("disk.img")));
+        let error = with_artifact_bytes(
+            &path,
+            Compression::Gzip,
+            Packing::Qcow2,
+            FileKind::Image,
+            &|_| {},
+            |_| Ok::<_, UnpackError>(()),
+        )
+        .unwrap_err();
+        assert!(matches!(error, UnpackError::GzippedQcow2 { .. }), "{error}");
     }
 }
