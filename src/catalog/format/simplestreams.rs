@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(image.files.len(), 1);
         assert_eq!(
             (file.kind, file.compression, file.packing),
-            (FileKind::Image, Compression::None, Packing::Raw)
+            (FileKind::Image, Compression::None, Packing::Qcow2)
         );
         assert_eq!(file.url, image.uri);
         assert_eq!(
