@@ -42,6 +42,9 @@ struct Record<'a> {
     architecture: &'a str,
     kernel_id: Option<&'a str>,
     ramdisk_id: Option<&'a str>,
+    /// `hvm` or `paravirtual`, as EC2's `VirtualizationType` says it.
+    virtualization_type: &'a str,
+    description: Option<&'a str>,
     size: u64,
     bundled_size: u64,
     parts: Vec<&'a str>,
@@ -128,6 +131,8 @@ impl FakeCloud {
             architecture: registration.architecture,
             kernel_id: registration.kernel_id,
             ramdisk_id: registration.ramdisk_id,
+            virtualization_type: registration.virtualization.ec2_name(),
+            description: registration.description,
             size: bundle.size,
             bundled_size: bundle.bundled_size,
             parts: bundle.parts.iter().map(|p| p.file_name.as_str()).collect(),
