@@ -31,3 +31,4 @@ mod qcow2;
 mod service_readiness;
 mod simplestreams_model;
 mod store_page;
+mod uec_and_hvm_installs;
