@@ -1,6 +1,7 @@
 //! `--fake-eucalyptus`: a cloud on the local disk. A bucket is the directory
 //! `<data-dir>/fake-cloud/<bucket>/`; putting an object links (or copies) the bundle's file there,
-//! and registering writes a `<prefix>.registration.json` record beside the manifest, under an id
+//! and registering writes a `<prefix>.registration.json` record beside the manifest (what EC2
+//! would be sent: links, `virtualization_type` `hvm` or `paravirtual`, the description), under an id
 //! derived from what was registered (so the same artifact always gets the same id) in the form
 //! Eucalyptus uses: `emi-` and 8 upper-case hex digits. The "user" and "cloud" keys are made once
 //! in `<data-dir>/fake-cloud/keys/`, so the bundles can be decrypted with `openssl` as the cloud
