@@ -610,6 +610,28 @@ fn refuses_an_l1_table_past_the_end_of_the_file() {
 }
 
 #[test]
+fn refuses_an_l2_table_past_the_end_of_the_file() {
+    if !have_qemu_img("refuses_an_l2_table_past_the_end_of_the_file") {
+        return;
+    }
+    let error = patched(true, |bytes| {
+        let l1 = be64(bytes, 40);
+        let past = (bytes.len() as u64).next_multiple_of(64 * KIB) + 2 * 64 * KIB;
+        put64(bytes, l1, 1 << 63 | past);
+    });
+    assert!(
+        matches!(
+            error,
+            Qcow2Error::BeyondEnd {
+                what: Region::L2Table { l1_index: 0 },
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
 fn refuses_an_l2_entry_past_the_end_of_the_file() {
     if !have_qemu_img("refuses_an_l2_entry_past_the_end_of_the_file") {
         return;
