@@ -232,8 +232,8 @@ impl Job<'_> {
     /// How much of the install's progress each of the file's artifacts stands for: the whole file
     /// for a file that is one artifact. A file that provides several is checked first, in one
     /// pass, to hold a member for each (`unpack::check_members`), and its bytes are split in
-    /// proportion to the members' sizes (each publish reads the whole tarball, but the bundling
-    /// and upload each does, which is most of a publish, go as its member's size).
+    /// proportion to the members' sizes: each publish reads the whole tarball, but its bundling
+    /// and upload, most of its work, go as its member's size.
     fn shares(
         &self,
         file: &FileRef,
