@@ -3,7 +3,7 @@
 //! Usage: qcow2_convert IMAGE.qcow2 [OUTPUT|-]   (no OUTPUT: read and discard; `-`: stdout)
 //! The rate (MiB of raw disk per second) goes to stderr.
 
-use image_store_proxy::qcow2::Qcow2Image;
+use image_store_proxy::unpack::qcow2::Qcow2Image;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::time::Instant;

@@ -17,7 +17,7 @@ use crate::db::{Db, now_unix};
 use crate::fetch::{Fetcher, RetryPolicy};
 use crate::install::Installer;
 use crate::trust::Trust;
-use crate::unpack::{UnpackError, with_image_bytes};
+use crate::unpack::{UnpackError, check_members, with_artifact_bytes};
 use reqwest::{StatusCode, Url};
 use std::path::Path;
 use std::sync::Arc;
@@ -103,8 +103,9 @@ pub fn eucarc(data: &[u8], work_dir: &Path) {
     }
 }
 
-/// The tarball reader (`with_image_bytes` on `Packing::Tar`), plain and gzipped: input = one byte
-/// choosing gzip (odd) or not, then the file. The `*.img` member is read to its end.
+/// The tarball reader (`with_artifact_bytes` on `Packing::Tar`), plain and gzipped: input = one
+/// byte choosing gzip (odd) or not, then the file. The `*.img` member is read to its end, and the
+/// UEC census (`check_members`) walks it for all three roles.
 pub fn tarball(data: &[u8], work_dir: &Path) {
     let Some((&choice, file_bytes)) = data.split_first() else {
         return;
@@ -116,7 +117,16 @@ pub fn tarball(data: &[u8], work_dir: &Path) {
     };
     let file = scratch_file(work_dir, "image.tar");
     std::fs::write(&file, file_bytes).expect("writing the scratch tarball");
-    let outcome = with_image_bytes(&file, compression, Packing::Tar, &|_| {}, |stream| {
+    let census = check_members(
+        &file,
+        compression,
+        &[FileKind::Kernel, FileKind::Ramdisk, FileKind::Image],
+        &|_| {},
+    );
+    if let Err(error) = census {
+        assert_one_line("tarball census refusal", &error.to_string());
+    }
+    let drain = |stream: crate::unpack::ImageStream<'_>| {
         let mut read = 0u64;
         let mut buffer = [0u8; 8192];
         loop {
@@ -139,7 +149,15 @@ pub fn tarball(data: &[u8], work_dir: &Path) {
             );
         }
         Ok::<_, UnpackError>(read)
-    });
+    };
+    let outcome = with_artifact_bytes(
+        &file,
+        compression,
+        Packing::Tar,
+        FileKind::Image,
+        &|_| {},
+        drain,
+    );
     let _ = std::fs::remove_dir_all(file.parent().expect("scratch dir"));
     if let Err(error) = outcome {
         assert_one_line("tarball refusal", &error.to_string());
@@ -246,10 +264,10 @@ impl SignatureCheck {
     }
 }
 
-/// Any bytes as a qcow2 image file: opened, walked and read (`qcow2::fuzz_qcow2` holds what must
+/// Any bytes as a qcow2 image file: opened, walked and read (`unpack::qcow2::fuzz_qcow2` holds what must
 /// hold of every input).
 pub fn qcow2(data: &[u8]) {
-    crate::qcow2::fuzz_qcow2(data);
+    crate::unpack::qcow2::fuzz_qcow2(data);
 }
 
 /// Any bytes as a simplestreams index, then as a products file, through what the catalog does

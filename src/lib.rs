@@ -15,8 +15,8 @@
 //! - [`db`]: SQLite state: catalog, files, installs (the job queue), cloud objects, events
 //! - [`install`]: the state machine, the workers, the live board the UI polls
 //! - [`status`]: every status line's wording, and the typed steps publishing reports
-//! - [`unpack`]: gunzip and tarball member streaming for what gets installed
-//! - [`qcow2`]: a qcow2 whole disk (an HVM `disk1.img`) read as its raw disk, streamed and judged
+//! - [`unpack`]: gunzip, tarball members and qcow2 whole disks (`unpack::qcow2`) streamed out as
+//!   what gets installed, every structure judged first
 //! - [`bundle`]: the EC2 image bundle: tar, gzip, AES, parts, manifest, keys; the reading pipeline
 //! - [`publish`]: bundle -> upload -> register with recovery, once for every cloud
 //! - [`cloud`]: the transport a cloud implements: S3 upload, EC2 registration, request signing,
@@ -52,7 +52,6 @@ pub mod metrics;
 pub mod notify;
 pub mod pause;
 pub mod publish;
-pub mod qcow2;
 pub mod report;
 pub mod rfc3986;
 pub mod simplestreams;

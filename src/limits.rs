@@ -40,7 +40,7 @@ pub const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// and fetches again after the restart, so it stays small; 64 KiB writes are still few syscalls.
 pub const DOWNLOAD_WRITE_BUFFER: usize = 64 << 10;
 
-// qcow2 whole disks (issue 14, `qcow2.rs`).
+// qcow2 whole disks (issue 14, `unpack/qcow2/`).
 
 /// Largest virtual disk a qcow2 image may declare, in bytes: its raw form is what gets bundled
 /// and uploaded, 2 TiB is above any cloud image's disk, and a few hundred bytes of header cannot
@@ -106,6 +106,10 @@ pub const MAX_CLOUD_ERROR_BYTES: usize = 64 << 10;
 /// Largest file taken out of `euca_conf`'s credentials zip, in bytes: a eucarc and PEM keys and
 /// certificates are a few KiB each; a zip entry that inflates past this is not one of them.
 pub const MAX_CREDENTIAL_FILE_BYTES: u64 = MIB;
+
+/// Longest image description registered, in characters: EC2's `RegisterImage` takes up to 255
+/// and Eucalyptus keeps the same bound; a longer stream identity is cut, not refused.
+pub const MAX_IMAGE_DESCRIPTION_CHARS: usize = 255;
 
 // The UI API (SPEC §4).
 

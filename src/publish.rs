@@ -18,9 +18,10 @@
 
 use crate::bundle::gzip::GzipSettings;
 use crate::bundle::{self, Bundle, BundleSink, Part, SourceImage};
-use crate::catalog::model::{Compression, FileKind, Packing};
+use crate::catalog::model::{Compression, FileKind, Packing, Virtualization};
 use crate::cloud::{Cloud, CloudError, Registration, with_retries};
 use crate::fetch::RetryPolicy;
+use crate::limits;
 use crate::pause;
 use crate::status::Step;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,10 @@ pub struct Artifact {
     /// For a machine image: the ids of its kernel and ramdisk.
     pub kernel_id: Option<String>,
     pub ramdisk_id: Option<String>,
+    /// How the machine image boots (a kernel or ramdisk is paravirtual).
+    pub virtualization: Virtualization,
+    /// Written on the registered image: its stream identity, if it has one.
+    pub description: Option<String>,
     /// What makes two artifacts the same registration: kind, content and links.
     pub identity: String,
 }
@@ -173,6 +178,8 @@ impl Publisher {
             architecture: &artifact.arch,
             kernel_id: artifact.kernel_id.as_deref(),
             ramdisk_id: artifact.ramdisk_id.as_deref(),
+            virtualization: artifact.virtualization,
+            description: artifact.description.as_deref().map(capped_description),
             bundle: &bundle,
         };
         let image_id = with_retries(&self.retry, cancel, || async {
@@ -256,6 +263,17 @@ impl Publisher {
     }
 }
 
+/// `description` cut to what EC2 and Eucalyptus register ([`limits::MAX_IMAGE_DESCRIPTION_CHARS`]).
+fn capped_description(description: &str) -> &str {
+    match description
+        .char_indices()
+        .nth(limits::MAX_IMAGE_DESCRIPTION_CHARS)
+    {
+        Some((end, _)) => &description[..end],
+        None => description,
+    }
+}
+
 /// Bundling is the first half of a publish: passes its steps on at half their bytes. With the
 /// test hook set (`pause`), stops the bundling thread at the first report past a quarter of the
 /// publish, so the bundle is part-way written.
@@ -327,6 +345,8 @@ mod tests {
             bucket: "image-store-1".into(),
             kernel_id: None,
             ramdisk_id: None,
+            virtualization: Virtualization::Paravirtual,
+            description: None,
             identity: "kernel:test".into(),
         };
         let cancel = CancellationToken::new();
@@ -378,5 +398,14 @@ mod tests {
             std::fs::metadata(&manifest).unwrap().modified().unwrap(),
             sent
         );
+    }
+
+    #[test]
+    fn descriptions_are_cut_at_255_characters_not_bytes() {
+        let short = "simplestreams com.ubuntu.cloud:released:download x 20240423 disk1.img";
+        assert_eq!(capped_description(short), short);
+        let long = "é".repeat(300);
+        assert_eq!(capped_description(&long).chars().count(), 255);
+        assert_eq!(capped_description(&long[..510]), &long[..510]);
     }
 }

@@ -106,6 +106,14 @@ pub fn verifying(kind: FileKind, signed: bool) -> String {
     }
 }
 
+/// The census of a UEC tarball before anything of it is published.
+pub fn checking_tarball(done: u64, total: u64) -> String {
+    format!(
+        "Checking the tarball holds a kernel, a ramdisk and a machine image: {}",
+        amount(done, total)
+    )
+}
+
 pub fn already_registered(kind: FileKind, id: &str) -> String {
     format!("Reusing the {} already registered as {id}", kind.noun())
 }

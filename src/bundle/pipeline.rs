@@ -1,6 +1,6 @@
 //! From a verified cache file to a bundle on disk, with every byte read once and the stages on all
-//! cores: a reader thread opens the file and gunzips it (and finds the `*.img` member of a
-//! tarball), handing 1 MiB buffers over a short queue; this thread frames the tar stream, hashes
+//! cores: a reader thread opens the file and unpacks it (gunzips it, finds the artifact's member
+//! of a tarball, or reads a qcow2 disk's raw disk), handing 1 MiB buffers over a short queue; this thread frames the tar stream, hashes
 //! it (SHA-1) and feeds the gzip stage, whose blocks deflate on worker threads (`gzip.rs`), then
 //! encrypts and writes the parts (`format.rs`). Deflate bounds the whole; everything else hides
 //! beside it.
@@ -58,10 +58,13 @@ pub fn bundle_artifact(
                 );
                 let kind = image.kind;
                 let total = image.size;
-                let size =
-                    unpack::image_size(image.path, image.compression, image.packing, &|done| {
-                        sink.step(Step::Measuring { kind, done, total })
-                    })?;
+                let size = unpack::artifact_size(
+                    image.path,
+                    image.compression,
+                    image.packing,
+                    kind,
+                    &|done| sink.step(Step::Measuring { kind, done, total }),
+                )?;
                 remove_parts(dir, image.prefix);
                 bundle_pass(image, keys, dir, gzip, Some(size), sink, cancel)
             }
@@ -88,7 +91,12 @@ fn size_hint(image: &SourceImage<'_>) -> Result<SizeHint, UnpackError> {
     };
     match (image.compression, image.packing) {
         // A tar member's header says; the reader passes it on.
-        (_, Packing::Tar | Packing::Qcow2) => Ok(exact(None)),
+        (_, Packing::Tar) => Ok(exact(None)),
+        (Compression::None, Packing::Qcow2) => {
+            Ok(exact(Some(unpack::qcow2_virtual_size(image.path)?)))
+        }
+        // Refused by the reader, with its reason.
+        (Compression::Gzip, Packing::Qcow2) => Ok(exact(None)),
         (Compression::None, Packing::Raw) => Ok(exact(Some(image.size))),
         (Compression::Gzip, Packing::Raw) => {
             let trailer = gzip_trailer_size(image.path).map_err(|source| UnpackError::Read {
@@ -156,18 +164,18 @@ fn bundle_pass(
         let reading = std::thread::Builder::new()
             .name("image reader".into())
             .spawn_scoped(scope, move || {
-                unpack::with_image_bytes(
+                unpack::with_artifact_bytes(
                     image.path,
                     image.compression,
                     image.packing,
+                    image.kind,
                     &report,
                     |stream| -> Result<(), ReadFailure> {
                         let _ = started.send(stream.size);
                         writer.pump(stream.reader).map_err(|error| match error {
-                            PumpError::Read(source) => ReadFailure::Unpack(UnpackError::Read {
-                                path: image.path.to_owned(),
-                                source,
-                            }),
+                            PumpError::Read(source) => {
+                                ReadFailure::Unpack(UnpackError::reading(image.path, source))
+                            }
                             PumpError::WriterGone => ReadFailure::WriterGone,
                         })
                     },

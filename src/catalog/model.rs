@@ -67,6 +67,10 @@ pub enum Virtualization {
 }
 
 impl Virtualization {
+    fn is_paravirtual(&self) -> bool {
+        *self == Virtualization::Paravirtual
+    }
+
     /// EC2's `VirtualizationType`, and the word the fake cloud records.
     pub fn ec2_name(self) -> &'static str {
         match self {
@@ -152,7 +156,9 @@ pub struct Image {
     pub arch: String,
     /// Kernel, ramdisk, image, in that order (the order they are installed in).
     pub files: Vec<FileRef>,
-    #[serde(default)]
+    /// Left out when paravirtual, as `stream` and `provides` are when empty: an install row of
+    /// an image-store/1 image keeps the stored shape 1 byte for byte.
+    #[serde(default, skip_serializing_if = "Virtualization::is_paravirtual")]
     pub virtualization: Virtualization,
     /// Set for an image of a simplestreams mirror.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +340,12 @@ impl Image {
                 "a {} cannot be a tarball or a qcow2 disk",
                 file.kind.noun()
             ));
+        }
+        if files
+            .iter()
+            .any(|file| file.packing == Packing::Qcow2 && file.compression != Compression::None)
+        {
+            return Err("a qcow2 disk is read in place: it cannot also be gzipped".into());
         }
         if draft.virtualization == Virtualization::Hvm
             && files

@@ -6,6 +6,7 @@
 use super::aws::{self, Endpoint, Failure};
 use super::sign::{self, SignatureVersion};
 use super::{CloudError, Registration};
+use crate::catalog::model::Virtualization;
 use time::OffsetDateTime;
 
 /// The API version euca2ools 3.2 spoke: Eucalyptus 3.x/4.x and EC2 understand it.
@@ -126,6 +127,17 @@ impl Ec2 {
         }
         if let Some(ramdisk) = image.ramdisk_id {
             params.push(("RamdiskId".into(), ramdisk.into()));
+        }
+        // Said only for HVM: a kernel or ramdisk registration takes none, and a paravirtual
+        // machine image is what its KernelId makes it (Eucalyptus 3 knows no such parameter).
+        if image.virtualization == Virtualization::Hvm {
+            params.push((
+                "VirtualizationType".into(),
+                Virtualization::Hvm.ec2_name().into(),
+            ));
+        }
+        if let Some(description) = image.description {
+            params.push(("Description".into(), description.into()));
         }
         let body = self.call("RegisterImage", params).await?;
         let doc = roxmltree::Document::parse(&body).map_err(|e| bad_reply("RegisterImage", e))?;

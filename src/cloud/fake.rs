@@ -1,6 +1,7 @@
 //! `--fake-eucalyptus`: a cloud on the local disk. A bucket is the directory
 //! `<data-dir>/fake-cloud/<bucket>/`; putting an object links (or copies) the bundle's file there,
-//! and registering writes a `<prefix>.registration.json` record beside the manifest, under an id
+//! and registering writes a `<prefix>.registration.json` record beside the manifest (what EC2
+//! would be sent: links, `virtualization_type` `hvm` or `paravirtual`, the description), under an id
 //! derived from what was registered (so the same artifact always gets the same id) in the form
 //! Eucalyptus uses: `emi-` and 8 upper-case hex digits. The "user" and "cloud" keys are made once
 //! in `<data-dir>/fake-cloud/keys/`, so the bundles can be decrypted with `openssl` as the cloud
@@ -42,6 +43,9 @@ struct Record<'a> {
     architecture: &'a str,
     kernel_id: Option<&'a str>,
     ramdisk_id: Option<&'a str>,
+    /// `hvm` or `paravirtual`, as EC2's `VirtualizationType` says it.
+    virtualization_type: &'a str,
+    description: Option<&'a str>,
     size: u64,
     bundled_size: u64,
     parts: Vec<&'a str>,
@@ -128,6 +132,8 @@ impl FakeCloud {
             architecture: registration.architecture,
             kernel_id: registration.kernel_id,
             ramdisk_id: registration.ramdisk_id,
+            virtualization_type: registration.virtualization.ec2_name(),
+            description: registration.description,
             size: bundle.size,
             bundled_size: bundle.bundled_size,
             parts: bundle.parts.iter().map(|p| p.file_name.as_str()).collect(),

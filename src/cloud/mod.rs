@@ -18,7 +18,7 @@ pub mod sign;
 
 use crate::bundle::keys::{BundleKeys, KeyError};
 use crate::bundle::{Bundle, BundleError};
-use crate::catalog::model::FileKind;
+use crate::catalog::model::{FileKind, Virtualization};
 use crate::unpack::UnpackError;
 pub use aws::{Failure, with_retries};
 use std::collections::HashSet;
@@ -86,6 +86,11 @@ pub struct Registration<'a> {
     pub architecture: &'a str,
     pub kernel_id: Option<&'a str>,
     pub ramdisk_id: Option<&'a str>,
+    /// How a machine image boots: an HVM one is registered with no kernel or ramdisk.
+    pub virtualization: Virtualization,
+    /// The image's description in the cloud (its stream identity), at most
+    /// [`crate::limits::MAX_IMAGE_DESCRIPTION_CHARS`].
+    pub description: Option<&'a str>,
     /// The bundle the manifest describes.
     pub bundle: &'a Bundle,
 }

@@ -1,12 +1,14 @@
 //! One install attempt, step by step: each file downloaded (resuming), checked against the signed
 //! size and SHA-256, its detached signature verified, promoted into the cache; then kernel,
-//! ramdisk and machine image published to the cloud, each once per cloud.
+//! ramdisk and machine image published to the cloud, each once per cloud. A file that provides
+//! several artifacts (a UEC tarball: kernel, ramdisk and image) is checked whole for all of them
+//! first, so a tarball that lacks one registers nothing.
 
 use super::Installer;
 use super::keyed_lock::KeyGuard;
 use super::state::InstallState;
 use crate::bundle;
-use crate::catalog::model::{FileKind, FileRef, Image};
+use crate::catalog::model::{FileKind, FileRef, Image, StreamIdentity, Virtualization};
 use crate::cloud::CloudError;
 use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
@@ -14,6 +16,7 @@ use crate::fetch::verified::{FileError, FileStages, SignedFile};
 use crate::metrics;
 use crate::publish::{Artifact, Progress};
 use crate::status::{self, Step};
+use crate::unpack;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -210,37 +213,91 @@ impl Job<'_> {
         let mut ids = RegisteredIds::default();
         let mut done = 0;
         for file in &image.files {
-            let artifact = self.artifact(image, file, &ids);
-            let id = self.publish_once(&artifact, done, total).await?;
-            match file.kind {
-                FileKind::Kernel => ids.eki = Some(id),
-                FileKind::Ramdisk => ids.eri = Some(id),
-                FileKind::Image => ids.emi = Some(id),
+            let kinds = file.artifacts();
+            let shares = self.shares(file, &kinds, done, total)?;
+            for (kind, share) in kinds.into_iter().zip(shares) {
+                let artifact = self.artifact(image, file, kind, &ids);
+                let id = self.publish_once(&artifact, share, done, total).await?;
+                match kind {
+                    FileKind::Kernel => ids.eki = Some(id),
+                    FileKind::Ramdisk => ids.eri = Some(id),
+                    FileKind::Image => ids.emi = Some(id),
+                }
+                done += share;
             }
-            done += file.size;
         }
         Ok(ids)
     }
 
-    fn artifact(&self, image: &Image, file: &FileRef, ids: &RegisteredIds) -> Artifact {
-        let (kernel_id, ramdisk_id) = match file.kind {
+    /// How much of the install's progress each of the file's artifacts stands for: the whole file
+    /// for a file that is one artifact. A file that provides several is checked first, in one
+    /// pass, to hold a member for each (`unpack::check_members`), and its bytes are split in
+    /// proportion to the members' sizes: each publish reads the whole tarball, but its bundling
+    /// and upload, most of its work, go as its member's size.
+    fn shares(
+        &self,
+        file: &FileRef,
+        kinds: &[FileKind],
+        done: u64,
+        total: u64,
+    ) -> Result<Vec<u64>, JobError> {
+        if kinds.len() < 2 {
+            return Ok(vec![file.size]);
+        }
+        let path = self.installer.cache.path(&file.sha256);
+        let report = |read: u64| {
+            self.installer.board.progress(
+                self.uri(),
+                done,
+                total,
+                status::checking_tarball(read, file.size),
+            )
+        };
+        let sizes = tokio::task::block_in_place(|| {
+            unpack::check_members(&path, file.compression, kinds, &report)
+        })
+        .map_err(CloudError::from)
+        .inspect_err(record_cloud_error)?;
+        Ok(split(file.size, &sizes))
+    }
+
+    fn artifact(
+        &self,
+        image: &Image,
+        file: &FileRef,
+        kind: FileKind,
+        ids: &RegisteredIds,
+    ) -> Artifact {
+        let (kernel_id, ramdisk_id) = match kind {
             FileKind::Image => (ids.eki.clone(), ids.eri.clone()),
             _ => (None, None),
         };
-        let suffix = match file.kind {
+        let virtualization = match kind {
+            FileKind::Image => image.virtualization,
+            FileKind::Kernel | FileKind::Ramdisk => Virtualization::Paravirtual,
+        };
+        let suffix = match kind {
             FileKind::Kernel => "kernel",
             FileKind::Ramdisk => "ramdisk",
             FileKind::Image => "image",
         };
-        let identity = format!(
+        // The artifact's own kind and the file's SHA-256: a UEC tarball's kernel is
+        // `kernel:<the tarball's sha256>`, shared by every image of that tarball but not with
+        // another tarball holding the same kernel bytes (knowing those would take a pass over
+        // the tarball before `cloud_objects` could say it is registered). An HVM disk says so,
+        // which paravirtual identities (kept as they were) never do.
+        let mut identity = format!(
             "{suffix}:{}:{}:{}:{}",
             file.sha256,
             image.arch,
             kernel_id.as_deref().unwrap_or("-"),
             ramdisk_id.as_deref().unwrap_or("-")
         );
+        if virtualization == Virtualization::Hvm {
+            identity.push_str(":hvm");
+        }
         Artifact {
-            kind: file.kind,
+            kind,
             source: self.installer.cache.path(&file.sha256),
             source_size: file.size,
             compression: file.compression,
@@ -250,14 +307,18 @@ impl Job<'_> {
             bucket: self.row.bucket.clone(),
             kernel_id,
             ramdisk_id,
+            virtualization,
+            description: image.stream.as_ref().map(StreamIdentity::description),
             identity,
         }
     }
 
     /// Publishes an artifact unless this cloud already has it (a kernel shared by two images).
+    /// `share`: the bytes of the install's progress this publish stands for.
     async fn publish_once(
         &self,
         artifact: &Artifact,
+        share: u64,
         done_before: u64,
         total: u64,
     ) -> Result<String, JobError> {
@@ -274,7 +335,7 @@ impl Job<'_> {
         if let Some(id) = installer.db.cloud_object(&cloud_id, &artifact.identity)? {
             installer.board.progress(
                 self.uri(),
-                done_before + artifact.source_size,
+                done_before + share,
                 total,
                 status::already_registered(artifact.kind, &id),
             );
@@ -285,6 +346,8 @@ impl Job<'_> {
             uri: self.uri(),
             done_before,
             total,
+            share,
+            source_size: artifact.source_size,
         };
         let published = installer
             .publisher
@@ -374,18 +437,42 @@ struct BoardProgress<'a> {
     uri: &'a str,
     done_before: u64,
     total: u64,
+    /// The publish's bytes of the install, and the source file's size its reports count in.
+    share: u64,
+    source_size: u64,
 }
 
 /// Publishing's steps, worded by `status`, on the board as part of the whole install's bytes.
 impl Progress for BoardProgress<'_> {
     fn report(&self, step: Step, source_done: u64) {
-        self.installer.board.progress(
-            self.uri,
-            self.done_before + source_done,
-            self.total,
-            step.line(),
-        );
+        let scaled = if self.source_size == 0 {
+            self.share
+        } else {
+            (u128::from(source_done.min(self.source_size)) * u128::from(self.share)
+                / u128::from(self.source_size)) as u64
+        };
+        self.installer
+            .board
+            .progress(self.uri, self.done_before + scaled, self.total, step.line());
     }
+}
+
+/// `size` split in proportion to `weights` (all of it, the rounding in the last share); evenly
+/// when the weights are all zero.
+fn split(size: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+    let mut shares: Vec<u64> = weights
+        .iter()
+        .map(|&w| match sum {
+            0 => size / weights.len() as u64,
+            _ => (u128::from(size) * u128::from(w) / sum) as u64,
+        })
+        .collect();
+    let given: u64 = shares.iter().sum();
+    if let Some(last) = shares.last_mut() {
+        *last += size - given;
+    }
+    shares
 }
 
 /// A bundle prefix made only of `[A-Za-z0-9._-]`: `ubuntu-server-amd64-9.10-kernel`; at most
@@ -420,6 +507,14 @@ fn bundle_name(product: &str, version: &str, suffix: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tarball_s_bytes_split_by_its_members_sizes_and_add_up() {
+        assert_eq!(super::split(1000, &[4, 12, 384]), [10, 30, 960]);
+        assert_eq!(super::split(1001, &[1, 1, 1]), [333, 333, 335]);
+        assert_eq!(super::split(10, &[0, 0]), [5, 5]);
+        assert_eq!(super::split(7, &[5]), [7]);
+    }
+
     #[test]
     fn bundle_names_are_path_safe() {
         assert_eq!(

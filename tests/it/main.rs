@@ -32,3 +32,4 @@ mod service_readiness;
 mod simplestreams_model;
 mod simplestreams_peer;
 mod store_page;
+mod uec_and_hvm_installs;

@@ -284,3 +284,159 @@ async fn v4_signatures_pass_moto_s_checker_and_a_wrong_secret_fails_clearly() {
     }
     assert_eq!(moto.check(&["images"]).as_array().unwrap().len(), 3);
 }
+
+/// Says nothing: the publish below is judged by what moto received.
+struct NoProgress;
+
+impl image_store_proxy::publish::Progress for NoProgress {
+    fn report(&self, _: image_store_proxy::status::Step, _: u64) {}
+}
+
+/// An HVM qcow2 disk published through the real Eucalyptus client: moto records a RegisterImage
+/// with `VirtualizationType=hvm`, no kernel or ramdisk and the stream identity as its Description
+/// (cut at 255 characters); the parts fetched back from moto, decrypted by openssl with the key
+/// and IV from the manifest, gunzipped by gzip and read by Python's `tarfile` are byte for byte
+/// what `qemu-img convert -O raw` makes of the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hvm_qcow2_disk_lands_in_moto_as_qemu_s_raw_disk_registered_hvm_with_its_description() {
+    use image_store_proxy::catalog::model::{Compression, FileKind, Packing, Virtualization};
+    use image_store_proxy::cloud::{credentials, eucalyptus::EucalyptusCloud};
+    use image_store_proxy::fetch::RetryPolicy;
+    use image_store_proxy::publish::{Artifact, Publisher};
+    use std::io::{Seek, SeekFrom, Write};
+    use std::process::Command;
+
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    let config = moto.cloud_config(dir.path(), "toml", ACCESS_KEY, SECRET, "2");
+    let cloud =
+        EucalyptusCloud::new(credentials::load(&config).unwrap(), RetryPolicy::default()).unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+
+    // A disk with text, a run of zeros, a hole and noise, compressed by qemu-img as Ubuntu's are.
+    let raw = dir.path().join("disk.raw");
+    let mut disk = std::fs::File::create(&raw).unwrap();
+    disk.write_all(&common::image_bytes(21, 2 << 20)).unwrap();
+    disk.write_all(&vec![0; 1 << 20]).unwrap();
+    disk.seek(SeekFrom::Current(3 << 20)).unwrap();
+    disk.write_all(&common::noise(22, 200_000)).unwrap();
+    drop(disk);
+    let qcow2 = dir.path().join("disk1.img");
+    let qemu_raw = dir.path().join("qemu.raw");
+    for args in [
+        vec!["convert", "-c", "-f", "raw", "-O", "qcow2"],
+        vec!["convert", "-f", "qcow2", "-O", "raw"],
+    ] {
+        let (from, to) = if args.contains(&"-c") {
+            (&raw, &qcow2)
+        } else {
+            (&qcow2, &qemu_raw)
+        };
+        let status = Command::new("qemu-img")
+            .args(&args)
+            .args([from, to])
+            .status()
+            .expect("qemu-img runs (Debian qemu-utils; test.sh installs it)");
+        assert!(status.success(), "qemu-img {args:?}");
+    }
+
+    let description = format!(
+        "simplestreams com.ubuntu.cloud:released:download com.ubuntu.cloud:server:24.04:amd64 \
+         20240725 disk1.img {}",
+        "x".repeat(300)
+    );
+    let artifact = Artifact {
+        kind: FileKind::Image,
+        source_size: std::fs::metadata(&qcow2).unwrap().len(),
+        source: qcow2.clone(),
+        compression: Compression::None,
+        packing: Packing::Qcow2,
+        name: "noble-20240725-image".into(),
+        arch: "x86_64".into(),
+        bucket: "image-store-1".into(),
+        kernel_id: None,
+        ramdisk_id: None,
+        virtualization: Virtualization::Hvm,
+        description: Some(description.clone()),
+        identity: "image:test:hvm".into(),
+    };
+    let publisher = Publisher::new(std::sync::Arc::new(cloud), &data_dir);
+    let published = publisher
+        .publish(
+            &artifact,
+            &NoProgress,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        published.image_id.starts_with("ami-"),
+        "{}",
+        published.image_id
+    );
+
+    let registrations = moto.registrations();
+    assert_eq!(registrations.len(), 1, "{registrations:#?}");
+    let params = &registrations[0]["params"];
+    assert_eq!(params["VirtualizationType"], "hvm");
+    assert!(
+        params.get("KernelId").is_none() && params.get("RamdiskId").is_none(),
+        "{params}"
+    );
+    let capped: String = description.chars().take(255).collect();
+    assert_eq!(params["Description"], capped.as_str());
+    assert_eq!(
+        params["ImageLocation"],
+        "image-store-1/noble-20240725-image.manifest.xml"
+    );
+
+    // The parts as moto holds them, opened with openssl, gzip and Python's tarfile.
+    let landed = dir.path().join("landed");
+    moto.check(&["download", "image-store-1", landed.to_str().unwrap()]);
+    let manifest =
+        std::fs::read_to_string(landed.join("noble-20240725-image.manifest.xml")).unwrap();
+    let user_key = dir.path().join("credentials/user-pk.pem");
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let key = openssl::unwrap_hex(
+        &scratch,
+        &user_key,
+        openssl::element(&manifest, "user_encrypted_key"),
+    );
+    let iv = openssl::unwrap_hex(
+        &scratch,
+        &user_key,
+        openssl::element(&manifest, "user_encrypted_iv"),
+    );
+    let mut encrypted = Vec::new();
+    for part in openssl::part_names(&manifest) {
+        encrypted.extend(std::fs::read(landed.join(part)).unwrap());
+    }
+    let compressed = openssl::run(
+        "openssl",
+        &["enc", "-d", "-aes-128-cbc", "-K", &key, "-iv", &iv],
+        Some(&encrypted),
+    );
+    let tar = scratch.join("image.tar");
+    std::fs::write(&tar, openssl::run("gzip", &["-dc"], Some(&compressed))).unwrap();
+    let untarred = scratch.join("image.raw");
+    openssl::run(
+        "python3",
+        &[
+            "-c",
+            "import sys, tarfile\n\
+             with tarfile.open(sys.argv[1]) as t:\n\
+             \x20   [m] = t.getmembers()\n\
+             \x20   assert m.name == 'noble-20240725-image' and m.isfile(), m\n\
+             \x20   open(sys.argv[2], 'wb').write(t.extractfile(m).read())",
+            tar.to_str().unwrap(),
+            untarred.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        std::fs::read(&untarred).unwrap() == std::fs::read(&qemu_raw).unwrap(),
+        "the registered bundle holds qemu-img's raw disk"
+    );
+}

@@ -1,11 +1,15 @@
-//! The qcow2 reader (`image_store_proxy::qcow2`) against qemu itself: fixtures made here with
+//! The qcow2 reader (`image_store_proxy::unpack::qcow2`) against qemu itself: fixtures made here with
 //! `qemu-img` (Debian qemu-utils) from raw files of known content, read through `Qcow2Reader` and
-//! compared by SHA-256 with `qemu-img convert -O raw` of the same file; then one named test per
-//! image the reader must refuse, made by qemu-img or by patching the bytes of a real fixture.
+//! through `unpack::with_artifact_bytes` (the install's road) and compared by SHA-256 with
+//! `qemu-img convert -O raw` of the same file; then one named test per image the reader must
+//! refuse, made by qemu-img or by patching the bytes of a real fixture, each refusal reaching the
+//! install as one line through `unpack`.
 //! Without qemu-img each test says it is skipped and returns.
 
 use crate::common;
-use image_store_proxy::qcow2::{ClusterKind, Qcow2Error, Qcow2Image, Region};
+use image_store_proxy::catalog::model::{Compression, FileKind, Packing};
+use image_store_proxy::unpack::qcow2::{ClusterKind, Qcow2Error, Qcow2Image, Region};
+use image_store_proxy::unpack::{self, UnpackError};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -177,12 +181,42 @@ fn assert_same_as_qemu(qcow2: &Path) -> Qcow2Image<File> {
     assert_eq!(image.virtual_size(), expected_len, "{}", qcow2.display());
     let (actual, actual_len) = sha256(image.into_reader());
     assert_eq!(
-        (actual, actual_len),
-        (expected, expected_len),
+        (&actual, actual_len),
+        (&expected, expected_len),
         "{}",
         qcow2.display()
     );
+    let (unpacked, unpacked_len) = through_unpack(qcow2, |stream| {
+        assert_eq!(
+            stream.size,
+            Some(expected_len),
+            "the stream states its size"
+        );
+        Ok(sha256(stream.reader))
+    })
+    .unwrap();
+    assert_eq!(
+        (unpacked, unpacked_len),
+        (expected, expected_len),
+        "{} through unpack",
+        qcow2.display()
+    );
     Qcow2Image::open(File::open(qcow2).unwrap()).unwrap()
+}
+
+/// `qcow2` as an install reads it: `unpack::with_artifact_bytes` on a qcow2 machine image.
+fn through_unpack<T>(
+    qcow2: &Path,
+    read: impl FnOnce(unpack::ImageStream<'_>) -> Result<T, UnpackError>,
+) -> Result<T, UnpackError> {
+    unpack::with_artifact_bytes(
+        qcow2,
+        Compression::None,
+        Packing::Qcow2,
+        FileKind::Image,
+        &|_| {},
+        read,
+    )
 }
 
 fn path(path: &Path) -> &str {
@@ -360,7 +394,8 @@ fn zero_clusters_read_as_zeros() {
     assert!(zero >= 16, "{zero} zero clusters");
 }
 
-/// The refusal met opening `file` or reading it to the end.
+/// The refusal met opening `file` or reading it to the end, by the reader and through `unpack`:
+/// there it is an `UnpackError::Qcow2` whose one line names the file, then says the reader's.
 fn refusal(file: &Path) -> Qcow2Error {
     let error = match Qcow2Image::open(File::open(file).unwrap()) {
         Err(error) => error,
@@ -375,7 +410,24 @@ fn refusal(file: &Path) -> Qcow2Error {
     };
     let line = error.to_string();
     assert!(!line.is_empty() && !line.contains('\n'), "{line:?}");
-    eprintln!("refused as expected: {line}");
+    let unpacked = through_unpack(file, |stream| {
+        io::copy(stream.reader, &mut io::sink())
+            .map_err(|source| UnpackError::reading(file, source))
+    })
+    .unwrap_err();
+    let reported = image_store_proxy::report::one_line(&unpacked);
+    assert_eq!(
+        reported,
+        format!(
+            "the qcow2 image {} cannot be installed: {line}",
+            file.display()
+        )
+    );
+    match unpacked {
+        UnpackError::Qcow2 { source, .. } => assert_eq!(source.to_string(), line),
+        other => panic!("not a qcow2 refusal: {other:?}"),
+    }
+    eprintln!("refused as expected: {reported}");
     error
 }
 
@@ -550,6 +602,28 @@ fn refuses_an_l1_table_past_the_end_of_the_file() {
             error,
             Qcow2Error::BeyondEnd {
                 what: Region::L1Table,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn refuses_an_l2_table_past_the_end_of_the_file() {
+    if !have_qemu_img("refuses_an_l2_table_past_the_end_of_the_file") {
+        return;
+    }
+    let error = patched(true, |bytes| {
+        let l1 = be64(bytes, 40);
+        let past = (bytes.len() as u64).next_multiple_of(64 * KIB) + 2 * 64 * KIB;
+        put64(bytes, l1, 1 << 63 | past);
+    });
+    assert!(
+        matches!(
+            error,
+            Qcow2Error::BeyondEnd {
+                what: Region::L2Table { l1_index: 0 },
                 ..
             }
         ),

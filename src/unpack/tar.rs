@@ -1,55 +1,214 @@
-//! Turns a cached download into the bytes that get installed (SPEC §5): gunzip when compressed,
-//! and for a UEC-style tarball the `*.img` member, streamed straight out of the archive. Nothing is
-//! extracted to disk, so a hostile tarball's paths, links and devices are never written anywhere:
-//! only a regular file's bytes are read.
+//! The tarball's members (SPEC §5), streamed straight out of the archive. Nothing is extracted
+//! to disk, so a hostile tarball's paths, links and devices are never written anywhere: only a
+//! regular file's bytes are read.
 //!
-//! A tarball is still judged whole, every member, before its image counts ([`image_size`] reads it
-//! through; the cloud measures before it bundles). Refused outright, the member named: an absolute
-//! path or a `..` anywhere (also on an `*.img`: a tarball built so is hostile or broken, and which
-//! file was meant is a guess), a symbolic or hard link whose target leaves the archive, a device
-//! or FIFO, a member shorter than its header says, and two regular `*.img` members (which one to
+//! A tarball is judged whole, every member, before what it holds counts ([`census`] and each
+//! read walk it to its end). Refused outright, the member named: an absolute path or a `..`
+//! anywhere (also on a member we want: a tarball built so is hostile or broken, and which file was
+//! meant is a guess), a symbolic or hard link whose target leaves the archive, a device or FIFO,
+//! a member shorter than its header says, and two regular members for one role (which one to
 //! install would be a guess). Ignored: directories, other files, links that stay inside (a link
 //! is never followed, so an `*.img` that is a link does not count as the image).
+//!
+//! A member's role is read off its file name, as UEC tarballs name them: `*vmlinuz*` is the
+//! kernel, `*initrd*` the ramdisk, any other `*.img` the machine image (so `initrd.img` is a
+//! ramdisk, not a second image).
 
-use crate::catalog::model::{Compression, Packing};
-use flate2::read::MultiGzDecoder;
-use std::fs::File;
-use std::io::{self, BufReader, Read};
-use std::path::{Component, Path, PathBuf};
+use super::{ImageStream, UnpackError};
+use crate::catalog::model::FileKind;
+use std::io::{self, Read};
+use std::path::{Component, Path};
 
-#[derive(Debug, thiserror::Error)]
-pub enum UnpackError {
-    #[error("reading {path}: {}", one_line(source))]
-    Read { path: PathBuf, source: io::Error },
-    #[error("the tarball {path} holds no regular *.img file")]
-    NoImage { path: PathBuf },
-    #[error("the tarball {path} is refused: member {member:?} {reason}")]
-    Refused {
-        path: PathBuf,
-        member: String,
-        reason: String,
-    },
-    #[error(
-        "the tarball {path} is refused: it holds two *.img files, {first:?} and {second:?}, and which one to install is ambiguous"
-    )]
-    TwoImages {
-        path: PathBuf,
-        first: String,
-        second: String,
-    },
-    #[error(
-        "the tarball {path} is refused: member {member:?} is cut short, {present} of the {declared} bytes its header declares"
-    )]
-    Truncated {
-        path: PathBuf,
-        member: String,
-        declared: u64,
-        present: u64,
-    },
+/// The role a regular member named `name` (its file name) plays in a UEC tarball, if any.
+fn role(name: &str) -> Option<FileKind> {
+    if name.contains("vmlinuz") {
+        Some(FileKind::Kernel)
+    } else if name.contains("initrd") {
+        Some(FileKind::Ramdisk)
+    } else if name.ends_with(".img") {
+        Some(FileKind::Image)
+    } else {
+        None
+    }
+}
+
+/// How a refusal names the members of a role.
+pub fn pattern(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Kernel => "*vmlinuz*",
+        FileKind::Ramdisk => "*initrd*",
+        FileKind::Image => "*.img",
+    }
+}
+
+/// A member that passed the rules: its path as the archive spells it, and its role if it is a
+/// regular file with one.
+struct Judged {
+    member: String,
+    name: String,
+    role: Option<FileKind>,
+}
+
+/// Applies the module's rules to one member.
+fn judge(path: &Path, entry: &::tar::Entry<'_, impl Read>) -> Result<Judged, UnpackError> {
+    let read_error = |source| UnpackError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let member = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    if let Some(reason) = refusal(entry).map_err(read_error)? {
+        return Err(UnpackError::Refused {
+            path: path.to_owned(),
+            member,
+            reason,
+        });
+    }
+    let name = entry
+        .path()
+        .map_err(read_error)?
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let role = (entry.header().entry_type() == ::tar::EntryType::Regular)
+        .then(|| role(&name))
+        .flatten();
+    Ok(Judged { member, name, role })
+}
+
+/// Walks every member of the tarball, handing the one regular member of role `wanted` to
+/// `install` as it passes.
+pub(super) fn with_member<T, E: From<UnpackError>>(
+    path: &Path,
+    decompressed: impl Read,
+    wanted: FileKind,
+    install: impl FnOnce(ImageStream<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let read_error = |source| UnpackError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut install = Some(install);
+    let mut found: Option<(String, T)> = None;
+    let mut archive = ::tar::Archive::new(decompressed);
+    for entry in archive.entries().map_err(read_error)? {
+        let mut entry = entry.map_err(read_error)?;
+        let Judged { member, name, role } = judge(path, &entry)?;
+        let is_wanted = role == Some(wanted);
+        if let (true, Some((first, _))) = (is_wanted, &found) {
+            return Err(UnpackError::TwoMembers {
+                path: path.to_owned(),
+                kind: wanted,
+                first: first.clone(),
+                second: member,
+            }
+            .into());
+        }
+        let declared = entry.size();
+        let mut exact = ExactMember {
+            entry: &mut entry,
+            declared,
+            present: 0,
+            at_end: false,
+        };
+        let installed = match (is_wanted, install.take()) {
+            (true, Some(install)) => {
+                let result = install(ImageStream {
+                    name: Some(&name),
+                    size: Some(declared),
+                    reader: &mut exact,
+                });
+                // A reader that met the archive's end inside the member: the cut is the cause.
+                if result.is_err() && exact.present < exact.declared && exact.at_end {
+                    return Err(truncated(path, member, declared, exact.present).into());
+                }
+                Some(result?)
+            }
+            (_, unused) => {
+                install = unused;
+                None
+            }
+        };
+        if let Err((present, declared)) = exact.finish().map_err(read_error)? {
+            return Err(truncated(path, member, declared, present).into());
+        }
+        if let Some(value) = installed {
+            found = Some((member, value));
+        }
+    }
+    match found {
+        Some((_, value)) => Ok(value),
+        None => Err(UnpackError::NoMember {
+            path: path.to_owned(),
+            kind: wanted,
+        }
+        .into()),
+    }
+}
+
+/// Walks every member of the tarball once, judging each, and checks it holds exactly one regular
+/// member of each role in `roles`: the check made before anything of a file that provides several
+/// artifacts is published, so a tarball without its ramdisk registers nothing. Returns each
+/// role's member size, in the order of `roles`.
+pub(super) fn census(
+    path: &Path,
+    decompressed: impl Read,
+    roles: &[FileKind],
+) -> Result<Vec<u64>, UnpackError> {
+    let read_error = |source| UnpackError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut found: Vec<Option<(String, u64)>> = vec![None; roles.len()];
+    let mut archive = ::tar::Archive::new(decompressed);
+    for entry in archive.entries().map_err(read_error)? {
+        let mut entry = entry.map_err(read_error)?;
+        let Judged { member, role, .. } = judge(path, &entry)?;
+        let declared = entry.size();
+        if let Some(slot) = role.and_then(|role| roles.iter().position(|&r| r == role)) {
+            if let Some((first, _)) = &found[slot] {
+                return Err(UnpackError::TwoMembers {
+                    path: path.to_owned(),
+                    kind: roles[slot],
+                    first: first.clone(),
+                    second: member,
+                });
+            }
+            found[slot] = Some((member.clone(), declared));
+        }
+        let exact = ExactMember {
+            entry: &mut entry,
+            declared,
+            present: 0,
+            at_end: false,
+        };
+        if let Err((present, declared)) = exact.finish().map_err(read_error)? {
+            return Err(truncated(path, member, declared, present));
+        }
+    }
+    roles
+        .iter()
+        .zip(found)
+        .map(|(&kind, found)| {
+            found.map(|(_, size)| size).ok_or(UnpackError::NoMember {
+                path: path.to_owned(),
+                kind,
+            })
+        })
+        .collect()
+}
+
+fn truncated(path: &Path, member: String, declared: u64, present: u64) -> UnpackError {
+    UnpackError::Truncated {
+        path: path.to_owned(),
+        member,
+        declared,
+        present,
+    }
 }
 
 /// Why a member makes its tarball unacceptable, if it does.
-fn refusal(entry: &tar::Entry<'_, impl Read>) -> io::Result<Option<String>> {
+fn refusal(entry: &::tar::Entry<'_, impl Read>) -> io::Result<Option<String>> {
     let path = entry.path()?;
     if let Some(reason) = path_problem(&path) {
         return Ok(Some(format!("has {reason}")));
@@ -61,11 +220,11 @@ fn refusal(entry: &tar::Entry<'_, impl Read>) -> io::Result<Option<String>> {
             .then(|| format!("is a {what} pointing out of the archive (to {target:?})")))
     };
     match kind {
-        tar::EntryType::Symlink => link("symbolic link", path.parent().unwrap_or(Path::new(""))),
-        tar::EntryType::Link => link("hard link", Path::new("")),
-        tar::EntryType::Char => Ok(Some("is a character device".into())),
-        tar::EntryType::Block => Ok(Some("is a block device".into())),
-        tar::EntryType::Fifo => Ok(Some("is a FIFO".into())),
+        ::tar::EntryType::Symlink => link("symbolic link", path.parent().unwrap_or(Path::new(""))),
+        ::tar::EntryType::Link => link("hard link", Path::new("")),
+        ::tar::EntryType::Char => Ok(Some("is a character device".into())),
+        ::tar::EntryType::Block => Ok(Some("is a block device".into())),
+        ::tar::EntryType::Fifo => Ok(Some("is a FIFO".into())),
         _ => Ok(None),
     }
 }
@@ -137,223 +296,18 @@ impl<R: Read> ExactMember<R> {
     }
 }
 
-/// `error` with control characters escaped: `tar` quotes a bad header's raw bytes, newlines included,
-/// and an error must stay one line in a status.
-fn one_line(error: &io::Error) -> String {
-    error
-        .to_string()
-        .chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-/// Reports how many bytes of the source file were consumed, once per MiB.
-struct Metered<'a> {
-    inner: File,
-    consumed: u64,
-    reported: u64,
-    report: &'a (dyn Fn(u64) + Sync),
-}
-
-impl Read for Metered<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.consumed += n as u64;
-        if self.consumed - self.reported >= 1 << 20 || n == 0 {
-            self.reported = self.consumed;
-            (self.report)(self.consumed);
-        }
-        Ok(n)
-    }
-}
-
-/// The raw image bytes as they stream out of the source file.
-pub struct ImageStream<'a> {
-    /// For a tarball, the member's file name.
-    pub name: Option<&'a str>,
-    /// The number of bytes `reader` yields, when known before reading them: a tar member's
-    /// header says, and an uncompressed file is its own size. A gzipped file does not say.
-    pub size: Option<u64>,
-    pub reader: &'a mut dyn Read,
-}
-
-/// Calls `install` with a stream of the image's raw bytes. `consumed` is told how far into the
-/// source file the work has got.
-pub fn with_image_bytes<T, E: From<UnpackError>>(
-    path: &Path,
-    compression: Compression,
-    packing: Packing,
-    consumed: &(dyn Fn(u64) + Sync),
-    install: impl FnOnce(ImageStream<'_>) -> Result<T, E>,
-) -> Result<T, E> {
-    let read_error = |source| UnpackError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(read_error)?;
-    let source_size = file.metadata().map_err(read_error)?.len();
-    // Said before the first byte: a failure in the first MiB then names this step, not the last.
-    consumed(0);
-    let metered = Metered {
-        inner: file,
-        consumed: 0,
-        reported: 0,
-        report: consumed,
-    };
-    let mut decompressed: Box<dyn Read + '_> = match compression {
-        Compression::None => Box::new(BufReader::with_capacity(1 << 20, metered)),
-        Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::with_capacity(
-            1 << 20,
-            metered,
-        ))),
-    };
-    match packing {
-        Packing::Raw => install(ImageStream {
-            name: None,
-            size: (compression == Compression::None).then_some(source_size),
-            reader: &mut decompressed,
-        }),
-        Packing::Tar => with_tar_image(path, decompressed, install),
-        // TODO(issue 14): the qcow2 reader streamed here (the install helper's branch).
-        Packing::Qcow2 => Err(UnpackError::NoImage {
-            path: path.to_owned(),
-        }
-        .into()),
-    }
-}
-
-/// Walks every member of the tarball (see the module's rules), handing the one regular `*.img`
-/// to `install` as it passes.
-fn with_tar_image<T, E: From<UnpackError>>(
-    path: &Path,
-    decompressed: impl Read,
-    install: impl FnOnce(ImageStream<'_>) -> Result<T, E>,
-) -> Result<T, E> {
-    let read_error = |source| UnpackError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut install = Some(install);
-    let mut image: Option<(String, T)> = None;
-    let mut archive = tar::Archive::new(decompressed);
-    for entry in archive.entries().map_err(read_error)? {
-        let mut entry = entry.map_err(read_error)?;
-        let member = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        if let Some(reason) = refusal(&entry).map_err(read_error)? {
-            return Err(UnpackError::Refused {
-                path: path.to_owned(),
-                member,
-                reason,
-            }
-            .into());
-        }
-        let declared = entry.size();
-        let name = entry
-            .path()
-            .map_err(read_error)?
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| n.ends_with(".img"))
-            .map(str::to_owned);
-        let is_image = entry.header().entry_type() == tar::EntryType::Regular && name.is_some();
-        if let (true, Some((first, _))) = (is_image, &image) {
-            return Err(UnpackError::TwoImages {
-                path: path.to_owned(),
-                first: first.clone(),
-                second: member,
-            }
-            .into());
-        }
-        let mut exact = ExactMember {
-            entry: &mut entry,
-            declared,
-            present: 0,
-            at_end: false,
-        };
-        let installed = match (is_image, install.take()) {
-            (true, Some(install)) => {
-                let result = install(ImageStream {
-                    name: name.as_deref(),
-                    size: Some(declared),
-                    reader: &mut exact,
-                });
-                // A reader that met the archive's end inside the member: the cut is the cause.
-                if result.is_err() && exact.present < exact.declared && exact.at_end {
-                    return Err(UnpackError::Truncated {
-                        path: path.to_owned(),
-                        member,
-                        declared,
-                        present: exact.present,
-                    }
-                    .into());
-                }
-                Some(result?)
-            }
-            (_, unused) => {
-                install = unused;
-                None
-            }
-        };
-        if let Err((present, declared)) = exact.finish().map_err(read_error)? {
-            return Err(UnpackError::Truncated {
-                path: path.to_owned(),
-                member,
-                declared,
-                present,
-            }
-            .into());
-        }
-        if let Some(value) = installed {
-            image = Some((member, value));
-        }
-    }
-    match image {
-        Some((_, value)) => Ok(value),
-        None => Err(UnpackError::NoImage {
-            path: path.to_owned(),
-        }
-        .into()),
-    }
-}
-
-/// The number of raw image bytes in a source file: read off a tar header or the file itself when
-/// possible, else counted by decompressing once (a gzip trailer holds the size only modulo 4 GiB,
-/// and only for its last member).
-pub fn image_size(
-    path: &Path,
-    compression: Compression,
-    packing: Packing,
-    consumed: &(dyn Fn(u64) + Sync),
-) -> Result<u64, UnpackError> {
-    with_image_bytes(path, compression, packing, consumed, |stream| {
-        if let Some(size) = stream.size {
-            return Ok(size);
-        }
-        io::copy(stream.reader, &mut io::sink()).map_err(|source| UnpackError::Read {
-            path: path.to_owned(),
-            source,
-        })
-    })
-}
-
 /// One tar member written byte by byte (header, data, padding), with whatever name, link target,
 /// type and declared size: the tar crate refuses to write the hostile members (`..` names, links
 /// out, sizes that lie) that the tests and fuzz seeds of this module need.
 #[doc(hidden)]
 pub fn raw_tar_member(
-    kind: tar::EntryType,
+    kind: ::tar::EntryType,
     name: &str,
     link: &str,
     data: &[u8],
     declared: u64,
 ) -> Vec<u8> {
-    let mut header = tar::Header::new_gnu();
+    let mut header = ::tar::Header::new_gnu();
     header.set_entry_type(kind);
     header.set_size(declared);
     header.set_mode(0o644);
@@ -370,7 +324,9 @@ pub fn raw_tar_member(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{artifact_size, check_members, with_artifact_bytes};
     use super::*;
+    use crate::catalog::model::{Compression, Packing};
     use flate2::{Compression as Level, write::GzEncoder};
     use std::io::Write;
 
@@ -385,7 +341,16 @@ mod tests {
         compression: Compression,
         packing: Packing,
     ) -> Result<(Option<String>, Vec<u8>), UnpackError> {
-        with_image_bytes(path, compression, packing, &|_| {}, |stream| {
+        read_role(path, compression, packing, FileKind::Image)
+    }
+
+    fn read_role(
+        path: &Path,
+        compression: Compression,
+        packing: Packing,
+        wanted: FileKind,
+    ) -> Result<(Option<String>, Vec<u8>), UnpackError> {
+        with_artifact_bytes(path, compression, packing, wanted, &|_| {}, |stream| {
             let mut out = Vec::new();
             stream
                 .reader
@@ -466,7 +431,10 @@ mod tests {
         std::fs::write(&path, tarball.into_inner().unwrap()).unwrap();
         assert!(matches!(
             read_all(&path, Compression::None, Packing::Tar),
-            Err(UnpackError::NoImage { .. })
+            Err(UnpackError::NoMember {
+                kind: FileKind::Image,
+                ..
+            })
         ));
     }
 
@@ -558,14 +526,20 @@ mod tests {
             (name.as_deref(), bytes.as_slice()),
             (Some("disk.img"), &b"IMAGE!"[..])
         );
-        assert!(matches!(unpack(&[hard]), Err(UnpackError::NoImage { .. })));
+        assert!(matches!(
+            unpack(&[hard]),
+            Err(UnpackError::NoMember {
+                kind: FileKind::Image,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn two_images_are_ambiguous_and_a_short_member_is_cut_short() {
         let two = unpack(&[regular("a.img", b"A"), regular("sub/b.img", b"B")]);
         assert!(
-            matches!(&two, Err(UnpackError::TwoImages { first, second, .. }) if first == "a.img" && second == "sub/b.img"),
+            matches!(&two, Err(UnpackError::TwoMembers { first, second, .. }) if first == "a.img" && second == "sub/b.img"),
             "{two:?}"
         );
         // The header says 4096 bytes; the archive ends after 100.
@@ -585,7 +559,14 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("image.tar.gz");
             std::fs::write(&path, gzip(&members.concat())).unwrap();
-            let error = image_size(&path, Compression::Gzip, Packing::Tar, &|_| {}).unwrap_err();
+            let error = artifact_size(
+                &path,
+                Compression::Gzip,
+                Packing::Tar,
+                FileKind::Image,
+                &|_| {},
+            )
+            .unwrap_err();
             assert!(
                 matches!(
                     error,
@@ -616,5 +597,98 @@ mod tests {
         assert!(escapes(Path::new(""), Path::new("..")));
         assert!(escapes(Path::new("a"), Path::new("/c")));
         assert!(!escapes(Path::new(""), Path::new("disk.img")));
+    }
+
+    /// A UEC tarball as `tar czf` lays one out: the image, its kernel and its ramdisk.
+    fn uec(members: &[(&str, &[u8])]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tar: Vec<u8> = members
+            .iter()
+            .flat_map(|(name, data)| regular(name, data))
+            .collect();
+        tar.extend_from_slice(&[0; 1024]);
+        let path = dir.path().join("uec.tar.gz");
+        std::fs::write(&path, gzip(&tar)).unwrap();
+        (dir, path)
+    }
+
+    const ALL: [FileKind; 3] = [FileKind::Kernel, FileKind::Ramdisk, FileKind::Image];
+
+    #[test]
+    fn each_role_reads_its_own_member_and_an_initrd_named_img_is_the_ramdisk() {
+        let (_dir, path) = uec(&[
+            ("README.files", b"notes"),
+            ("lucid-server-uec-amd64.img", b"IMAGE!"),
+            ("lucid-server-uec-amd64-vmlinuz-virtual", b"KERNEL"),
+            ("initrd.img", b"RAMDISK!"),
+        ]);
+        let read = |kind| read_role(&path, Compression::Gzip, Packing::Tar, kind).unwrap();
+        assert_eq!(
+            read(FileKind::Kernel),
+            (
+                Some("lucid-server-uec-amd64-vmlinuz-virtual".into()),
+                b"KERNEL".to_vec()
+            )
+        );
+        assert_eq!(
+            read(FileKind::Ramdisk),
+            (Some("initrd.img".into()), b"RAMDISK!".to_vec())
+        );
+        assert_eq!(read(FileKind::Image).1, b"IMAGE!");
+        let sizes = check_members(&path, Compression::Gzip, &ALL, &|_| {}).unwrap();
+        assert_eq!(sizes, [6, 8, 6]);
+    }
+
+    #[test]
+    fn the_census_names_a_missing_initrd_and_refuses_two_kernels_or_a_hostile_member() {
+        let (_dir, path) = uec(&[("disk.img", b"IMAGE!"), ("vmlinuz", b"KERNEL")]);
+        let error = check_members(&path, Compression::Gzip, &ALL, &|_| {}).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the tarball {} holds no regular *initrd* member: a paravirtual image needs a ramdisk to boot",
+                path.display()
+            )
+        );
+        // A tarball that provides only its image needs no kernel or ramdisk.
+        assert_eq!(
+            check_members(&path, Compression::Gzip, &[FileKind::Image], &|_| {}).unwrap(),
+            [6]
+        );
+        let (_dir, path) = uec(&[
+            ("disk.img", b"IMAGE!"),
+            ("vmlinuz-a", b"A"),
+            ("initrd", b"R"),
+            ("boot/vmlinuz-b", b"B"),
+        ]);
+        let error = check_members(&path, Compression::Gzip, &ALL, &|_| {}).unwrap_err();
+        assert!(
+            matches!(&error, UnpackError::TwoMembers { kind: FileKind::Kernel, first, second, .. }
+                if first == "vmlinuz-a" && second == "boot/vmlinuz-b"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("two *vmlinuz* files"), "{error}");
+        assert!(matches!(
+            read_role(&path, Compression::Gzip, Packing::Tar, FileKind::Kernel),
+            Err(UnpackError::TwoMembers { .. })
+        ));
+        let mut members = vec![regular("disk.img", b"I"), regular("vmlinuz", b"K")];
+        members.push(regular("initrd", b"R"));
+        members.push(super::raw_tar_member(
+            ::tar::EntryType::Symlink,
+            "evil",
+            "/etc/shadow",
+            b"",
+            0,
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("uec.tar");
+        let mut tar = members.concat();
+        tar.extend_from_slice(&[0; 1024]);
+        std::fs::write(&path, tar).unwrap();
+        assert!(matches!(
+            check_members(&path, Compression::None, &ALL, &|_| {}),
+            Err(UnpackError::Refused { member, .. }) if member == "evil"
+        ));
     }
 }
