@@ -22,6 +22,18 @@ pub fn one_line(error: &(dyn Error + 'static)) -> String {
     line
 }
 
+/// Another library's message as one line: its line breaks (sequoia's parser says "Unrecognized
+/// EOF found at 1\nExpected one of …") and the spaces around them become one space.
+pub fn flat(message: &impl std::fmt::Display) -> String {
+    message
+        .to_string()
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A failed HTTP exchange with `peer` ("the image store", "the cloud", "the proxy") as one short
 /// cause a person can act on: "the image store at 127.0.0.1:37207 refused the connection", not
 /// reqwest's "error sending request for url (…): client error (Connect): tcp connect error: …".

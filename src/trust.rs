@@ -8,6 +8,7 @@
 
 use sequoia_openpgp as openpgp;
 
+use crate::report::flat;
 use openpgp::cert::CertParser;
 use openpgp::parse::Parse;
 use openpgp::parse::stream::{
@@ -33,13 +34,13 @@ pub enum TrustError {
     KeyringUnreadable { path: PathBuf, cause: KeyringCause },
     #[error("keyring {path} holds no OpenPGP certificate")]
     KeyringEmpty { path: PathBuf },
-    #[error("the signature is unreadable: {0}")]
+    #[error("the signature is unreadable: {}", flat(.0))]
     Malformed(anyhow::Error),
     #[error("made by a key not in the keyring ({0})")]
     UnknownKey(String),
-    #[error("the signing key {key} is not valid: {cause}")]
+    #[error("the signing key {key} is not valid: {}", flat(cause))]
     BadKey { key: String, cause: anyhow::Error },
-    #[error("bad signature: the signed data does not match ({0})")]
+    #[error("bad signature: the signed data does not match ({})", flat(.0))]
     BadSignature(anyhow::Error),
     #[error("reading the signed data failed: {0}")]
     Read(std::io::Error),
@@ -66,7 +67,7 @@ pub fn is_clear_signed(document: &[u8]) -> bool {
 pub enum KeyringCause {
     #[error(transparent)]
     Io(std::io::Error),
-    #[error(transparent)]
+    #[error("{}", flat(.0))]
     Parse(anyhow::Error),
 }
 

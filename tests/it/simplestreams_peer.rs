@@ -502,7 +502,7 @@ async fn the_proxys_reader_refuses_a_mismatched_content_id_and_a_rolled_back_tre
 /// `qemu-img convert` makes of it, with compressed clusters among its clusters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxys_qcow2_reader_and_qemu_img_read_every_disk1_img_as_the_same_disk() {
-    use image_store_proxy::qcow2::{ClusterKind, Qcow2Image};
+    use image_store_proxy::unpack::qcow2::{ClusterKind, Qcow2Image};
     use std::io::Read;
     let mirror = Mirror::start().await;
     for item in mirror.items.iter().filter(|item| item.ftype == "disk1.img") {
