@@ -153,7 +153,8 @@ pub enum UpstreamFormat {
     Simplestreams(SimplestreamsSettings),
 }
 
-/// What a simplestreams upstream follows and offers.
+/// What a simplestreams upstream follows and offers. The default is Canonical's: released
+/// images of the cloud's architecture, the newest version of each, HVM first, signed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimplestreamsSettings {
     pub content_ids: Vec<String>,
@@ -163,6 +164,23 @@ pub struct SimplestreamsSettings {
     pub virtualization: Virtualization,
     pub section_title: String,
     pub allow_unsigned: bool,
+}
+
+impl Default for SimplestreamsSettings {
+    fn default() -> Self {
+        Self {
+            content_ids: vec![DEFAULT_CONTENT_ID.to_owned()],
+            filters: vec![
+                ItemFilter::for_cloud_architecture(DEFAULT_CLOUD_ARCHITECTURE)
+                    .expect("a fixed architecture")
+                    .to_string(),
+            ],
+            max_versions: 1,
+            virtualization: Virtualization::Hvm,
+            section_title: "Ubuntu cloud images".to_owned(),
+            allow_unsigned: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,12 +419,9 @@ fn upstream(table: UpstreamTable, keyring: &Path) -> Result<Upstream, ConfigErro
     };
     // A mirror root is a directory: `…/releases` and `…/releases/` are the same mirror.
     let url = crate::catalog::model::directory_url(&url);
+    let defaults = SimplestreamsSettings::default();
     let filters = if table.filters.is_empty() {
-        vec![
-            ItemFilter::for_cloud_architecture(DEFAULT_CLOUD_ARCHITECTURE)
-                .map_err(|e| refused(e.to_string()))?
-                .to_string(),
-        ]
+        defaults.filters
     } else {
         table.filters
     };
@@ -417,9 +432,9 @@ fn upstream(table: UpstreamTable, keyring: &Path) -> Result<Upstream, ConfigErro
         Some(text) => text
             .parse()
             .map_err(|e: crate::simplestreams::VirtualizationError| refused(e.to_string()))?,
-        None => Virtualization::Hvm,
+        None => defaults.virtualization,
     };
-    let max_versions = table.max_versions.unwrap_or(1);
+    let max_versions = table.max_versions.unwrap_or(defaults.max_versions as u64);
     if max_versions == 0 || max_versions > crate::limits::MAX_STREAM_VERSIONS_OFFERED as u64 {
         return Err(refused(format!(
             "max-versions {max_versions} is out of range: 1 to {}",
@@ -427,13 +442,13 @@ fn upstream(table: UpstreamTable, keyring: &Path) -> Result<Upstream, ConfigErro
         )));
     }
     let content_ids = if table.content_ids.is_empty() {
-        vec![DEFAULT_CONTENT_ID.to_owned()]
+        defaults.content_ids
     } else {
         table.content_ids
     };
     let section_title = table.section_title.unwrap_or_else(|| {
         if url.as_str() == DEFAULT_SIMPLESTREAMS_URL {
-            "Ubuntu cloud images".to_owned()
+            defaults.section_title
         } else {
             format!(
                 "Cloud images from {}",

@@ -1,9 +1,9 @@
 //! `image-store-proxy demo`: the whole road on one machine. Generates the demo images, serves them
-//! with fake-store (signed with the test key), runs the proxy against it in `--fake-eucalyptus`
-//! mode, and prints how to talk to it.
+//! with fake-store (signed with the test key) as its `image-store/1` API and as a simplestreams
+//! mirror, runs the proxy against both in `--fake-eucalyptus` mode, and prints how to talk to it.
 
 use crate::bundle::gzip::GzipSettings;
-use crate::config::{CloudMode, Config, Upstream, UpstreamFormat};
+use crate::config::{CloudMode, Config, SimplestreamsSettings, Upstream, UpstreamFormat};
 use crate::fetch::RetryPolicy;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -85,11 +85,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let listener = bind_or_any(&args.listen).await?;
     let addr = listener.local_addr()?;
     let config = Config {
-        upstreams: vec![Upstream {
-            url: format!("http://{store_addr}/api").parse()?,
-            keyring: keyring.clone(),
-            format: UpstreamFormat::ImageStore,
-        }],
+        // fake-store serves both: its own `image-store/1` API and the same images as a
+        // clear-signed simplestreams mirror (qcow2 disks, UEC tarballs), with the same key.
+        upstreams: vec![
+            Upstream {
+                url: format!("http://{store_addr}/api").parse()?,
+                keyring: keyring.clone(),
+                format: UpstreamFormat::ImageStore,
+            },
+            Upstream {
+                url: fake_store::simplestreams_root(store_addr).parse()?,
+                keyring: keyring.clone(),
+                format: UpstreamFormat::Simplestreams(SimplestreamsSettings {
+                    section_title: "Ubuntu cloud images (fake-store's simplestreams mirror)"
+                        .to_owned(),
+                    ..SimplestreamsSettings::default()
+                }),
+            },
+        ],
         data_dir: proxy_dir.clone(),
         keyring,
         listen: addr.to_string(),
@@ -109,17 +122,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "\nimage-store-proxy demo\n\
          \x20 fake store     http://{store_addr}/api   (images in {images})\n\
+         \x20 its mirror     {mirror}   (the same images as simplestreams: qcow2 disks, UEC tarballs)\n\
          \x20 proxy          http://{addr}/api   (fake Eucalyptus; state in {proxy})\n\
          \x20 secret         {DEMO_SECRET}\n\
          \x20 fake cloud     {cloud}\n\n\
          Store page: open http://{addr}/store/ in a browser on this machine and enter the secret.\n\n\
          Each command below signs its request when it runs (signatures live 30 s):\n\
          \x20 {client} dashboard\n\
-         \x20 {client} install 'Ubuntu 9.10'\n\
-         \x20 {client} states 'Ubuntu 9.10'\n\
-         \x20 {client} watch 'Ubuntu 9.10'\n\n\
+         \x20 {client} install 'Ubuntu 9.10 Server'\n\
+         \x20 {client} states 'Ubuntu 9.10 Server'\n\
+         \x20 {client} watch 'Ubuntu 9.10 Server'\n\
+         and from the mirror, an HVM qcow2 disk:\n\
+         \x20 {client} install '(Lucid Lynx) amd64'\n\n\
          Ctrl-C stops the demo; run it again to see the state kept.\n",
         images = images.display(),
+        mirror = fake_store::simplestreams_root(store_addr),
         proxy = proxy_dir.display(),
         cloud = proxy_dir.join("fake-cloud").display(),
     );
