@@ -157,6 +157,15 @@ impl<'a> Download<'a> {
         let status = response.status();
         let resumed = status == StatusCode::PARTIAL_CONTENT
             && content_range_start(&response) == Some(arrived.have);
+        if status == StatusCode::RANGE_NOT_SATISFIABLE && arrived.have > 0 {
+            // Nothing past what we have: the file upstream is shorter than its signed size.
+            return Err(FetchError::Truncated {
+                url: url.to_string(),
+                got: arrived.have,
+                expected: self.expected,
+                cause: None,
+            });
+        }
         if !(status == StatusCode::OK || resumed) {
             return Err(FetchError::Status {
                 url: url.to_string(),

@@ -31,5 +31,6 @@ mod qcow2;
 mod service_readiness;
 mod simplestreams_model;
 mod simplestreams_peer;
+mod simplestreams_upstream;
 mod store_page;
 mod uec_and_hvm_installs;

@@ -6,7 +6,7 @@
 //!
 //! The peer is PyPI `python-simplestreams` (0.1.0.post59 was checked). It is found as
 //! `bin/sstream-query` in `$IMAGE_STORE_PROXY_SIMPLESTREAMS_VENV`, else `$IMAGE_STORE_PROXY_TEST_VENV`,
-//! else `target/test-peers/venv`; without it the test says so and passes without checking.
+//! else `target/test-peers/venv`; missing, it fails under `./test.sh` and is skipped elsewhere.
 
 use image_store_proxy::simplestreams::{InstalledVersions, ItemFilter, Products, Selection};
 use std::collections::BTreeMap;
@@ -16,22 +16,7 @@ use std::process::Command;
 type FlatItem = BTreeMap<String, String>;
 
 fn sstream_query() -> Option<PathBuf> {
-    let venv = std::env::var_os("IMAGE_STORE_PROXY_SIMPLESTREAMS_VENV")
-        .or_else(|| std::env::var_os("IMAGE_STORE_PROXY_TEST_VENV"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-peers/venv"));
-    let tool = venv.join("bin/sstream-query");
-    if tool.exists() {
-        Some(tool)
-    } else {
-        eprintln!(
-            "SKIPPED: python-simplestreams is not installed ({} is missing); \
-             `python3 -m venv V && V/bin/pip install python-simplestreams==0.1.0.post59`, then \
-             IMAGE_STORE_PROXY_SIMPLESTREAMS_VENV=V",
-            tool.display()
-        );
-        None
-    }
+    crate::common::simplestreams_tool("sstream-query")
 }
 
 fn fixture(name: &str) -> Vec<u8> {

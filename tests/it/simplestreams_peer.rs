@@ -7,7 +7,7 @@
 //! tree and offers what the default filters keep, refuses the bad trees the tools let through, and
 //! its qcow2 reader reads every `disk1.img` as `qemu-img` does.
 //!
-//! The peer is found as in `simplestreams_model.rs`; without it the tests say so and pass.
+//! The peer is found by `common::simplestreams_tool`: under `./test.sh` a missing tool fails.
 
 use fake_store::{FakeStore, StoreConfig, StreamFaults, StreamItem};
 use image_store_proxy::simplestreams::{
@@ -22,23 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tokio_util::sync::CancellationToken;
 
-/// `bin/<name>` of the python-simplestreams venv, or `None` (said on stderr) when it is missing.
-fn simplestreams_tool(name: &str) -> Option<PathBuf> {
-    let venv = std::env::var_os("IMAGE_STORE_PROXY_SIMPLESTREAMS_VENV")
-        .or_else(|| std::env::var_os("IMAGE_STORE_PROXY_TEST_VENV"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-peers/venv"));
-    let tool = venv.join("bin").join(name);
-    if tool.exists() {
-        Some(tool)
-    } else {
-        eprintln!(
-            "SKIPPED: python-simplestreams is not installed ({} is missing); see simplestreams_model.rs",
-            tool.display()
-        );
-        None
-    }
-}
+use crate::common::simplestreams_tool;
 
 /// fake-store on the demo image sets, on loopback, with the keyring that trusts it.
 struct Mirror {

@@ -564,3 +564,28 @@ pub fn close_to_others(dir: &Path) {
         }
     }
 }
+
+/// `bin/<name>` of python-simplestreams' venv (`$IMAGE_STORE_PROXY_SIMPLESTREAMS_VENV`, else
+/// `$IMAGE_STORE_PROXY_TEST_VENV`, else `target/test-peers/venv`). Under `./test.sh`, which
+/// installs it and sets `IMAGE_STORE_PROXY_TEST_VENV`, a missing tool fails the test; a bare
+/// `cargo test` elsewhere says so and the caller skips.
+pub fn simplestreams_tool(name: &str) -> Option<PathBuf> {
+    let promised = std::env::var_os("IMAGE_STORE_PROXY_TEST_VENV").is_some();
+    let venv = std::env::var_os("IMAGE_STORE_PROXY_SIMPLESTREAMS_VENV")
+        .or_else(|| std::env::var_os("IMAGE_STORE_PROXY_TEST_VENV"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-peers/venv"));
+    let tool = venv.join("bin").join(name);
+    if tool.exists() {
+        return Some(tool);
+    }
+    let missing = format!(
+        "python-simplestreams is not installed ({} is missing): `python3 -m venv V && \
+         V/bin/pip install python-simplestreams==0.1.0.post59`, then \
+         IMAGE_STORE_PROXY_SIMPLESTREAMS_VENV=V",
+        tool.display()
+    );
+    assert!(!promised, "{missing}");
+    eprintln!("SKIPPED: {missing}");
+    None
+}
