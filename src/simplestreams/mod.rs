@@ -166,6 +166,25 @@ pub fn compare_serials(a: &str, b: &str) -> Ordering {
     a.as_bytes().cmp(b.as_bytes())
 }
 
+/// A name upstream chose, fit for a one-line message: control characters (a JSON `"\r"` in a
+/// product name) escaped, the rest as it is.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 /// Fuzz harness (`fuzz/fuzz_targets/simplestreams.rs`): `data` as an index, then as a products
 /// file, through everything a caller does next. Panics only on a bug: a refusal that is not one
 /// line, a followed path or offered item that leaves the mirror root.

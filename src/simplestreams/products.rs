@@ -9,7 +9,7 @@
 
 use super::path::ItemPath;
 use super::wire::{Level, WireNode};
-use super::{DownloadEntry, StreamError, parse_updated};
+use super::{DownloadEntry, StreamError, parse_updated, printable};
 use crate::cache::Sha256Hex;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,7 +42,10 @@ impl fmt::Display for ItemIdentity {
         write!(
             f,
             "{}/{}/{}/{}",
-            self.content_id, self.product_name, self.version_name, self.item_name
+            printable(&self.content_id),
+            printable(&self.product_name),
+            printable(&self.version_name),
+            printable(&self.item_name)
         )
     }
 }

@@ -10,7 +10,9 @@
 //! library counted versions first; `tests/simplestreams_model.rs` checks against the PyPI one.)
 
 use super::filter::{ItemFilter, passes_all};
-use super::{Checksum, ItemError, ItemIdentity, ItemPath, Products, ResolvedItem, compare_serials};
+use super::{
+    Checksum, ItemError, ItemIdentity, ItemPath, Products, ResolvedItem, compare_serials, printable,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
@@ -238,7 +240,9 @@ impl Selection {
             let Some((kind, item)) = pick(preferred).or_else(|| pick(preferred.other())) else {
                 found.passed_over.push(format!(
                     "{}/{} {}: no disk1.img or tar.gz item passed the filters",
-                    products.content_id, version.product_name, version.version_name
+                    printable(&products.content_id),
+                    printable(version.product_name),
+                    printable(version.version_name)
                 ));
                 continue;
             };
