@@ -38,11 +38,11 @@ pub enum AppError {
     Db(#[from] DbError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error("upstream {url}: filter {filter:?}")]
+    /// A filter `config` let through but the format cannot compile (its line names it).
+    #[error("upstream {url}: {cause}")]
     Filter {
-        url: reqwest::Url,
-        filter: String,
-        source: crate::simplestreams::FilterError,
+        url: String,
+        cause: Box<crate::simplestreams::FilterError>,
     },
     #[error("HTTP client")]
     Http(#[from] FetchError),
@@ -194,10 +194,9 @@ fn simplestreams_format(
         .filters
         .iter()
         .map(|filter| {
-            ItemFilter::parse(filter).map_err(|source| AppError::Filter {
-                url: url.clone(),
-                filter: filter.clone(),
-                source,
+            ItemFilter::parse(filter).map_err(|cause| AppError::Filter {
+                url: url.to_string(),
+                cause: Box::new(cause),
             })
         })
         .collect::<Result<_, _>>()?;

@@ -218,7 +218,7 @@ pub enum ConfigError {
     #[error(
         "the image-store upstreams {first} and {second} name different keyrings; files' detached signatures are checked against one keyring, so they must share it"
     )]
-    ImageStoreKeyrings { first: Url, second: Url },
+    ImageStoreKeyrings { first: String, second: String },
     #[error("compression-level {0} is out of range: 0 (store) to 9 (smallest)")]
     CompressionLevel(u32),
     #[error("compression-threads must be at least 1")]
@@ -383,8 +383,8 @@ fn upstreams(args: &DaemonArgs, keyring: &Path) -> Result<Vec<Upstream>, ConfigE
         && let Some(second) = image_stores.find(|other| other.keyring != first.keyring)
     {
         return Err(ConfigError::ImageStoreKeyrings {
-            first: first.url.clone(),
-            second: second.url.clone(),
+            first: first.url.to_string(),
+            second: second.url.to_string(),
         });
     }
     Ok(upstreams)
