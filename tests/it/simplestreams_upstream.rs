@@ -370,3 +370,53 @@ async fn an_item_whose_size_or_sha256_is_wrong_fails_its_install_in_one_line() {
         println!("FIGURE wrong-item-{fault}: {error}");
     }
 }
+
+/// Both of fake-store's upstreams from a config file's `[[upstream]]` tables, each with its own
+/// keyring: each shows in its own section, in the file's order; a refusal of one leaves the
+/// other's images and says which upstream failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tables_show_in_their_own_sections_and_one_refusal_hides_nothing_of_the_other() {
+    let mut env = TestEnv::with_store().await;
+    build_tree(&env).await;
+    let mirror_keyring = env.dir.path().join("mirror-keyring.gpg");
+    std::fs::copy(&env.keyring, &mirror_keyring).unwrap();
+    let config = env.dir.path().join("upstreams.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nsimplestreams = \"{}\"\nkeyring = \"{}\"\nsection-title = \"Mirrored Ubuntu\"\nmax-versions = 2\n\n\
+             [[upstream]]\napi-url = \"{}\"\nkeyring = \"{}\"\n",
+            mirror_root(&env),
+            mirror_keyring.display(),
+            env.store_url,
+            env.keyring.display()
+        ),
+    )
+    .unwrap();
+    env.upstream_args = Some(vec!["--config".into(), config.display().to_string()]);
+    env.start_proxy();
+    let dashboard = env.dashboard().await;
+    let sections: Vec<(&str, usize)> = dashboard["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["title"].as_str().unwrap(),
+                s["image-uris"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(sections[0].0, "Mirrored Ubuntu", "{dashboard}");
+    // max-versions 2: every serial of each product fake-store publishes for amd64.
+    assert!(sections[0].1 >= 2, "{sections:?}");
+    assert!(sections.len() >= 2, "{sections:?}");
+    let image_store_images = sections[1..].iter().map(|(_, n)| n).sum::<usize>();
+    assert!(image_store_images > 0, "{sections:?}");
+
+    env.store.faults().simplestreams.tamper_signed = true;
+    let (line, images) = dashboard_refusal(&env, "bad signature").await;
+    assert!(line.contains(&mirror_root(&env)), "{line}");
+    assert!(!line.contains(&format!("{} ", env.store_url)), "{line}");
+    assert_eq!(images, sections.iter().map(|(_, n)| n).sum::<usize>());
+}
