@@ -30,7 +30,10 @@ const UPLOAD_TITLE: &str = "Transfers Bench Upload";
 fn main() {
     let mut args = std::env::args().skip(1);
     let work = PathBuf::from(args.next().expect("WORK_DIR"));
-    let mut number = |default: u64| args.next().map_or(default, |a| a.parse().expect("a number"));
+    let mut number = |default: u64| {
+        args.next()
+            .map_or(default, |a| a.parse().expect("a number"))
+    };
     let download_mib = number(256);
     let kib_per_connection = number(16384);
     let upload_mib = number(100);
@@ -42,7 +45,11 @@ fn main() {
     std::fs::create_dir_all(&work).unwrap();
 
     let store = work.join("store");
-    let download_bytes = write_set(&store.join("download"), "Transfers Bench Download", download_mib);
+    let download_bytes = write_set(
+        &store.join("download"),
+        "Transfers Bench Download",
+        download_mib,
+    );
     write_set(&store.join("upload"), UPLOAD_TITLE, upload_mib);
     let digest = hex::encode(Sha256::digest(&download_bytes));
     drop(download_bytes);
@@ -63,7 +70,8 @@ fn main() {
     let mut times = vec![Vec::new(); connections.len()];
     for run in 1..=runs {
         for (n, &count) in connections.iter().enumerate() {
-            let seconds = runtime.block_on(download(&api, &work, download_mib << 20, count, &digest));
+            let seconds =
+                runtime.block_on(download(&api, &work, download_mib << 20, count, &digest));
             println!("run {run}: {count} connection(s) {seconds:.2} s");
             times[n].push(seconds);
         }
@@ -255,7 +263,9 @@ fn cloud_config(dir: &Path, s3: &str, ec2: &str) -> PathBuf {
     std::fs::create_dir_all(&creds).unwrap();
     for name in ["user", "cloud"] {
         let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
             .arg("-subj")
             .arg(format!("/CN={name}"))
             .arg("-keyout")

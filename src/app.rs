@@ -40,7 +40,8 @@ pub enum AppError {
     Catalog(#[from] CatalogError),
     #[error("upstream {url}: filter {filter:?}")]
     Filter {
-        url: reqwest::Url,
+        /// Boxed: a URL would make every `Result` of this module large.
+        url: Box<reqwest::Url>,
         filter: String,
         source: crate::simplestreams::FilterError,
     },
@@ -196,7 +197,7 @@ fn simplestreams_format(
         .iter()
         .map(|filter| {
             ItemFilter::parse(filter).map_err(|source| AppError::Filter {
-                url: url.clone(),
+                url: Box::new(url.clone()),
                 filter: filter.clone(),
                 source,
             })

@@ -42,7 +42,7 @@ pub const DOWNLOAD_WRITE_BUFFER: usize = 64 << 10;
 
 /// Most connections one download is split over (`--download-connections`): each is another
 /// request the upstream serves at once for one client, and a mirror that sees dozens from one
-/// address may take it for abuse; past a handful the gain on a real link is gone (bench/transfers).
+/// address may take it for abuse.
 pub const MAX_DOWNLOAD_CONNECTIONS: u64 = 16;
 
 /// Files smaller than this, in bytes, are fetched over one connection whatever

@@ -5,7 +5,8 @@
 //!
 //! The rooms: this file holds the HTTP client and small capped GETs; `retry.rs` the retry and
 //! stall policy (the cloud client uses it too); `stream.rs` the size-cap and digest adapters;
-//! `download.rs` the resumable ranged download; `verified.rs` a file's road from partial to
+//! `download.rs` the resumable ranged download; `ranged.rs` a large file over several connections
+//! at once; `verified.rs` a file's road from partial to
 //! verified in the cache.
 //!
 //! What is transient (retried with a doubling pause, [`RetryPolicy::attempts`] tries in all, the
