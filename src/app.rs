@@ -96,7 +96,7 @@ impl App {
         // for its documents. Each warns now if its keyring is missing.
         let file_trust = Arc::new(Trust::new(config.keyring.clone()));
         let db = Db::open(&config.data_dir.join("state.sqlite"))?;
-        let fetcher = Fetcher::new(config.retry)?;
+        let fetcher = Fetcher::new(config.retry)?.with_connections(config.download_connections);
         let mut services = Vec::new();
         let mut warnings = Vec::new();
         for upstream in &config.upstreams {
@@ -130,7 +130,8 @@ impl App {
             file_trust,
             Publisher::new(cloud, &config.data_dir)
                 .with_gzip(config.gzip)
-                .with_retry(config.retry),
+                .with_retry(config.retry)
+                .with_upload_concurrency(config.upload_concurrency),
             config.workers,
         )?;
         Ok(Self {
@@ -297,6 +298,14 @@ fn settings_needing_a_restart(a: &Config, b: &Config) -> Vec<&'static str> {
         ("catalog-max-age", a.catalog_max_age != b.catalog_max_age),
         ("compression", a.gzip != b.gzip),
         ("retries and stalls", a.retry != b.retry),
+        (
+            "upload-concurrency",
+            a.upload_concurrency != b.upload_concurrency,
+        ),
+        (
+            "download-connections",
+            a.download_connections != b.download_connections,
+        ),
     ]
     .into_iter()
     .filter_map(|(setting, changed)| changed.then_some(setting))

@@ -96,10 +96,21 @@ impl Cache {
         Ok(final_path)
     }
 
-    /// Throws away bytes that cannot be trusted (a mismatch, an oversize body).
+    /// Throws away bytes that cannot be trusted (a mismatch, an oversize body), and the record
+    /// of a parallel download's ranges beside them.
     pub fn discard_partial(&self, sha256: &Sha256Hex) {
-        let _ = std::fs::remove_file(self.partial_path(sha256));
+        let partial = self.partial_path(sha256);
+        let _ = std::fs::remove_file(ranges_record(&partial));
+        let _ = std::fs::remove_file(partial);
     }
+}
+
+/// `<hex>.part.ranges`: which bytes of a partial file a parallel download has written (`fetch/`
+/// reads and writes it); without it a partial file holds its bytes from the start, no holes.
+pub fn ranges_record(partial: &Path) -> PathBuf {
+    let mut name = partial.as_os_str().to_owned();
+    name.push(".ranges");
+    PathBuf::from(name)
 }
 
 #[cfg(test)]

@@ -114,6 +114,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         workers: 2,
         retry: RetryPolicy::default(),
         gzip: GzipSettings::default_for_this_machine(),
+        upload_concurrency: crate::config::DEFAULT_UPLOAD_CONCURRENCY,
+        download_connections: crate::config::DEFAULT_DOWNLOAD_CONNECTIONS,
     };
     let app = crate::app::App::build(&config)?;
     let (_reload, no_reloads) = tokio::sync::mpsc::unbounded_channel();

@@ -40,6 +40,16 @@ pub const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// and fetches again after the restart, so it stays small; 64 KiB writes are still few syscalls.
 pub const DOWNLOAD_WRITE_BUFFER: usize = 64 << 10;
 
+/// Most connections one download is split over (`--download-connections`): each is another
+/// request the upstream serves at once for one client, and a mirror that sees dozens from one
+/// address may take it for abuse.
+pub const MAX_DOWNLOAD_CONNECTIONS: u64 = 16;
+
+/// Files smaller than this, in bytes, are fetched over one connection whatever
+/// `--download-connections` says: a range must be long enough to get past TCP's slow start, and a
+/// small file's resume stays one `Range: bytes=N-` from where its partial file ends.
+pub const PARALLEL_DOWNLOAD_MIN_BYTES: u64 = 64 * MIB;
+
 // qcow2 whole disks (issue 14, `unpack/qcow2/`).
 
 /// Largest virtual disk a qcow2 image may declare, in bytes: its raw form is what gets bundled
@@ -98,6 +108,11 @@ pub const SLOWEST_CLOUD_LINK_BYTES_PER_SECOND: u64 = 256 << 10;
 pub fn cloud_exchange_timeout(body_bytes: u64) -> Duration {
     CLOUD_EXCHANGE_BASE + Duration::from_secs(body_bytes / SLOWEST_CLOUD_LINK_BYTES_PER_SECOND)
 }
+
+/// Most bundle parts in the air at once (`--upload-concurrency`): each part in flight is held
+/// whole in memory (10 MiB), so 64 of them are 640 MiB; a cloud's S3 front end limits the
+/// connections of one client well before that.
+pub const MAX_UPLOAD_CONCURRENCY: u64 = 64;
 
 /// Bytes of a cloud's error reply read to find its `<Code>` and `<Message>`: real ones are a few
 /// hundred bytes; an endless one must not grow memory.

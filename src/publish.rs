@@ -13,8 +13,9 @@
 //!
 //! Progress goes out as typed [`Step`]s (`status.rs` words them): bundling is the first half of a
 //! publish, the upload the second. The bundler tells of each part as it closes
-//! ([`BundleSink::part_closed`]); today the parts are sent once the bundle is whole, and that is
-//! the seam where an overlapped upload will start on a part while the next is written.
+//! ([`BundleSink::part_closed`]); today the parts are sent once the bundle is whole, several at a
+//! time (`--upload-concurrency`), and that is the seam where an overlapped upload will start on a
+//! part while the next is written.
 
 use crate::bundle::gzip::GzipSettings;
 use crate::bundle::{self, Bundle, BundleSink, Part, SourceImage};
@@ -24,6 +25,7 @@ use crate::fetch::RetryPolicy;
 use crate::limits;
 use crate::pause;
 use crate::status::Step;
+use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -92,6 +94,8 @@ pub struct Publisher {
     bundles: PathBuf,
     gzip: GzipSettings,
     retry: RetryPolicy,
+    /// Parts in the air at once.
+    upload_concurrency: usize,
 }
 
 impl Publisher {
@@ -103,6 +107,16 @@ impl Publisher {
             bundles: data_dir.join("bundles"),
             gzip: GzipSettings::default_for_this_machine(),
             retry: RetryPolicy::default(),
+            upload_concurrency: crate::config::DEFAULT_UPLOAD_CONCURRENCY,
+        }
+    }
+
+    /// How many parts go up at once (`--upload-concurrency`, at least 1): on a link where one
+    /// connection is slower than the pipe, more fill it.
+    pub fn with_upload_concurrency(self, parts: usize) -> Self {
+        Self {
+            upload_concurrency: parts.max(1),
+            ..self
         }
     }
 
@@ -225,8 +239,11 @@ impl Publisher {
         })
     }
 
-    /// Sends every part, then the manifest (the cloud reads a manifest only once its parts are
-    /// there).
+    /// Sends the parts, [`Publisher::with_upload_concurrency`] at a time, each with the cloud's
+    /// own retries and look before it leaps (a part already there is not sent again); then the
+    /// manifest, only once every part is in (the cloud reads a manifest only once its parts are
+    /// there). The first part that fails for good ends the upload with its error, and the parts
+    /// still in the air are dropped with it; a cancel drops them at once.
     async fn upload(
         &self,
         artifact: &Artifact,
@@ -241,19 +258,35 @@ impl Publisher {
         let count = bundle.parts.len() as u64;
         progress.report(Step::CheckingBucket { kind }, size / 2);
         cloud.ensure_bucket(bucket, cancel).await?;
-        for (index, part) in bundle.parts.iter().enumerate() {
-            let number = index as u64 + 1;
+        let report = |sent: u64| {
             progress.report(
-                Step::UploadingPart {
-                    kind,
-                    number,
-                    count,
-                },
-                size / 2 + size / 2 * index as u64 / count.max(1),
-            );
-            cloud
-                .put_object(bucket, &part.file_name, &part.path, cancel)
-                .await?;
+                Step::UploadingParts { kind, sent, count },
+                size / 2 + size / 2 * sent / count.max(1),
+            )
+        };
+        report(0);
+        // Made up front (a put does nothing until polled): a closure in the stream's type would
+        // not be `Send` for every lifetime, as the installer's spawned task needs.
+        let puts: Vec<_> = bundle
+            .parts
+            .iter()
+            .map(|part| cloud.put_object(bucket, &part.file_name, &part.path, cancel))
+            .collect();
+        let mut puts = futures_util::stream::iter(puts).buffer_unordered(self.upload_concurrency);
+        let mut sent = 0;
+        loop {
+            let put = tokio::select! {
+                put = puts.next() => put,
+                _ = cancel.cancelled() => return Err(CloudError::Cancelled),
+            };
+            match put {
+                Some(put) => {
+                    put?;
+                    sent += 1;
+                    report(sent);
+                }
+                None => break,
+            }
         }
         progress.report(Step::UploadingManifest { kind }, size);
         cloud
@@ -360,10 +393,11 @@ mod tests {
         let lines = lines.0.into_inner().unwrap();
         assert!(lines[0].starts_with("Bundling kernel: "), "{lines:?}");
         assert_eq!(
-            lines[lines.len() - 4..],
+            lines[lines.len() - 5..],
             [
                 "Uploading kernel bundle: checking the bucket",
-                "Uploading kernel bundle: part 1 of 1",
+                "Uploading kernel bundle: 0 of 1 parts sent",
+                "Uploading kernel bundle: 1 of 1 parts sent",
                 "Uploading kernel bundle: manifest",
                 "Registering kernel",
             ]
@@ -398,6 +432,232 @@ mod tests {
             std::fs::metadata(&manifest).unwrap().modified().unwrap(),
             sent
         );
+    }
+
+    /// A cloud that only takes puts: each waits `delay` in the air (a part named `fails` is
+    /// refused at once), and it counts how many are in the air, at most, and what landed in order.
+    struct Recording {
+        delay: std::time::Duration,
+        fails: Option<&'static str>,
+        in_air: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+        landed: Mutex<Vec<String>>,
+    }
+
+    /// Counts a put out of the air however it ends: done, failed or dropped.
+    struct InAir<'a>(&'a std::sync::atomic::AtomicUsize);
+
+    impl Drop for InAir<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Recording {
+        fn new(delay_ms: u64, fails: Option<&'static str>) -> Self {
+            Self {
+                delay: std::time::Duration::from_millis(delay_ms),
+                fails,
+                in_air: Default::default(),
+                most: Default::default(),
+                landed: Mutex::default(),
+            }
+        }
+    }
+
+    impl Cloud for Recording {
+        fn id(&self) -> &str {
+            "recording"
+        }
+        fn bundle_keys(&self) -> Result<crate::bundle::keys::BundleKeys, CloudError> {
+            Err(CloudError::Refused {
+                action: "bundling",
+                reason: "this test cloud only takes uploads".into(),
+            })
+        }
+        fn ensure_bucket<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a CancellationToken,
+        ) -> crate::cloud::CloudFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn has_object<'a>(
+            &'a self,
+            _: &'a str,
+            key: &'a str,
+        ) -> crate::cloud::CloudFuture<'a, bool> {
+            Box::pin(async move { Ok(self.landed.lock().unwrap().iter().any(|k| k == key)) })
+        }
+        fn put_object<'a>(
+            &'a self,
+            _: &'a str,
+            key: &'a str,
+            _: &'a Path,
+            _: &'a CancellationToken,
+        ) -> crate::cloud::CloudFuture<'a, bool> {
+            use std::sync::atomic::Ordering::SeqCst;
+            Box::pin(async move {
+                let now = self.in_air.fetch_add(1, SeqCst) + 1;
+                let _in_air = InAir(&self.in_air);
+                self.most.fetch_max(now, SeqCst);
+                if self.fails == Some(key) {
+                    return Err(CloudError::Refused {
+                        action: "PutObject",
+                        reason: format!("AccessDenied: {key}"),
+                    });
+                }
+                tokio::time::sleep(self.delay).await;
+                self.landed.lock().unwrap().push(key.to_string());
+                Ok(true)
+            })
+        }
+        fn find_registration<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> crate::cloud::AttemptFuture<'a, Option<String>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn register<'a>(
+            &'a self,
+            _: &'a Registration<'a>,
+        ) -> crate::cloud::AttemptFuture<'a, String> {
+            Box::pin(async { Ok("emi-1".to_string()) })
+        }
+        fn registered(&self) -> crate::cloud::CloudFuture<'_, std::collections::HashSet<String>> {
+            Box::pin(async { Ok(Default::default()) })
+        }
+    }
+
+    /// A bundle of `parts` parts as the uploader sees it (the bytes are not read by this cloud).
+    fn bundle_of(parts: usize) -> Bundle {
+        Bundle {
+            manifest_name: "x.manifest.xml".into(),
+            manifest_path: "x.manifest.xml".into(),
+            parts: (0..parts)
+                .map(|n| Part {
+                    file_name: format!("x.part.{n:02}"),
+                    path: format!("x.part.{n:02}").into(),
+                    size: 1,
+                    sha1: String::new(),
+                })
+                .collect(),
+            digest: String::new(),
+            size: 0,
+            bundled_size: 0,
+        }
+    }
+
+    fn artifact() -> Artifact {
+        Artifact {
+            kind: FileKind::Image,
+            source: "x".into(),
+            source_size: 900,
+            compression: Compression::None,
+            packing: Packing::Raw,
+            name: "x".into(),
+            arch: "x86_64".into(),
+            bucket: "b".into(),
+            kernel_id: None,
+            ramdisk_id: None,
+            virtualization: Virtualization::Paravirtual,
+            description: None,
+            identity: "image:x".into(),
+        }
+    }
+
+    /// Nine parts at four at a time: four in the air at once (one at a time with 1), each part
+    /// put once, the manifest only after the last part, and the status line counting parts sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parts_go_up_n_at_a_time_each_once_and_the_manifest_after_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        for (concurrency, most) in [(4, 4), (1, 1)] {
+            let cloud = Arc::new(Recording::new(30, None));
+            let publisher =
+                Publisher::new(cloud.clone(), dir.path()).with_upload_concurrency(concurrency);
+            let lines = Lines::default();
+            publisher
+                .upload(
+                    &artifact(),
+                    "b",
+                    &bundle_of(9),
+                    &lines,
+                    &CancellationToken::new(),
+                )
+                .await
+                .unwrap();
+            use std::sync::atomic::Ordering::SeqCst;
+            assert_eq!(cloud.most.load(SeqCst), most, "at {concurrency} at a time");
+            let landed = cloud.landed.lock().unwrap().clone();
+            let mut parts = landed[..9].to_vec();
+            parts.sort();
+            parts.dedup();
+            assert_eq!(
+                parts,
+                bundle_of(9)
+                    .parts
+                    .iter()
+                    .map(|p| p.file_name.clone())
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(landed[9..], ["x.manifest.xml"], "the manifest last, once");
+            let lines = lines.0.into_inner().unwrap();
+            assert_eq!(
+                lines[1],
+                "Uploading machine image bundle: 0 of 9 parts sent"
+            );
+            assert_eq!(
+                lines[10],
+                "Uploading machine image bundle: 9 of 9 parts sent"
+            );
+            assert_eq!(lines[11], "Uploading machine image bundle: manifest");
+        }
+    }
+
+    /// A part refused for good ends the upload with that refusal at once: the parts in the air
+    /// are dropped, the manifest never goes up. A cancel drops them as promptly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_part_that_fails_ends_the_upload_and_no_manifest_goes_up() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = Arc::new(Recording::new(60_000, Some("x.part.02")));
+        let publisher = Publisher::new(cloud.clone(), dir.path()).with_upload_concurrency(4);
+        let started = std::time::Instant::now();
+        let error = publisher
+            .upload(
+                &artifact(),
+                "b",
+                &bundle_of(9),
+                &Lines::default(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the cloud refused PutObject: AccessDenied: x.part.02"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(cloud.in_air.load(SeqCst), 0, "the others were dropped");
+        assert!(cloud.landed.lock().unwrap().is_empty(), "no manifest");
+
+        let cloud = Arc::new(Recording::new(60_000, None));
+        let publisher = Publisher::new(cloud.clone(), dir.path()).with_upload_concurrency(4);
+        let cancel = CancellationToken::new();
+        let cancelling = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            cancelling.cancel();
+        });
+        let error = publisher
+            .upload(&artifact(), "b", &bundle_of(9), &Lines::default(), &cancel)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CloudError::Cancelled), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        assert_eq!(cloud.in_air.load(SeqCst), 0);
+        assert_eq!(cloud.most.load(SeqCst), 4);
     }
 
     #[test]

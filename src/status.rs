@@ -43,10 +43,11 @@ pub enum Step {
     },
     /// Making sure the bucket exists before the first part goes up.
     CheckingBucket { kind: FileKind },
-    /// Part `number` (from 1) of `count` going up.
-    UploadingPart {
+    /// The parts going up, several at once: `sent` of the `count` are in the bucket. Parts land
+    /// out of order, so the count of parts sent is what says how far the upload is.
+    UploadingParts {
         kind: FileKind,
-        number: u64,
+        sent: u64,
         count: u64,
     },
     /// The manifest going up, after every part.
@@ -56,7 +57,7 @@ pub enum Step {
 }
 
 impl Step {
-    /// The step's status line: "Uploading machine image bundle: part 7 of 12".
+    /// The step's status line: "Uploading machine image bundle: 7 of 12 parts sent".
     pub fn line(&self) -> String {
         match *self {
             Step::Bundling { kind, done, total } => {
@@ -68,11 +69,12 @@ impl Step {
             Step::CheckingBucket { kind } => {
                 format!("Uploading {} bundle: checking the bucket", kind.noun())
             }
-            Step::UploadingPart {
-                kind,
-                number,
-                count,
-            } => format!("Uploading {} bundle: part {number} of {count}", kind.noun()),
+            Step::UploadingParts { kind, sent, count } => {
+                format!(
+                    "Uploading {} bundle: {sent} of {count} parts sent",
+                    kind.noun()
+                )
+            }
             Step::UploadingManifest { kind } => {
                 format!("Uploading {} bundle: manifest", kind.noun())
             }
@@ -166,13 +168,13 @@ mod tests {
             "No longer in the cloud: machine image emi-1, kernel eki-2 deregistered"
         );
         assert_eq!(
-            Step::UploadingPart {
+            Step::UploadingParts {
                 kind: FileKind::Image,
-                number: 7,
+                sent: 7,
                 count: 12
             }
             .line(),
-            "Uploading machine image bundle: part 7 of 12"
+            "Uploading machine image bundle: 7 of 12 parts sent"
         );
         assert_eq!(
             Step::Bundling {

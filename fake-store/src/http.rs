@@ -315,6 +315,8 @@ async fn serve_body<B>(
 where
     B: tokio::io::AsyncRead + tokio::io::AsyncSeek + Unpin + Send + 'static,
 {
+    let range_header = range_header
+        .filter(|_| !(is_file && inner.faults.lock().expect("faults lock").ignore_range));
     let (status, start, end) = match range::parse(range_header.and_then(|v| v.to_str().ok()), len) {
         Ok(Some((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
         Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),

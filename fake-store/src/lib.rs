@@ -62,8 +62,12 @@ pub struct Faults {
     /// The next file download longer than this sends this many bytes, then cuts the connection.
     pub drop_file_after: Option<u64>,
     /// Serve file bodies no faster than this many bytes per second: a slow link, so that an
-    /// install's progress can be watched (the demo, the browser test).
+    /// install's progress can be watched (the demo, the browser test). Each response is held to
+    /// it on its own: a client on several connections at once gets this rate on each.
     pub bytes_per_second: Option<u64>,
+    /// Answer a file request's `Range` with the whole file (200), as servers without range
+    /// support do.
+    pub ignore_range: bool,
     /// Misbehaviour of single paths (`files/karmic/image.gz`, `dashboard`), applied before
     /// the switches above; see [`FakeStore::inject`].
     pub paths: Vec<PathFault>,

@@ -28,7 +28,8 @@ struct Args {
     /// Write the demo image sets into DIR first
     #[arg(long)]
     generate_demo: bool,
-    /// Serve files no faster than this many KiB per second (0: as fast as possible)
+    /// Serve files no faster than this many KiB per second on each connection (0: as fast as
+    /// possible)
     #[arg(long, value_name = "KIB", default_value_t = 0)]
     kib_per_second: u64,
     /// Serve the simplestreams tree with this bad input (repeatable)

@@ -8,7 +8,7 @@ use super::retry::{StallWatch, with_retries};
 use super::stream::{Digesting, PastTheCap, SizeCap};
 use super::{FetchError, Fetcher};
 use crate::cache::Sha256Hex;
-use crate::limits::DOWNLOAD_WRITE_BUFFER;
+use crate::limits::{DOWNLOAD_WRITE_BUFFER, PARALLEL_DOWNLOAD_MIN_BYTES};
 use crate::metrics;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
@@ -39,7 +39,8 @@ struct Arrived {
 
 impl Fetcher {
     /// Downloads `url` into `partial` until it holds `expected` bytes, resuming what is already
-    /// there, and returns the SHA-256 of the whole file. `progress` gets the byte count so far.
+    /// there, and returns the SHA-256 of the whole file. A large file goes over several
+    /// connections when the upstream answers ranges (`ranged.rs`); otherwise one stream. `progress` gets the byte count so far.
     /// On cancel the partial file is kept for a later resume; bytes past `expected` are refused.
     pub async fn download(
         &self,
@@ -49,6 +50,20 @@ impl Fetcher {
         progress: &(dyn Fn(u64) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<Sha256Hex, FetchError> {
+        if self.connections > 1 && expected >= PARALLEL_DOWNLOAD_MIN_BYTES {
+            let ranged = self
+                .download_ranges(url, partial, expected, progress, cancel)
+                .await?;
+            if let Some(digest) = ranged {
+                return Ok(digest);
+            }
+        }
+        let settled = partial.to_owned();
+        tokio::task::spawn_blocking(move || {
+            super::ranged::settle_for_one_stream(&settled, expected)
+        })
+        .await
+        .expect("settling task does not panic")?;
         let download = Download::resume(url, partial, expected).await?;
         let have = download.have();
         progress(have);

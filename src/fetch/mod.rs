@@ -5,7 +5,8 @@
 //!
 //! The rooms: this file holds the HTTP client and small capped GETs; `retry.rs` the retry and
 //! stall policy (the cloud client uses it too); `stream.rs` the size-cap and digest adapters;
-//! `download.rs` the resumable ranged download; `verified.rs` a file's road from partial to
+//! `download.rs` the resumable ranged download; `ranged.rs` a large file over several connections
+//! at once; `verified.rs` a file's road from partial to
 //! verified in the cache.
 //!
 //! What is transient (retried with a doubling pause, [`RetryPolicy::attempts`] tries in all, the
@@ -16,6 +17,7 @@
 //! written), and a full disk (the partial file is removed so the failure can be recorded).
 
 mod download;
+mod ranged;
 pub mod retry;
 pub mod stream;
 pub mod verified;
@@ -77,6 +79,13 @@ pub enum FetchError {
         expected: String,
         actual: String,
     },
+    /// A ranged request answered with other bytes than asked for (another range, or more).
+    #[error("GET {url}: asked for bytes {asked}, the server answered {answered}")]
+    WrongRange {
+        url: String,
+        asked: String,
+        answered: String,
+    },
     #[error("writing {path}: {source}")]
     Disk {
         path: PathBuf,
@@ -114,7 +123,7 @@ impl FetchError {
     pub fn metric_kind(&self) -> Option<&'static str> {
         match self {
             FetchError::Transport { .. } | FetchError::NoAnswer { .. } => Some("transport"),
-            FetchError::Status { .. } => Some("http-status"),
+            FetchError::Status { .. } | FetchError::WrongRange { .. } => Some("http-status"),
             FetchError::TooLarge { .. } | FetchError::Oversized { .. } => Some("too-large"),
             FetchError::Truncated { .. } => Some("truncated"),
             FetchError::Stalled { .. } => Some("stalled"),
@@ -154,6 +163,8 @@ impl Retryable for FetchError {
 pub struct Fetcher {
     client: reqwest::Client,
     retry: RetryPolicy,
+    /// Connections a large download is split over (`ranged.rs`).
+    connections: usize,
 }
 
 /// reqwest is built without a default crypto provider (no C build): rustls needs one chosen before
@@ -175,7 +186,20 @@ impl Fetcher {
                 url: String::new(),
                 cause,
             })?;
-        Ok(Self { client, retry })
+        Ok(Self {
+            client,
+            retry,
+            connections: 1,
+        })
+    }
+
+    /// Downloads files of [`crate::limits::PARALLEL_DOWNLOAD_MIN_BYTES`] and up over
+    /// `connections` ranged requests at once (`--download-connections`; 1 is one stream).
+    pub fn with_connections(self, connections: usize) -> Self {
+        Self {
+            connections: connections.max(1),
+            ..self
+        }
     }
 
     /// The bare client, for callers that make their own requests upstream.

@@ -27,6 +27,7 @@ mod load;
 mod monitoring;
 mod moto_cloud;
 mod openapi;
+mod parallel_transfers;
 mod qcow2;
 mod service_readiness;
 mod simplestreams_model;

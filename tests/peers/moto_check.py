@@ -65,8 +65,9 @@ class Recorded:
 
 
 def recorded_requests(path):
+    # A last line without its newline is an entry moto is still writing: not a request yet.
     with open(path) as lines:
-        return [Recorded(line) for line in lines]
+        return [Recorded(line) for line in lines if line.endswith("\n")]
 
 
 def recorded(path):

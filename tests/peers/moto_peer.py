@@ -32,6 +32,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.moto_api._internal.recorder.models import Recorder
 from werkzeug.serving import make_server
 
 FAULTS = {}
@@ -46,6 +47,20 @@ ERROR_500 = (
     b"<Code>InternalError</Code><Message>injected by the test peer</Message>"
     b"</Error></Errors><RequestID>fault</RequestID></Response>"
 )
+
+
+# moto's recorder appends an entry and its newline in two writes, unlocked: with parts PUT at
+# once on several threads, two entries could interleave into one broken line. One at a time.
+RECORDING = threading.Lock()
+_record_request = Recorder._record_request
+
+
+def _record_request_whole(self, *args, **kwargs):
+    with RECORDING:
+        return _record_request(self, *args, **kwargs)
+
+
+Recorder._record_request = _record_request_whole
 
 
 def answer_500(start_response):
