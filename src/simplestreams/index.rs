@@ -6,7 +6,7 @@
 
 use super::path::ItemPath;
 use super::wire::{Level, WireNode};
-use super::{StreamError, parse_updated};
+use super::{StreamError, parse_updated, printable};
 use time::OffsetDateTime;
 
 /// The content id of Canonical's released cloud images, followed when none is configured.
@@ -53,7 +53,7 @@ impl Index {
         for (content_id, entry) in &top.children {
             if let Some(path) = entry.fields.get("path") {
                 ItemPath::parse(path).map_err(|source| StreamError::Path {
-                    document: format!("index entry {content_id}"),
+                    document: format!("index entry {}", printable(content_id)),
                     source,
                 })?;
             }
@@ -78,7 +78,7 @@ impl Index {
             {
                 continue;
             }
-            let document = format!("index entry {content_id}");
+            let document = format!("index entry {}", printable(content_id));
             let path = field("path").ok_or_else(|| StreamError::MissingField {
                 document: document.clone(),
                 field: "path",

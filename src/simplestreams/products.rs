@@ -103,7 +103,7 @@ impl Products {
                 });
             }
         };
-        let document = format!("products file {content_id}");
+        let document = format!("products file {}", printable(&content_id));
         let updated = parse_updated(&document, tree.fields.get("updated"))?;
         let products = Self {
             content_id,

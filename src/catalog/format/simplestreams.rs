@@ -15,7 +15,7 @@ use crate::catalog::model::{
 };
 use crate::simplestreams::{
     Checksum, DEFAULT_CONTENT_ID, DownloadEntry, Index, InstalledVersions, ItemFilter, ItemPath,
-    ItemPathError, Offer, Products, Selection, StreamError, Virtualization,
+    ItemPathError, Offer, Products, Selection, StreamError, Virtualization, printable,
 };
 use reqwest::Url;
 use std::str::FromStr;
@@ -91,9 +91,13 @@ impl SimplestreamsFormat {
         entries.retain(|entry| entry.content_id != INDEX);
         if entries.is_empty() {
             const NAMED: usize = 8;
-            let mut found: Vec<&str> = index.content_ids().take(NAMED + 1).collect();
+            let mut found: Vec<String> = index
+                .content_ids()
+                .take(NAMED + 1)
+                .map(|id| printable(id).into_owned())
+                .collect();
             if found.len() > NAMED {
-                found[NAMED] = "...";
+                found[NAMED] = "...".to_owned();
             }
             return Err(SimplestreamsError::NoDownloads {
                 configured: self.content_ids.join(", "),
@@ -251,7 +255,7 @@ fn products_request(
     unsigned: bool,
 ) -> Result<DocumentRequest, SimplestreamsError> {
     let entry_path = |source| SimplestreamsError::EntryPath {
-        content_id: entry.content_id.clone(),
+        content_id: printable(&entry.content_id).into_owned(),
         source,
     };
     let signed_path = match entry.path.as_str().strip_suffix(".json") {
