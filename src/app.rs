@@ -16,7 +16,6 @@ use crate::db::{Db, DbError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::install::Installer;
 use crate::publish::Publisher;
-use crate::simplestreams::{ItemFilter, Selection};
 use crate::trust::Trust;
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,25 +190,9 @@ fn simplestreams_format(
     url: &reqwest::Url,
     settings: &SimplestreamsSettings,
 ) -> Result<SimplestreamsFormat, AppError> {
-    let filters = settings
-        .filters
-        .iter()
-        .map(|filter| {
-            ItemFilter::parse(filter).map_err(|cause| AppError::Filter {
-                url: url.to_string(),
-                cause: Box::new(cause),
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(SimplestreamsFormat {
-        content_ids: settings.content_ids.clone(),
-        selection: Selection {
-            filters,
-            max_versions: settings.max_versions,
-            virtualization: settings.virtualization,
-        },
-        section_title: settings.section_title.clone(),
-        allow_unsigned: settings.allow_unsigned,
+    SimplestreamsFormat::from_settings(settings).map_err(|cause| AppError::Filter {
+        url: url.to_string(),
+        cause: Box::new(cause),
     })
 }
 

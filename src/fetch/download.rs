@@ -219,13 +219,7 @@ impl<'a> Download<'a> {
         let mut sink = SizeCap::new(Digesting::new(file, hasher), self.expected, arrived.have);
         let rule = fetcher.retry.stall;
         let mut stall = StallWatch::new(rule, arrived.have, tokio::time::Instant::now());
-        let stalled = |got: u64| FetchError::Stalled {
-            url: url.to_string(),
-            got,
-            expected: self.expected,
-            min_rate: rule.min_bytes_per_second,
-            seconds: rule.window.as_secs(),
-        };
+        let stalled = |got: u64| rule.stalled(url, got, self.expected);
         let outcome = loop {
             let have = sink.written();
             let chunk = tokio::select! {

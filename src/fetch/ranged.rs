@@ -543,13 +543,7 @@ impl Ranged<'_> {
     }
 
     fn stalled(&self, got: u64, rule: super::StallRule) -> FetchError {
-        FetchError::Stalled {
-            url: self.url.to_string(),
-            got,
-            expected: self.expected,
-            min_rate: rule.min_bytes_per_second,
-            seconds: rule.window.as_secs(),
-        }
+        rule.stalled(self.url, got, self.expected)
     }
 
     /// Writes the buffer at `at` in range `n`, then records it: the record never runs ahead of

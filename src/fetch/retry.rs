@@ -102,6 +102,19 @@ impl Default for StallRule {
     }
 }
 
+impl StallRule {
+    /// The failure of a download of `url` this rule found stalled at `got` of `expected` bytes.
+    pub(crate) fn stalled(self, url: &str, got: u64, expected: u64) -> super::FetchError {
+        super::FetchError::Stalled {
+            url: url.to_string(),
+            got,
+            expected,
+            min_rate: self.min_bytes_per_second,
+            seconds: self.window.as_secs(),
+        }
+    }
+}
+
 /// Applies a [`StallRule`] to one exchange: windows follow each other from the first byte's wait.
 pub(crate) struct StallWatch {
     rule: StallRule,

@@ -13,9 +13,10 @@ use crate::catalog::model::{
     self, CatalogBuilder, Compression, FileKind, FileRef, Image, ImageDraft, Packing, Provider,
     Section, StreamIdentity,
 };
+use crate::config::SimplestreamsSettings;
 use crate::simplestreams::{
-    Checksum, DEFAULT_CONTENT_ID, DownloadEntry, Index, InstalledVersions, ItemFilter, ItemPath,
-    ItemPathError, Offer, Products, Selection, StreamError, Virtualization, printable,
+    Checksum, DownloadEntry, Index, InstalledVersions, ItemFilter, ItemPath, ItemPathError, Offer,
+    Products, Selection, StreamError, Virtualization, printable,
 };
 use reqwest::Url;
 use std::str::FromStr;
@@ -66,20 +67,24 @@ pub struct SimplestreamsFormat {
 }
 
 impl SimplestreamsFormat {
-    /// Canonical's released images for a cloud of `architecture` (its EC2 name): the newest
-    /// version of each product, HVM where it has a `disk1.img`.
-    pub fn for_cloud_architecture(
-        architecture: &str,
+    /// The format as an upstream's settings say (`config` owns their defaults); a filter that
+    /// does not compile is refused with its own line.
+    pub fn from_settings(
+        settings: &SimplestreamsSettings,
     ) -> Result<Self, crate::simplestreams::FilterError> {
         Ok(Self {
-            content_ids: vec![DEFAULT_CONTENT_ID.to_owned()],
+            content_ids: settings.content_ids.clone(),
             selection: Selection {
-                filters: vec![ItemFilter::for_cloud_architecture(architecture)?],
-                max_versions: 1,
-                virtualization: Virtualization::Hvm,
+                filters: settings
+                    .filters
+                    .iter()
+                    .map(|filter| ItemFilter::parse(filter))
+                    .collect::<Result<_, _>>()?,
+                max_versions: settings.max_versions,
+                virtualization: settings.virtualization,
             },
-            section_title: "Ubuntu cloud images".to_owned(),
-            allow_unsigned: false,
+            section_title: settings.section_title.clone(),
+            allow_unsigned: settings.allow_unsigned,
         })
     }
 
@@ -113,9 +118,9 @@ impl SimplestreamsFormat {
 }
 
 impl Default for SimplestreamsFormat {
-    /// For an x86_64 cloud.
+    /// Canonical's released images, as an upstream with no settings of its own gets them.
     fn default() -> Self {
-        Self::for_cloud_architecture("x86_64").expect("a fixed architecture")
+        Self::from_settings(&SimplestreamsSettings::default()).expect("the default filters parse")
     }
 }
 
@@ -356,6 +361,7 @@ mod tests {
     //! The format over the fixtures of `tests/data/simplestreams/`, clear-signed by a fresh
     //! GnuPG key: through the catalog service from a mirror on loopback, and through the trait.
     use super::*;
+    use crate::simplestreams::DEFAULT_CONTENT_ID;
     use crate::catalog::CatalogService;
     use crate::catalog::format::Proof;
     use crate::trust::Keyring;
