@@ -139,16 +139,6 @@ async fn wait_for_log(env: &TestEnv, text: &str) {
     }
 }
 
-/// Object PUTs moto received (bucket creation excluded), by path.
-fn object_puts(moto: &Moto) -> Vec<String> {
-    moto.requests()
-        .into_iter()
-        .filter(|r| r["method"] == "PUT")
-        .map(|r| r["path"].as_str().unwrap().to_string())
-        .filter(|path| path.matches('/').count() >= 2)
-        .collect()
-}
-
 /// How often each object was PUT; panics unless each was PUT exactly once.
 fn assert_each_put_once(puts: &[String]) -> usize {
     let mut seen = std::collections::BTreeMap::<&str, usize>::new();
@@ -168,25 +158,6 @@ fn karmic_fetches(env: &TestEnv) -> [usize; 3] {
         "/files/karmic/image.gz",
     ]
     .map(|file| env.served(file).len())
-}
-
-/// `image_store_proxy_downloaded_bytes_total` from the proxy's `/metrics`.
-async fn downloaded_bytes(env: &TestEnv) -> u64 {
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/metrics", env.proxy_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix("image_store_proxy_downloaded_bytes_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no downloaded bytes in {text}"))
 }
 
 /// Installed, with each registration once in moto and its ids the ones moto lists.
@@ -214,11 +185,11 @@ async fn killed_while_downloading_the_install_resumes_the_file_where_it_stopped(
     // 25 MiB at 8 MiB/s: the kill lands mid-file, 4.5 MiB in, by the proxy's own count of bytes
     // received (its detached signature, < 1 KiB, included).
     env.store.faults().bytes_per_second = Some(8 << 20);
-    let downloaded_before = downloaded_bytes(&env).await;
+    let downloaded_before = env.downloaded_bytes().await;
     env.act(&big, "install").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let received = loop {
-        let received = downloaded_bytes(&env).await - downloaded_before;
+        let received = env.downloaded_bytes().await - downloaded_before;
         if received >= (9 << 20) / 2 {
             break received;
         }
@@ -252,7 +223,7 @@ async fn killed_while_downloading_the_install_resumes_the_file_where_it_stopped(
     assert_eq!(requests[0].range, None);
     let resumed = resumed_from(&requests[1]);
     assert_eq!(resumed, had, "resumed where the partial file ends");
-    let objects = assert_each_put_once(&object_puts(&moto));
+    let objects = assert_each_put_once(&moto.object_puts());
     println!(
         "FIGURE downloading: killed with {received} bytes received (metrics, signature \
          included) and {had} of {size} bytes on disk; after the restart fake-store got Range: \
@@ -290,7 +261,7 @@ async fn killed_after_a_download_before_its_verification_the_file_is_not_fetched
         [1, 1, 1],
         "the downloaded kernel is verified from disk, not fetched again"
     );
-    let objects = assert_each_put_once(&object_puts(&moto));
+    let objects = assert_each_put_once(&moto.object_puts());
     let signatures = env
         .store
         .requests()
@@ -322,7 +293,7 @@ async fn killed_while_bundling_the_install_bundles_again_and_uploads_each_part_o
             .starts_with("Bundling machine image: "),
         "{at_kill}"
     );
-    assert!(object_puts(&moto).is_empty(), "nothing uploaded yet");
+    assert!(moto.object_puts().is_empty(), "nothing uploaded yet");
     let bundle_dir = std::fs::read_dir(env.data_dir.join("bundles"))
         .unwrap()
         .next()
@@ -351,7 +322,7 @@ async fn killed_while_bundling_the_install_bundles_again_and_uploads_each_part_o
     assert_installed_once(&moto, &env, &big, 1).await;
     let fetched = env.served("/files/big/image").len();
     assert_eq!(fetched, 1, "the image is not fetched again");
-    let objects = assert_each_put_once(&object_puts(&moto));
+    let objects = assert_each_put_once(&moto.object_puts());
     println!(
         "FIGURE while-bundling: killed at {} with {on_disk:?} (name, bytes) in the bundle dir; \
          image fetched {fetched} time; {objects} objects each PUT once; {} RegisterImage",
@@ -372,7 +343,7 @@ async fn killed_between_part_uploads_the_parts_already_uploaded_are_not_sent_aga
     // Parts go up several at a time: part 3 lands beside the held part 2.
     let deadline = Instant::now() + Duration::from_secs(60);
     let before = loop {
-        let puts = object_puts(&moto);
+        let puts = moto.object_puts();
         if puts.len() == 2 {
             break puts;
         }
@@ -400,7 +371,7 @@ async fn killed_between_part_uploads_the_parts_already_uploaded_are_not_sent_aga
     moto.faults(json!({})).await;
 
     assert_installed_once(&moto, &env, &big, 1).await;
-    let puts = object_puts(&moto);
+    let puts = moto.object_puts();
     assert_eq!(
         puts[2..],
         [
@@ -469,7 +440,7 @@ async fn killed_after_register_image_before_its_id_is_committed_nothing_is_regis
         .find(|i| i["name"] == "ubuntu-server-amd64-9.10-image")
         .unwrap();
     assert_eq!(installed["emi"], registered_image["id"]);
-    let objects = assert_each_put_once(&object_puts(&moto));
+    let objects = assert_each_put_once(&moto.object_puts());
     assert_eq!(karmic_fetches(&env), [1, 1, 1]);
     println!(
         "FIGURE after-register-before-commit: killed with {held:?} held ({committed_before} of 3 \
@@ -490,12 +461,12 @@ async fn killed_after_a_registration_and_the_bundle_s_removal_nothing_is_bundled
     wait_for_log(&env, "paused at registered").await;
     assert_eq!(moto.registrations().len(), 1, "the kernel is registered");
     assert!(committed_registrations(&env.data_dir).is_empty());
-    let puts_before = object_puts(&moto).len();
+    let puts_before = moto.object_puts().len();
     let states = kill_and_restart(&mut env);
     assert_eq!(states, vec![(karmic.clone(), "installing".to_string())]);
 
     assert_installed_once(&moto, &env, &karmic, 3).await;
-    let puts = object_puts(&moto);
+    let puts = moto.object_puts();
     let objects = assert_each_put_once(&puts);
     let kernel_puts = puts.iter().filter(|p| p.contains("-kernel.")).count();
     assert_eq!(
@@ -556,7 +527,7 @@ async fn killed_again_and_again_at_moments_nobody_chose_the_install_completes_an
         );
         refetched_requests += starts.len() - 1;
     }
-    let puts = object_puts(&moto);
+    let puts = moto.object_puts();
     let mut distinct = puts.clone();
     distinct.sort();
     distinct.dedup();

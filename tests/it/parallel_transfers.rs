@@ -174,25 +174,6 @@ fn read_record(path: &Path) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
-/// `image_store_proxy_downloaded_bytes_total` from the proxy's `/metrics`.
-async fn downloaded_bytes(env: &TestEnv) -> u64 {
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/metrics", env.proxy_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix("image_store_proxy_downloaded_bytes_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no downloaded bytes in {text}"))
-}
-
 /// SIGKILLed mid-download over four connections, the proxy starts again and asks each range only
 /// for the bytes its record lacks: what the record claims was written is not fetched again, and
 /// what was received but unwritten at the kill is little (a write buffer per range).
@@ -211,11 +192,11 @@ async fn killed_during_a_parallel_download_each_range_resumes_from_its_record() 
     let uri = env.image_uri("large");
     // 4 MiB/s on each connection: 16 MiB/s in all, the kill lands at about 20 of 72 MiB.
     env.store.faults().bytes_per_second = Some(4 << 20);
-    let before = downloaded_bytes(&env).await;
+    let before = env.downloaded_bytes().await;
     env.act(&uri, "install").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let received = loop {
-        let received = downloaded_bytes(&env).await - before;
+        let received = env.downloaded_bytes().await - before;
         if received >= 20 << 20 {
             break received;
         }
@@ -275,16 +256,6 @@ async fn killed_during_a_parallel_download_each_range_resumes_from_its_record() 
 const FIVE_PARTS: usize = 45 << 20;
 const PREFIX: &str = "transfer-test-1-image";
 
-/// Object PUTs moto received (bucket creation excluded), by path, in order.
-fn object_puts(moto: &Moto) -> Vec<String> {
-    moto.requests()
-        .into_iter()
-        .filter(|r| r["method"] == "PUT")
-        .map(|r| r["path"].as_str().unwrap().to_string())
-        .filter(|path| path.matches('/').count() >= 2)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_go_up_four_at_a_time_while_one_is_held_each_once_and_the_manifest_last() {
     let dir = tempfile::tempdir().unwrap();
@@ -309,7 +280,7 @@ async fn parts_go_up_four_at_a_time_while_one_is_held_each_once_and_the_manifest
     // With part 1 held before moto, parts 2, 3 and 4 are in the air beside it and land.
     let deadline = Instant::now() + Duration::from_secs(60);
     let beside = loop {
-        let puts = object_puts(&moto);
+        let puts = moto.object_puts();
         if puts.len() >= 3 {
             break puts;
         }
@@ -339,7 +310,7 @@ async fn parts_go_up_four_at_a_time_while_one_is_held_each_once_and_the_manifest
     moto.faults(json!({"s3_put_500": 1})).await;
     env.wait_for_status(&uri, "installed").await;
 
-    let puts = object_puts(&moto);
+    let puts = moto.object_puts();
     let bucket = puts[0]
         .trim_start_matches('/')
         .split('/')

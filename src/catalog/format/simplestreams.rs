@@ -361,9 +361,9 @@ mod tests {
     //! The format over the fixtures of `tests/data/simplestreams/`, clear-signed by a fresh
     //! GnuPG key: through the catalog service from a mirror on loopback, and through the trait.
     use super::*;
-    use crate::simplestreams::DEFAULT_CONTENT_ID;
     use crate::catalog::CatalogService;
     use crate::catalog::format::Proof;
+    use crate::simplestreams::DEFAULT_CONTENT_ID;
     use crate::trust::Keyring;
     use crate::trust::tests::Gpg;
 

@@ -300,6 +300,25 @@ impl TestEnv {
         ProxyClient::new(&proxy.url, secret, "WKy3rMzOWPouVOxK1p3Ar1C2uRBwa2FBXnCw").unwrap()
     }
 
+    /// `image_store_proxy_downloaded_bytes_total` from the proxy's `/metrics`.
+    pub async fn downloaded_bytes(&self) -> u64 {
+        let text = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{}/metrics", self.proxy_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("image_store_proxy_downloaded_bytes_total "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no downloaded bytes in {text}"))
+    }
+
     pub fn proxy_url(&self) -> String {
         self.proxy.as_ref().expect("proxy running").url.clone()
     }

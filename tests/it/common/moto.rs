@@ -140,6 +140,16 @@ impl Moto {
     }
 
     /// The RegisterImage calls moto received.
+    /// Object PUTs moto received (bucket creation excluded), by path, in order.
+    pub fn object_puts(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r["method"] == "PUT")
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .filter(|path| path.matches('/').count() >= 2)
+            .collect()
+    }
+
     pub fn registrations(&self) -> Vec<Value> {
         self.requests()
             .into_iter()
