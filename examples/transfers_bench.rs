@@ -15,13 +15,15 @@
 //!
 //! Prints each run and the medians.
 
+mod support;
+
 use image_store_proxy::client::ProxyClient;
 use image_store_proxy::fetch::{Fetcher, RetryPolicy};
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use support::{cloud_config, median, proc_status_kib, start_and_read_url, start_moto};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "bench-secret-0123456789";
@@ -123,11 +125,6 @@ fn main() {
     let _ = fake_store.wait();
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// An image set of one raw image of `mib` MiB of noise (xorshift64); returns the bytes.
 fn write_set(dir: &Path, title: &str, mib: u64) -> Vec<u8> {
     std::fs::create_dir_all(dir).unwrap();
@@ -179,8 +176,8 @@ async fn upload(
     let run = work.join("upload-run");
     let _ = std::fs::remove_dir_all(&run);
     std::fs::create_dir_all(&run).unwrap();
-    let mut moto = start_moto(root, &run);
-    let config = cloud_config(&run, &moto.1, &moto.2);
+    let moto = start_moto(root, &run);
+    let config = cloud_config(&run, &moto, SECRET);
     let (mut proxy, url) = start_and_read_url(
         Command::new(bin.join("image-store-proxy"))
             .args(["--api-url", api, "--listen", "127.0.0.1:0"])
@@ -223,101 +220,10 @@ async fn upload(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let peak = proc_field(proxy.id(), "VmHWM:");
+    let peak = proc_status_kib(proxy.id(), "VmHWM:");
     let _ = proxy.kill();
     let _ = proxy.wait();
-    let _ = moto.0.kill();
-    let _ = moto.0.wait();
+    drop(moto);
     let _ = std::fs::remove_dir_all(&run);
     (seconds, peak)
-}
-
-/// moto as the tests start it: (child, S3 URL, EC2 URL).
-fn start_moto(root: &Path, dir: &Path) -> (Child, String, String) {
-    let python = root.join("target/test-peers/venv/bin/python");
-    assert!(python.exists(), "no moto: run ./test.sh once to install it");
-    let mut child = Command::new(python)
-        .arg(root.join("tests/peers/moto_peer.py"))
-        .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("moto.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ports: Vec<&str> = line.split_whitespace().collect();
-    assert!(ports.len() == 3 && ports[0] == "ready", "moto: {line:?}");
-    let s3 = format!("http://127.0.0.1:{}/", ports[1]);
-    let ec2 = format!("http://127.0.0.1:{}/", ports[2]);
-    (child, s3, ec2)
-}
-
-/// A TOML `--cloud-config` for moto, its keys and certificates made by openssl, private.
-fn cloud_config(dir: &Path, s3: &str, ec2: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let creds = dir.join("credentials");
-    std::fs::create_dir_all(&creds).unwrap();
-    for name in ["user", "cloud"] {
-        let status = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .arg("-subj")
-            .arg(format!("/CN={name}"))
-            .arg("-keyout")
-            .arg(creds.join(format!("{name}-pk.pem")))
-            .arg("-out")
-            .arg(creds.join(format!("{name}-cert.pem")))
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "openssl req");
-    }
-    let config = creds.join("cloud.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "ec2-url = \"{ec2}\"\ns3-url = \"{s3}\"\naccess-key = \"AKIDBENCH\"\nsecret-key = \"{SECRET}\"\n\
-             user-id = \"123456789012\"\nuser-cert = \"user-cert.pem\"\nuser-key = \"user-pk.pem\"\n\
-             cloud-cert = \"cloud-cert.pem\"\nsignature-version = \"2\"\n"
-        ),
-    )
-    .unwrap();
-    for entry in std::fs::read_dir(&creds).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    config
-}
-
-fn start_and_read_url(command: &mut Command, log: &Path) -> (Child, String) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    // Keep reading: a closed pipe would kill the program at its next line.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let url = line
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}; see {}", log.display()))
-        .to_string();
-    (child, url)
-}
-
-fn proc_field(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
