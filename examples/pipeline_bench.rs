@@ -121,11 +121,12 @@ struct Bench {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let work = PathBuf::from(args.next().expect("WORK_DIR"));
+    let root = std::env::current_dir().unwrap();
+    // Absolute: the shell pipelines run in directories of their own.
+    let work = root.join(args.next().expect("WORK_DIR"));
     let mode = Mode::parse(&args.next().expect("MODE"));
     let mib: u64 = args.next().map_or(1024, |m| m.parse().expect("MIB"));
     let runs: usize = args.next().map_or(3, |r| r.parse().expect("RUNS"));
-    let root = std::env::current_dir().unwrap();
     std::fs::create_dir_all(&work).unwrap();
     image_store_proxy::fetch::install_crypto_provider();
     let bench = Bench {
@@ -750,12 +751,12 @@ print(time.monotonic() - started)
         let stages = bundle_stages(source, mode, &self.work, &mut rows);
         let _ = std::fs::remove_file(self.work.join("stage.raw"));
         println!(
-            "{:<34} {:>9} {:>10} {:>12}",
+            "{:<38} {:>9} {:>10} {:>12}",
             "stage", "CPU s", "MiB in", "MiB/s"
         );
         for (name, seconds, bytes) in &rows {
             println!(
-                "{name:<34} {seconds:>9.2} {:>10.0} {:>12.1}",
+                "{name:<38} {seconds:>9.2} {:>10.0} {:>12.1}",
                 *bytes as f64 / MIB,
                 *bytes as f64 / MIB / seconds
             );
