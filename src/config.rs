@@ -122,6 +122,24 @@ pub struct DaemonArgs {
     /// The window over which --stall-bytes-per-second is judged [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub stall_seconds: Option<u64>,
+    /// Install by itself the newest version of every product whose images pass FILTERS
+    /// (simplestreams filter syntax, space-separated, all must pass: "release=noble arch=amd64");
+    /// repeatable, an image passing any one is subscribed
+    #[arg(long = "subscribe", value_name = "FILTERS")]
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Versions of each subscribed product kept installed; older ones a subscription installed
+    /// are deregistered and their bundles deleted (never an operator's install) [default: 2]
+    #[arg(long, value_name = "N")]
+    pub keep: Option<u64>,
+    /// Bound on the verified files and bundles on disk, in bytes (K, M, G suffixes): the least
+    /// recently used unpinned files are evicted to make room [default: none]
+    #[arg(long, value_name = "N")]
+    pub cache_max_bytes: Option<String>,
+    /// Bytes to leave free on the data directory's file system (K, M, G suffixes), evicting as
+    /// for --cache-max-bytes [default: none]
+    #[arg(long, value_name = "N")]
+    pub min_free_bytes: Option<String>,
     /// Read these settings from a TOML file (keys as the flags: api-url = "...")
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -215,6 +233,10 @@ pub struct Config {
     pub upload_concurrency: usize,
     /// Connections a large download is split over.
     pub download_connections: usize,
+    /// What the proxy installs and retires by itself (`--subscribe`, `--keep`).
+    pub subscriptions: crate::subscribe::Settings,
+    /// `--cache-max-bytes`, `--min-free-bytes`.
+    pub cache_budget: crate::cache::budget::BudgetSettings,
 }
 
 /// Parts uploaded at once unless configured. Into moto on loopback 4 was no faster than 1 for a
@@ -259,6 +281,13 @@ pub enum ConfigError {
     TwoSecrets,
     #[error("secret file {path}: {cause}")]
     SecretFile { path: PathBuf, cause: String },
+    #[error(transparent)]
+    Subscription(#[from] crate::subscribe::SubscriptionError),
+    #[error("{setting}: {cause}")]
+    Size {
+        setting: &'static str,
+        cause: String,
+    },
 }
 
 impl DaemonArgs {
@@ -324,7 +353,25 @@ impl DaemonArgs {
             DEFAULT_DOWNLOAD_CONNECTIONS,
             limits::MAX_DOWNLOAD_CONNECTIONS,
         )?;
+        let subscriptions = crate::subscribe::Settings::parse(
+            &merged.subscribe,
+            merged
+                .keep
+                .map_or(limits::DEFAULT_SUBSCRIPTION_KEEP, |keep| keep as usize),
+        )?;
+        let size = |setting: &'static str, text: &Option<String>| {
+            text.as_deref()
+                .map(crate::cache::budget::parse_bytes)
+                .transpose()
+                .map_err(|cause| ConfigError::Size { setting, cause })
+        };
+        let cache_budget = crate::cache::budget::BudgetSettings {
+            max_bytes: size("cache-max-bytes", &merged.cache_max_bytes)?,
+            min_free_bytes: size("min-free-bytes", &merged.min_free_bytes)?,
+        };
         Ok(Config {
+            subscriptions,
+            cache_budget,
             upstreams,
             data_dir,
             keyring,
@@ -377,6 +424,14 @@ impl DaemonArgs {
             stall_seconds: self.stall_seconds.or(file.stall_seconds),
             upload_concurrency: self.upload_concurrency.or(file.upload_concurrency),
             download_connections: self.download_connections.or(file.download_connections),
+            subscribe: if self.subscribe.is_empty() {
+                file.subscribe
+            } else {
+                self.subscribe
+            },
+            keep: self.keep.or(file.keep),
+            cache_max_bytes: self.cache_max_bytes.or(file.cache_max_bytes),
+            min_free_bytes: self.min_free_bytes.or(file.min_free_bytes),
             config: self.config,
         }
     }
