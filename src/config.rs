@@ -921,4 +921,57 @@ allow-unsigned = true
             "download-connections 17 is out of range: 1 to 16"
         );
     }
+
+    #[test]
+    fn subscriptions_and_the_cache_budget_come_from_flags_or_the_file() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            daemon: DaemonArgs,
+        }
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(
+            &file,
+            "subscribe = [\"release=noble arch=amd64\", \"product=server\"]\nkeep = 3\n\
+             cache-max-bytes = \"20G\"\nmin-free-bytes = \"512M\"\n",
+        )
+        .unwrap();
+        let from_file = DaemonArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            from_file.subscriptions.texts(),
+            ["release=noble arch=amd64", "product=server"]
+        );
+        assert_eq!(from_file.subscriptions.keep, 3);
+        assert_eq!(from_file.cache_budget.max_bytes, Some(20 << 30));
+        assert_eq!(from_file.cache_budget.min_free_bytes, Some(512 << 20));
+        let flags = Cli::try_parse_from([
+            "p",
+            "--subscribe",
+            "release=jammy",
+            "--cache-max-bytes",
+            "4096",
+            "--config",
+            file.to_str().unwrap(),
+        ])
+        .unwrap()
+        .daemon
+        .resolve()
+        .unwrap();
+        assert_eq!(flags.subscriptions.texts(), ["release=jammy"]);
+        assert_eq!(flags.cache_budget.max_bytes, Some(4096));
+        let defaults = DaemonArgs::default().resolve().unwrap();
+        assert!(defaults.subscriptions.is_empty());
+        assert_eq!(defaults.subscriptions.keep, 2);
+        assert_eq!(
+            defaults.cache_budget,
+            crate::cache::budget::BudgetSettings::default()
+        );
+    }
 }

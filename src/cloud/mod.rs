@@ -191,3 +191,34 @@ pub fn id_prefix(kind: FileKind) -> &'static str {
         FileKind::Image => "emi",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_is_its_manifest_and_numbered_parts_alone() {
+        assert_eq!(
+            split_location("image-store-1/ubuntu-9.10-image.manifest.xml"),
+            ("image-store-1", "ubuntu-9.10-image")
+        );
+        let prefix = "ubuntu-9.10-image";
+        for key in [
+            "ubuntu-9.10-image.manifest.xml",
+            "ubuntu-9.10-image.part.00",
+            "ubuntu-9.10-image.part.117",
+        ] {
+            assert!(is_bundle_object(prefix, key), "{key}");
+        }
+        for key in [
+            "ubuntu-9.10-image.registration.json",
+            "ubuntu-9.10-image.part.",
+            "ubuntu-9.10-image.part.x1",
+            "ubuntu-9.10-image-2.manifest.xml",
+            "ubuntu-9.10-kernel.manifest.xml",
+            ".ubuntu-9.10-image.part.00.incoming",
+        ] {
+            assert!(!is_bundle_object(prefix, key), "{key}");
+        }
+    }
+}

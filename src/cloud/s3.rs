@@ -433,6 +433,29 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_is_read_whatever_its_namespace() {
+        let body = r#"<?xml version="1.0" encoding="UTF-8"?>
+            <ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+              <Name>b</Name><Prefix>k.</Prefix><IsTruncated>true</IsTruncated>
+              <Contents><Key>k.manifest.xml</Key><Size>3</Size></Contents>
+              <Contents><Key>k.part.00</Key><Size>9</Size></Contents>
+            </ListBucketResult>"#;
+        assert_eq!(
+            parse_listing(body).unwrap(),
+            (
+                vec!["k.manifest.xml".to_string(), "k.part.00".to_string()],
+                true
+            )
+        );
+        assert_eq!(
+            parse_listing("<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>")
+                .unwrap(),
+            (Vec::new(), false)
+        );
+        assert!(parse_listing("not xml").is_err());
+    }
+
+    #[test]
     fn objects_live_under_the_endpoint_s_own_path() {
         let walrus = s3("http://clc:8773/services/Walrus/");
         assert_eq!(

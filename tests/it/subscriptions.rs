@@ -180,7 +180,9 @@ struct Run {
 
 /// The run the issue asks for: versions 1.0, 2.0 and 3.0 published between refreshes with
 /// `--keep 2`, and the operator's own install of version 0.9 beside them.
-async fn three_versions(env: &mut TestEnv) -> Run {
+/// `cloud_state` reads what the cloud holds (its images and objects), to show `plan` changes
+/// none of it; the fake cloud's is under the data dir, which `snapshot` reads.
+async fn three_versions(env: &mut TestEnv, cloud_state: &dyn Fn() -> String) -> Run {
     env.extra_args = [
         "--subscribe",
         "product=sub-server arch=x86_64",
@@ -231,6 +233,7 @@ async fn three_versions(env: &mut TestEnv) -> Run {
     publish(env, "sub-3", "3.0", 63, "2026-11-20T13:00:00Z");
     env.kill_proxy();
     let before = snapshot(&env.data_dir);
+    let cloud_before = cloud_state();
     let planned = plan(env, &[]);
     eprintln!("--- plan before the third refresh ---\n{planned}");
     assert!(
@@ -253,6 +256,7 @@ async fn three_versions(env: &mut TestEnv) -> Run {
         "{planned}"
     );
     assert_eq!(snapshot(&env.data_dir), before, "plan changed the data dir");
+    assert_eq!(cloud_state(), cloud_before, "plan changed the cloud");
 
     // The third refresh (at the start): 3.0 installed, then 1.0 retired.
     env.start_proxy();
@@ -290,6 +294,7 @@ async fn three_versions(env: &mut TestEnv) -> Run {
 
     env.kill_proxy();
     let before = snapshot(&env.data_dir);
+    let cloud_before = cloud_state();
     let daemon_args = env.extra_args.clone();
     env.extra_args = [
         "--subscribe",
@@ -320,6 +325,7 @@ async fn three_versions(env: &mut TestEnv) -> Run {
     );
     assert!(!planned.contains("deregister Sub Server 0.9"), "{planned}");
     assert_eq!(snapshot(&env.data_dir), before, "plan changed the data dir");
+    assert_eq!(cloud_state(), cloud_before, "plan changed the cloud");
     Run {
         operator,
         first,
@@ -343,7 +349,7 @@ fn sizes(env: &TestEnv, set: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_over_three_versions_retires_the_first_in_the_fake_cloud() {
     let mut env = TestEnv::with_store().await;
-    let run = three_versions(&mut env).await;
+    let run = three_versions(&mut env, &String::new).await;
     let ids: BTreeSet<String> = fake_registrations(&env.data_dir)
         .into_iter()
         .map(|(_, record)| record["image_id"].as_str().unwrap().to_string())
@@ -383,7 +389,7 @@ async fn a_subscription_over_three_versions_retires_the_first_in_moto() {
     let mut env = TestEnv::with_store().await;
     let config = moto.cloud_config(env.dir.path(), "toml", "AKIDPROXYTEST", SECRET, "2");
     env.cloud = Some((config, SECRET.to_string()));
-    let run = three_versions(&mut env).await;
+    let run = three_versions(&mut env, &|| moto_state(&moto)).await;
     let (_, ids) = moto.images();
     let ids: BTreeSet<String> = ids
         .iter()
@@ -406,24 +412,15 @@ async fn a_subscription_over_three_versions_retires_the_first_in_moto() {
         .collect();
     assert_eq!(deregistered, [run.first["emi"].as_str().unwrap()]);
     // Its bundle objects are gone from its bucket; the others' are there.
-    let mut buckets = BTreeSet::new();
-    for registration in moto.registrations() {
-        let location = registration["params"]["ImageLocation"].as_str().unwrap();
-        buckets.insert(location.split_once('/').unwrap().0.to_string());
-    }
-    let mut keys = Vec::new();
-    for bucket in &buckets {
-        for object in moto.check(&["objects", bucket]).as_array().unwrap() {
-            keys.push(object["key"].as_str().unwrap().to_string());
-        }
-    }
+    let keys = moto_keys(&moto);
     assert!(
-        !keys.iter().any(|k| k.starts_with("sub-server-1.0-image.")),
+        !keys.iter().any(|k| k.contains("/sub-server-1.0-image.")),
         "{keys:?}"
     );
     for kept in ["0.9", "2.0", "3.0"] {
         assert!(
-            keys.contains(&format!("sub-server-{kept}-image.manifest.xml")),
+            keys.iter()
+                .any(|k| k.contains(&format!("/sub-server-{kept}-image.manifest.xml "))),
             "{kept}: {keys:?}"
         );
     }
@@ -469,6 +466,31 @@ async fn bad_subscriptions_and_sizes_are_refused_at_start_in_one_line() {
         );
         assert_eq!(output.stdout, b"", "nothing listened");
     }
+}
+
+/// Every key in the buckets moto's registrations name.
+fn moto_keys(moto: &Moto) -> Vec<String> {
+    let mut buckets = BTreeSet::new();
+    for registration in moto.registrations() {
+        let location = registration["params"]["ImageLocation"].as_str().unwrap();
+        buckets.insert(location.split_once('/').unwrap().0.to_string());
+    }
+    let mut keys = Vec::new();
+    for bucket in &buckets {
+        for object in moto.check(&["objects", bucket]).as_array().unwrap() {
+            keys.push(format!(
+                "{bucket}/{} {}",
+                object["key"].as_str().unwrap(),
+                object["etag"]
+            ));
+        }
+    }
+    keys
+}
+
+/// What moto holds: its images and every object of the install buckets.
+fn moto_state(moto: &Moto) -> String {
+    format!("{}\n{:?}", moto.images().0, moto_keys(moto))
 }
 
 /// Files the `files` table records, and the cache directory's files: the two agree.
