@@ -182,6 +182,7 @@ impl CacheBudget {
             return Ok(self.db.forget_file(&file.sha256)?);
         };
         self.db.forget_file(&file.sha256)?;
+        crate::pause::here_blocking("evict");
         let path = self.cache.path(&sha256);
         match std::fs::remove_file(&path) {
             Ok(()) => {}

@@ -578,6 +578,57 @@ async fn the_cache_budget_evicts_the_least_recently_used_file_and_keeps_the_pinn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_cut_short_by_a_crash_leaves_the_db_and_the_cache_in_agreement() {
+    let mut env = TestEnv::with_store().await;
+    let size = |path: &str| std::fs::metadata(env.images.join(path)).unwrap().len();
+    let budget = size("karmic/kernel")
+        + size("karmic/ramdisk.gz")
+        + size("karmic/image.gz").max(size("lucid/image.tar.gz"))
+        + 1024;
+    env.extra_args = vec!["--cache-max-bytes".into(), budget.to_string()];
+    env.proxy_env = vec![(
+        image_store_proxy::pause::PAUSE_AT.to_string(),
+        "evict".to_string(),
+    )];
+    env.start_proxy();
+    env.dashboard().await;
+    let (karmic, lucid) = (env.image_uri("karmic"), env.image_uri("lucid"));
+    env.act(&karmic, "install").await;
+    env.wait_for_status(&karmic, "installed").await;
+    env.act(&lucid, "install").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !env.proxy_log().contains("paused at evict") {
+        assert!(std::time::Instant::now() < deadline, "{}", env.proxy_log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    env.kill_proxy();
+    // Killed between the two: the record is gone, the file is still there.
+    let karmic_image = sha256_of(&env.images.join("karmic/image.gz"));
+    let conn = rusqlite::Connection::open(env.data_dir.join("state.sqlite")).unwrap();
+    let recorded: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM files WHERE sha256 = ?1",
+            [&karmic_image],
+            |row| row.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    assert_eq!(recorded, 0);
+    assert!(env.cache_files().iter().any(|p| p.ends_with(&karmic_image)));
+    // The next start sweeps it, and lucid's install resumes and fits.
+    env.proxy_env.clear();
+    env.start_proxy();
+    env.dashboard().await;
+    env.wait_for_status(&lucid, "installed").await;
+    let after = cache_agrees(&env);
+    assert!(!after.contains(&karmic_image));
+    assert!(
+        env.proxy_log()
+            .contains("cache files without a record removed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_install_that_cannot_fit_the_cache_budget_refuses_at_once_with_the_numbers() {
     let mut env = TestEnv::with_store().await;
     env.extra_args = vec!["--cache-max-bytes".into(), "1M".into()];
