@@ -402,4 +402,74 @@ mod tests {
         assert_eq!(budget.usage().unwrap(), 4);
         assert_eq!(budget.sweep().unwrap(), (0, 0));
     }
+
+    #[test]
+    fn files_of_installs_in_flight_and_of_kept_versions_are_pinned() {
+        use crate::catalog::model::{Compression, FileKind, FileRef, Packing, Virtualization};
+        use crate::db::installs::Origin;
+        use crate::install::state::InstallState;
+        use std::sync::Arc;
+        let image = |set: &str, version: &str| {
+            Arc::new(Image {
+                uri: format!("http://store.example/api/images/{set}"),
+                key: set.into(),
+                product: "server".into(),
+                title: "Server".into(),
+                version: version.into(),
+                summary: String::new(),
+                description_html: String::new(),
+                icon_uri: None,
+                provider: None,
+                tags: Vec::new(),
+                arch: "x86_64".into(),
+                files: vec![FileRef {
+                    kind: FileKind::Image,
+                    url: format!("http://store.example/api/files/{set}"),
+                    size: 10,
+                    sha256: Sha256Hex::from_digest(set.as_bytes()),
+                    signature_url: None,
+                    compression: Compression::None,
+                    packing: Packing::Raw,
+                    provides: Vec::new(),
+                }],
+                virtualization: Virtualization::Paravirtual,
+                stream: None,
+                fields: Default::default(),
+            })
+        };
+        let row = |set: &str, version: &str, state: InstallState, origin: Origin| InstallRow {
+            image: image(set, version),
+            state,
+            status_detail: String::new(),
+            error: None,
+            attempt: 1,
+            bucket: "b".into(),
+            ids: Default::default(),
+            queued_at: 1,
+            updated_at: 1,
+            origin,
+        };
+        let installs = [
+            row("operator", "0.9", InstallState::Installed, Origin::Operator),
+            row("v1", "1.0", InstallState::Installed, Origin::Subscription),
+            row("v2", "2.0", InstallState::Installed, Origin::Subscription),
+            row("v3", "3.0", InstallState::Installed, Origin::Subscription),
+            row("queued", "4.0", InstallState::Queued, Origin::Operator),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.sqlite")).unwrap();
+        let budget = CacheBudget::new(BudgetSettings::default(), dir.path(), db, 2);
+        let new = image("new", "5.0");
+        let pinned = budget.pinned(&installs, &new);
+        let digest = |set: &str| Sha256Hex::from_digest(set.as_bytes()).to_string();
+        for set in ["v2", "v3", "queued", "new"] {
+            assert!(pinned.contains(digest(set).as_str()), "{set} is pinned");
+        }
+        for set in ["operator", "v1"] {
+            assert!(
+                !pinned.contains(digest(set).as_str()),
+                "{set} may be evicted"
+            );
+        }
+    }
 }
