@@ -301,6 +301,8 @@ async fn three_versions(env: &mut TestEnv, cloud_state: &dyn Fn() -> String) -> 
         "product=sub-server arch=x86_64",
         "--keep",
         "1",
+        "--cache-max-bytes",
+        "64M",
     ]
     .map(String::from)
     .to_vec();
