@@ -3,6 +3,7 @@
 
 use crate::api::{self, AppState, nonce::NonceBook};
 use crate::cache::Cache;
+use crate::cache::budget::CacheBudget;
 use crate::catalog::format::CatalogFormat;
 use crate::catalog::format::image_store::ImageStoreFormat;
 use crate::catalog::format::simplestreams::SimplestreamsFormat;
@@ -51,6 +52,8 @@ pub enum AppError {
     Cloud(#[from] CloudError),
     #[error("serving the UI API")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Budget(#[from] crate::cache::budget::BudgetError),
 }
 
 /// The parts, built and checked: what `run` serves. Building it is the start-up check (cloud
@@ -96,33 +99,24 @@ impl App {
         let file_trust = Arc::new(Trust::new(config.keyring.clone()));
         let db = Db::open(&config.data_dir.join("state.sqlite"))?;
         let fetcher = Fetcher::new(config.retry)?.with_connections(config.download_connections);
-        let mut services = Vec::new();
-        let mut warnings = Vec::new();
-        for upstream in &config.upstreams {
-            let trust = if upstream.keyring == config.keyring {
-                file_trust.clone()
-            } else {
-                Arc::new(Trust::new(upstream.keyring.clone()))
-            };
-            let format = catalog_format(upstream)?;
-            if format.accepts_unsigned() {
-                warnings.push(format!(
-                    "Warning: the catalog of {} is taken unsigned (allow-unsigned): its images are only as trustworthy as the network to it",
-                    upstream.url
-                ));
-            }
-            tracing::info!(url = %upstream.url, format = format.name(), keyring = %upstream.keyring.display(), "upstream");
-            services.push(CatalogService::new(
-                upstream.url.clone(),
-                format,
-                trust,
-                fetcher.clone(),
-                db.clone(),
-                config.catalog_max_age,
-            )?);
-        }
+        let (services, warnings) = catalog_services(config, &db, &fetcher, &file_trust)?;
         let catalog = Arc::new(Catalogs::new(services, warnings));
-        let installer = Installer::new(
+        let budget = CacheBudget::new(
+            config.cache_budget,
+            &config.data_dir,
+            db.clone(),
+            config.subscriptions.keep,
+        );
+        // The cache directory and the `files` table agree before anything counts on them.
+        let (removed, forgotten) = budget.sweep()?;
+        if removed + forgotten > 0 {
+            tracing::info!(
+                removed,
+                forgotten,
+                "cache files without a record removed, records without a file forgotten"
+            );
+        }
+        let installer = Installer::with_budget(
             db,
             Cache::new(&config.data_dir),
             fetcher,
@@ -132,6 +126,7 @@ impl App {
                 .with_retry(config.retry)
                 .with_upload_concurrency(config.upload_concurrency),
             config.workers,
+            budget,
         )?;
         Ok(Self {
             catalog,
@@ -155,6 +150,12 @@ impl App {
             self.installer.clone(),
             shutdown.clone(),
         ));
+        let subscriber = tokio::spawn(follow_subscriptions(
+            self.catalog.clone(),
+            self.installer.clone(),
+            self.config.subscriptions.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(apply_reloads(
             self.config.clone(),
             self.catalog.clone(),
@@ -172,8 +173,89 @@ impl App {
         shutdown.cancel();
         let _ = workers.await;
         let _ = refresher.await;
+        let _ = subscriber.await;
         served.map_err(AppError::Serve)
     }
+}
+
+/// One catalog service per upstream, each with its keyring's trust (the files' trust where the
+/// keyring is the same), and the dashboard's standing warnings.
+fn catalog_services(
+    config: &Config,
+    db: &Db,
+    fetcher: &Fetcher,
+    file_trust: &Arc<Trust>,
+) -> Result<(Vec<CatalogService>, Vec<String>), AppError> {
+    let mut services = Vec::new();
+    let mut warnings = Vec::new();
+    for upstream in &config.upstreams {
+        let trust = if upstream.keyring == config.keyring {
+            file_trust.clone()
+        } else {
+            Arc::new(Trust::new(upstream.keyring.clone()))
+        };
+        let format = catalog_format(upstream)?;
+        if format.accepts_unsigned() {
+            warnings.push(format!(
+                    "Warning: the catalog of {} is taken unsigned (allow-unsigned): its images are only as trustworthy as the network to it",
+                    upstream.url
+                ));
+        }
+        tracing::info!(url = %upstream.url, format = format.name(), keyring = %upstream.keyring.display(), "upstream");
+        services.push(CatalogService::new(
+            upstream.url.clone(),
+            format,
+            trust,
+            fetcher.clone(),
+            db.clone(),
+            config.catalog_max_age,
+        )?);
+    }
+    Ok((services, warnings))
+}
+
+/// `image-store-proxy plan`: what the next refresh would install and deregister, with sizes,
+/// and the cache against its budget. The upstream catalogs are fetched and verified but not
+/// stored; the database, the cloud and the cache are only read.
+pub async fn plan(config: &Config) -> Result<String, AppError> {
+    // A data directory with no state yet is planned from an empty one, without making it.
+    let state = config.data_dir.join("state.sqlite");
+    let db = Db::open(if state.exists() {
+        &state
+    } else {
+        std::path::Path::new(":memory:")
+    })?;
+    let fetcher = Fetcher::new(config.retry)?;
+    let file_trust = Arc::new(Trust::new(config.keyring.clone()));
+    let (services, _) = catalog_services(config, &db, &fetcher, &file_trust)?;
+    let services: Vec<CatalogService> = services
+        .into_iter()
+        .map(CatalogService::read_only)
+        .collect();
+    let catalogs = Catalogs::new(services, Vec::new());
+    let mut out = String::new();
+    if let Some(failures) = catalogs.refresh().await {
+        out.push_str(&format!(
+            "Upstream not verified now, planning from the catalog last accepted: {failures}\n"
+        ));
+    }
+    let settings = &config.subscriptions;
+    if settings.is_empty() {
+        out.push_str("No subscriptions (--subscribe): the proxy installs nothing by itself.\n");
+    } else {
+        for subscription in settings.texts() {
+            out.push_str(&format!("Subscription \"{subscription}\"\n"));
+        }
+    }
+    let installs = db.installs()?;
+    let plan = crate::subscribe::plan(&catalogs.current(), &installs, settings);
+    out.push_str(&plan.to_string());
+    let budget = CacheBudget::new(config.cache_budget, &config.data_dir, db, settings.keep);
+    out.push_str(&crate::subscribe::cache_line(
+        budget.usage()?,
+        config.cache_budget,
+    ));
+    Ok(out)
 }
 
 /// The format an upstream speaks, set up as configured.
@@ -289,6 +371,15 @@ fn settings_needing_a_restart(a: &Config, b: &Config) -> Vec<&'static str> {
             "download-connections",
             a.download_connections != b.download_connections,
         ),
+        (
+            "subscribe, keep",
+            a.subscriptions.texts() != b.subscriptions.texts()
+                || a.subscriptions.keep != b.subscriptions.keep,
+        ),
+        (
+            "cache-max-bytes, min-free-bytes",
+            a.cache_budget != b.cache_budget,
+        ),
     ]
     .into_iter()
     .filter_map(|(setting, changed)| changed.then_some(setting))
@@ -306,6 +397,31 @@ async fn refresh_periodically(
         installer.reconcile_if_stale(BACKGROUND_REFRESH / 2);
         tokio::select! {
             _ = tokio::time::sleep(BACKGROUND_REFRESH) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Subscriptions: a pass after every catalog refresh and every install's end (so a version
+/// past `keep` is retired once its successor is installed). Nothing runs without a
+/// subscription: with none, nothing is installed or retired by the proxy itself.
+async fn follow_subscriptions(
+    catalog: Arc<Catalogs>,
+    installer: Arc<Installer>,
+    settings: crate::subscribe::Settings,
+    shutdown: CancellationToken,
+) {
+    if settings.is_empty() {
+        return;
+    }
+    tracing::info!(subscriptions = %settings.texts().join(" | "), keep = settings.keep, "subscribed");
+    loop {
+        installer
+            .apply_subscriptions(&catalog.current(), &settings)
+            .await;
+        tokio::select! {
+            _ = catalog.refreshed().notified() => {}
+            _ = installer.settled().notified() => {}
             _ = shutdown.cancelled() => return,
         }
     }

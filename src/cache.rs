@@ -1,6 +1,9 @@
 //! The content-addressed file cache (SPEC §6): `<data-dir>/cache/sha256/<2 hex>/<hex>`, partial
 //! downloads beside it as `<hex>.part`. A file reaches its final name only after it verified; the
 //! database records which files did (`db::files`), and a file counts as verified only when both agree.
+//! `budget.rs` evicts verified files to keep the cache within the operator's bounds.
+
+pub mod budget;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -64,6 +67,14 @@ impl Cache {
         }
     }
 
+    /// The data directory the cache is under.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root
+            .parent()
+            .and_then(Path::parent)
+            .map_or_else(|| self.root.clone(), Path::to_owned)
+    }
+
     pub fn path(&self, sha256: &Sha256Hex) -> PathBuf {
         self.root.join(&sha256.as_str()[..2]).join(sha256.as_str())
     }
@@ -94,6 +105,25 @@ impl Cache {
             File::open(dir)?.sync_all()?;
         }
         Ok(final_path)
+    }
+
+    /// Every file under its final name (not the `.part` files), in no order.
+    pub fn final_files(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let Ok(prefixes) = std::fs::read_dir(&self.root) else {
+            return found;
+        };
+        for prefix in prefixes.flatten() {
+            let Ok(files) = std::fs::read_dir(prefix.path()) else {
+                continue;
+            };
+            found.extend(files.flatten().map(|file| file.path()).filter(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| Sha256Hex::parse(n).is_some_and(|h| h.as_str() == n))
+            }));
+        }
+        found
     }
 
     /// Throws away bytes that cannot be trusted (a mismatch, an oversize body), and the record

@@ -122,6 +122,24 @@ pub struct DaemonArgs {
     /// The window over which --stall-bytes-per-second is judged [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub stall_seconds: Option<u64>,
+    /// Install by itself the newest version of every product whose images pass FILTERS
+    /// (simplestreams filter syntax, space-separated, all must pass: "release=noble arch=amd64");
+    /// repeatable, an image passing any one is subscribed
+    #[arg(long = "subscribe", value_name = "FILTERS")]
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Versions of each subscribed product kept installed; older ones a subscription installed
+    /// are deregistered and their bundles deleted (never an operator's install) [default: 2]
+    #[arg(long, value_name = "N")]
+    pub keep: Option<u64>,
+    /// Bound on the verified files and bundles on disk, in bytes (K, M, G suffixes): the least
+    /// recently used unpinned files are evicted to make room [default: none]
+    #[arg(long, value_name = "N")]
+    pub cache_max_bytes: Option<String>,
+    /// Bytes to leave free on the data directory's file system (K, M, G suffixes), evicting as
+    /// for --cache-max-bytes [default: none]
+    #[arg(long, value_name = "N")]
+    pub min_free_bytes: Option<String>,
     /// Read these settings from a TOML file (keys as the flags: api-url = "...")
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -215,6 +233,10 @@ pub struct Config {
     pub upload_concurrency: usize,
     /// Connections a large download is split over.
     pub download_connections: usize,
+    /// What the proxy installs and retires by itself (`--subscribe`, `--keep`).
+    pub subscriptions: crate::subscribe::Settings,
+    /// `--cache-max-bytes`, `--min-free-bytes`.
+    pub cache_budget: crate::cache::budget::BudgetSettings,
 }
 
 /// Parts uploaded at once unless configured. Into moto on loopback 4 was no faster than 1 for a
@@ -259,6 +281,13 @@ pub enum ConfigError {
     TwoSecrets,
     #[error("secret file {path}: {cause}")]
     SecretFile { path: PathBuf, cause: String },
+    #[error(transparent)]
+    Subscription(#[from] crate::subscribe::SubscriptionError),
+    #[error("{setting}: {cause}")]
+    Size {
+        setting: &'static str,
+        cause: String,
+    },
 }
 
 impl DaemonArgs {
@@ -324,7 +353,25 @@ impl DaemonArgs {
             DEFAULT_DOWNLOAD_CONNECTIONS,
             limits::MAX_DOWNLOAD_CONNECTIONS,
         )?;
+        let subscriptions = crate::subscribe::Settings::parse(
+            &merged.subscribe,
+            merged
+                .keep
+                .map_or(limits::DEFAULT_SUBSCRIPTION_KEEP, |keep| keep as usize),
+        )?;
+        let size = |setting: &'static str, text: &Option<String>| {
+            text.as_deref()
+                .map(crate::cache::budget::parse_bytes)
+                .transpose()
+                .map_err(|cause| ConfigError::Size { setting, cause })
+        };
+        let cache_budget = crate::cache::budget::BudgetSettings {
+            max_bytes: size("cache-max-bytes", &merged.cache_max_bytes)?,
+            min_free_bytes: size("min-free-bytes", &merged.min_free_bytes)?,
+        };
         Ok(Config {
+            subscriptions,
+            cache_budget,
             upstreams,
             data_dir,
             keyring,
@@ -377,6 +424,14 @@ impl DaemonArgs {
             stall_seconds: self.stall_seconds.or(file.stall_seconds),
             upload_concurrency: self.upload_concurrency.or(file.upload_concurrency),
             download_connections: self.download_connections.or(file.download_connections),
+            subscribe: if self.subscribe.is_empty() {
+                file.subscribe
+            } else {
+                self.subscribe
+            },
+            keep: self.keep.or(file.keep),
+            cache_max_bytes: self.cache_max_bytes.or(file.cache_max_bytes),
+            min_free_bytes: self.min_free_bytes.or(file.min_free_bytes),
             config: self.config,
         }
     }
@@ -864,6 +919,59 @@ allow-unsigned = true
         assert_eq!(
             error.to_string(),
             "download-connections 17 is out of range: 1 to 16"
+        );
+    }
+
+    #[test]
+    fn subscriptions_and_the_cache_budget_come_from_flags_or_the_file() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            daemon: DaemonArgs,
+        }
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(
+            &file,
+            "subscribe = [\"release=noble arch=amd64\", \"product=server\"]\nkeep = 3\n\
+             cache-max-bytes = \"20G\"\nmin-free-bytes = \"512M\"\n",
+        )
+        .unwrap();
+        let from_file = DaemonArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            from_file.subscriptions.texts(),
+            ["release=noble arch=amd64", "product=server"]
+        );
+        assert_eq!(from_file.subscriptions.keep, 3);
+        assert_eq!(from_file.cache_budget.max_bytes, Some(20 << 30));
+        assert_eq!(from_file.cache_budget.min_free_bytes, Some(512 << 20));
+        let flags = Cli::try_parse_from([
+            "p",
+            "--subscribe",
+            "release=jammy",
+            "--cache-max-bytes",
+            "4096",
+            "--config",
+            file.to_str().unwrap(),
+        ])
+        .unwrap()
+        .daemon
+        .resolve()
+        .unwrap();
+        assert_eq!(flags.subscriptions.texts(), ["release=jammy"]);
+        assert_eq!(flags.cache_budget.max_bytes, Some(4096));
+        let defaults = DaemonArgs::default().resolve().unwrap();
+        assert!(defaults.subscriptions.is_empty());
+        assert_eq!(defaults.subscriptions.keep, 2);
+        assert_eq!(
+            defaults.cache_budget,
+            crate::cache::budget::BudgetSettings::default()
         );
     }
 }

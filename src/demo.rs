@@ -116,6 +116,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         gzip: GzipSettings::default_for_this_machine(),
         upload_concurrency: crate::config::DEFAULT_UPLOAD_CONCURRENCY,
         download_connections: crate::config::DEFAULT_DOWNLOAD_CONNECTIONS,
+        subscriptions: crate::subscribe::Settings::default(),
+        cache_budget: crate::cache::budget::BudgetSettings::default(),
     };
     let app = crate::app::App::build(&config)?;
     let (_reload, no_reloads) = tokio::sync::mpsc::unbounded_channel();

@@ -11,8 +11,9 @@
 //! - [`limits`]: every bound on what others may ask of the proxy, with its unit and reason
 //! - [`simplestreams`]: Canonical's simplestreams format: index, inherited item fields, filters, offers
 //! - [`fetch`]: HTTP downloads with resume, size cap and hashing as bytes flow
-//! - [`cache`]: content-addressed files, promoted only once verified
+//! - [`cache`]: content-addressed files, promoted only once verified; the budget that evicts them
 //! - [`db`]: SQLite state: catalog, files, installs (the job queue), cloud objects, events
+//! - [`subscribe`]: subscriptions: what the proxy installs and retires by itself (`plan`)
 //! - [`install`]: the state machine, the workers, the live board the UI polls
 //! - [`status`]: every status line's wording, and the typed steps publishing reports
 //! - [`unpack`]: gunzip, tarball members and qcow2 whole disks (`unpack::qcow2`) streamed out as
@@ -56,5 +57,6 @@ pub mod report;
 pub mod rfc3986;
 pub mod simplestreams;
 pub mod status;
+pub mod subscribe;
 pub mod trust;
 pub mod unpack;

@@ -152,3 +152,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// load), so a full book never doubles its table. A full book refuses (503) rather than forget a
 /// live nonce early, which would let a replay through.
 pub const NONCE_CAPACITY: usize = 900_000;
+
+// Subscriptions and the cache budget (issue 17).
+
+/// Versions of a product a subscription keeps installed unless `--keep` says otherwise: the one
+/// running now and the one before it, to go back to if the new one misbehaves.
+pub const DEFAULT_SUBSCRIPTION_KEEP: usize = 2;

@@ -29,6 +29,10 @@ enum Command {
     Demo(image_store_proxy::demo::DemoArgs),
     /// Send signed requests to a running proxy, as the Store tab does
     Client(client::ClientArgs),
+    /// Print what the next catalog refresh would install and deregister for the subscriptions
+    /// (--subscribe, --keep), with sizes, and the cache against its budget; changes nothing.
+    /// Takes the daemon's flags and --config
+    Plan(Box<DaemonArgs>),
 }
 
 #[tokio::main]
@@ -47,6 +51,10 @@ async fn main() -> ExitCode {
                 return ExitCode::from(error.exit_code());
             }
             Ok(())
+        }
+        Some(Command::Plan(args)) => {
+            image_store_proxy::logging::init(args.debug);
+            run_plan(*args).await
         }
         None => {
             image_store_proxy::logging::init(cli.daemon.debug);
@@ -112,6 +120,16 @@ async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
         on_signal.cancel();
     });
     app.run(listener, shutdown, reloads).await?;
+    Ok(())
+}
+
+/// `plan`: the daemon's configuration, its data dir read and its upstreams verified, nothing
+/// written.
+async fn run_plan(args: DaemonArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let report = app::plan(&config).await?;
+    print!("{report}");
+    std::io::stdout().flush()?;
     Ok(())
 }
 

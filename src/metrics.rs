@@ -30,6 +30,10 @@ struct Latency {
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Bytes of verified cache files and bundles on disk, as the cache budget last measured.
+    cache_bytes: AtomicU64,
+    evictions: AtomicU64,
+    evicted_bytes: AtomicU64,
     downloaded: AtomicU64,
     uploaded: AtomicU64,
     upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
@@ -48,6 +52,9 @@ pub struct Snapshot {
     pub catalog_verified_seconds_ago: Option<u64>,
     /// The last catalog refresh failed (upstream down, or its catalog refused).
     pub catalog_stale: bool,
+    /// `--cache-max-bytes` and `--min-free-bytes`, when set.
+    pub cache_max_bytes: Option<u64>,
+    pub min_free_bytes: Option<u64>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -65,6 +72,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Metrics {
+    /// The cache budget measured the cache: verified files and bundles, in bytes.
+    pub fn set_cache_bytes(&self, bytes: u64) {
+        self.cache_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The cache budget evicted a verified file of `bytes`.
+    pub fn evicted(&self, bytes: u64) {
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        self.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Bytes received from upstream (catalog, signatures, files), counted as they arrive.
     pub fn add_downloaded(&self, bytes: u64) {
         self.downloaded.fetch_add(bytes, Ordering::Relaxed);
@@ -213,6 +231,43 @@ impl Metrics {
                 latency.count,
             );
         }
+        for (name, kind, help, value) in [
+            (
+                "image_store_proxy_cache_bytes",
+                "gauge",
+                "Bytes of verified cache files and bundles on disk, as the cache budget counts them.",
+                Some(self.cache_bytes.load(Ordering::Relaxed)),
+            ),
+            (
+                "image_store_proxy_cache_max_bytes",
+                "gauge",
+                "The cache budget (--cache-max-bytes); absent when unbounded.",
+                snapshot.cache_max_bytes,
+            ),
+            (
+                "image_store_proxy_cache_min_free_bytes",
+                "gauge",
+                "Bytes kept free on the data directory's file system (--min-free-bytes); absent when unset.",
+                snapshot.min_free_bytes,
+            ),
+            (
+                "image_store_proxy_cache_evictions_total",
+                "counter",
+                "Verified files evicted from the cache, least recently used first.",
+                Some(self.evictions.load(Ordering::Relaxed)),
+            ),
+            (
+                "image_store_proxy_cache_evicted_bytes_total",
+                "counter",
+                "Bytes of the verified files evicted from the cache.",
+                Some(self.evicted_bytes.load(Ordering::Relaxed)),
+            ),
+        ] {
+            if let Some(value) = value {
+                header(&mut out, name, kind, help);
+                sample(&mut out, name, &[], value);
+            }
+        }
         header(
             &mut out,
             "image_store_proxy_catalog_images",
@@ -303,6 +358,7 @@ mod tests {
             catalog_images: 2,
             catalog_verified_seconds_ago: Some(5),
             catalog_stale: true,
+            ..Snapshot::default()
         });
         for line in [
             "# TYPE image_store_proxy_installs gauge",
@@ -339,5 +395,35 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn the_cache_shows_its_bytes_budget_and_evictions() {
+        let metrics = Metrics::default();
+        metrics.set_cache_bytes(4096);
+        metrics.evicted(1000);
+        metrics.evicted(24);
+        let text = metrics.render(&Snapshot {
+            cache_max_bytes: Some(1 << 20),
+            ..Snapshot::default()
+        });
+        for line in [
+            "# TYPE image_store_proxy_cache_bytes gauge",
+            "image_store_proxy_cache_bytes 4096",
+            "image_store_proxy_cache_max_bytes 1048576",
+            "# TYPE image_store_proxy_cache_evictions_total counter",
+            "image_store_proxy_cache_evictions_total 2",
+            "image_store_proxy_cache_evicted_bytes_total 1024",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        // Unset, the floor is not shown as 0 (which would read as a bound).
+        assert!(
+            !text.contains("image_store_proxy_cache_min_free_bytes"),
+            "{text}"
+        );
     }
 }

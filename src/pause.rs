@@ -4,9 +4,10 @@
 //! there. The points are the moments no outside party can hold the install at:
 //! - `verify`: a file is wholly downloaded and hashed, its signature not yet checked;
 //! - `bundling`: a bundle is being written, part-way (past half of its source);
-//! - `registered`: an artifact is registered and its bundle removed, the id not yet recorded.
+//! - `registered`: an artifact is registered and its bundle removed, the id not yet recorded;
+//! - `evict`: the cache budget forgot a verified file's record, the file not yet removed.
 //!
-//! `install/job.rs` holds `verify`, `publish.rs` the other two; a module of its own, so that no
+//! `install/job.rs` holds `verify`, `cache/budget.rs` `evict`, `publish.rs` the other two; a module of its own, so that no
 //! stage imports another's just for a test hook. Unset (always, outside those tests) it costs one
 //! environment lookup per process.
 

@@ -528,6 +528,12 @@ mod tests {
         fn registered(&self) -> crate::cloud::CloudFuture<'_, std::collections::HashSet<String>> {
             Box::pin(async { Ok(Default::default()) })
         }
+        fn deregister<'a>(&'a self, _: &'a str) -> crate::cloud::CloudFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn delete_bundle<'a>(&'a self, _: &'a str) -> crate::cloud::CloudFuture<'a, usize> {
+            Box::pin(async { Ok(0) })
+        }
     }
 
     /// A bundle of `parts` parts as the uploader sees it (the bytes are not read by this cloud).

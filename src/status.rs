@@ -26,6 +26,21 @@ pub fn amount(done: u64, total: u64) -> String {
     format!("{} of {} {name}", done / unit, total.div_ceil(unit))
 }
 
+/// A size alone, in the unit that suits it: "512 bytes", "1.5 MiB", "117 MiB".
+pub fn size(bytes: u64) -> String {
+    let Some(&(unit, name)) = [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")]
+        .iter()
+        .find(|(unit, _)| bytes >= *unit)
+    else {
+        return format!("{bytes} bytes");
+    };
+    if bytes < 10 * unit {
+        format!("{:.1} {name}", bytes as f64 / unit as f64)
+    } else {
+        format!("{} {name}", bytes / unit)
+    }
+}
+
 /// A step of publishing one file, as the bundler and the publisher report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -126,6 +141,27 @@ pub fn installing(title: &str) -> String {
 
 pub fn installed(emi: &str) -> String {
     format!("Installed as {emi}")
+}
+
+/// Queued by a subscription's refresh, not by Install: the Store tab says which.
+pub fn queued_by_subscription(subscription: &str) -> String {
+    format!("Waiting for a free worker (subscription {subscription})")
+}
+
+/// The end of an install: "Installed as emi-…", and "by a subscription" when one asked for it.
+pub fn installed_for(origin: crate::db::installs::Origin, emi: &str) -> String {
+    match origin {
+        crate::db::installs::Origin::Operator => installed(emi),
+        crate::db::installs::Origin::Subscription => {
+            format!("Installed as {emi} by a subscription")
+        }
+    }
+}
+
+/// A subscription's install retired for newer versions: deregistered, its bundles deleted.
+pub fn retired_by_subscription(keep: usize) -> String {
+    let versions = if keep == 1 { "version" } else { "versions" };
+    format!("Deregistered by its subscription: the newest {keep} {versions} are kept")
 }
 
 /// An install or a queued request the operator cancelled.

@@ -75,6 +75,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         catalog_images: app.catalog.current().images.len() as u64,
         catalog_verified_seconds_ago: app.catalog.verified_seconds_ago(),
         catalog_stale: app.catalog.last_error().is_some(),
+        cache_max_bytes: app.installer.budget().settings().max_bytes,
+        min_free_bytes: app.installer.budget().settings().min_free_bytes,
     };
     let mut text = metrics::global().render(&snapshot);
     render_nonce_book(&mut text, app.nonces.len(), app.nonces.capacity());

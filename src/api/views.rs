@@ -175,34 +175,7 @@ fn is_upgrade(image: &Image, all: &[InstallView]) -> bool {
     })
 }
 
-/// Compares versions piece by piece, numbers as numbers: "9.10" < "10.04", "1.2" < "1.10".
-pub fn natural_cmp(a: &str, b: &str) -> Ordering {
-    fn pieces(text: &str) -> Vec<(bool, &str)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let bytes = text.as_bytes();
-        for i in 1..=bytes.len() {
-            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
-                out.push((bytes[start].is_ascii_digit(), &text[start..i]));
-                start = i;
-            }
-        }
-        out
-    }
-    let (left, right) = (pieces(a), pieces(b));
-    for ((left_digit, l), (right_digit, r)) in left.iter().zip(right.iter()) {
-        let order = if *left_digit && *right_digit {
-            let (l, r) = (l.trim_start_matches('0'), r.trim_start_matches('0'));
-            l.len().cmp(&r.len()).then_with(|| l.cmp(r))
-        } else {
-            l.cmp(r)
-        };
-        if order != Ordering::Equal {
-            return order;
-        }
-    }
-    left.len().cmp(&right.len())
-}
+pub use crate::catalog::model::natural_cmp;
 
 #[cfg(test)]
 mod tests {

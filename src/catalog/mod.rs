@@ -98,9 +98,20 @@ pub struct CatalogService {
     /// One refresh at a time; others wait for its outcome instead of fetching again.
     refresh_gate: tokio::sync::Mutex<()>,
     max_age: Duration,
+    /// `image-store-proxy plan`: a refresh verifies and serves, but stores nothing.
+    read_only: bool,
 }
 
 impl CatalogService {
+    /// A service whose refreshes change nothing on disk (`image-store-proxy plan`): what it
+    /// verifies is served from memory only, and the next daemon refresh judges it afresh.
+    pub fn read_only(self) -> Self {
+        Self {
+            read_only: true,
+            ..self
+        }
+    }
+
     /// Starts from the last catalog accepted (verified when it was accepted), read back through
     /// `format`; a stored catalog of another format, or one the format now refuses, is ignored.
     pub fn new(
@@ -138,6 +149,7 @@ impl CatalogService {
             }),
             refresh_gate: tokio::sync::Mutex::new(()),
             max_age,
+            read_only: false,
         })
     }
 
@@ -322,6 +334,9 @@ impl CatalogService {
                 .map(|(document, updated)| (document.name.clone(), updated.unix_timestamp()))
                 .collect(),
         };
+        if self.read_only {
+            return Ok((catalog, accepted));
+        }
         self.db.store_catalog(
             self.upstream.as_str(),
             &StoredCatalog {
@@ -562,6 +577,7 @@ pub(crate) mod tests {
                                 }],
                                 virtualization: model::Virtualization::Hvm,
                                 stream: None,
+                                fields: Default::default(),
                             },
                             upstream,
                         )

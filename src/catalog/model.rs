@@ -9,7 +9,8 @@ use crate::cache::Sha256Hex;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use time::OffsetDateTime;
 
@@ -163,6 +164,11 @@ pub struct Image {
     /// Set for an image of a simplestreams mirror.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamIdentity>,
+    /// The upstream's own fields of the image (a simplestreams item's resolved fields:
+    /// `release`, `arch`, `version_name` …), which subscriptions filter on. Not stored with an
+    /// install: only the live catalog's images are matched.
+    #[serde(skip)]
+    pub fields: BTreeMap<String, String>,
 }
 
 impl Image {
@@ -173,6 +179,53 @@ impl Image {
     pub fn file(&self, kind: FileKind) -> Option<&FileRef> {
         self.files.iter().find(|file| file.kind == kind)
     }
+
+    /// The value a subscription's filter on `key` judges: the upstream's own field of that name
+    /// if it has one, else the image's: `product`, `version`, `arch` (EC2's name), `title`,
+    /// `virtualization` (`hvm`, `paravirtual`), `uri`.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        if let Some(value) = self.fields.get(key) {
+            return Some(value);
+        }
+        match key {
+            "product" => Some(&self.product),
+            "version" => Some(&self.version),
+            "arch" => Some(&self.arch),
+            "title" => Some(&self.title),
+            "virtualization" => Some(self.virtualization.ec2_name()),
+            "uri" => Some(&self.uri),
+            _ => None,
+        }
+    }
+}
+
+/// Compares versions piece by piece (the Store tab's upgrades and subscriptions alike), numbers as numbers: "9.10" < "10.04", "1.2" < "1.10".
+pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    fn pieces(text: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = text.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &text[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (left, right) = (pieces(a), pieces(b));
+    for ((left_digit, l), (right_digit, r)) in left.iter().zip(right.iter()) {
+        let order = if *left_digit && *right_digit {
+            let (l, r) = (l.trim_start_matches('0'), r.trim_start_matches('0'));
+            l.len().cmp(&r.len()).then_with(|| l.cmp(r))
+        } else {
+            l.cmp(r)
+        };
+        if order != Ordering::Equal {
+            return order;
+        }
+    }
+    left.len().cmp(&right.len())
 }
 
 /// The path-safe key of an image URI: the first 16 hex digits of its SHA-256.
@@ -225,6 +278,11 @@ impl Catalog {
 
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
+    }
+
+    /// Images alone, in no section (tests of what judges a catalog's images).
+    pub fn from_images(images: Vec<Arc<Image>>) -> Self {
+        Self::new(OffsetDateTime::UNIX_EPOCH, Vec::new(), images)
     }
 
     /// Several upstreams' catalogs as one: their sections in order, an image URI listed twice
@@ -318,6 +376,9 @@ pub struct ImageDraft {
     pub files: Vec<FileRef>,
     pub virtualization: Virtualization,
     pub stream: Option<StreamIdentity>,
+    /// The upstream's own fields, for subscriptions ([`Image::field`]); empty for a format
+    /// whose fields are the image's own.
+    pub fields: BTreeMap<String, String>,
 }
 
 impl Image {
@@ -377,6 +438,7 @@ impl Image {
             files,
             virtualization: draft.virtualization,
             stream: draft.stream,
+            fields: draft.fields,
             uri: draft.uri,
         })
     }

@@ -13,6 +13,8 @@ pub struct Catalogs {
     /// Said on the dashboard whatever the refreshes do (an upstream taken unsigned).
     warnings: Vec<String>,
     merged: Mutex<Merged>,
+    /// Told after each refresh: subscriptions look at the catalog again then.
+    refreshed: tokio::sync::Notify,
 }
 
 /// The merged catalog and the upstream catalogs it was made from (rebuilt when one changes).
@@ -30,7 +32,13 @@ impl Catalogs {
             services,
             warnings,
             merged: Mutex::new(Merged { parts, catalog }),
+            refreshed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Notified after each refresh (one waiter; a refresh while nobody waits is kept for it).
+    pub fn refreshed(&self) -> &tokio::sync::Notify {
+        &self.refreshed
     }
 
     /// One upstream's catalog: `new` with no warnings.
@@ -96,12 +104,14 @@ impl Catalogs {
     /// Refreshes every upstream whose catalog is older than `max_age`, side by side.
     pub async fn refresh_if_stale(&self) {
         futures_util::future::join_all(self.services.iter().map(|s| s.refresh_if_stale())).await;
+        self.refreshed.notify_one();
     }
 
     /// Refreshes every upstream now, side by side; returns the failures, if any, as one line.
     pub async fn refresh(&self) -> Option<String> {
         let failures =
             futures_util::future::join_all(self.services.iter().map(|s| s.refresh())).await;
+        self.refreshed.notify_one();
         join(failures.into_iter().flatten())
     }
 }

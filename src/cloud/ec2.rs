@@ -155,6 +155,25 @@ impl Ec2 {
     }
 }
 
+impl Ec2 {
+    /// `DeregisterImage`; an image the cloud does not know (deregistered already, by an earlier
+    /// try whose reply was lost) counts as done.
+    pub async fn deregister(&self, image_id: &str) -> Result<(), Failure> {
+        match self
+            .call("DeregisterImage", vec![("ImageId".into(), image_id.into())])
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Failure::Permanent(CloudError::Refused { reason, .. }))
+                if reason.starts_with("InvalidAMIID") =>
+            {
+                Ok(())
+            }
+            Err(failure) => Err(failure),
+        }
+    }
+}
+
 fn bad_reply(action: &'static str, error: impl std::fmt::Display) -> Failure {
     Failure::Permanent(CloudError::Refused {
         action,

@@ -136,6 +136,29 @@ impl Cloud for EucalyptusCloud {
         Box::pin(self.ec2.register(registration))
     }
 
+    fn deregister<'a>(&'a self, image_id: &'a str) -> CloudFuture<'a, ()> {
+        Box::pin(async move {
+            let never = CancellationToken::new();
+            aws::with_retries(&self.retry, &never, || self.ec2.deregister(image_id)).await
+        })
+    }
+
+    fn delete_bundle<'a>(&'a self, location: &'a str) -> CloudFuture<'a, usize> {
+        Box::pin(async move {
+            let (bucket, prefix) = super::split_location(location);
+            let keys = self.s3.list_keys(bucket, &format!("{prefix}.")).await?;
+            let mut deleted = 0;
+            for key in keys
+                .iter()
+                .filter(|key| super::is_bundle_object(prefix, key))
+            {
+                self.s3.delete(bucket, key).await?;
+                deleted += 1;
+            }
+            Ok(deleted)
+        })
+    }
+
     fn registered(&self) -> CloudFuture<'_, HashSet<String>> {
         Box::pin(async move {
             let never = CancellationToken::new();

@@ -156,8 +156,62 @@ impl FakeCloud {
         Ok(image_id)
     }
 
+    /// Removes the registration record of `image_id`, as `DescribeImages` would stop listing
+    /// it; an id with no record is done already.
+    fn deregister_blocking(&self, image_id: &str) -> Result<(), CloudError> {
+        for (path, record) in self.records_with_paths()? {
+            if record.image_id == image_id {
+                std::fs::remove_file(&path).map_err(|source| CloudError::Local {
+                    action: "removing",
+                    path,
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the manifest and parts of the bundle at `location` from its bucket directory.
+    fn delete_bundle_blocking(&self, location: &str) -> Result<usize, CloudError> {
+        let (bucket, prefix) = super::split_location(location);
+        let dir = self.root.join(bucket);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(CloudError::Local {
+                    action: "reading",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        let mut deleted = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if super::is_bundle_object(prefix, &name.to_string_lossy()) {
+                std::fs::remove_file(entry.path()).map_err(|source| CloudError::Local {
+                    action: "removing",
+                    path: entry.path(),
+                    source,
+                })?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Every registration record under the fake cloud: deleting one deregisters its image.
     fn records(&self) -> Result<Vec<RecordedId>, CloudError> {
+        Ok(self
+            .records_with_paths()?
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect())
+    }
+
+    /// Every registration record, with the file that holds it.
+    fn records_with_paths(&self) -> Result<Vec<(PathBuf, RecordedId)>, CloudError> {
         let mut records = Vec::new();
         let buckets = match std::fs::read_dir(&self.root) {
             Ok(buckets) => buckets,
@@ -183,7 +237,7 @@ impl FakeCloud {
                     continue;
                 };
                 if let Ok(record) = serde_json::from_slice::<RecordedId>(&bytes) {
-                    records.push(record);
+                    records.push((path, record));
                 }
             }
         }
@@ -258,6 +312,14 @@ impl Cloud for FakeCloud {
         Box::pin(async move {
             on_disk(|| self.register_blocking(registration)).map_err(Failure::Permanent)
         })
+    }
+
+    fn deregister<'a>(&'a self, image_id: &'a str) -> CloudFuture<'a, ()> {
+        Box::pin(async move { on_disk(|| self.deregister_blocking(image_id)) })
+    }
+
+    fn delete_bundle<'a>(&'a self, location: &'a str) -> CloudFuture<'a, usize> {
+        Box::pin(async move { on_disk(|| self.delete_bundle_blocking(location)) })
     }
 
     fn registered(&self) -> CloudFuture<'_, HashSet<String>> {

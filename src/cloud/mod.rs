@@ -151,6 +151,36 @@ pub trait Cloud: Send + Sync {
     /// The ids of every image registered for us in this cloud right now: what is installed is
     /// reconciled with it, so an image deregistered by an operator shows as uninstalled again.
     fn registered(&self) -> CloudFuture<'_, HashSet<String>>;
+
+    /// Deregisters `image_id` (EC2 `DeregisterImage`), so that `registered` no longer lists it;
+    /// an image already gone counts as done. Retries what may pass.
+    fn deregister<'a>(&'a self, image_id: &'a str) -> CloudFuture<'a, ()>;
+
+    /// Deletes the bundle whose manifest is at `location` (`bucket/prefix.manifest.xml`): the
+    /// manifest and its `prefix.part.NN` parts, nothing else of the bucket. Returns how many
+    /// objects were deleted. Retries what may pass.
+    fn delete_bundle<'a>(&'a self, location: &'a str) -> CloudFuture<'a, usize>;
+}
+
+/// `bucket/prefix.manifest.xml` as its bucket and bundle prefix.
+pub fn split_location(location: &str) -> (&str, &str) {
+    let (bucket, manifest) = location.split_once('/').unwrap_or(("", location));
+    (
+        bucket,
+        manifest.strip_suffix(".manifest.xml").unwrap_or(manifest),
+    )
+}
+
+/// Whether `key` is an object of the bundle `prefix`: its manifest or one of its parts.
+pub fn is_bundle_object(prefix: &str, key: &str) -> bool {
+    key.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|rest| {
+            rest == "manifest.xml"
+                || rest
+                    .strip_prefix("part.")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 /// The EC2 id prefix of each kind (Eucalyptus' naming).
@@ -159,5 +189,36 @@ pub fn id_prefix(kind: FileKind) -> &'static str {
         FileKind::Kernel => "eki",
         FileKind::Ramdisk => "eri",
         FileKind::Image => "emi",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_is_its_manifest_and_numbered_parts_alone() {
+        assert_eq!(
+            split_location("image-store-1/ubuntu-9.10-image.manifest.xml"),
+            ("image-store-1", "ubuntu-9.10-image")
+        );
+        let prefix = "ubuntu-9.10-image";
+        for key in [
+            "ubuntu-9.10-image.manifest.xml",
+            "ubuntu-9.10-image.part.00",
+            "ubuntu-9.10-image.part.117",
+        ] {
+            assert!(is_bundle_object(prefix, key), "{key}");
+        }
+        for key in [
+            "ubuntu-9.10-image.registration.json",
+            "ubuntu-9.10-image.part.",
+            "ubuntu-9.10-image.part.x1",
+            "ubuntu-9.10-image-2.manifest.xml",
+            "ubuntu-9.10-kernel.manifest.xml",
+            ".ubuntu-9.10-image.part.00.incoming",
+        ] {
+            assert!(!is_bundle_object(prefix, key), "{key}");
+        }
     }
 }

@@ -272,6 +272,95 @@ impl S3 {
     }
 }
 
+impl S3 {
+    /// The keys of `bucket` that start with `prefix`, every page of `ListObjects` read.
+    pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, CloudError> {
+        let never = CancellationToken::new();
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let marker = keys.last().cloned().unwrap_or_default();
+            let query = format!(
+                "marker={}&prefix={}",
+                crate::rfc3986::encode(&marker),
+                crate::rfc3986::encode(prefix)
+            );
+            let (page, truncated) = aws::with_retries(&self.retry, &never, || async {
+                let call = Call {
+                    method: Method::GET,
+                    resource: self.path(bucket, None),
+                    query: &query,
+                    headers: Vec::new(),
+                    body: bytes::Bytes::new(),
+                };
+                let response = self.send("ListObjects", &call).await?;
+                match response.status() {
+                    status if status.is_success() => {}
+                    StatusCode::NOT_FOUND => return Ok((Vec::new(), false)),
+                    _ => return Err(aws::refused("ListObjects", response).await),
+                }
+                let body = response.text().await.map_err(|e| {
+                    aws::unreachable("ListObjects", &self.url(&call.resource, ""), &e)
+                })?;
+                parse_listing(&body).map_err(|reason| {
+                    Failure::Permanent(CloudError::Refused {
+                        action: "ListObjects",
+                        reason,
+                    })
+                })
+            })
+            .await?;
+            let empty = page.is_empty();
+            keys.extend(page);
+            if !truncated || empty {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Deletes `bucket/key` (S3 answers 204 whether or not it was there).
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), CloudError> {
+        let never = CancellationToken::new();
+        aws::with_retries(&self.retry, &never, || async {
+            let call = Call {
+                method: Method::DELETE,
+                resource: self.path(bucket, Some(key)),
+                query: "",
+                headers: Vec::new(),
+                body: bytes::Bytes::new(),
+            };
+            let response = self.send("DeleteObject", &call).await?;
+            match response.status() {
+                status if status.is_success() => Ok(()),
+                StatusCode::NOT_FOUND => Ok(()),
+                _ => Err(aws::refused("DeleteObject", response).await),
+            }
+        })
+        .await
+    }
+}
+
+/// A `ListBucketResult`'s keys and whether more pages follow, whatever its namespace.
+fn parse_listing(body: &str) -> Result<(Vec<String>, bool), String> {
+    let doc = roxmltree::Document::parse(body).map_err(|e| format!("unreadable reply: {e}"))?;
+    let keys = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("Contents"))
+        .filter_map(|contents| {
+            contents
+                .children()
+                .find(|n| n.has_tag_name("Key"))
+                .and_then(|n| n.text())
+                .map(str::to_owned)
+        })
+        .collect();
+    let truncated = doc
+        .descendants()
+        .find(|n| n.has_tag_name("IsTruncated"))
+        .and_then(|n| n.text())
+        .is_some_and(|text| text.trim() == "true");
+    Ok((keys, truncated))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +430,29 @@ mod tests {
             waited >= deadline && waited < deadline * 2,
             "{waited:?} for a deadline of {deadline:?}"
         );
+    }
+
+    #[test]
+    fn a_listing_is_read_whatever_its_namespace() {
+        let body = r#"<?xml version="1.0" encoding="UTF-8"?>
+            <ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+              <Name>b</Name><Prefix>k.</Prefix><IsTruncated>true</IsTruncated>
+              <Contents><Key>k.manifest.xml</Key><Size>3</Size></Contents>
+              <Contents><Key>k.part.00</Key><Size>9</Size></Contents>
+            </ListBucketResult>"#;
+        assert_eq!(
+            parse_listing(body).unwrap(),
+            (
+                vec!["k.manifest.xml".to_string(), "k.part.00".to_string()],
+                true
+            )
+        );
+        assert_eq!(
+            parse_listing("<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>")
+                .unwrap(),
+            (Vec::new(), false)
+        );
+        assert!(parse_listing("not xml").is_err());
     }
 
     #[test]

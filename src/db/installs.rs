@@ -14,6 +14,32 @@ pub struct RegisteredIds {
     pub emi: Option<String>,
 }
 
+/// Who asked for an install: a subscription retires only the installs it made itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Install was pressed (or asked for through the API).
+    Operator,
+    /// A subscription's refresh asked for it.
+    Subscription,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Operator => "operator",
+            Origin::Subscription => "subscription",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "operator" => Some(Origin::Operator),
+            "subscription" => Some(Origin::Subscription),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InstallRow {
     /// The catalog entry as it was when install was pressed: an install survives catalog changes.
@@ -28,9 +54,11 @@ pub struct InstallRow {
     pub queued_at: i64,
     /// When the row last changed (Unix seconds).
     pub updated_at: i64,
+    /// Who asked for the attempt.
+    pub origin: Origin,
 }
 
-const COLUMNS: &str = "image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, image_uri, updated_at";
+const COLUMNS: &str = "image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, image_uri, updated_at, origin";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
     let uri: String = row.get(10)?;
@@ -47,6 +75,10 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
     let Some(state) = InstallState::parse(&state_text) else {
         return Ok(Err(corrupt(format!("unknown state {state_text:?}"))));
     };
+    let origin_text: String = row.get(12)?;
+    let Some(origin) = Origin::parse(&origin_text) else {
+        return Ok(Err(corrupt(format!("unknown origin {origin_text:?}"))));
+    };
     Ok(Ok(InstallRow {
         image: Arc::new(image),
         state,
@@ -61,6 +93,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstallRow, DbError>> {
         },
         queued_at: row.get(9)?,
         updated_at: row.get(11)?,
+        origin,
     }))
 }
 
@@ -153,11 +186,13 @@ impl Db {
     }
 
     /// Queues a new attempt unless one is queued, running or done; returns the row as it now is and
-    /// whether a new attempt was queued.
+    /// whether a new attempt was queued. The attempt is `origin`'s (an operator pressing Install
+    /// on a subscription's failed install makes it the operator's).
     pub fn request_install(
         &self,
         image: &Image,
         detail: &str,
+        origin: Origin,
     ) -> Result<(InstallRow, bool), DbError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -172,11 +207,11 @@ impl Db {
         let now = now_unix();
         let image_json = image_snapshot(image);
         tx.execute(
-            "INSERT INTO installs (image_uri, image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, updated_at)
-             VALUES (?1, ?2, 'queued', ?3, NULL, ?4, ?5, NULL, NULL, NULL, ?6, ?6)
+            "INSERT INTO installs (image_uri, image, state, status_detail, error, attempt, bucket, eki, eri, emi, queued_at, updated_at, origin)
+             VALUES (?1, ?2, 'queued', ?3, NULL, ?4, ?5, NULL, NULL, NULL, ?6, ?6, ?7)
              ON CONFLICT (image_uri) DO UPDATE SET image = ?2, state = 'queued', status_detail = ?3, error = NULL,
-                 attempt = ?4, bucket = COALESCE(installs.bucket, ?5), eki = NULL, eri = NULL, emi = NULL, queued_at = ?6, updated_at = ?6",
-            params![image.uri, image_json, detail, attempt, format!("image-store-{now}"), now],
+                 attempt = ?4, bucket = COALESCE(installs.bucket, ?5), eki = NULL, eri = NULL, emi = NULL, queued_at = ?6, updated_at = ?6, origin = ?7",
+            params![image.uri, image_json, detail, attempt, format!("image-store-{now}"), now, origin.as_str()],
         )?;
         log_event(&tx, &image.uri, "queued", &format!("attempt {attempt}"))?;
         let row = get(&tx, &image.uri)?.expect("the row was just written");

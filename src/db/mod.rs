@@ -140,6 +140,12 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE catalog;
      DROP TABLE catalog_documents;
      ALTER TABLE catalog_documents_v3 RENAME TO catalog_documents;",
+    // 4: who asked for an install (the operator, or a subscription, whose installs alone it may
+    // retire), and when each verified file was last used (the cache budget evicts the least
+    // recently used first; a file from before counts as used when it verified).
+    "ALTER TABLE installs ADD COLUMN origin TEXT NOT NULL DEFAULT 'operator';
+     ALTER TABLE files ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;
+     UPDATE files SET last_used = verified_at;",
 ];
 
 /// Where the one catalog of schema 2 waits for its upstream (migration 3).
@@ -176,6 +182,15 @@ pub struct StoredDocument {
     /// The document's own `updated`, RFC 3339, and in Unix seconds.
     pub updated: String,
     pub updated_unix: i64,
+}
+
+/// A verified file as the cache budget sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedFile {
+    pub sha256: String,
+    pub size: u64,
+    /// When an install last used it (Unix seconds).
+    pub last_used: i64,
 }
 
 #[derive(Clone)]
@@ -325,8 +340,66 @@ impl Db {
 
     pub fn mark_file_verified(&self, sha256: &str, size: u64, url: &str) -> Result<(), DbError> {
         self.lock().execute(
-            "INSERT OR REPLACE INTO files (sha256, size, url, verified_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR REPLACE INTO files (sha256, size, url, verified_at, last_used) VALUES (?1, ?2, ?3, ?4, ?4)",
             params![sha256, size as i64, url, now_unix()],
+        )?;
+        Ok(())
+    }
+
+    /// An install used the verified file `sha256` now: the cache budget evicts it last.
+    pub fn touch_file(&self, sha256: &str) -> Result<(), DbError> {
+        self.lock().execute(
+            "UPDATE files SET last_used = ?2 WHERE sha256 = ?1",
+            params![sha256, now_unix()],
+        )?;
+        Ok(())
+    }
+
+    /// Every verified file, least recently used first (ties by digest, so the order is stable).
+    pub fn verified_files(&self) -> Result<Vec<VerifiedFile>, DbError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT sha256, size, last_used FROM files ORDER BY last_used, sha256")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(VerifiedFile {
+                sha256: row.get(0)?,
+                size: row.get::<_, i64>(1)? as u64,
+                last_used: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets that `sha256` verified: done before its cache file is removed, so that a crash
+    /// in between leaves a file nobody counts as verified (swept at the next start), never a
+    /// record of a file that is gone.
+    pub fn forget_file(&self, sha256: &str) -> Result<(), DbError> {
+        self.lock()
+            .execute("DELETE FROM files WHERE sha256 = ?1", [sha256])?;
+        Ok(())
+    }
+
+    /// The artifact and manifest location this cloud registered as `image_id`, if recorded.
+    pub fn cloud_object_by_id(
+        &self,
+        cloud: &str,
+        image_id: &str,
+    ) -> Result<Option<(String, String)>, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT artifact, location FROM cloud_objects WHERE cloud = ?1 AND image_id = ?2",
+                params![cloud, image_id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Forgets one registration of this cloud (it was deregistered).
+    pub fn forget_cloud_object(&self, cloud: &str, artifact: &str) -> Result<(), DbError> {
+        self.lock().execute(
+            "DELETE FROM cloud_objects WHERE cloud = ?1 AND artifact = ?2",
+            params![cloud, artifact],
         )?;
         Ok(())
     }

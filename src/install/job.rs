@@ -29,6 +29,8 @@ enum JobError {
     Cloud(#[from] CloudError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Budget(#[from] crate::cache::budget::BudgetError),
     /// Cancelled while waiting for another install to finish with a shared file or artifact.
     #[error("cancelled")]
     Cancelled,
@@ -40,7 +42,7 @@ impl JobError {
             JobError::File(error) => error.is_cancel(),
             JobError::Cloud(error) => matches!(error, CloudError::Cancelled),
             JobError::Cancelled => true,
-            JobError::Db(_) => false,
+            JobError::Db(_) | JobError::Budget(_) => false,
         }
     }
 }
@@ -70,7 +72,7 @@ pub(super) async fn run(
     let change = match &outcome {
         Ok(ids) => Change {
             to: InstallState::Installed,
-            detail: &status::installed(ids.emi.as_deref().unwrap_or("?")),
+            detail: &status::installed_for(row.origin, ids.emi.as_deref().unwrap_or("?")),
             error: None,
             ids: Some(ids),
         },
@@ -142,6 +144,8 @@ impl Job<'_> {
 
     async fn perform(&self) -> Result<RegisteredIds, JobError> {
         let image = self.image().clone();
+        let installs = self.installer.db.installs()?;
+        self.installer.budget.make_room(&image, &installs)?;
         let total = image.total_bytes();
         let mut done = 0;
         for file in &image.files {

@@ -9,8 +9,10 @@ mod keyed_lock;
 pub mod state;
 /// Kept under their old names until every caller uses `crate::status` and `crate::pause`.
 use crate::cache::Cache;
-use crate::catalog::model::{FileKind, Image};
-use crate::db::installs::Change;
+use crate::cache::budget::{BudgetSettings, CacheBudget};
+use crate::catalog::model::{Catalog, FileKind, Image};
+use crate::cloud::CloudError;
+use crate::db::installs::{Change, Origin};
 use crate::db::{Db, DbError};
 use crate::fetch::Fetcher;
 use crate::fetch::verified::VerifiedDownloads;
@@ -40,6 +42,20 @@ pub struct Installer {
     reconciled: Mutex<Option<std::time::Instant>>,
     /// Downloads by SHA-256 and publishes by artifact identity: one install at a time each.
     exclusive: keyed_lock::KeyedLocks,
+    /// Makes room in the cache before an install downloads.
+    budget: CacheBudget,
+    /// Told each time an install attempt ends: subscriptions look again then.
+    settled: Notify,
+}
+
+/// Why a subscription's old install could not be retired (it stays installed, and the next
+/// pass tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum RetireError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
 }
 
 impl Installer {
@@ -50,6 +66,25 @@ impl Installer {
         trust: Arc<Trust>,
         publisher: Publisher,
         workers: usize,
+    ) -> Result<Arc<Self>, DbError> {
+        let budget = CacheBudget::new(
+            BudgetSettings::default(),
+            &cache.data_dir(),
+            db.clone(),
+            crate::limits::DEFAULT_SUBSCRIPTION_KEEP,
+        );
+        Self::with_budget(db, cache, fetcher, trust, publisher, workers, budget)
+    }
+
+    /// As [`Installer::new`], with the cache held to `budget`.
+    pub fn with_budget(
+        db: Db,
+        cache: Cache,
+        fetcher: Fetcher,
+        trust: Arc<Trust>,
+        publisher: Publisher,
+        workers: usize,
+        budget: CacheBudget,
     ) -> Result<Arc<Self>, DbError> {
         let requeued = db.requeue_interrupted()?;
         if requeued > 0 {
@@ -71,7 +106,18 @@ impl Installer {
             workers: workers.max(1),
             reconciled: Mutex::new(None),
             exclusive: keyed_lock::KeyedLocks::default(),
+            budget,
+            settled: Notify::new(),
         }))
+    }
+
+    pub fn budget(&self) -> &CacheBudget {
+        &self.budget
+    }
+
+    /// Notified when an install attempt ends.
+    pub fn settled(&self) -> &Notify {
+        &self.settled
     }
 
     /// The road by which jobs bring files verified into the cache.
@@ -95,10 +141,19 @@ impl Installer {
 
     /// `install`: queues an attempt, or returns the state of one already queued, running or done.
     pub fn request_install(&self, image: &Image) -> Result<InstallView, DbError> {
-        let (row, queued) = self.db.request_install(image, &status::queued())?;
+        self.request_install_as(image, Origin::Operator, &status::queued())
+    }
+
+    fn request_install_as(
+        &self,
+        image: &Image,
+        origin: Origin,
+        detail: &str,
+    ) -> Result<InstallView, DbError> {
+        let (row, queued) = self.db.request_install(image, detail, origin)?;
         self.board.put(&row);
         if queued {
-            tracing::info!(uri = %image.uri, attempt = row.attempt, "install queued");
+            tracing::info!(uri = %image.uri, attempt = row.attempt, origin = origin.as_str(), "install queued");
             self.wake.notify_waiters();
         }
         Ok(self.board.get(&image.uri).expect("just put"))
@@ -207,6 +262,80 @@ impl Installer {
         }
     }
 
+    /// One subscription pass ([`crate::subscribe::plan`] over `catalog`): queues what it would
+    /// install, then, when no install is in flight (none can be reusing a registration about to
+    /// go), retires the subscription's installs past `keep`.
+    pub async fn apply_subscriptions(
+        &self,
+        catalog: &Catalog,
+        settings: &crate::subscribe::Settings,
+    ) {
+        let installs = match self.db.installs() {
+            Ok(installs) => installs,
+            Err(error) => {
+                tracing::error!("cannot read installs for the subscriptions: {error}");
+                return;
+            }
+        };
+        let plan = crate::subscribe::plan(catalog, &installs, settings);
+        for planned in &plan.install {
+            let detail = status::queued_by_subscription(&planned.subscription);
+            if let Err(error) =
+                self.request_install_as(&planned.image, Origin::Subscription, &detail)
+            {
+                tracing::error!(uri = %planned.image.uri, "cannot queue a subscription's install: {error}");
+            }
+        }
+        if !plan.install.is_empty() || installs.iter().any(|row| row.state.is_active()) {
+            return;
+        }
+        for retirement in &plan.retire {
+            let uri = &retirement.row.image.uri;
+            if let Err(error) = self.retire(uri, plan.keep).await {
+                tracing::warn!(%uri, "cannot retire an old subscription install, trying again at the next refresh: {error}");
+            }
+        }
+    }
+
+    /// Retires a subscription's install of `uri`: deregisters its registrations no other
+    /// install uses (machine image first, so none is left linked to a kernel that is gone),
+    /// deletes their bundles from the bucket, forgets them, and marks it `deregistered`. An
+    /// operator's install is never touched.
+    pub async fn retire(&self, uri: &str, keep: usize) -> Result<(), RetireError> {
+        let installs = self.db.installs()?;
+        let Some(row) = installs.iter().find(|row| row.image.uri == uri) else {
+            return Ok(());
+        };
+        if row.origin != Origin::Subscription || row.state != InstallState::Installed {
+            return Ok(());
+        }
+        let cloud = self.publisher.cloud();
+        let cloud_id = cloud.id().to_string();
+        for id in crate::subscribe::registrations_to_drop(row, &installs) {
+            cloud.deregister(id).await?;
+            if let Some((artifact, location)) = self.db.cloud_object_by_id(&cloud_id, id)? {
+                let deleted = cloud.delete_bundle(&location).await?;
+                self.db.forget_cloud_object(&cloud_id, &artifact)?;
+                tracing::info!(%uri, %id, %location, deleted, "deregistered, bundle deleted");
+            } else {
+                tracing::info!(%uri, %id, "deregistered");
+            }
+        }
+        let detail = status::retired_by_subscription(keep);
+        let row = self.db.transition(
+            uri,
+            Change {
+                to: InstallState::Deregistered,
+                detail: &detail,
+                error: None,
+                ids: Some(&crate::db::RegisteredIds::default()),
+            },
+        )?;
+        tracing::info!(%uri, "{detail}");
+        self.board.put(&row);
+        Ok(())
+    }
+
     /// `clear-error`: forgets a failed attempt's message.
     pub fn clear_error(&self, uri: &str) -> Result<(), DbError> {
         if self.db.clear_error(uri)? {
@@ -235,6 +364,8 @@ impl Installer {
                 Ok(Some((uri, token))) => {
                     job::run(&self, &uri, &token, &shutdown).await;
                     self.running.lock().expect("running lock").remove(&uri);
+                    self.budget.measure();
+                    self.settled.notify_one();
                     continue;
                 }
                 Ok(None) => {}

@@ -85,7 +85,14 @@ impl ItemFilter {
 
     /// Whether `item` passes this filter.
     pub fn matches(&self, item: &ResolvedItem<'_>) -> bool {
-        let value = item.get(&self.key).unwrap_or("");
+        self.matches_value(item.get(&self.key))
+    }
+
+    /// Whether a thing whose value of [`Self::key`] is `value` passes (`None`: it lacks the
+    /// key, which compares as the empty string): the same test over any fields, such as a
+    /// catalog image's for a subscription.
+    pub fn matches_value(&self, value: Option<&str>) -> bool {
+        let value = value.unwrap_or("");
         match &self.test {
             Test::Equals(expected) => value == expected,
             Test::NotEquals(expected) => value != expected,

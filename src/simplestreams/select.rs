@@ -162,6 +162,8 @@ pub struct Offer {
     pub summary: String,
     pub arch: Option<String>,
     pub release: Option<String>,
+    /// Every resolved field of the item, as filters see them (subscriptions judge these).
+    pub fields: BTreeMap<String, String>,
 }
 
 impl Offer {
@@ -272,6 +274,11 @@ fn offer(virtualization: Virtualization, item: &ResolvedItem<'_>) -> Result<Offe
         summary,
         arch: item.arch().map(str::to_owned),
         release: item.release().map(str::to_owned),
+        fields: item
+            .fields()
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect(),
         identity,
     })
 }

@@ -34,4 +34,5 @@ mod simplestreams_model;
 mod simplestreams_peer;
 mod simplestreams_upstream;
 mod store_page;
+mod subscriptions;
 mod uec_and_hvm_installs;

@@ -197,6 +197,7 @@ fn image(uri: &str, file: FileRef, virtualization: Virtualization) -> Image {
         files: vec![file],
         virtualization,
         stream: Some(stream()),
+        fields: Default::default(),
     }
 }
 

@@ -147,6 +147,7 @@ fn validate_image(entry: WireImage, base: &Url) -> Result<Image, String> {
             // `image-store/1` lists a kernel and ramdisk beside each image.
             virtualization: model::Virtualization::Paravirtual,
             stream: None,
+            fields: Default::default(),
         },
         base,
     )

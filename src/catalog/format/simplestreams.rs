@@ -351,6 +351,7 @@ fn image(offer: &Offer, uri: &str, upstream: &Url) -> Result<Image, String> {
                 version: offer.identity.version_name.clone(),
                 item: offer.identity.item_name.clone(),
             }),
+            fields: offer.fields.clone(),
         },
         upstream,
     )
