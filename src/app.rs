@@ -59,6 +59,8 @@ pub enum AppError {
 pub struct App {
     catalog: Arc<Catalogs>,
     installer: Arc<Installer>,
+    /// Every trust service, so that a reload reads each keyring again.
+    trusts: Vec<Arc<Trust>>,
     secret: String,
     /// What the parts were built from: a reload is compared with it.
     config: Config,
@@ -91,10 +93,12 @@ impl App {
             }
         };
         prepare_data_dir(&config.data_dir)?;
-        // One trust service per keyring: the files' (detached signatures) and each upstream's
-        // for its documents. Each warns now if its keyring is missing.
-        let file_trust = Arc::new(Trust::new(config.keyring.clone()));
         let db = Db::open(&config.data_dir.join("state.sqlite"))?;
+        // One trust service per keyring: the files' (detached signatures) and each upstream's
+        // for its documents. Each warns now if its keyring is missing, and takes back the keys
+        // rolled over to in-band before.
+        let file_trust = trust_service(&db, &config.keyring)?;
+        let mut trusts = vec![file_trust.clone()];
         let fetcher = Fetcher::new(config.retry)?.with_connections(config.download_connections);
         let mut services = Vec::new();
         let mut warnings = Vec::new();
@@ -102,7 +106,9 @@ impl App {
             let trust = if upstream.keyring == config.keyring {
                 file_trust.clone()
             } else {
-                Arc::new(Trust::new(upstream.keyring.clone()))
+                let trust = trust_service(&db, &upstream.keyring)?;
+                trusts.push(trust.clone());
+                trust
             };
             let format = catalog_format(upstream)?;
             if format.accepts_unsigned() {
@@ -136,6 +142,7 @@ impl App {
         Ok(Self {
             catalog,
             installer,
+            trusts,
             secret,
             config: config.clone(),
         })
@@ -158,6 +165,7 @@ impl App {
         tokio::spawn(apply_reloads(
             self.config.clone(),
             self.catalog.clone(),
+            self.trusts,
             reloads,
         ));
         let state = AppState {
@@ -174,6 +182,25 @@ impl App {
         let _ = refresher.await;
         served.map_err(AppError::Serve)
     }
+}
+
+/// The trust service for the keyring file at `path`, with the keys the database says were rolled
+/// over to in-band for it (a stored set that no longer reads is reported and left out).
+fn trust_service(db: &Db, path: &std::path::Path) -> Result<Arc<Trust>, AppError> {
+    let trust = Trust::new(path.to_owned());
+    if let Some(certs) = db.load_rollover(&path.to_string_lossy())? {
+        match trust.restore(&certs) {
+            Ok(()) => tracing::info!(
+                "keyring {}: trusting the keys rolled over to in-band too",
+                path.display()
+            ),
+            Err(error) => tracing::warn!(
+                "keyring {}: the keys rolled over to in-band are stored damaged and not trusted: {error}",
+                path.display()
+            ),
+        }
+    }
+    Ok(Arc::new(trust))
 }
 
 /// The format an upstream speaks, set up as configured.
@@ -248,6 +275,7 @@ pub async fn run(
 async fn apply_reloads(
     mut running: Config,
     catalog: Arc<Catalogs>,
+    trusts: Vec<Arc<Trust>>,
     mut reloads: UnboundedReceiver<Config>,
 ) {
     while let Some(config) = reloads.recv().await {
@@ -258,6 +286,10 @@ async fn apply_reloads(
         }
         running = config;
         tracing::info!("reloaded the configuration; reading the keyring and the catalog again");
+        // Even a keyring whose size, time and inode look unchanged: the operator says it changed.
+        for trust in &trusts {
+            trust.forget();
+        }
         // A refusal is logged by the catalog service itself, once.
         catalog.refresh().await;
     }

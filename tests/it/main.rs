@@ -23,6 +23,7 @@ mod hostile_requests;
 mod hostile_tarballs;
 mod hostile_upstream;
 mod install_road;
+mod key_rollover;
 mod load;
 mod monitoring;
 mod moto_cloud;
