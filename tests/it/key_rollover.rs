@@ -220,3 +220,64 @@ async fn a_mirror_rolls_over_with_the_keyring_beside_its_index() {
     assert_eq!(images_in(&dashboard), offered);
     assert!(fetched(&env, "/simplestreams/streams/v1/keyring.gpg.asc"));
 }
+
+/// `SIGHUP` reads the keyring file again even when nothing about the file shows a change (the
+/// same inode, length and modification time, rewritten in place): the check at each refresh
+/// cannot tell, the operator's reload can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_a_keyring_rewritten_with_the_same_stamp() {
+    let mut env = TestEnv::with_store().await;
+    // Two keys whose certificates export to the same length (EdDSA signatures may differ by a
+    // byte now and then: try again).
+    let (first, second) = (0..10)
+        .map(|_| {
+            let gpg = Gpg::new();
+            let first = gpg.generate("First <first@example.invalid>", "ed25519");
+            let second = gpg.generate("Other <other@example.invalid>", "ed25519");
+            let certs = (
+                gpg.public_keyring("first@example.invalid"),
+                gpg.public_keyring("other@example.invalid"),
+            );
+            ((first, certs.0), (second, certs.1))
+        })
+        .find(|((_, a), (_, b))| a.len() == b.len())
+        .expect("two certificates of one length");
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    let keyring = env.keyring.clone();
+    let rewrite = |cert: &[u8]| {
+        let mut file = std::fs::File::options()
+            .write(true)
+            .truncate(true)
+            .open(&keyring)
+            .unwrap();
+        std::io::Write::write_all(&mut file, cert).unwrap();
+        file.set_modified(long_ago).unwrap();
+    };
+    rewrite(&first.1);
+    env.store.set_signing_key(&first.0).unwrap();
+    env.start_proxy();
+    assert_accepted(&env, "the first key's catalog").await;
+
+    let inode = |path: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).unwrap();
+        (metadata.ino(), metadata.len(), metadata.modified().unwrap())
+    };
+    let stamp = inode(&env.keyring);
+    rewrite(&second.1);
+    assert_eq!(inode(&env.keyring), stamp, "nothing shows the change");
+    env.store.set_signing_key(&second.0).unwrap();
+    let line = error_of(&env.dashboard().await).expect("the old keyring is still loaded");
+    assert!(
+        line.contains("made by a key not in the keyring (0x"),
+        "{line}"
+    );
+
+    common::signal(env.proxy.as_ref().unwrap().pid(), "HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !env.proxy_log().contains("reloaded the configuration") {
+        assert!(std::time::Instant::now() < deadline, "{}", env.proxy_log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_accepted(&env, "after SIGHUP, the rewritten keyring").await;
+}

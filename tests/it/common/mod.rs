@@ -160,6 +160,13 @@ pub struct Proxy {
     pub log: PathBuf,
 }
 
+impl Proxy {
+    /// The proxy's process id, to signal it (`SIGHUP`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
