@@ -205,6 +205,7 @@ impl Installer {
                 Err(error) => tracing::warn!(uri = %row.image.uri, "{error}"),
             }
         }
+        tracing::debug!("reconciled the installs with the cloud's images");
     }
 
     /// `clear-error`: forgets a failed attempt's message.

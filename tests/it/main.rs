@@ -36,3 +36,4 @@ mod simplestreams_peer;
 mod simplestreams_upstream;
 mod store_page;
 mod uec_and_hvm_installs;
+mod upgrade_from_0_1_0;
