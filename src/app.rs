@@ -62,6 +62,8 @@ pub enum AppError {
 pub struct App {
     catalog: Arc<Catalogs>,
     installer: Arc<Installer>,
+    /// Every trust service, so that a reload reads each keyring again.
+    trusts: Vec<Arc<Trust>>,
     secret: String,
     /// What the parts were built from: a reload is compared with it.
     config: Config,
@@ -94,12 +96,19 @@ impl App {
             }
         };
         prepare_data_dir(&config.data_dir)?;
-        // One trust service per keyring: the files' (detached signatures) and each upstream's
-        // for its documents. Each warns now if its keyring is missing.
-        let file_trust = Arc::new(Trust::new(config.keyring.clone()));
         let db = Db::open(&config.data_dir.join("state.sqlite"))?;
+        // One trust service per keyring: the files' (detached signatures) and each upstream's
+        // for its documents. Each warns now if its keyring is missing, and takes back the keys
+        // rolled over to in-band before.
+        let file_trust = trust_service(&db, &config.keyring)?;
+        let mut trusts = vec![file_trust.clone()];
         let fetcher = Fetcher::new(config.retry)?.with_connections(config.download_connections);
-        let (services, warnings) = catalog_services(config, &db, &fetcher, &file_trust)?;
+        let UpstreamServices {
+            services,
+            warnings,
+            trusts: upstream_trusts,
+        } = catalog_services(config, &db, &fetcher, &file_trust)?;
+        trusts.extend(upstream_trusts);
         let catalog = Arc::new(Catalogs::new(services, warnings));
         let budget = CacheBudget::new(
             config.cache_budget,
@@ -131,6 +140,7 @@ impl App {
         Ok(Self {
             catalog,
             installer,
+            trusts,
             secret,
             config: config.clone(),
         })
@@ -159,6 +169,7 @@ impl App {
         tokio::spawn(apply_reloads(
             self.config.clone(),
             self.catalog.clone(),
+            self.trusts,
             reloads,
         ));
         let state = AppState {
@@ -179,20 +190,24 @@ impl App {
 }
 
 /// One catalog service per upstream, each with its keyring's trust (the files' trust where the
-/// keyring is the same), and the dashboard's standing warnings.
+/// keyring is the same), the dashboard's standing warnings, and the trust services made here
+/// (each reloaded on SIGHUP).
 fn catalog_services(
     config: &Config,
     db: &Db,
     fetcher: &Fetcher,
     file_trust: &Arc<Trust>,
-) -> Result<(Vec<CatalogService>, Vec<String>), AppError> {
+) -> Result<UpstreamServices, AppError> {
     let mut services = Vec::new();
     let mut warnings = Vec::new();
+    let mut trusts = Vec::new();
     for upstream in &config.upstreams {
         let trust = if upstream.keyring == config.keyring {
             file_trust.clone()
         } else {
-            Arc::new(Trust::new(upstream.keyring.clone()))
+            let trust = trust_service(db, &upstream.keyring)?;
+            trusts.push(trust.clone());
+            trust
         };
         let format = catalog_format(upstream)?;
         if format.accepts_unsigned() {
@@ -211,7 +226,20 @@ fn catalog_services(
             config.catalog_max_age,
         )?);
     }
-    Ok((services, warnings))
+    Ok(UpstreamServices {
+        services,
+        warnings,
+        trusts,
+    })
+}
+
+/// What `catalog_services` sets up for the upstreams.
+struct UpstreamServices {
+    services: Vec<CatalogService>,
+    /// The dashboard's standing warnings (an upstream taken unsigned).
+    warnings: Vec<String>,
+    /// The trust services of keyrings other than the files' one.
+    trusts: Vec<Arc<Trust>>,
 }
 
 /// `image-store-proxy plan`: what the next refresh would install and deregister, with sizes,
@@ -226,8 +254,8 @@ pub async fn plan(config: &Config) -> Result<String, AppError> {
         std::path::Path::new(":memory:")
     })?;
     let fetcher = Fetcher::new(config.retry)?;
-    let file_trust = Arc::new(Trust::new(config.keyring.clone()));
-    let (services, _) = catalog_services(config, &db, &fetcher, &file_trust)?;
+    let file_trust = trust_service(&db, &config.keyring)?;
+    let services = catalog_services(config, &db, &fetcher, &file_trust)?.services;
     let services: Vec<CatalogService> = services
         .into_iter()
         .map(CatalogService::read_only)
@@ -256,6 +284,25 @@ pub async fn plan(config: &Config) -> Result<String, AppError> {
         config.cache_budget,
     ));
     Ok(out)
+}
+
+/// The trust service for the keyring file at `path`, with the keys the database says were rolled
+/// over to in-band for it (a stored set that no longer reads is reported and left out).
+fn trust_service(db: &Db, path: &std::path::Path) -> Result<Arc<Trust>, AppError> {
+    let trust = Trust::new(path.to_owned());
+    if let Some(certs) = db.load_rollover(&path.to_string_lossy())? {
+        match trust.restore(&certs) {
+            Ok(()) => tracing::info!(
+                "keyring {}: trusting the keys rolled over to in-band too",
+                path.display()
+            ),
+            Err(error) => tracing::warn!(
+                "keyring {}: the keys rolled over to in-band are stored damaged and not trusted: {error}",
+                path.display()
+            ),
+        }
+    }
+    Ok(Arc::new(trust))
 }
 
 /// The format an upstream speaks, set up as configured.
@@ -330,6 +377,7 @@ pub async fn run(
 async fn apply_reloads(
     mut running: Config,
     catalog: Arc<Catalogs>,
+    trusts: Vec<Arc<Trust>>,
     mut reloads: UnboundedReceiver<Config>,
 ) {
     while let Some(config) = reloads.recv().await {
@@ -340,6 +388,10 @@ async fn apply_reloads(
         }
         running = config;
         tracing::info!("reloaded the configuration; reading the keyring and the catalog again");
+        // Even a keyring whose size, time and inode look unchanged: the operator says it changed.
+        for trust in &trusts {
+            trust.forget();
+        }
         // A refusal is logged by the catalog service itself, once.
         catalog.refresh().await;
     }

@@ -18,6 +18,11 @@ pub const MAX_CATALOG_BYTES: u64 = 16 * MIB;
 /// signature by a few keys is under 2 KiB; anything near this is not a signature.
 pub const MAX_SIGNATURE_BYTES: u64 = 64 * KIB;
 
+/// Largest keyring an upstream may offer beside its catalog for a key rollover, in bytes: a
+/// distribution's archive keyring of a dozen keys is under 64 KiB; it is held in memory while
+/// its signature is checked.
+pub const MAX_OFFERED_KEYRING_BYTES: u64 = MIB;
+
 /// Largest single file an image may declare, in bytes: above any OS image in use, below what
 /// would let one catalog entry fill a cloud controller's disk by mistake.
 pub const MAX_FILE_BYTES: u64 = 64 * GIB;

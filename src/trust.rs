@@ -5,6 +5,13 @@
 //! (bytes, or a stream for GiB files) and inline clear-signed documents (RFC 9580 §7, the
 //! cleartext signature framework of simplestreams' `.sjson`). It also judges its own failures:
 //! [`TrustError::is_upstream_fault`] is the one place that says whose fault a refusal is.
+//!
+//! Key rollover: the keyring file is read again when it changes (at every check) and on `SIGHUP`
+//! ([`Trust::forget`]); an upstream may also offer a keyring beside its catalog, signed by a key
+//! trusted now ([`Trust::check_rollover`]), whose certificates are then merged into the file's at
+//! every load ([`Trust::adopt`]; the caller persists them, [`Trust::restore`] brings them back at
+//! start). Merging is how a revocation published that way counts: the known certificate gains
+//! its revocation signature, and the policy refuses what the key signs from then on.
 
 use sequoia_openpgp as openpgp;
 
@@ -16,6 +23,7 @@ use openpgp::parse::stream::{
     VerifierBuilder,
 };
 use openpgp::policy::StandardPolicy;
+use openpgp::serialize::SerializeInto;
 use openpgp::{Cert, KeyHandle};
 use std::cell::Cell;
 use std::io::Read;
@@ -44,6 +52,9 @@ pub enum TrustError {
     BadSignature(anyhow::Error),
     #[error("reading the signed data failed: {0}")]
     Read(std::io::Error),
+    /// A keyring offered for a rollover verified but holds nothing usable.
+    #[error("it holds no usable OpenPGP certificate: {}", flat(.0))]
+    OfferedKeyring(anyhow::Error),
 }
 
 /// What to do about a keyring that is not there.
@@ -80,7 +91,8 @@ impl TrustError {
             TrustError::Malformed(_)
             | TrustError::UnknownKey(_)
             | TrustError::BadKey { .. }
-            | TrustError::BadSignature(_) => true,
+            | TrustError::BadSignature(_)
+            | TrustError::OfferedKeyring(_) => true,
             TrustError::KeyringMissing { .. }
             | TrustError::KeyringUnreadable { .. }
             | TrustError::KeyringEmpty { .. }
@@ -98,6 +110,22 @@ pub struct Trust {
     /// The keyring last read, and the file's stamp when it was read. `None`: missing or refused
     /// last time, so the next check reads the file again.
     loaded: Mutex<Option<(FileStamp, Arc<Keyring>)>>,
+    /// The certificates accepted in-band (rollovers), merged into the file's at every load.
+    rolled: Mutex<Vec<Cert>>,
+}
+
+/// A keyring offered beside a catalog whose signature verified against the keys trusted now:
+/// the certificates in it that would change what is trusted (new keys, or known keys with new
+/// signatures such as a revocation). Nothing counts until [`Trust::adopt`].
+pub struct RolloverOffer {
+    certs: Vec<Cert>,
+}
+
+impl RolloverOffer {
+    /// Whether the offer changes nothing (the same keyring offered again).
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
 }
 
 /// What tells one version of the keyring file from the next without reading it.
@@ -148,6 +176,7 @@ impl Trust {
         let trust = Self {
             path,
             loaded: Mutex::new(None),
+            rolled: Mutex::new(Vec::new()),
         };
         match trust.reload_if_changed() {
             Ok(_) => {}
@@ -166,22 +195,101 @@ impl Trust {
     }
 
     /// The keyring to check against: the one already loaded while its file is unchanged (same
-    /// size, modification time and inode), else the file read anew. Key rollover lands here.
+    /// size, modification time and inode), else the file read anew, with the certificates of
+    /// accepted rollovers merged in. Key rollover lands here.
     pub fn reload_if_changed(&self) -> Result<Arc<Keyring>, TrustError> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         let known = loaded.take();
         let (stamp, keyring) = match read_keyring(&self.path, known.as_ref()) {
-            Ok(Some(fresh)) => {
+            Ok(Some((stamp, keyring))) => {
                 if known.is_some() {
                     tracing::info!("keyring {} changed: reloaded it", self.path.display());
                 }
-                (fresh.0, Arc::new(fresh.1))
+                let rolled = self.rolled.lock().unwrap_or_else(|p| p.into_inner());
+                (stamp, Arc::new(keyring.merged(&rolled)))
             }
             Ok(None) => known.expect("unchanged means it was loaded"),
             Err(error) => return Err(error),
         };
         *loaded = Some((stamp, keyring.clone()));
         Ok(keyring)
+    }
+
+    /// Reads the keyring file again at the next check, even if its stamp looks unchanged (a
+    /// `SIGHUP`: the operator says it changed).
+    pub fn forget(&self) {
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Brings back the certificates of rollovers accepted by an earlier run (as [`Trust::adopt`]
+    /// handed them to be persisted).
+    pub fn restore(&self, certs: &[u8]) -> Result<(), TrustError> {
+        let restored = Keyring::from_bytes(certs)?;
+        *self.rolled.lock().unwrap_or_else(|p| p.into_inner()) = restored.certs;
+        self.forget();
+        Ok(())
+    }
+
+    /// Checks a keyring offered for a rollover: its detached `signature` must verify against the
+    /// keys trusted now (the file's and earlier rollovers'). Returns what in it is news.
+    pub fn check_rollover(
+        &self,
+        keyring: &[u8],
+        signature: &[u8],
+    ) -> Result<RolloverOffer, TrustError> {
+        let trusted = self.reload_if_changed()?;
+        trusted.verify_bytes(keyring, signature)?;
+        let offered = CertParser::from_bytes(keyring)
+            .and_then(|parser| parser.collect::<Result<Vec<Cert>, _>>())
+            .map_err(TrustError::OfferedKeyring)?;
+        if offered.is_empty() {
+            return Err(TrustError::OfferedKeyring(anyhow::anyhow!(
+                "it holds no certificate"
+            )));
+        }
+        let certs = offered
+            .into_iter()
+            .map(Cert::strip_secret_key_material)
+            .filter(|cert| {
+                let known = trusted
+                    .certs
+                    .iter()
+                    .find(|known| known.fingerprint() == cert.fingerprint());
+                match known {
+                    None => true,
+                    Some(known) => merge(known.clone(), cert).to_vec().ok() != known.to_vec().ok(),
+                }
+            })
+            .collect();
+        Ok(RolloverOffer { certs })
+    }
+
+    /// Trusts `offer` from now on: merged with the rollovers accepted before, handed to
+    /// `persist` (all of them, as one binary keyring), and counted only once that succeeded.
+    /// Returns the keys it added or changed, as `0x<key id>`.
+    pub fn adopt<E>(
+        &self,
+        offer: RolloverOffer,
+        persist: impl FnOnce(&[u8]) -> Result<(), E>,
+    ) -> Result<Vec<String>, E> {
+        let mut rolled = self.rolled.lock().unwrap_or_else(|p| p.into_inner());
+        let merged = Keyring {
+            certs: rolled.clone(),
+        }
+        .merged(&offer.certs);
+        let mut bytes = Vec::new();
+        for cert in &merged.certs {
+            bytes.extend(cert.to_vec().unwrap_or_default());
+        }
+        persist(&bytes)?;
+        *rolled = merged.certs;
+        drop(rolled);
+        self.forget();
+        Ok(offer
+            .certs
+            .iter()
+            .map(|cert| format!("0x{}", cert.keyid().to_hex()))
+            .collect())
     }
 
     /// Checks an inline-signed message (a clear-signed `.sjson` document) and returns the text
@@ -218,6 +326,22 @@ impl Keyring {
             });
         }
         Ok(Self { certs })
+    }
+
+    /// This keyring with `others` merged in: a certificate already here gains theirs (a
+    /// revocation, a new subkey), the rest are added.
+    fn merged(&self, others: &[Cert]) -> Keyring {
+        let mut certs = self.certs.clone();
+        for other in others {
+            match certs
+                .iter()
+                .position(|cert| cert.fingerprint() == other.fingerprint())
+            {
+                Some(at) => certs[at] = merge(certs[at].clone(), other),
+                None => certs.push(other.clone()),
+            }
+        }
+        Keyring { certs }
     }
 
     /// Checks a detached signature (binary or armored) over `data`.
@@ -311,6 +435,11 @@ fn read_keyring(
         other => other,
     })?;
     Ok(Some((stamp, keyring)))
+}
+
+/// `known` with `other`'s packets (same fingerprint); `known` as it was if they cannot merge.
+fn merge(known: Cert, other: &Cert) -> Cert {
+    known.clone().merge_public(other.clone()).unwrap_or(known)
 }
 
 /// A failure sequoia reports opaquely: a read error of the signed data, or else a malformed message.

@@ -21,6 +21,8 @@ pub fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/api/dashboard", get(dashboard))
         .route("/api/dashboard.asc", get(dashboard_signature))
+        .route("/api/keyring.gpg", get(published_keyring))
+        .route("/api/keyring.gpg.asc", get(published_keyring_signature))
         .route("/api/files/{set}/{name}", get(file))
         .route("/api/icons/{name}", get(icon))
         .route("/simplestreams/{*path}", get(simplestreams))
@@ -172,6 +174,33 @@ async fn dashboard_signature(State(inner): State<Arc<Inner>>) -> Response {
     }
 }
 
+/// The keyring published beside the catalog (`Faults::published_keyring`), or 404.
+async fn published_keyring(State(inner): State<Arc<Inner>>) -> Response {
+    published(&inner, false)
+}
+
+async fn published_keyring_signature(State(inner): State<Arc<Inner>>) -> Response {
+    published(&inner, true)
+}
+
+fn published(inner: &Inner, signature: bool) -> Response {
+    let published = inner
+        .faults
+        .lock()
+        .expect("faults lock")
+        .published_keyring
+        .clone();
+    match published {
+        Some(published) if signature => armored(published.signature),
+        Some(published) => (
+            [(header::CONTENT_TYPE, "application/pgp-keys")],
+            published.keyring,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no keyring published\n").into_response(),
+    }
+}
+
 async fn icon(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> Response {
     let Some(set) = name.strip_suffix(".svg") else {
         return StatusCode::NOT_FOUND.into_response();
@@ -245,6 +274,11 @@ async fn simplestreams(
     fault: Option<Extension<Fault>>,
     headers: HeaderMap,
 ) -> Response {
+    match path.as_str() {
+        "streams/v1/keyring.gpg" => return published(&inner, false),
+        "streams/v1/keyring.gpg.asc" => return published(&inner, true),
+        _ => {}
+    }
     let lookup = {
         let inner = inner.clone();
         let path = path.clone();

@@ -79,6 +79,19 @@ pub struct Faults {
     /// What the simplestreams tree gets wrong (the switches above apply to it too: `status`,
     /// and `drop_file_after` and `bytes_per_second` to its items).
     pub simplestreams: StreamFaults,
+    /// A keyring published beside the catalog, for an in-band key rollover: served at
+    /// `/api/keyring.gpg` (beside `/api/dashboard`) and at the mirror's
+    /// `streams/v1/keyring.gpg` (beside `index.sjson`), its signature at `keyring.gpg.asc`.
+    /// `None`: no keyring published (404), as most stores do.
+    pub published_keyring: Option<PublishedKeyring>,
+}
+
+/// A keyring as an upstream publishes it for a rollover: the bytes and a detached signature over
+/// them, both made by the test (GnuPG), served as given.
+#[derive(Debug, Clone)]
+pub struct PublishedKeyring {
+    pub keyring: Vec<u8>,
+    pub signature: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]

@@ -10,7 +10,9 @@ pub mod upstreams;
 
 use crate::db::{Db, DbError, StoredCatalog, StoredDocument};
 use crate::fetch::{FetchError, Fetcher};
-use crate::limits::{CATALOG_FETCH_TIMEOUT, MAX_CATALOG_BYTES, MAX_SIGNATURE_BYTES};
+use crate::limits::{
+    CATALOG_FETCH_TIMEOUT, MAX_CATALOG_BYTES, MAX_OFFERED_KEYRING_BYTES, MAX_SIGNATURE_BYTES,
+};
 use crate::trust::{self, Keyring, Trust, TrustError};
 use format::{
     Authentication, CatalogFormat, DocumentRequest, FormatError, Parsed, Proof, VerifiedDocument,
@@ -43,6 +45,10 @@ pub enum CatalogError {
         "it is older ({offered}) than the catalog already accepted ({accepted}): refusing a rollback"
     )]
     Rollback { offered: String, accepted: String },
+    /// A keyring offered for a rollover whose signature (or content) was refused: nothing of it
+    /// is trusted, and the catalog is not read.
+    #[error("the keyring offered at {url} was refused, nothing of it is trusted: {cause}")]
+    Rollover { url: String, cause: TrustError },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -59,11 +65,16 @@ impl CatalogError {
     /// not upstream's (our keyring) and our own database are not upstream's doing.
     fn record(&self) {
         let kind = match self {
-            CatalogError::Signature(refusal) if !refusal.is_upstream_fault() => return,
+            CatalogError::Signature(refusal) | CatalogError::Rollover { cause: refusal, .. }
+                if !refusal.is_upstream_fault() =>
+            {
+                return;
+            }
             CatalogError::Fetch(_) | CatalogError::Missing { .. } | CatalogError::Db(_) => return,
             CatalogError::Signature(_) => "catalog-signature",
             CatalogError::Format(_) => "catalog-format",
             CatalogError::Rollback { .. } => "catalog-rollback",
+            CatalogError::Rollover { .. } => "keyring-rollover",
         };
         crate::metrics::global().upstream_error(kind);
     }
@@ -287,6 +298,7 @@ impl CatalogService {
         let keyring = if self.format.accepts_unsigned() {
             None
         } else {
+            self.take_rollover().await?;
             Some(self.trust.reload_if_changed()?)
         };
         let watermarks = self
@@ -359,6 +371,55 @@ impl CatalogService {
             },
         )?;
         Ok((catalog, accepted))
+    }
+
+    /// An in-band key rollover: the keyring upstream publishes beside its catalog, if it does,
+    /// signed by a key trusted now, adds its keys (and their revocations) before the catalog is
+    /// verified, persisted first so a restart keeps them. A refused one changes nothing and
+    /// fails the refresh.
+    async fn take_rollover(&self) -> Result<(), CatalogError> {
+        let Some(url) = self.format.keyring_url(&self.upstream) else {
+            return Ok(());
+        };
+        let Some(keyring) = self
+            .fetcher
+            .get_small_if_published(
+                url.as_str(),
+                MAX_OFFERED_KEYRING_BYTES,
+                CATALOG_FETCH_TIMEOUT,
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        let signature = self
+            .fetcher
+            .get_small(
+                &format!("{url}.asc"),
+                MAX_SIGNATURE_BYTES,
+                CATALOG_FETCH_TIMEOUT,
+            )
+            .await?;
+        let offer = self
+            .trust
+            .check_rollover(&keyring, &signature)
+            .map_err(|cause| CatalogError::Rollover {
+                url: url.to_string(),
+                cause,
+            })?;
+        if offer.is_empty() {
+            return Ok(());
+        }
+        let anchor = self.trust.keyring_path().to_string_lossy().into_owned();
+        let keys = self.trust.adopt(offer, |certs| {
+            self.db
+                .store_rollover(&anchor, certs, self.upstream.as_str())
+        })?;
+        tracing::info!(
+            "accepted the keyring offered at {url}: trusting {} beside {anchor}",
+            keys.join(", ")
+        );
+        Ok(())
     }
 
     /// One document, fetched with the caps and verified as its request says.
@@ -508,6 +569,10 @@ pub(crate) mod tests {
     impl CatalogFormat for TwoLevel {
         fn name(&self) -> &'static str {
             "two-level/1"
+        }
+
+        fn keyring_url(&self, _upstream: &Url) -> Option<Url> {
+            None
         }
 
         fn roots(&self, upstream: &Url) -> Vec<DocumentRequest> {

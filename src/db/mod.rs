@@ -146,6 +146,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE installs ADD COLUMN origin TEXT NOT NULL DEFAULT 'operator';
      ALTER TABLE files ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;
      UPDATE files SET last_used = verified_at;",
+    // 5: the certificates upstreams rolled over to in-band, by the keyring file they extend.
+    "CREATE TABLE keyring_rollovers (
+        keyring TEXT PRIMARY KEY,
+        certs BLOB NOT NULL,
+        upstream TEXT NOT NULL,
+        accepted_at INTEGER NOT NULL
+     );",
 ];
 
 /// Where the one catalog of schema 2 waits for its upstream (migration 3).
@@ -323,6 +330,35 @@ impl Db {
             )?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// The certificates accepted through rollovers for the keyring file `keyring` (a binary
+    /// OpenPGP keyring), if any was.
+    pub fn load_rollover(&self, keyring: &str) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT certs FROM keyring_rollovers WHERE keyring = ?1",
+                [keyring],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Keeps every certificate accepted through rollovers for `keyring`, replacing the last set
+    /// (`certs` holds them all); `upstream` offered the latest.
+    pub fn store_rollover(
+        &self,
+        keyring: &str,
+        certs: &[u8],
+        upstream: &str,
+    ) -> Result<(), DbError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO keyring_rollovers (keyring, certs, upstream, accepted_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![keyring, certs, upstream, now_unix()],
+        )?;
         Ok(())
     }
 

@@ -214,6 +214,33 @@ impl Fetcher {
         cap: u64,
         timeout: Duration,
     ) -> Result<Vec<u8>, FetchError> {
+        self.fetch_small(url, cap, timeout)
+            .await
+            .inspect_err(FetchError::record)
+    }
+
+    /// [`Fetcher::get_small`] of a document upstream may or may not publish (a keyring beside
+    /// its catalog): a 404 or 410 is `None`, and not counted as upstream's error.
+    pub async fn get_small_if_published(
+        &self,
+        url: &str,
+        cap: u64,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, FetchError> {
+        match self.fetch_small(url, cap, timeout).await {
+            Err(FetchError::Status {
+                status: 404 | 410, ..
+            }) => Ok(None),
+            outcome => outcome.map(Some).inspect_err(FetchError::record),
+        }
+    }
+
+    async fn fetch_small(
+        &self,
+        url: &str,
+        cap: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, FetchError> {
         let transport = |cause| FetchError::Transport {
             url: url.to_string(),
             cause,
@@ -247,7 +274,6 @@ impl Fetcher {
                     seconds: timeout.as_secs(),
                 })
             })
-            .inspect_err(FetchError::record)
     }
 
     /// [`Fetcher::get_small`], retrying transient failures as a download does (a file's

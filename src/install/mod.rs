@@ -260,6 +260,7 @@ impl Installer {
                 Err(error) => tracing::warn!(uri = %row.image.uri, "{error}"),
             }
         }
+        tracing::debug!("reconciled the installs with the cloud's images");
     }
 
     /// One subscription pass ([`crate::subscribe::plan`] over `catalog`): queues what it would

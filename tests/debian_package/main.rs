@@ -5,7 +5,12 @@
 //! and says why in syslog, then starts the daemon with `--fake-eucalyptus` in DAEMON_OPTS as the
 //! system user, which answers a signed request and installs an image from the packaged
 //! fake-store; a rebuilt higher version upgrades it with the state kept, and `dpkg --purge`
-//! removes the user and the data.
+//! removes the user and the data. The upgrade crosses the real schema migration from 0.1.0: before
+//! the higher version is installed, the daemon is stopped and its data directory replaced by the
+//! one release 0.1.0 wrote (`tests/fixtures/upgrade-0.1.0/data`, schema 2), as an upgrade from
+//! the 0.1.0 package finds it; the upgraded daemon must start, migrate it and list the same
+//! installs, installed, with the same ids. (Building the 0.1.0 package as well would double the
+//! test's ~12 minutes for what the fixture, made by 0.1.0 itself, already holds.)
 //!
 //! The package build reuses one cargo target directory under `target/tmp/debian-package` across
 //! versions and runs, apart from the suite's own (cargo locks a target directory while it builds),
@@ -86,8 +91,10 @@ fn the_package_builds_installs_serves_upgrades_and_purges() {
     // daemon, which the init script restarts (in a container invoke-rc.d may not).
     let v2 = format!("{v1}+upgradetest1");
     let debs = timings.time("build v2 (rebuild for the upgrade)", || build.build(&v2));
+    assert_eq!(installed_before["status"], "installed");
+    let of_0_1_0 = as_left_by_0_1_0(&user);
     dpkg(&[&["--install"], &paths(&debs)[..]].concat());
-    upgraded(&v2, &user, &first, &proxy_url, &installed_before);
+    upgraded(&v2, &user, &first, &proxy_url, &of_0_1_0);
 
     let stop = init_script("stop");
     assert!(stop.status.success(), "{}", text(&stop));
@@ -297,9 +304,63 @@ fn install_an_image(proxy_url: &str) -> Value {
     wait_until_installed(proxy_url)
 }
 
+/// The installs of the 0.1.0 fixture: image URI and machine image id.
+const FIXTURE_INSTALLS: &str =
+    "SELECT image_uri, emi FROM installs WHERE state = 'installed' ORDER BY image_uri";
+
+fn installs_in(db: &Path) -> Vec<(String, String)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare(FIXTURE_INSTALLS).unwrap();
+    stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn schema_version(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap()
+}
+
+/// Stops the daemon and puts in its data directory the state release 0.1.0 wrote (owned by the
+/// system user, private, as the daemon keeps it); returns its installs.
+fn as_left_by_0_1_0(user: &SystemUser) -> Vec<(String, String)> {
+    let stop = init_script("stop");
+    assert!(stop.status.success(), "{}", text(&stop));
+    user.wait_until_no_process_runs();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upgrade-0.1.0/data");
+    for entry in std::fs::read_dir(DATA_DIR).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let mut copy = fixture.into_os_string();
+    copy.push("/.");
+    run(Command::new("cp").args(["-R"]).arg(copy).arg(DATA_DIR));
+    let db = Path::new(DATA_DIR).join("state.sqlite");
+    assert_eq!(schema_version(&db), 2, "0.1.0's schema");
+    let installs = installs_in(&db);
+    assert_eq!(installs.len(), 2, "{installs:?}");
+    // Last, so that whatever reading it left is the daemon's too.
+    run(Command::new("chown").args(["-R", &format!("{USER}:{USER}"), DATA_DIR]));
+    run(Command::new("chmod").args(["-R", "g-w,o-rwx", DATA_DIR]));
+    installs
+}
+
 /// After the upgrade: the new version, the operator's configuration, and, once restarted, the new
-/// executable serving the state and fake cloud of before.
-fn upgraded(version: &str, user: &SystemUser, before: &Daemon, proxy_url: &str, state: &Value) {
+/// executable serving the state and fake cloud release 0.1.0 left, its schema migrated.
+fn upgraded(
+    version: &str,
+    user: &SystemUser,
+    before: &Daemon,
+    proxy_url: &str,
+    of_0_1_0: &[(String, String)],
+) {
     assert_eq!(installed_version(PACKAGE).as_deref(), Some(version));
     assert!(
         std::fs::read_to_string(DEFAULTS)
@@ -319,9 +380,21 @@ fn upgraded(version: &str, user: &SystemUser, before: &Daemon, proxy_url: &str, 
         "the new executable runs"
     );
     assert_eq!(after.uid(), user.uid);
-    let now = ubuntu_9_10(&client(proxy_url, SECRET, &["states", "Ubuntu 9.10"]));
-    assert_eq!(now["status"], "installed", "the state survived: {now}");
-    assert_eq!(now["emi"], state["emi"]);
+    for (uri, emi) in of_0_1_0 {
+        let reply = client(proxy_url, SECRET, &["states", uri]);
+        let now = reply["states"]
+            .as_array()
+            .and_then(|states| states.iter().find(|s| s["image-uri"] == uri.as_str()))
+            .unwrap_or_else(|| panic!("no state for {uri} in {reply}"));
+        assert_eq!(
+            now["status"], "installed",
+            "0.1.0's install survived: {now}"
+        );
+        assert_eq!(now["emi"], emi.as_str(), "{now}");
+    }
+    let db = Path::new(DATA_DIR).join("state.sqlite");
+    assert!(schema_version(&db) > 2, "the schema migrated");
+    assert_eq!(installs_in(&db), of_0_1_0, "every install kept");
     assert_eq!(
         files_under(&Path::new(DATA_DIR).join("fake-cloud")),
         fake_cloud

@@ -21,6 +21,8 @@ pub const FORMAT: &str = "image-store/1";
 
 /// The name of the one document (`<api-url>/dashboard`), and the key of its stored copy.
 const DOCUMENT: &str = "dashboard";
+/// A keyring published for a rollover, relative to the API URL as the catalog is.
+const KEYRING: &str = "keyring.gpg";
 
 /// Why an `image-store/1` document was refused as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,11 @@ pub struct ImageStoreFormat;
 impl CatalogFormat for ImageStoreFormat {
     fn name(&self) -> &'static str {
         FORMAT
+    }
+
+    /// Beside the catalog document: `<api-url>/keyring.gpg` next to `<api-url>/dashboard`.
+    fn keyring_url(&self, upstream: &Url) -> Option<Url> {
+        Some(model::document_url(upstream, KEYRING))
     }
 
     fn roots(&self, upstream: &Url) -> Vec<DocumentRequest> {

@@ -139,6 +139,11 @@ pub trait CatalogFormat: Send + Sync {
         None
     }
 
+    /// Where upstream may publish a keyring for an in-band key rollover, beside its catalog
+    /// (`keyring.gpg`, with its detached signature at `keyring.gpg.asc`); `None` for a format
+    /// or an upstream with nothing to roll over (one taken unsigned).
+    fn keyring_url(&self, upstream: &Url) -> Option<Url>;
+
     /// The documents to fetch first, relative to the upstream URL.
     fn roots(&self, upstream: &Url) -> Vec<DocumentRequest>;
 

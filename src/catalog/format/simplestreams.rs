@@ -28,6 +28,8 @@ pub const FORMAT: &str = "simplestreams/v1";
 const INDEX_PATH: &str = "streams/v1/index.sjson";
 const UNSIGNED_INDEX_PATH: &str = "streams/v1/index.json";
 const INDEX: &str = "index";
+/// A keyring published for a rollover, beside the signed index.
+const KEYRING_PATH: &str = "streams/v1/keyring.gpg";
 
 /// Why a simplestreams document, or the set of them, was refused as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,12 @@ impl CatalogFormat for SimplestreamsFormat {
         (request.authentication == Authentication::Inline).then_some(
             "a mirror of unsigned .json files only is refused unless its upstream sets allow-unsigned = true",
         )
+    }
+
+    /// Beside the index: `streams/v1/keyring.gpg` next to `streams/v1/index.sjson`. An unsigned
+    /// mirror has no keys to roll over.
+    fn keyring_url(&self, upstream: &Url) -> Option<Url> {
+        (!self.allow_unsigned).then(|| model::document_url(upstream, KEYRING_PATH))
     }
 
     fn roots(&self, upstream: &Url) -> Vec<DocumentRequest> {

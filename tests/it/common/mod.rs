@@ -160,6 +160,13 @@ pub struct Proxy {
     pub log: PathBuf,
 }
 
+impl Proxy {
+    /// The proxy's process id, to signal it (`SIGHUP`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -530,6 +537,35 @@ impl Gpg {
 
     pub fn public_keyring(&self, uid: &str) -> Vec<u8> {
         self.run(&["--export", uid])
+    }
+
+    /// Revokes `uid`'s key as superseded (a soft revocation: what it signed before stays
+    /// good) with `gpg --gen-revoke`, imports the revocation, and returns the key's certificate
+    /// as exported then, carrying it: how a keyring publishes a revocation.
+    pub fn revoke(&self, uid: &str) -> Vec<u8> {
+        let revocation = self.home.path().join("revocation.asc");
+        let mut child = Command::new("gpg")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(["--yes", "--no-tty", "--pinentry-mode", "loopback"])
+            .args(["--passphrase", "", "--command-fd", "0", "--output"])
+            .arg(&revocation)
+            .args(["--gen-revoke", uid])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gpg runs");
+        // Revoke it? yes; reason 2, "Key is superseded"; no description; is this okay? yes.
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"y\n2\n\ny\n").unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "gpg --gen-revoke: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.run(&["--import", revocation.to_str().unwrap()]);
+        self.public_keyring(uid)
     }
 }
 
