@@ -12,6 +12,7 @@ use crate::cloud::credentials::{self, CredentialsError};
 use crate::cloud::eucalyptus::EucalyptusCloud;
 use crate::cloud::{Cloud, CloudError, fake::FakeCloud};
 use crate::config::{CloudMode, Config, SimplestreamsSettings, Upstream, UpstreamFormat};
+use crate::db::nonces::NonceStore;
 use crate::db::{Db, DbError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::install::Installer;
@@ -60,6 +61,8 @@ pub struct App {
     catalog: Arc<Catalogs>,
     installer: Arc<Installer>,
     secret: String,
+    /// Accepted nonces, read back from `<data-dir>/nonces.sqlite`.
+    nonces: Arc<NonceBook>,
     /// What the parts were built from: a reload is compared with it.
     config: Config,
 }
@@ -95,6 +98,12 @@ impl App {
         // for its documents. Each warns now if its keyring is missing.
         let file_trust = Arc::new(Trust::new(config.keyring.clone()));
         let db = Db::open(&config.data_dir.join("state.sqlite"))?;
+        let now = crate::db::now_unix();
+        let nonces = NonceBook::on_disk(
+            crate::limits::NONCE_CAPACITY,
+            NonceStore::open(&config.data_dir.join("nonces.sqlite"), now)?,
+            now,
+        )?;
         let fetcher = Fetcher::new(config.retry)?.with_connections(config.download_connections);
         let mut services = Vec::new();
         let mut warnings = Vec::new();
@@ -137,6 +146,7 @@ impl App {
             catalog,
             installer,
             secret,
+            nonces: Arc::new(nonces),
             config: config.clone(),
         })
     }
@@ -164,7 +174,7 @@ impl App {
             catalog: self.catalog,
             installer: self.installer,
             secret: Arc::from(self.secret.into_bytes()),
-            nonces: Arc::new(NonceBook::new(crate::limits::NONCE_CAPACITY)),
+            nonces: self.nonces,
             dashboards: Arc::default(),
         };
         crate::notify::ready();

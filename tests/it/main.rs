@@ -29,6 +29,7 @@ mod moto_cloud;
 mod openapi;
 mod parallel_transfers;
 mod qcow2;
+mod replay_across_restart;
 mod service_readiness;
 mod simplestreams_model;
 mod simplestreams_peer;

@@ -152,6 +152,8 @@ pub struct TestEnv {
     /// The upstream flags of the next proxy start instead of `--api-url <fake-store>` (a
     /// `--simplestreams` mirror, say).
     pub upstream_args: Option<Vec<String>>,
+    /// Where the next proxy start listens instead of `127.0.0.1:0` (a restart on the same port).
+    pub listen: Option<String>,
 }
 
 pub struct Proxy {
@@ -201,6 +203,7 @@ impl TestEnv {
             cloud: None,
             proxy_env: Vec::new(),
             upstream_args: None,
+            listen: None,
         };
         env.start_store().await;
         env
@@ -250,7 +253,8 @@ impl TestEnv {
             .path()
             .join(format!("proxy-{}.log", self.proxy_starts));
         let mut child = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
-            .args(["--listen", "127.0.0.1:0", "--catalog-max-age", "0"])
+            .args(["--listen", self.listen.as_deref().unwrap_or("127.0.0.1:0")])
+            .args(["--catalog-max-age", "0"])
             .args(
                 self.upstream_args
                     .clone()
