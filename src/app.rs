@@ -121,14 +121,17 @@ impl App {
                 ));
             }
             tracing::info!(url = %upstream.url, format = format.name(), keyring = %upstream.keyring.display(), "upstream");
-            services.push(CatalogService::new(
-                upstream.url.clone(),
-                format,
-                trust,
-                fetcher.clone(),
-                db.clone(),
-                config.catalog_max_age,
-            )?);
+            services.push(
+                CatalogService::new(
+                    upstream.url.clone(),
+                    format,
+                    trust,
+                    fetcher.clone(),
+                    db.clone(),
+                    config.catalog_max_age,
+                )?
+                .with_freshness(config.max_catalog_age),
+            );
         }
         let catalog = Arc::new(Catalogs::new(services, warnings));
         let installer = Installer::new(
@@ -289,6 +292,8 @@ fn settings_needing_a_restart(a: &Config, b: &Config) -> Vec<&'static str> {
         ),
         ("workers", a.workers != b.workers),
         ("catalog-max-age", a.catalog_max_age != b.catalog_max_age),
+        ("max-catalog-age", a.max_catalog_age != b.max_catalog_age),
+        ("allow-host", a.allowed_hosts != b.allowed_hosts),
         ("compression", a.gzip != b.gzip),
         ("retries and stalls", a.retry != b.retry),
         (

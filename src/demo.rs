@@ -116,6 +116,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         gzip: GzipSettings::default_for_this_machine(),
         upload_concurrency: crate::config::DEFAULT_UPLOAD_CONCURRENCY,
         download_connections: crate::config::DEFAULT_DOWNLOAD_CONNECTIONS,
+        // fake-store's catalog is dated now: fresh whatever the limit.
+        max_download_rate: None,
+        max_catalog_age: None,
+        allowed_hosts: Vec::new(),
     };
     let app = crate::app::App::build(&config)?;
     let (_reload, no_reloads) = tokio::sync::mpsc::unbounded_channel();
