@@ -14,7 +14,7 @@ use crate::cloud::{Cloud, CloudError, fake::FakeCloud};
 use crate::config::{CloudMode, Config, SimplestreamsSettings, Upstream, UpstreamFormat};
 use crate::db::nonces::NonceStore;
 use crate::db::{Db, DbError};
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{FetchError, Fetcher, RateLimit};
 use crate::install::Installer;
 use crate::publish::Publisher;
 use crate::trust::Trust;
@@ -63,6 +63,8 @@ pub struct App {
     secret: String,
     /// Accepted nonces, read back from `<data-dir>/nonces.sqlite`.
     nonces: Arc<NonceBook>,
+    /// `--max-download-rate`'s bucket: a reload sets its rate.
+    download_rate: Arc<RateLimit>,
     /// What the parts were built from: a reload is compared with it.
     config: Config,
 }
@@ -104,7 +106,10 @@ impl App {
             NonceStore::open(&config.data_dir.join("nonces.sqlite"), now)?,
             now,
         )?;
-        let fetcher = Fetcher::new(config.retry)?.with_connections(config.download_connections);
+        let download_rate = Arc::new(RateLimit::new(config.max_download_rate));
+        let fetcher = Fetcher::new(config.retry)?
+            .with_connections(config.download_connections)
+            .with_rate_limit(download_rate.clone());
         let mut services = Vec::new();
         let mut warnings = Vec::new();
         for upstream in &config.upstreams {
@@ -150,6 +155,7 @@ impl App {
             installer,
             secret,
             nonces: Arc::new(nonces),
+            download_rate,
             config: config.clone(),
         })
     }
@@ -171,6 +177,7 @@ impl App {
         tokio::spawn(apply_reloads(
             self.config.clone(),
             self.catalog.clone(),
+            self.download_rate.clone(),
             reloads,
         ));
         let state = AppState {
@@ -257,10 +264,12 @@ pub async fn run(
 /// Applies reloaded configurations (`SIGHUP`: the `--config` file read again, and the keyrings).
 /// The keyring and the catalog are read anew at once; what the running parts were built with
 /// (where it listens, the data directory, the upstream, the cloud, the workers, compression,
-/// retries) is kept until the next restart, and a change to it is logged as such.
+/// retries) is kept until the next restart, and a change to it is logged as such;
+/// `max-download-rate` applies at once, to the downloads under way too.
 async fn apply_reloads(
     mut running: Config,
     catalog: Arc<Catalogs>,
+    download_rate: Arc<RateLimit>,
     mut reloads: UnboundedReceiver<Config>,
 ) {
     while let Some(config) = reloads.recv().await {
@@ -268,6 +277,13 @@ async fn apply_reloads(
             tracing::warn!(
                 "reload: {setting} changed; the change takes effect at the next restart"
             );
+        }
+        if config.max_download_rate != running.max_download_rate {
+            download_rate.set_rate(config.max_download_rate);
+            match config.max_download_rate {
+                Some(rate) => tracing::info!("reload: downloads now share {rate} bytes/s"),
+                None => tracing::info!("reload: downloads are no longer held to a rate"),
+            }
         }
         running = config;
         tracing::info!("reloaded the configuration; reading the keyring and the catalog again");

@@ -248,6 +248,10 @@ impl<'a> Download<'a> {
                     let have = sink.written();
                     metrics::global().add_downloaded(bytes.len() as u64);
                     progress(have);
+                    tokio::select! {
+                        held = fetcher.rate.take(bytes.len() as u64) => stall.excuse(held),
+                        _ = cancel.cancelled() => break Err(FetchError::Cancelled),
+                    }
                     if have < self.expected && stall.stalled(have, tokio::time::Instant::now()) {
                         break Err(stalled(have));
                     }

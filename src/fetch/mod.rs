@@ -18,16 +18,19 @@
 
 mod download;
 mod ranged;
+pub mod rate;
 pub mod retry;
 pub mod stream;
 pub mod verified;
 
+pub use rate::RateLimit;
 pub use retry::{RetryPolicy, StallRule};
 
 use crate::limits::{CONNECT_TIMEOUT, UPSTREAM_READ_TIMEOUT};
 use crate::metrics;
 use retry::{Retryable, with_retries};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -165,6 +168,8 @@ pub struct Fetcher {
     retry: RetryPolicy,
     /// Connections a large download is split over (`ranged.rs`).
     connections: usize,
+    /// `--max-download-rate`, shared by every clone (`rate.rs`).
+    rate: Arc<RateLimit>,
 }
 
 /// reqwest is built without a default crypto provider (no C build): rustls needs one chosen before
@@ -190,7 +195,18 @@ impl Fetcher {
             client,
             retry,
             connections: 1,
+            rate: Arc::new(RateLimit::new(None)),
         })
+    }
+
+    /// Every download of this fetcher and its clones draws from `rate`.
+    pub fn with_rate_limit(self, rate: Arc<RateLimit>) -> Self {
+        Self { rate, ..self }
+    }
+
+    /// The bucket downloads draw from (a reload sets its rate).
+    pub fn rate_limit(&self) -> &Arc<RateLimit> {
+        &self.rate
     }
 
     /// Downloads files of [`crate::limits::PARALLEL_DOWNLOAD_MIN_BYTES`] and up over
@@ -235,6 +251,7 @@ impl Fetcher {
                     });
                 }
                 metrics::global().add_downloaded(chunk.len() as u64);
+                self.rate.charge(chunk.len() as u64);
                 body.extend_from_slice(&chunk);
             }
             Ok(body)

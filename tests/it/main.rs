@@ -17,6 +17,7 @@ mod cloud_credentials;
 mod crash_safety;
 mod dashboard_cache;
 mod demo;
+mod download_rate;
 mod freshness;
 mod full_disk;
 mod fuzz_regressions;
