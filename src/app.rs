@@ -14,7 +14,7 @@ use crate::cloud::{Cloud, CloudError, fake::FakeCloud};
 use crate::config::{CloudMode, Config, SimplestreamsSettings, Upstream, UpstreamFormat};
 use crate::db::nonces::NonceStore;
 use crate::db::{Db, DbError};
-use crate::fetch::{FetchError, Fetcher, RateLimit};
+use crate::fetch::{FetchError, Fetcher, HostPolicy, RateLimit};
 use crate::install::Installer;
 use crate::publish::Publisher;
 use crate::trust::Trust;
@@ -109,7 +109,15 @@ impl App {
         let download_rate = Arc::new(RateLimit::new(config.max_download_rate));
         let fetcher = Fetcher::new(config.retry)?
             .with_connections(config.download_connections)
-            .with_rate_limit(download_rate.clone());
+            .with_rate_limit(download_rate.clone())
+            .with_hosts(HostPolicy::only(
+                &config
+                    .upstreams
+                    .iter()
+                    .map(|upstream| upstream.url.clone())
+                    .collect::<Vec<_>>(),
+                &config.allowed_hosts,
+            ))?;
         let mut services = Vec::new();
         let mut warnings = Vec::new();
         for upstream in &config.upstreams {

@@ -50,6 +50,7 @@ impl Fetcher {
         progress: &(dyn Fn(u64) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<Sha256Hex, FetchError> {
+        self.check_host(url)?;
         if self.connections > 1 && expected >= PARALLEL_DOWNLOAD_MIN_BYTES {
             let ranged = self
                 .download_ranges(url, partial, expected, progress, cancel)

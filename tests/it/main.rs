@@ -10,6 +10,7 @@
 mod common;
 mod webdriver;
 
+mod allowed_hosts;
 mod bad_requests;
 mod bad_upstream;
 mod bundle_format;
