@@ -100,3 +100,41 @@ async fn the_default_limit_of_30_days_refuses_a_stored_catalog_after_a_restart()
         refused.body
     );
 }
+
+/// A simplestreams mirror's age is its documents' `updated` (RFC 2822): an old tree is shown
+/// with the banner and not installed from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_simplestreams_tree_is_shown_but_not_installed_from() {
+    let mut env = TestEnv::with_store().await;
+    env.store.set_updated(&days_ago(40)).unwrap();
+    let root = format!(
+        "{}{}",
+        env.store_url.strip_suffix("/api").unwrap(),
+        fake_store::SIMPLESTREAMS_ROOT_PATH
+    );
+    env.upstream_args = Some(vec![
+        "--simplestreams".into(),
+        root.clone(),
+        "--simplestreams-keyring".into(),
+        env.keyring.display().to_string(),
+    ]);
+    env.max_catalog_age_days = 30;
+    env.start_proxy();
+    let dashboard = env.dashboard().await;
+    let images = dashboard["images"].as_array().unwrap();
+    assert!(!images.is_empty(), "{dashboard}");
+    let banner = dashboard["error-message"].as_str().unwrap_or_default();
+    assert!(
+        banner.starts_with(&format!("The image catalog of {root}"))
+            && banner.contains(", 40 days ago (max-catalog-age is 30)"),
+        "{dashboard}"
+    );
+    let uri = images[0]["uri"].as_str().unwrap().to_string();
+    let refused = ask_to_install(&env, &uri).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.error_message(), Some(banner));
+    assert!(
+        env.served("server/releases").is_empty(),
+        "nothing was downloaded"
+    );
+}
