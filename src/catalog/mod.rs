@@ -786,4 +786,40 @@ pub(crate) mod tests {
         );
         assert_eq!(uris(&service), ["u1", "u2"]);
     }
+
+    /// Freshness is the oldest document's: a products document frozen behind a fresh index makes
+    /// the catalog stale; no limit, or no catalog yet, is never stale.
+    #[tokio::test]
+    async fn a_catalog_is_as_old_as_its_oldest_document() {
+        let Upstream {
+            _dir,
+            gpg,
+            trust,
+            files,
+            upstream,
+            db,
+            fetcher,
+        } = upstream("Mirror <mirror@example.invalid>").await;
+        let day = DAY_SECONDS as i64;
+        let service = service(&upstream, Box::new(TwoLevel), &trust, &fetcher, &db)
+            .with_freshness(Some(Duration::from_secs(30 * DAY_SECONDS)));
+        let now = 100 * day;
+        assert_eq!(service.stale(now), None, "nothing accepted yet");
+        publish(&gpg, &files, 99 * day, 60 * day, &["u1"]);
+        assert_eq!(service.refresh().await, None);
+        let stale = service
+            .stale(now)
+            .expect("the products document is 40 days old");
+        assert_eq!(
+            (stale.age_days, stale.limit_days, stale.updated.as_str()),
+            (40, 30, "1970-03-02T00:00:00Z")
+        );
+        assert_eq!(
+            service.stale(90 * day),
+            None,
+            "30 days old is not yet stale"
+        );
+        let unlimited = service.with_freshness(None);
+        assert_eq!(unlimited.stale(now), None);
+    }
 }
