@@ -4,9 +4,12 @@
 //! A file of its own (`<data-dir>/nonces.sqlite`), not a table of `state.sqlite`: it takes one
 //! commit per signed request, which the state database (`synchronous=FULL`, one mutex shared with
 //! the installs) is not built for, and nothing in it outlives 15 minutes, so it needs no
-//! migrations and may be deleted while the proxy is stopped. WAL with `synchronous=NORMAL`: a
-//! commit survives the process being killed (the restart this is for), not a power cut, whose
-//! reboot outlasts most signatures (the servlet's live 30 s).
+//! migrations and may be deleted while the proxy is stopped. WAL with `synchronous=OFF`: a
+//! commit is in the kernel's page cache when it returns, so it survives the process being killed
+//! (the restart this is for) at 58 µs a request (20,000 nonces in 1.17 s in a debug build on a
+//! loaded machine; 229 µs with `NORMAL`, whose checkpoints sync). A power cut may lose the last
+//! commits or damage the file; a damaged book is started afresh, and a reboot outlasts most
+//! signatures (the servlet's live 30 s).
 //!
 //! Nonces are kept as a 64-bit HMAC under a random key made with the file: the same 16 bytes an
 //! entry as the book in memory, and no client text on disk.
@@ -24,8 +27,34 @@ pub struct NonceStore {
 }
 
 impl NonceStore {
-    /// Opens (or creates) the book at `path`, dropping what expired before `now`.
+    /// Opens (or creates) the book at `path`, dropping what expired before `now`; a damaged
+    /// one (a power cut under `synchronous=OFF`) is removed and started afresh.
     pub fn open(path: &Path, now: i64) -> Result<Self, DbError> {
+        match Self::open_as_is(path, now) {
+            Err(DbError::Open {
+                cause: rusqlite::Error::SqliteFailure(failure, _),
+                ..
+            }) if matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+            {
+                tracing::warn!(
+                    "nonce book {} is damaged; starting it afresh",
+                    path.display()
+                );
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.as_os_str().to_owned();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
+                Self::open_as_is(path, now)
+            }
+            opened => opened,
+        }
+    }
+
+    fn open_as_is(path: &Path, now: i64) -> Result<Self, DbError> {
         let open_err = |cause| DbError::Open {
             path: path.to_owned(),
             cause,
@@ -33,7 +62,7 @@ impl NonceStore {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", "OFF")
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
@@ -99,17 +128,17 @@ impl NonceStore {
 
     /// Writes `hash` down until `expires`; committed when this returns.
     pub fn remember(&self, hash: u64, expires: i64) -> Result<(), DbError> {
-        self.lock().execute(
-            "INSERT OR REPLACE INTO nonces (hash, expires) VALUES (?1, ?2)",
-            params![hash as i64, expires],
-        )?;
+        self.lock()
+            .prepare_cached("INSERT OR REPLACE INTO nonces (hash, expires) VALUES (?1, ?2)")?
+            .execute(params![hash as i64, expires])?;
         Ok(())
     }
 
     /// Drops what expired before `now`.
     pub fn forget_expired(&self, now: i64) -> Result<(), DbError> {
         self.lock()
-            .execute("DELETE FROM nonces WHERE expires < ?1", [now])?;
+            .prepare_cached("DELETE FROM nonces WHERE expires < ?1")?
+            .execute([now])?;
         Ok(())
     }
 
@@ -137,5 +166,15 @@ mod tests {
         let again = NonceStore::open(&path, 150).unwrap();
         assert_eq!(again.hash("live"), live, "the key is kept with the book");
         assert_eq!(again.live(150).unwrap(), vec![(live, 200)]);
+    }
+
+    #[test]
+    fn a_damaged_book_is_started_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nonces.sqlite");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let store = NonceStore::open(&path, 100).unwrap();
+        assert!(store.live(100).unwrap().is_empty());
+        store.remember(store.hash("n"), 200).unwrap();
     }
 }
