@@ -13,8 +13,9 @@ use crate::cloud::credentials::{self, CredentialsError};
 use crate::cloud::eucalyptus::EucalyptusCloud;
 use crate::cloud::{Cloud, CloudError, fake::FakeCloud};
 use crate::config::{CloudMode, Config, SimplestreamsSettings, Upstream, UpstreamFormat};
+use crate::db::nonces::NonceStore;
 use crate::db::{Db, DbError};
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{FetchError, Fetcher, HostPolicy, RateLimit};
 use crate::install::Installer;
 use crate::publish::Publisher;
 use crate::trust::Trust;
@@ -65,6 +66,10 @@ pub struct App {
     /// Every trust service, so that a reload reads each keyring again.
     trusts: Vec<Arc<Trust>>,
     secret: String,
+    /// Accepted nonces, read back from `<data-dir>/nonces.sqlite`.
+    nonces: Arc<NonceBook>,
+    /// `--max-download-rate`'s bucket: a reload sets its rate.
+    download_rate: Arc<RateLimit>,
     /// What the parts were built from: a reload is compared with it.
     config: Config,
 }
@@ -102,7 +107,24 @@ impl App {
         // rolled over to in-band before.
         let file_trust = trust_service(&db, &config.keyring)?;
         let mut trusts = vec![file_trust.clone()];
-        let fetcher = Fetcher::new(config.retry)?.with_connections(config.download_connections);
+        let now = crate::db::now_unix();
+        let nonces = NonceBook::on_disk(
+            crate::limits::NONCE_CAPACITY,
+            NonceStore::open(&config.data_dir.join("nonces.sqlite"), now)?,
+            now,
+        )?;
+        let download_rate = Arc::new(RateLimit::new(config.max_download_rate));
+        let fetcher = Fetcher::new(config.retry)?
+            .with_connections(config.download_connections)
+            .with_rate_limit(download_rate.clone())
+            .with_hosts(HostPolicy::only(
+                &config
+                    .upstreams
+                    .iter()
+                    .map(|upstream| upstream.url.clone())
+                    .collect::<Vec<_>>(),
+                &config.allowed_hosts,
+            ))?;
         let UpstreamServices {
             services,
             warnings,
@@ -142,6 +164,8 @@ impl App {
             installer,
             trusts,
             secret,
+            nonces: Arc::new(nonces),
+            download_rate,
             config: config.clone(),
         })
     }
@@ -170,13 +194,14 @@ impl App {
             self.config.clone(),
             self.catalog.clone(),
             self.trusts,
+            self.download_rate.clone(),
             reloads,
         ));
         let state = AppState {
             catalog: self.catalog,
             installer: self.installer,
             secret: Arc::from(self.secret.into_bytes()),
-            nonces: Arc::new(NonceBook::new(crate::limits::NONCE_CAPACITY)),
+            nonces: self.nonces,
             dashboards: Arc::default(),
         };
         crate::notify::ready();
@@ -217,14 +242,17 @@ fn catalog_services(
                 ));
         }
         tracing::info!(url = %upstream.url, format = format.name(), keyring = %upstream.keyring.display(), "upstream");
-        services.push(CatalogService::new(
-            upstream.url.clone(),
-            format,
-            trust,
-            fetcher.clone(),
-            db.clone(),
-            config.catalog_max_age,
-        )?);
+        services.push(
+            CatalogService::new(
+                upstream.url.clone(),
+                format,
+                trust,
+                fetcher.clone(),
+                db.clone(),
+                config.catalog_max_age,
+            )?
+            .with_freshness(config.max_catalog_age),
+        );
     }
     Ok(UpstreamServices {
         services,
@@ -278,6 +306,14 @@ pub async fn plan(config: &Config) -> Result<String, AppError> {
     let installs = db.installs()?;
     let plan = crate::subscribe::plan(&catalogs.current(), &installs, settings);
     out.push_str(&plan.to_string());
+    for planned in &plan.install {
+        if let Some(stale) = catalogs.stale_for(&planned.image.key) {
+            out.push_str(&format!(
+                "Not installed at the next refresh, {}: {stale}\n",
+                planned.image.title
+            ));
+        }
+    }
     let budget = CacheBudget::new(config.cache_budget, &config.data_dir, db, settings.keep);
     out.push_str(&crate::subscribe::cache_line(
         budget.usage()?,
@@ -373,11 +409,13 @@ pub async fn run(
 /// Applies reloaded configurations (`SIGHUP`: the `--config` file read again, and the keyrings).
 /// The keyring and the catalog are read anew at once; what the running parts were built with
 /// (where it listens, the data directory, the upstream, the cloud, the workers, compression,
-/// retries) is kept until the next restart, and a change to it is logged as such.
+/// retries) is kept until the next restart, and a change to it is logged as such;
+/// `max-download-rate` applies at once, to the downloads under way too.
 async fn apply_reloads(
     mut running: Config,
     catalog: Arc<Catalogs>,
     trusts: Vec<Arc<Trust>>,
+    download_rate: Arc<RateLimit>,
     mut reloads: UnboundedReceiver<Config>,
 ) {
     while let Some(config) = reloads.recv().await {
@@ -385,6 +423,13 @@ async fn apply_reloads(
             tracing::warn!(
                 "reload: {setting} changed; the change takes effect at the next restart"
             );
+        }
+        if config.max_download_rate != running.max_download_rate {
+            download_rate.set_rate(config.max_download_rate);
+            match config.max_download_rate {
+                Some(rate) => tracing::info!("reload: downloads now share {rate} bytes/s"),
+                None => tracing::info!("reload: downloads are no longer held to a rate"),
+            }
         }
         running = config;
         tracing::info!("reloaded the configuration; reading the keyring and the catalog again");
@@ -413,6 +458,8 @@ fn settings_needing_a_restart(a: &Config, b: &Config) -> Vec<&'static str> {
         ),
         ("workers", a.workers != b.workers),
         ("catalog-max-age", a.catalog_max_age != b.catalog_max_age),
+        ("max-catalog-age", a.max_catalog_age != b.max_catalog_age),
+        ("allow-host", a.allowed_hosts != b.allowed_hosts),
         ("compression", a.gzip != b.gzip),
         ("retries and stalls", a.retry != b.retry),
         (
@@ -468,8 +515,9 @@ async fn follow_subscriptions(
     }
     tracing::info!(subscriptions = %settings.texts().join(" | "), keep = settings.keep, "subscribed");
     loop {
+        let stale = |key: &str| catalog.stale_for(key).map(|stale| stale.to_string());
         installer
-            .apply_subscriptions(&catalog.current(), &settings)
+            .apply_subscriptions(&catalog.current(), &settings, &stale)
             .await;
         tokio::select! {
             _ = catalog.refreshed().notified() => {}

@@ -140,6 +140,22 @@ pub struct DaemonArgs {
     /// for --cache-max-bytes [default: none]
     #[arg(long, value_name = "N")]
     pub min_free_bytes: Option<String>,
+    /// Hold all downloads together (the single stream, every connection of a ranged download,
+    /// catalogs and signatures) to RATE bytes a second: a number with K, M or G (powers of 1024;
+    /// `40M`, `40MiB/s` and `40MB/s` are the same) [default: no cap]
+    #[arg(long, value_name = "RATE")]
+    pub max_download_rate: Option<ByteRate>,
+    /// An image-store/1 catalog whose `updated` (a simplestreams upstream: its index's or a
+    /// products file's, the oldest) is older than DAYS is shown but not installed from (0: no
+    /// limit) [default: 30]
+    #[arg(long, value_name = "DAYS")]
+    pub max_catalog_age: Option<u64>,
+    /// Also fetch image-store/1 files from HOST (a name or an address; repeatable; TOML
+    /// `allow-host = [...]`). Files are otherwise fetched only from their catalog's host, and
+    /// link-local and cloud metadata addresses are refused unless listed here
+    #[arg(long = "allow-host", value_name = "HOST")]
+    #[serde(default, rename = "allow-host")]
+    pub allow_hosts: Vec<String>,
     /// Read these settings from a TOML file (keys as the flags: api-url = "...")
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -237,7 +253,75 @@ pub struct Config {
     pub subscriptions: crate::subscribe::Settings,
     /// `--cache-max-bytes`, `--min-free-bytes`.
     pub cache_budget: crate::cache::budget::BudgetSettings,
+    /// Bytes a second all downloads share (`None`: no cap).
+    pub max_download_rate: Option<u64>,
+    /// How old a catalog may be for installs (`None`: no limit).
+    pub max_catalog_age: Option<Duration>,
+    /// Hosts files may come from besides their catalog's, lowercased.
+    pub allowed_hosts: Vec<String>,
 }
+
+/// A `--max-download-rate`: bytes a second, from `40M`, `40MiB/s`, `40MB/s`, `512K` or `1000`
+/// (K, M, G are powers of 1024 whichever way they are written; a link's rate is rarely given so
+/// precisely that the difference matters, and one reading is easier to remember).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRate(pub u64);
+
+impl std::str::FromStr for ByteRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let refused = || {
+            format!(
+                "download rate {text:?} is not a number of bytes a second with K, M or G (e.g. 40M or 40MiB/s)"
+            )
+        };
+        let lower = text.trim().to_ascii_lowercase();
+        let unit_less = lower.strip_suffix("/s").unwrap_or(&lower);
+        let digits_end = unit_less
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(unit_less.len());
+        let (digits, unit) = unit_less.split_at(digits_end);
+        let number: u64 = digits.parse().map_err(|_| refused())?;
+        let multiplier: u64 = match unit {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            _ => return Err(refused()),
+        };
+        match number.checked_mul(multiplier) {
+            Some(0) => Err(format!(
+                "download rate {text:?} is zero; leave max-download-rate out for no cap"
+            )),
+            Some(rate) => Ok(ByteRate(rate)),
+            None => Err(refused()),
+        }
+    }
+}
+
+/// The config file may give the rate as a string (`"40M"`) or a number of bytes.
+impl<'de> Deserialize<'de> for ByteRate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(u64),
+            Text(String),
+        }
+        let text = match Written::deserialize(deserializer)? {
+            Written::Number(n) => n.to_string(),
+            Written::Text(text) => text,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Days a catalog may go without an update unless configured: Canonical's released streams are
+/// updated every few days and the image store with each new image; a month without one is a
+/// mirror that stopped syncing or someone holding an old catalog up (TUF's default for its
+/// timestamp role is a day, for targets three months).
+pub const DEFAULT_MAX_CATALOG_AGE_DAYS: u64 = 30;
 
 /// Parts uploaded at once unless configured. Into moto on loopback 4 was no faster than 1 for a
 /// 100 MiB bundle (medians 1.30 s and 1.32 s, `bench/transfers`): there the server, not one
@@ -384,6 +468,24 @@ impl DaemonArgs {
             gzip,
             upload_concurrency,
             download_connections,
+            max_download_rate: merged.max_download_rate.map(|rate| rate.0),
+            max_catalog_age: match merged
+                .max_catalog_age
+                .unwrap_or(DEFAULT_MAX_CATALOG_AGE_DAYS)
+            {
+                0 => None,
+                days => Some(Duration::from_secs(days.saturating_mul(24 * 60 * 60))),
+            },
+            allowed_hosts: merged
+                .allow_hosts
+                .iter()
+                .map(|host| {
+                    host.trim()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_ascii_lowercase()
+                })
+                .collect(),
         })
     }
 
@@ -432,6 +534,13 @@ impl DaemonArgs {
             keep: self.keep.or(file.keep),
             cache_max_bytes: self.cache_max_bytes.or(file.cache_max_bytes),
             min_free_bytes: self.min_free_bytes.or(file.min_free_bytes),
+            max_download_rate: self.max_download_rate.or(file.max_download_rate),
+            max_catalog_age: self.max_catalog_age.or(file.max_catalog_age),
+            allow_hosts: if self.allow_hosts.is_empty() {
+                file.allow_hosts
+            } else {
+                self.allow_hosts
+            },
             config: self.config,
         }
     }
@@ -972,6 +1081,67 @@ allow-unsigned = true
         assert_eq!(
             defaults.cache_budget,
             crate::cache::budget::BudgetSettings::default()
+        );
+    }
+
+    /// Issue 17's settings: the rate with its units, the catalog age (0 is off), the hosts.
+    #[test]
+    fn download_rate_catalog_age_and_allowed_hosts_come_from_flags_or_the_file() {
+        for (text, rate) in [
+            ("1000", 1000),
+            ("512K", 512 << 10),
+            ("40M", 40 << 20),
+            ("40MiB/s", 40 << 20),
+            ("40mb/s", 40 << 20),
+            ("2G", 2 << 30),
+        ] {
+            assert_eq!(text.parse::<ByteRate>(), Ok(ByteRate(rate)), "{text}");
+        }
+        for bad in ["", "M", "40 X", "-1", "0", "40Mbit", "99999999999G"] {
+            assert!(bad.parse::<ByteRate>().is_err(), "{bad}");
+        }
+        let defaults = DaemonArgs::default().resolve().unwrap();
+        assert_eq!(defaults.max_download_rate, None);
+        assert_eq!(
+            defaults.max_catalog_age,
+            Some(Duration::from_secs(DEFAULT_MAX_CATALOG_AGE_DAYS * 86_400))
+        );
+        assert!(defaults.allowed_hosts.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(
+            &file,
+            "max-download-rate = \"40MiB/s\"\nmax-catalog-age = 0\nallow-host = [\"Mirror.Example\", \"[fd00::1]\"]\n",
+        )
+        .unwrap();
+        let config = DaemonArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(config.max_download_rate, Some(40 << 20));
+        assert_eq!(config.max_catalog_age, None);
+        assert_eq!(config.allowed_hosts, ["mirror.example", "fd00::1"]);
+        std::fs::write(&file, "max-download-rate = 1048576\n").unwrap();
+        let config = DaemonArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(config.max_download_rate, Some(1 << 20));
+        std::fs::write(&file, "max-download-rate = \"fast\"\n").unwrap();
+        let error = DaemonArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("download rate \"fast\" is not a number"),
+            "{error}"
         );
     }
 }

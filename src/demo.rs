@@ -118,6 +118,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         download_connections: crate::config::DEFAULT_DOWNLOAD_CONNECTIONS,
         subscriptions: crate::subscribe::Settings::default(),
         cache_budget: crate::cache::budget::BudgetSettings::default(),
+        // fake-store's catalog is dated now: fresh whatever the limit.
+        max_download_rate: None,
+        max_catalog_age: None,
+        allowed_hosts: Vec::new(),
     };
     let app = crate::app::App::build(&config)?;
     let (_reload, no_reloads) = tokio::sync::mpsc::unbounded_channel();

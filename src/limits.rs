@@ -45,6 +45,11 @@ pub const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// and fetches again after the restart, so it stays small; 64 KiB writes are still few syscalls.
 pub const DOWNLOAD_WRITE_BUFFER: usize = 64 << 10;
 
+/// How much of `--max-download-rate` the bucket saves up while downloads are idle, as time at
+/// the rate: a quarter second lets a new download start at once without letting an idle minute
+/// become a minute's worth of bytes at full speed.
+pub const DOWNLOAD_RATE_BURST: Duration = Duration::from_millis(250);
+
 /// Most connections one download is split over (`--download-connections`): each is another
 /// request the upstream serves at once for one client, and a mirror that sees dozens from one
 /// address may take it for abuse.

@@ -55,6 +55,10 @@ pub fn transport(error: &reqwest::Error, peer: &str) -> String {
     }
     let chain = || causes.iter().copied();
     let innermost = chain().last().map(ToString::to_string).unwrap_or_default();
+    // The upstream resolver's refusal (`fetch/hosts.rs`) is already a whole line.
+    if let Some(refusal) = chain().find_map(|e| e.downcast_ref::<crate::fetch::HostRefusal>()) {
+        return refusal.to_string();
+    }
     if let Some(tls) = chain().find_map(|e| e.downcast_ref::<rustls::Error>()) {
         return format!("the TLS handshake with {at} failed: {tls}");
     }

@@ -189,8 +189,10 @@ pub fn hash_file(path: &Path) -> Result<(u64, String), Error> {
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-/// The catalog document for `sets` served under `base` (the API URL, no trailing slash).
-pub fn document(sets: &[ImageSet], base: &str, updated: &str) -> Vec<u8> {
+/// The catalog document for `sets` served under `base` (the API URL, no trailing slash); file
+/// URLs relative to it, or absolute under `files_base`.
+pub fn document(sets: &[ImageSet], base: &str, files_base: Option<&str>, updated: &str) -> Vec<u8> {
+    let files_prefix = files_base.map_or(String::new(), |b| format!("{b}/"));
     let mut sections: Vec<(String, Vec<String>)> = Vec::new();
     let mut images = Vec::new();
     for set in sets {
@@ -210,10 +212,10 @@ pub fn document(sets: &[ImageSet], base: &str, updated: &str) -> Vec<u8> {
             .map(|f| {
                 json!({
                     "kind": f.kind,
-                    "url": format!("files/{}/{}", set.name, f.name),
+                    "url": format!("{files_prefix}files/{}/{}", set.name, f.name),
                     "size": f.size,
                     "sha256": f.sha256,
-                    "signature-url": format!("files/{}/{}.asc", set.name, f.name),
+                    "signature-url": format!("{files_prefix}files/{}/{}.asc", set.name, f.name),
                     "compression": if f.name.ends_with(".gz") { "gzip" } else { "none" },
                     "format": if f.name.contains(".tar") { "tar" } else { "raw" },
                 })

@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use std::io::SeekFrom;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -387,6 +387,16 @@ where
     let stream = match rate {
         Some(rate) if rate > 0 => faults::throttle(shaped.body, rate),
         _ => shaped.body,
+    };
+    let stream: ByteStream = if is_file {
+        let counter = inner.file_bytes_sent.clone();
+        stream
+            .inspect_ok(move |bytes| {
+                counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            })
+            .boxed()
+    } else {
+        stream
     };
     let body = if drop_after.is_some() {
         // Promise `count` bytes, send `sent`, then fail the body: the connection is cut mid-file.

@@ -109,6 +109,8 @@ struct StoreState {
     key: SigningKey,
     updated: String,
     base: Option<String>,
+    /// Where the catalog says the files are, when not under `base` (`set_files_base`).
+    files_base: Option<String>,
     sets: Vec<ImageSet>,
     file_signatures: HashMap<PathBuf, Vec<u8>>,
     catalog: Vec<u8>,
@@ -122,6 +124,9 @@ struct Inner {
     stream_payload: Mutex<Option<Arc<simplestreams::Payload>>>,
     faults: Mutex<Faults>,
     requests: Mutex<Vec<RequestRecord>>,
+    /// Bytes of file bodies handed to the connections so far: a client's download rate, as
+    /// this side sees it.
+    file_bytes_sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -160,7 +165,8 @@ impl StoreState {
         let Some(base) = &self.base else {
             return Ok(()); // built when serving starts and the address is known
         };
-        self.catalog = catalog::document(&self.sets, base, &self.updated);
+        self.catalog =
+            catalog::document(&self.sets, base, self.files_base.as_deref(), &self.updated);
         self.catalog_signature = self
             .key
             .sign(&self.catalog[..])
@@ -190,6 +196,7 @@ impl FakeStore {
             base: config
                 .public_url
                 .map(|u| u.trim_end_matches('/').to_string()),
+            files_base: None,
             file_signatures: HashMap::new(),
             catalog: Vec::new(),
             catalog_signature: Vec::new(),
@@ -202,6 +209,7 @@ impl FakeStore {
                 stream_payload: Mutex::default(),
                 faults: Mutex::default(),
                 requests: Mutex::default(),
+                file_bytes_sent: Default::default(),
             }),
         })
     }
@@ -234,6 +242,24 @@ impl FakeStore {
             state.updated = updated;
             Ok(())
         })
+    }
+
+    /// Writes absolute file URLs under `base` (an API URL, e.g. `http://localhost:PORT/api`)
+    /// into the catalog instead of relative ones: files that live on another host. `None`: back
+    /// to relative URLs.
+    pub fn set_files_base(&self, base: Option<&str>) -> Result<(), Error> {
+        let base = base.map(|b| b.trim_end_matches('/').to_string());
+        self.update(|state| {
+            state.files_base = base;
+            Ok(())
+        })
+    }
+
+    /// Bytes of file bodies handed to connections so far (Range answers included).
+    pub fn file_bytes_sent(&self) -> u64 {
+        self.inner
+            .file_bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Signs the catalog and the files with another key from now on.

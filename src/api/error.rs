@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The nonce book is full of live nonces: refusing is safer than forgetting one early.
     #[error("Too many signed requests in the last minutes; try again shortly")]
     TooManyLiveNonces,
+    /// The image's catalog is past `--max-catalog-age`: the line says how old and what to do.
+    #[error(transparent)]
+    StaleCatalog(#[from] crate::catalog::StaleCatalog),
     /// Our own state failed us. The cause is part of the one line (the client and the log both
     /// get it), so it is not also offered as `source`, which would print it twice under `{:#}`.
     #[error("Internal error: {0}")]
@@ -43,6 +46,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::SlowBody { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyLiveNonces => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StaleCatalog(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -309,6 +309,9 @@ async fn action(
         .ok_or_else(|| ApiError::UnknownImage { key: key.clone() })?;
     match action.as_str() {
         "install" => {
+            if let Some(stale) = app.catalog.stale_for(&key) {
+                return Err(stale.into());
+            }
             app.installer.request_install(&image)?;
         }
         "cancel" => {

@@ -9,15 +9,31 @@
 //! sends, so the cap bounds memory in bytes too (about 18 MiB at [`NONCE_CAPACITY`](crate::limits::NONCE_CAPACITY)). The hash
 //! is keyed per process, so nobody can aim for a collision; a chance one (about 1 in 40 million
 //! with the book full) refuses one genuine request as a replay, and lets none through.
+//!
+//! The daemon's book is also on disk ([`NonceStore`], `db/nonces.rs`): each accepted nonce is
+//! committed before its request runs, and a start reads back the live ones, so a request seen
+//! just before a restart is a replay just after it. (Refusing every request signed before the
+//! start instead would refuse a servlet whose clock runs ahead, which `Expires` may be by up to
+//! 15 minutes, for up to 15 minutes after each restart.) A nonce that cannot be written down is
+//! refused, as a full book is.
 
+use crate::db::DbError;
+use crate::db::nonces::NonceStore;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 pub struct NonceBook {
     inner: Mutex<Book>,
-    hasher: RandomState,
+    hasher: Hasher,
     capacity: usize,
+}
+
+/// How a nonce becomes its key: the process's random hash for a book in memory only, the
+/// store's keyed hash (the same after a restart) for one on disk.
+enum Hasher {
+    Memory(RandomState),
+    Disk(NonceStore),
 }
 
 struct Book {
@@ -27,29 +43,52 @@ struct Book {
     last_sweep: i64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum NonceVerdict {
     Fresh,
     Replayed,
     /// The book is full of live nonces: refuse rather than forget one that might be replayed.
     Full,
+    /// The nonce could not be written down: accepting it would let it be replayed after a
+    /// restart.
+    Unrecorded(DbError),
+}
+
+impl PartialEq for NonceVerdict {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
 }
 
 impl NonceBook {
+    /// A book in memory only (tests, fuzzing).
     pub fn new(capacity: usize) -> Self {
+        Self::with(capacity, Hasher::Memory(RandomState::new()), Vec::new())
+    }
+
+    /// The daemon's book: `store`'s live nonces at `now` read back, each new one written to it.
+    pub fn on_disk(capacity: usize, store: NonceStore, now: i64) -> Result<Self, DbError> {
+        let live = store.live(now)?;
+        Ok(Self::with(capacity, Hasher::Disk(store), live))
+    }
+
+    fn with(capacity: usize, hasher: Hasher, live: Vec<(u64, i64)>) -> Self {
         Self {
             inner: Mutex::new(Book {
-                live: HashMap::new(),
+                live: live.into_iter().collect(),
                 last_sweep: i64::MIN,
             }),
-            hasher: RandomState::new(),
+            hasher,
             capacity,
         }
     }
 
     /// Records `nonce` (valid until `expires`, Unix seconds) unless it is still remembered.
     pub fn check_and_remember(&self, nonce: &str, expires: i64, now: i64) -> NonceVerdict {
-        let key = self.hasher.hash_one(nonce);
+        let key = match &self.hasher {
+            Hasher::Memory(state) => state.hash_one(nonce),
+            Hasher::Disk(store) => store.hash(nonce),
+        };
         let mut book = self.inner.lock().expect("nonce book lock");
         if book.live.get(&key).is_some_and(|&until| until >= now) {
             return NonceVerdict::Replayed;
@@ -61,6 +100,19 @@ impl NonceBook {
             }
             if book.live.len() >= self.capacity {
                 return NonceVerdict::Full;
+            }
+        }
+        if let Hasher::Disk(store) = &self.hasher {
+            // Under the book's lock, so two requests with one nonce cannot both pass.
+            if let Err(error) = store.remember(key, expires) {
+                return NonceVerdict::Unrecorded(error);
+            }
+            if book.last_sweep != now {
+                book.last_sweep = now;
+                book.live.retain(|_, until| *until >= now);
+                if let Err(error) = store.forget_expired(now) {
+                    tracing::warn!("nonce book: {error}");
+                }
             }
         }
         book.live.insert(key, expires);
@@ -138,7 +190,7 @@ mod tests {
             match book.check_and_remember(&format!("flood-{n}"), now + 30, now) {
                 NonceVerdict::Fresh => fresh += 1,
                 NonceVerdict::Full => full += 1,
-                NonceVerdict::Replayed => panic!("flood-{n} was never sent before"),
+                other => panic!("flood-{n}: {other:?}"),
             }
             assert!(book.len() <= CAP);
         }
@@ -157,6 +209,29 @@ mod tests {
             NonceVerdict::Fresh
         );
         assert_eq!(book.len(), 1);
+    }
+
+    /// The book on disk: what one process accepted, the next (same file) refuses until it
+    /// expires.
+    #[test]
+    fn a_book_on_disk_remembers_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nonces.sqlite");
+        let open = |now| NonceBook::on_disk(10, NonceStore::open(&path, now).unwrap(), now);
+        let book = open(100).unwrap();
+        assert_eq!(book.check_and_remember("n", 130, 100), NonceVerdict::Fresh);
+        drop(book);
+        let book = open(110).unwrap();
+        assert_eq!(book.len(), 1);
+        assert_eq!(
+            book.check_and_remember("n", 130, 110),
+            NonceVerdict::Replayed
+        );
+        assert_eq!(book.check_and_remember("m", 130, 110), NonceVerdict::Fresh);
+        drop(book);
+        let book = open(131).unwrap();
+        assert!(book.is_empty(), "expired nonces are not read back");
+        assert_eq!(book.check_and_remember("n", 160, 131), NonceVerdict::Fresh);
     }
 
     #[test]

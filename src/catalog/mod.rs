@@ -53,6 +53,23 @@ pub enum CatalogError {
     Db(#[from] DbError),
 }
 
+/// A catalog past `--max-catalog-age` (TUF's freeze attack: someone in the middle, or a mirror
+/// that stopped syncing, serving an old, genuinely signed catalog forever). Its images stay on the
+/// dashboard, this line above them, and an install from it is refused with it. Its age is that
+/// of its oldest document (`updated` of the image-store/1 catalog; of the simplestreams index and
+/// of each products file followed, RFC 2822): a frozen products file behind a fresh index counts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "The image catalog of {upstream} was last updated {updated}, {age_days} days ago (max-catalog-age is {limit_days}): its images are shown but not installed until the upstream publishes a newer one"
+)]
+pub struct StaleCatalog {
+    pub upstream: String,
+    /// RFC 3339.
+    pub updated: String,
+    pub age_days: u64,
+    pub limit_days: u64,
+}
+
 impl From<TrustError> for CatalogError {
     fn from(error: TrustError) -> Self {
         CatalogError::Signature(error)
@@ -111,6 +128,8 @@ pub struct CatalogService {
     max_age: Duration,
     /// `image-store-proxy plan`: a refresh verifies and serves, but stores nothing.
     read_only: bool,
+    /// `--max-catalog-age`: how old its oldest document may be for installs (`None`: no limit).
+    freshness: Option<Duration>,
 }
 
 impl CatalogService {
@@ -161,7 +180,46 @@ impl CatalogService {
             refresh_gate: tokio::sync::Mutex::new(()),
             max_age,
             read_only: false,
+            freshness: None,
         })
+    }
+
+    /// Refuses installs from a catalog whose oldest document is older than `limit` (`None`:
+    /// never).
+    pub fn with_freshness(self, limit: Option<Duration>) -> Self {
+        Self {
+            freshness: limit,
+            ..self
+        }
+    }
+
+    /// The accepted catalog, if it is past the freshness limit at `now` (Unix seconds).
+    pub fn stale(&self, now: i64) -> Option<StaleCatalog> {
+        let limit = self.freshness?;
+        let status = self.status.lock().expect("catalog status lock");
+        let accepted = &status.accepted;
+        if accepted.catalog == 0 {
+            return None;
+        }
+        let oldest = accepted
+            .documents
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(accepted.catalog)
+            .min(accepted.catalog);
+        let age = now.saturating_sub(oldest).max(0) as u64;
+        (age > limit.as_secs()).then(|| StaleCatalog {
+            upstream: self.upstream.to_string(),
+            updated: rfc3339_unix(oldest),
+            age_days: age / DAY_SECONDS,
+            limit_days: limit.as_secs() / DAY_SECONDS,
+        })
+    }
+
+    /// Whether `key` is an image of this upstream's catalog.
+    pub fn offers(&self, key: &str) -> bool {
+        self.current().by_key(key).is_some()
     }
 
     /// A stored catalog through its format. Detached signatures verified when the documents
@@ -496,6 +554,8 @@ impl CatalogService {
     }
 }
 
+const DAY_SECONDS: u64 = 24 * 60 * 60;
+
 /// The stream versions of every install that is done or under way: they stay on offer.
 fn installed_streams(db: &Db) -> Result<Vec<StreamIdentity>, DbError> {
     use crate::install::state::InstallState;
@@ -806,5 +866,41 @@ pub(crate) mod tests {
             "{line}"
         );
         assert_eq!(uris(&service), ["u1", "u2"]);
+    }
+
+    /// Freshness is the oldest document's: a products document frozen behind a fresh index makes
+    /// the catalog stale; no limit, or no catalog yet, is never stale.
+    #[tokio::test]
+    async fn a_catalog_is_as_old_as_its_oldest_document() {
+        let Upstream {
+            _dir,
+            gpg,
+            trust,
+            files,
+            upstream,
+            db,
+            fetcher,
+        } = upstream("Mirror <mirror@example.invalid>").await;
+        let day = DAY_SECONDS as i64;
+        let service = service(&upstream, Box::new(TwoLevel), &trust, &fetcher, &db)
+            .with_freshness(Some(Duration::from_secs(30 * DAY_SECONDS)));
+        let now = 100 * day;
+        assert_eq!(service.stale(now), None, "nothing accepted yet");
+        publish(&gpg, &files, 99 * day, 60 * day, &["u1"]);
+        assert_eq!(service.refresh().await, None);
+        let stale = service
+            .stale(now)
+            .expect("the products document is 40 days old");
+        assert_eq!(
+            (stale.age_days, stale.limit_days, stale.updated.as_str()),
+            (40, 30, "1970-03-02T00:00:00Z")
+        );
+        assert_eq!(
+            service.stale(90 * day),
+            None,
+            "30 days old is not yet stale"
+        );
+        let unlimited = service.with_freshness(None);
+        assert_eq!(unlimited.stale(now), None);
     }
 }

@@ -3,8 +3,8 @@
 //! Store tab shows their sections one after another in the configured order. A refusal or an
 //! outage of one upstream leaves the others' images where they are.
 
-use super::CatalogService;
 use super::model::{Catalog, Image};
+use super::{CatalogService, StaleCatalog};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,14 +73,31 @@ impl Catalogs {
         join(self.services.iter().filter_map(CatalogService::last_error))
     }
 
-    /// The dashboard's `error-message`: the refresh failures, then the standing warnings.
+    /// The dashboard's `error-message`: the refresh failures, the catalogs past
+    /// `--max-catalog-age`, then the standing warnings.
     pub fn dashboard_message(&self) -> Option<String> {
+        let now = crate::db::now_unix();
         join(
             self.services
                 .iter()
                 .filter_map(CatalogService::last_error)
+                .chain(
+                    self.services
+                        .iter()
+                        .filter_map(|service| service.stale(now))
+                        .map(|stale| stale.to_string()),
+                )
                 .chain(self.warnings.iter().cloned()),
         )
+    }
+
+    /// Why `key` may not be installed now: the catalog that offers it (the first, as the merged
+    /// catalog keeps it) is past `--max-catalog-age`.
+    pub fn stale_for(&self, key: &str) -> Option<StaleCatalog> {
+        self.services
+            .iter()
+            .find(|service| service.offers(key))?
+            .stale(crate::db::now_unix())
     }
 
     /// Seconds since the least recently verified upstream last verified (`None`: one has not

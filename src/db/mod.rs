@@ -5,6 +5,7 @@
 //! polls, which read the in-memory board (`install::board`).
 
 pub mod installs;
+pub mod nonces;
 
 pub use installs::{InstallRow, RegisteredIds};
 

@@ -50,6 +50,7 @@ impl Fetcher {
         progress: &(dyn Fn(u64) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<Sha256Hex, FetchError> {
+        self.check_host(url)?;
         if self.connections > 1 && expected >= PARALLEL_DOWNLOAD_MIN_BYTES {
             let ranged = self
                 .download_ranges(url, partial, expected, progress, cancel)
@@ -248,6 +249,10 @@ impl<'a> Download<'a> {
                     let have = sink.written();
                     metrics::global().add_downloaded(bytes.len() as u64);
                     progress(have);
+                    tokio::select! {
+                        held = fetcher.rate.take(bytes.len() as u64) => stall.excuse(held),
+                        _ = cancel.cancelled() => break Err(FetchError::Cancelled),
+                    }
                     if have < self.expected && stall.stalled(have, tokio::time::Instant::now()) {
                         break Err(stalled(have));
                     }

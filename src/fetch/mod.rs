@@ -17,17 +17,22 @@
 //! written), and a full disk (the partial file is removed so the failure can be recorded).
 
 mod download;
+pub mod hosts;
 mod ranged;
+pub mod rate;
 pub mod retry;
 pub mod stream;
 pub mod verified;
 
+pub use hosts::{HostPolicy, HostRefusal};
+pub use rate::RateLimit;
 pub use retry::{RetryPolicy, StallRule};
 
 use crate::limits::{CONNECT_TIMEOUT, UPSTREAM_READ_TIMEOUT};
 use crate::metrics;
 use retry::{Retryable, with_retries};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +104,9 @@ pub enum FetchError {
         got: u64,
         expected: u64,
     },
+    /// A URL whose host the policy refuses (`hosts.rs`): nothing was sent to it.
+    #[error("GET {url}: {refusal}")]
+    Host { url: String, refusal: HostRefusal },
     #[error("cancelled")]
     Cancelled,
 }
@@ -128,6 +136,7 @@ impl FetchError {
             FetchError::Truncated { .. } => Some("truncated"),
             FetchError::Stalled { .. } => Some("stalled"),
             FetchError::Digest { .. } => Some("checksum"),
+            FetchError::Host { .. } => Some("refused-host"),
             FetchError::Disk { .. } | FetchError::DiskFull { .. } | FetchError::Cancelled => None,
         }
     }
@@ -165,6 +174,24 @@ pub struct Fetcher {
     retry: RetryPolicy,
     /// Connections a large download is split over (`ranged.rs`).
     connections: usize,
+    /// `--max-download-rate`, shared by every clone (`rate.rs`).
+    rate: Arc<RateLimit>,
+    /// Where fetches may go (`hosts.rs`); the client's resolver applies it to addresses.
+    hosts: HostPolicy,
+}
+
+fn client(hosts: &HostPolicy) -> Result<reqwest::Client, FetchError> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(concat!("image-store-proxy/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(UPSTREAM_READ_TIMEOUT)
+        .dns_resolver(Arc::new(hosts.resolver()))
+        .build()
+        .map_err(|cause| FetchError::Transport {
+            url: String::new(),
+            cause,
+        })
 }
 
 /// reqwest is built without a default crypto provider (no C build): rustls needs one chosen before
@@ -175,22 +202,50 @@ pub fn install_crypto_provider() {
 
 impl Fetcher {
     /// The client with the upstream timeouts (`limits.rs`); `retry` governs every retried fetch.
+    /// Any host but link-local and metadata ones ([`Fetcher::with_hosts`] narrows it).
     pub fn new(retry: RetryPolicy) -> Result<Self, FetchError> {
-        install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("image-store-proxy/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(UPSTREAM_READ_TIMEOUT)
-            .build()
-            .map_err(|cause| FetchError::Transport {
-                url: String::new(),
-                cause,
-            })?;
+        let hosts = HostPolicy::default();
         Ok(Self {
-            client,
+            client: client(&hosts)?,
+            hosts,
             retry,
             connections: 1,
+            rate: Arc::new(RateLimit::new(None)),
         })
+    }
+
+    /// Fetches only from the hosts `hosts` lets through, by URL and by resolved address.
+    pub fn with_hosts(self, hosts: HostPolicy) -> Result<Self, FetchError> {
+        Ok(Self {
+            client: client(&hosts)?,
+            hosts,
+            ..self
+        })
+    }
+
+    /// The policy's verdict on `url`, as the failure a fetch of it ends with.
+    fn check_host(&self, url: &str) -> Result<(), FetchError> {
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return Ok(()); // reqwest refuses it with its own line
+        };
+        self.hosts.check(&parsed).map_err(|refusal| {
+            let error = FetchError::Host {
+                url: url.to_string(),
+                refusal,
+            };
+            error.record();
+            error
+        })
+    }
+
+    /// Every download of this fetcher and its clones draws from `rate`.
+    pub fn with_rate_limit(self, rate: Arc<RateLimit>) -> Self {
+        Self { rate, ..self }
+    }
+
+    /// The bucket downloads draw from (a reload sets its rate).
+    pub fn rate_limit(&self) -> &Arc<RateLimit> {
+        &self.rate
     }
 
     /// Downloads files of [`crate::limits::PARALLEL_DOWNLOAD_MIN_BYTES`] and up over
@@ -241,6 +296,7 @@ impl Fetcher {
         cap: u64,
         timeout: Duration,
     ) -> Result<Vec<u8>, FetchError> {
+        self.check_host(url)?;
         let transport = |cause| FetchError::Transport {
             url: url.to_string(),
             cause,
@@ -262,6 +318,7 @@ impl Fetcher {
                     });
                 }
                 metrics::global().add_downloaded(chunk.len() as u64);
+                self.rate.charge(chunk.len() as u64);
                 body.extend_from_slice(&chunk);
             }
             Ok(body)

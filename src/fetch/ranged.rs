@@ -506,6 +506,12 @@ impl Ranged<'_> {
                     }
                     metrics::global().add_downloaded(bytes.len() as u64);
                     buffer.extend_from_slice(&bytes);
+                    tokio::select! {
+                        held = fetcher.rate.take(bytes.len() as u64) => stall.excuse(held),
+                        _ = cancel.cancelled() => {
+                            break Err(FetchError::Cancelled);
+                        }
+                    }
                     if buffer.len() >= DOWNLOAD_WRITE_BUFFER {
                         if let Err(error) = self.write(&mut file, n, &mut at, &mut buffer).await {
                             break Err(error);

@@ -139,6 +139,12 @@ impl StallWatch {
         self.window_start + self.rule.window
     }
 
+    /// Time the download spent held back by `--max-download-rate` (`rate.rs`): not the other
+    /// side's slowness, so the window is moved on by it.
+    pub(crate) fn excuse(&mut self, held: Duration) {
+        self.window_start += held;
+    }
+
     /// Whether the window that ended by `now` brought too little; starts the next window if not.
     pub(crate) fn stalled(&mut self, have: u64, now: tokio::time::Instant) -> bool {
         if !self.enabled() || now < self.deadline() {

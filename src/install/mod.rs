@@ -266,10 +266,13 @@ impl Installer {
     /// One subscription pass ([`crate::subscribe::plan`] over `catalog`): queues what it would
     /// install, then, when no install is in flight (none can be reusing a registration about to
     /// go), retires the subscription's installs past `keep`.
+    /// `stale` says why an image may not be installed now (its catalog is past
+    /// `--max-catalog-age`): a subscription is held to it like the operator's Install button.
     pub async fn apply_subscriptions(
         &self,
         catalog: &Catalog,
         settings: &crate::subscribe::Settings,
+        stale: &(dyn Fn(&str) -> Option<String> + Sync),
     ) {
         let installs = match self.db.installs() {
             Ok(installs) => installs,
@@ -280,6 +283,10 @@ impl Installer {
         };
         let plan = crate::subscribe::plan(catalog, &installs, settings);
         for planned in &plan.install {
+            if let Some(reason) = stale(&planned.image.key) {
+                tracing::warn!(uri = %planned.image.uri, "not installed for its subscription: {reason}");
+                continue;
+            }
             let detail = status::queued_by_subscription(&planned.subscription);
             if let Err(error) =
                 self.request_install_as(&planned.image, Origin::Subscription, &detail)

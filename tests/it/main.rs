@@ -10,6 +10,7 @@
 mod common;
 mod webdriver;
 
+mod allowed_hosts;
 mod bad_requests;
 mod bad_upstream;
 mod bundle_format;
@@ -17,6 +18,8 @@ mod cloud_credentials;
 mod crash_safety;
 mod dashboard_cache;
 mod demo;
+mod download_rate;
+mod freshness;
 mod full_disk;
 mod fuzz_regressions;
 mod hostile_requests;
@@ -30,6 +33,7 @@ mod moto_cloud;
 mod openapi;
 mod parallel_transfers;
 mod qcow2;
+mod replay_across_restart;
 mod service_readiness;
 mod simplestreams_model;
 mod simplestreams_peer;

@@ -152,6 +152,11 @@ pub struct TestEnv {
     /// The upstream flags of the next proxy start instead of `--api-url <fake-store>` (a
     /// `--simplestreams` mirror, say).
     pub upstream_args: Option<Vec<String>>,
+    /// Where the next proxy start listens instead of `127.0.0.1:0` (a restart on the same port).
+    pub listen: Option<String>,
+    /// `--max-catalog-age` of the next proxy start: 0 (off) unless a test sets it, so the
+    /// fixed dates of the fixtures never age into a refusal.
+    pub max_catalog_age_days: u64,
 }
 
 pub struct Proxy {
@@ -208,6 +213,8 @@ impl TestEnv {
             cloud: None,
             proxy_env: Vec::new(),
             upstream_args: None,
+            listen: None,
+            max_catalog_age_days: 0,
         };
         env.start_store().await;
         env
@@ -257,7 +264,9 @@ impl TestEnv {
             .path()
             .join(format!("proxy-{}.log", self.proxy_starts));
         let mut child = Command::new(env!("CARGO_BIN_EXE_image-store-proxy"))
-            .args(["--listen", "127.0.0.1:0", "--catalog-max-age", "0"])
+            .args(["--listen", self.listen.as_deref().unwrap_or("127.0.0.1:0")])
+            .args(["--catalog-max-age", "0"])
+            .args(["--max-catalog-age", &self.max_catalog_age_days.to_string()])
             .args(
                 self.upstream_args
                     .clone()
