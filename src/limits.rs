@@ -152,3 +152,15 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// load), so a full book never doubles its table. A full book refuses (503) rather than forget a
 /// live nonce early, which would let a replay through.
 pub const NONCE_CAPACITY: usize = 900_000;
+
+// Splicing the upstream's deflate data into a bundle (bundle/splice).
+
+/// Longest gzip header field (FNAME, FCOMMENT) the splicer reads past, in bytes: gzip writes a
+/// file name there; anything longer is not an upstream's ordinary member, so it is recompressed.
+pub const SPLICE_MAX_GZIP_HEADER_BYTES: usize = 64 * KIB as usize;
+/// Compressed bytes read from the source at a time: large enough that a read costs little
+/// against the inflate it feeds.
+pub const SPLICE_READ_BYTES: usize = 256 * KIB as usize;
+/// The splicer's inflate window, in bytes: a power of two of at least deflate's 32 KiB, and
+/// large enough that each hand-over of inflated bytes to the SHA-1 is worth its call.
+pub const SPLICE_WINDOW_BYTES: usize = 256 * KIB as usize;

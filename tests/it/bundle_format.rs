@@ -50,6 +50,7 @@ fn a_machine_image_bundle_opens_with_openssl_gzip_and_tar() {
         gzip: GzipSettings {
             level: 6,
             threads: 2,
+            recompress: false,
         },
     };
     let mut reported = 0;
@@ -143,6 +144,7 @@ fn kernels_and_ramdisks_carry_eucalyptus_marks_and_a_bad_signature_is_caught() {
         gzip: GzipSettings {
             level: 1,
             threads: 1,
+            recompress: false,
         },
     };
     let made = bundle::write_bundle(&mut &kernel[..], &spec, &keys, &out, &mut |_| true).unwrap();
@@ -185,6 +187,7 @@ fn an_image_shorter_or_longer_than_declared_is_refused() {
             gzip: GzipSettings {
                 level: 1,
                 threads: 1,
+                recompress: false,
             },
         };
         let error = bundle::write_bundle(&mut &bytes[..], &spec, &keys, dir.path(), &mut |_| true)
