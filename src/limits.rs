@@ -161,6 +161,7 @@ pub const SPLICE_MAX_GZIP_HEADER_BYTES: usize = 64 * KIB as usize;
 /// Compressed bytes read from the source at a time: large enough that a read costs little
 /// against the inflate it feeds.
 pub const SPLICE_READ_BYTES: usize = 256 * KIB as usize;
-/// The splicer's inflate window, in bytes: a power of two of at least deflate's 32 KiB, and
-/// large enough that each hand-over of inflated bytes to the SHA-1 is worth its call.
+/// The splicer's inflate output buffer after deflate's 32 KiB of history, in bytes: large enough
+/// that each hand-over of inflated bytes to the SHA-1 is worth its call, and that sliding the
+/// history to its front costs little.
 pub const SPLICE_WINDOW_BYTES: usize = 256 * KIB as usize;

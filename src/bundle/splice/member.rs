@@ -10,6 +10,7 @@ use crate::limits::{SPLICE_MAX_GZIP_HEADER_BYTES, SPLICE_READ_BYTES, SPLICE_WIND
 use miniz_oxide::inflate::TINFLStatus;
 use miniz_oxide::inflate::core::inflate_flags::{
     TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY,
+    TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
 };
 use miniz_oxide::inflate::core::{DecompressorOxide, decompress};
 use std::io::{self, Read};
@@ -17,6 +18,8 @@ use std::io::{self, Read};
 /// Compressed bytes held back from the caller behind the inflater's read position: the inflater
 /// buffers up to 64 bits ahead, and a BFINAL bit to clear may sit in any of them.
 const LAG: usize = 16;
+/// Deflate's window: the farthest back a match may reach.
+const HISTORY: usize = 32 << 10;
 
 /// How the member's deflate data ended.
 pub struct End {
@@ -40,6 +43,8 @@ struct Input<'a> {
     pos: usize,
     forwarded: usize,
     eof: bool,
+    /// The CRC-32 of the header bytes read so far, for FHCRC.
+    header_crc: crc32fast::Hasher,
 }
 
 impl Input<'_> {
@@ -94,14 +99,24 @@ impl Input<'_> {
         loop {
             self.need(1)?;
             let byte = self.buf[self.pos];
+            self.header_crc.update(&[byte]);
             self.pos += 1;
             if byte == 0 {
                 return Ok(());
             }
-            if self.pos > SPLICE_MAX_GZIP_HEADER_BYTES {
+            if self.base + self.pos as u64 > SPLICE_MAX_GZIP_HEADER_BYTES as u64 {
                 return Err(Unsuitable::Header("a header field longer than 64 KiB").into());
             }
         }
+    }
+
+    /// Takes `n` header bytes, hashed for FHCRC.
+    fn take(&mut self, n: usize) -> Result<&[u8], BundleError> {
+        self.need(n)?;
+        let bytes = &self.buf[self.pos..self.pos + n];
+        self.header_crc.update(bytes);
+        self.pos += n;
+        Ok(bytes)
     }
 
     /// Reads past the gzip header (RFC 1952 §2.3); nothing of it is passed on.
@@ -110,8 +125,7 @@ impl Input<'_> {
         const FEXTRA: u8 = 4;
         const FNAME: u8 = 8;
         const FCOMMENT: u8 = 16;
-        self.need(10)?;
-        let fixed = &self.buf[self.pos..self.pos + 10];
+        let fixed: [u8; 10] = self.take(10)?.try_into().expect("10 bytes");
         if fixed[..2] != [0x1f, 0x8b] {
             return Err(Unsuitable::Header("no gzip magic").into());
         }
@@ -122,16 +136,10 @@ impl Input<'_> {
         if flags & 0xe0 != 0 {
             return Err(Unsuitable::Header("reserved flag bits set").into());
         }
-        self.pos += 10;
         if flags & FEXTRA != 0 {
-            self.need(2)?;
-            let xlen = usize::from(u16::from_le_bytes([
-                self.buf[self.pos],
-                self.buf[self.pos + 1],
-            ]));
-            self.pos += 2;
-            self.need(xlen)?;
-            self.pos += xlen;
+            let xlen = self.take(2)?;
+            let xlen = usize::from(u16::from_le_bytes([xlen[0], xlen[1]]));
+            self.take(xlen)?;
         }
         if flags & FNAME != 0 {
             self.skip_zero_terminated()?;
@@ -140,8 +148,13 @@ impl Input<'_> {
             self.skip_zero_terminated()?;
         }
         if flags & FHCRC != 0 {
+            let expected = (self.header_crc.clone().finalize() & 0xffff) as u16;
             self.need(2)?;
+            let stated = u16::from_le_bytes([self.buf[self.pos], self.buf[self.pos + 1]]);
             self.pos += 2;
+            if stated != expected {
+                return Err(Unsuitable::Header("a header CRC that does not match").into());
+            }
         }
         self.forwarded = self.pos;
         Ok(())
@@ -165,11 +178,14 @@ pub fn splice_member(
         pos: 0,
         forwarded: 0,
         eof: false,
+        header_crc: crc32fast::Hasher::new(),
     };
     input.skip_header()?;
     let mut inflater = Box::<DecompressorOxide>::default();
-    let mut window = vec![0u8; SPLICE_WINDOW_BYTES];
-    let mask = SPLICE_WINDOW_BYTES - 1;
+    // Not miniz's wrapping buffer, which cannot tell a match reaching before the stream's first
+    // byte (zlib refuses it; spliced after our tar header it would read the header): the output
+    // follows up to 32 KiB of history, slid to the front when the buffer fills.
+    let mut window = vec![0u8; HISTORY + SPLICE_WINDOW_BYTES];
     let mut out_pos = 0usize;
     let mut crc = crc32fast::Hasher::new();
     let mut length = 0u64;
@@ -188,7 +204,7 @@ pub fn splice_member(
             &input.buf[input.pos..],
             &mut window,
             out_pos,
-            TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY | more,
+            TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY | TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF | more,
         );
         input.pos += used;
         if written > 0 {
@@ -196,7 +212,11 @@ pub fn splice_member(
             crc.update(out);
             length += written as u64;
             image(out)?;
-            out_pos = (out_pos + written) & mask;
+            out_pos += written;
+        }
+        if out_pos == window.len() {
+            window.copy_within(out_pos - HISTORY..out_pos, 0);
+            out_pos = HISTORY;
         }
         match status {
             TINFLStatus::HasMoreOutput => {}
@@ -222,6 +242,7 @@ pub fn splice_member(
                     if state.bit_buf & 1 == 1 {
                         state.bit_buf &= !1;
                         let at = input.pos - 1;
+                        debug_assert!(at >= input.forwarded, "the byte is not passed on yet");
                         clear_bit(&mut input.buf[at], 8 - state.num_bits);
                         *inflater = DecompressorOxide::from_block_boundary_state(&state);
                         final_cleared = true;

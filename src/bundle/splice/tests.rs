@@ -137,7 +137,7 @@ fn a_gzip_header_with_name_comment_extra_and_header_crc_is_read_past() {
     let mut upstream = encoder.finish().unwrap();
     assert_eq!(upstream[3], 4 | 8 | 16);
     assert_spliced_right(&upstream, &image);
-    // FHCRC: flate2 does not write it; set it and insert the two bytes by hand.
+    // FHCRC: flate2 does not write it; set it and insert the CRC-16 of the header by hand.
     let header_end = upstream
         .iter()
         .skip(10 + 2 + 4)
@@ -148,8 +148,45 @@ fn a_gzip_header_with_name_comment_extra_and_header_crc_is_read_past() {
         })
         .unwrap();
     upstream[3] |= 2;
-    upstream.splice(header_end..header_end, [0xab, 0xcd]);
-    assert_spliced_right(&upstream, &image);
+    let crc16 = (crc32fast::hash(&upstream[..header_end]) & 0xffff) as u16;
+    let mut with_crc = upstream.clone();
+    with_crc.splice(header_end..header_end, crc16.to_le_bytes());
+    assert_spliced_right(&with_crc, &image);
+    let mut wrong = upstream;
+    wrong.splice(header_end..header_end, (crc16 ^ 1).to_le_bytes());
+    assert_eq!(
+        unsuitable(&wrong, image.len() as u64),
+        Unsuitable::Header("a header CRC that does not match")
+    );
+}
+
+/// A match whose distance reaches before the stream's first byte: zlib refuses it, and spliced
+/// after the tar header it would copy header bytes; miniz's wrapping buffer would not notice.
+#[test]
+fn a_match_reaching_before_the_first_byte_is_not_spliced() {
+    let mut deflate = bits::BitWriter::new();
+    deflate.push_bits(0b011, 3); // final, fixed Huffman
+    deflate.push_bits(0b100_0000, 7); // length code 257 (3 bytes), code 0000001 sent MSB first
+    deflate.push_bits(0, 5); // distance code 0: 1 byte back, before anything was written
+    deflate.push_bits(0, 7); // end of block
+    let mut upstream = GZIP_HEADER.to_vec();
+    upstream.extend(deflate.take_whole_bytes());
+    upstream.extend(deflate_tail_byte(&mut deflate));
+    upstream.extend(crc32fast::hash(&[0, 0, 0]).to_le_bytes());
+    upstream.extend(3u32.to_le_bytes());
+    assert!(
+        GzDecoder::new(&upstream[..])
+            .read_to_end(&mut Vec::new())
+            .is_err(),
+        "gunzip refuses it too"
+    );
+    assert!(matches!(unsuitable(&upstream, 3), Unsuitable::Corrupt(_)));
+}
+
+/// The partly filled last byte of `bits`, if any.
+fn deflate_tail_byte(bits: &mut bits::BitWriter) -> Vec<u8> {
+    bits.push_bits(0, (8 - bits.phase()) % 8);
+    bits.take_whole_bytes()
 }
 
 #[test]
