@@ -108,6 +108,11 @@ pub struct DaemonArgs {
     /// Threads that compress a bundle [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
     pub compression_threads: Option<u64>,
+    /// Deflate every bundle anew, even a gzipped raw image whose own deflate data is otherwise
+    /// spliced into the bundle (compression-level and compression-threads then apply to it too)
+    #[arg(long)]
+    #[serde(default)]
+    pub recompress: bool,
     /// Bundle parts uploaded at once, 1-64 [default: 4]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::limits::MAX_UPLOAD_CONCURRENCY))]
     pub upload_concurrency: Option<u64>,
@@ -418,6 +423,7 @@ impl DaemonArgs {
             threads: merged
                 .compression_threads
                 .map_or(machine.threads, |n| n as usize),
+            recompress: merged.recompress,
         };
         if gzip.level > 9 {
             return Err(ConfigError::CompressionLevel(gzip.level));
@@ -522,6 +528,7 @@ impl DaemonArgs {
             retry_delay_ms: self.retry_delay_ms.or(file.retry_delay_ms),
             compression_level: self.compression_level.or(file.compression_level),
             compression_threads: self.compression_threads.or(file.compression_threads),
+            recompress: self.recompress || file.recompress,
             stall_bytes_per_second: self.stall_bytes_per_second.or(file.stall_bytes_per_second),
             stall_seconds: self.stall_seconds.or(file.stall_seconds),
             upload_concurrency: self.upload_concurrency.or(file.upload_concurrency),
@@ -939,7 +946,11 @@ allow-unsigned = true
     fn the_compression_level_and_threads_come_from_flags_or_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("proxy.toml");
-        std::fs::write(&file, "compression-level = 1\ncompression-threads = 3\n").unwrap();
+        std::fs::write(
+            &file,
+            "compression-level = 1\ncompression-threads = 3\nrecompress = true\n",
+        )
+        .unwrap();
         let config = DaemonArgs {
             config: Some(file.clone()),
             ..Default::default()
@@ -950,12 +961,14 @@ allow-unsigned = true
             config.gzip,
             GzipSettings {
                 level: 1,
-                threads: 3
+                threads: 3,
+                recompress: true,
             }
         );
         let defaults = DaemonArgs::default().resolve().unwrap();
         assert_eq!(defaults.gzip.level, 6);
         assert!(defaults.gzip.threads >= 1);
+        assert!(!defaults.gzip.recompress, "splicing unless asked not to");
         std::fs::write(&file, "compression-level = 12\n").unwrap();
         let error = DaemonArgs {
             config: Some(file),

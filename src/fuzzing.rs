@@ -354,3 +354,64 @@ fn clear_sign(signer: &sequoia_openpgp::crypto::KeyPair, text: &[u8]) -> Vec<u8>
     writer.finalize().expect("finishing the signature");
     signed
 }
+
+/// The bundle's splicer (`bundle::splice`): any bytes as a gzipped upstream image. Where it
+/// splices, the one member it writes inflates (read as Python's `tarfile` `r|gz` reads it, the
+/// first member only) to exactly the tar stream recompression writes, whose SHA-1 it returns, and
+/// nothing follows the member; where it refuses, recompression takes over (the refusal is one
+/// line), and a stated size it disagrees with is only ever one the gzip did not decode to.
+pub fn splice(data: &[u8]) {
+    use crate::bundle::{BundleError, format, splice};
+    use sha1::{Digest, Sha1};
+    use std::io::Read;
+    /// Bigger images are not worth a fuzzer's time (a gzip bomb would be all it tried).
+    const CAP: u64 = 16 << 20;
+    let mut decoded = Vec::new();
+    let gunzipped = flate2::read::MultiGzDecoder::new(data)
+        .take(CAP + 1)
+        .read_to_end(&mut decoded)
+        .is_ok();
+    if decoded.len() as u64 > CAP {
+        return;
+    }
+    // What recompression would be asked to bundle: the gunzipped length, or a guess.
+    let size = if gunzipped {
+        decoded.len() as u64
+    } else {
+        data.len() as u64
+    };
+    let mut member = Vec::new();
+    match splice::write_member(
+        &mut &data[..],
+        "disk.img",
+        size,
+        1,
+        &mut member,
+        &mut |_| true,
+    ) {
+        Ok(digest) => {
+            assert!(gunzipped, "spliced what gunzip refuses");
+            let mut expected = format::tar_header("disk.img", size).to_vec();
+            expected.extend_from_slice(&decoded);
+            expected.resize(expected.len() + format::tar_tail_len(size) as usize, 0);
+            let mut first_member = flate2::bufread::GzDecoder::new(&member[..]);
+            let mut got = Vec::new();
+            first_member
+                .read_to_end(&mut got)
+                .expect("the spliced member inflates");
+            assert!(got == expected, "the spliced tar stream differs");
+            assert!(
+                first_member.into_inner().is_empty(),
+                "bytes after the spliced member"
+            );
+            assert_eq!(digest, hex::encode(Sha1::digest(&expected)));
+        }
+        Err(BundleError::NotSpliceable(why)) => {
+            assert_one_line("splice refusal", &BundleError::from(why).to_string());
+        }
+        Err(BundleError::SizeMismatch { .. }) => {
+            assert!(!gunzipped, "a size mismatch on a gzip that gunzips whole");
+        }
+        Err(other) => panic!("the splicer failed otherwise: {other}"),
+    }
+}

@@ -168,3 +168,16 @@ pub const NONCE_CAPACITY: usize = 900_000;
 /// Versions of a product a subscription keeps installed unless `--keep` says otherwise: the one
 /// running now and the one before it, to go back to if the new one misbehaves.
 pub const DEFAULT_SUBSCRIPTION_KEEP: usize = 2;
+
+// Splicing the upstream's deflate data into a bundle (bundle/splice).
+
+/// Longest gzip header field (FNAME, FCOMMENT) the splicer reads past, in bytes: gzip writes a
+/// file name there; anything longer is not an upstream's ordinary member, so it is recompressed.
+pub const SPLICE_MAX_GZIP_HEADER_BYTES: usize = 64 * KIB as usize;
+/// Compressed bytes read from the source at a time: large enough that a read costs little
+/// against the inflate it feeds.
+pub const SPLICE_READ_BYTES: usize = 256 * KIB as usize;
+/// The splicer's inflate output buffer after deflate's 32 KiB of history, in bytes: large enough
+/// that each hand-over of inflated bytes to the SHA-1 is worth its call, and that sliding the
+/// history to its front costs little.
+pub const SPLICE_WINDOW_BYTES: usize = 256 * KIB as usize;

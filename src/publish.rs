@@ -366,6 +366,7 @@ mod tests {
             Publisher::new(Arc::new(FakeCloud::new(data_dir)), data_dir).with_gzip(GzipSettings {
                 level: 1,
                 threads: 2,
+                recompress: false,
             });
         let artifact = Artifact {
             kind: FileKind::Kernel,

@@ -46,6 +46,9 @@ pub enum BundleError {
     Sign(String),
     #[error("cancelled")]
     Cancelled,
+    /// Told by the splicer (`splice/`) and handled by the pipeline, which recompresses instead.
+    #[error("the upstream's gzip cannot be spliced: {0}")]
+    NotSpliceable(super::splice::Unsuitable),
 }
 
 /// What to bundle.
@@ -127,6 +130,39 @@ pub fn write_bundle_into(
     dir: &Path,
     sink: &mut dyn PartSink,
 ) -> Result<Bundle, BundleError> {
+    write_bundle_with(spec, keys, dir, sink, &mut |cipher, tick| {
+        let write_error = |source| BundleError::Write {
+            path: dir.join(format!("{}.part.*", spec.prefix)),
+            source,
+        };
+        let gzip = GzipWriter::new(cipher, spec.gzip);
+        let mut tar = Digesting::new(gzip, Sha1::new());
+        tar.write_all(&tar_header(spec.prefix, spec.size))
+            .map_err(write_error)?;
+        copy_exact(image, &mut tar, spec.size, tick)?;
+        write_zeros(&mut tar, tar_tail_len(spec.size)).map_err(write_error)?;
+        let (gzip, hasher) = tar.into_parts();
+        gzip.finish().map_err(write_error)?;
+        Ok(hex::encode(hasher.finalize()))
+    })
+}
+
+/// What writes the tar stream's gzip member into the encrypting part writer: deflate
+/// ([`write_bundle_into`]) or the splicer (`splice/`). It returns the tar stream's SHA-1 (hex)
+/// and calls `tick` with the image bytes done, stopping with [`BundleError::Cancelled`] when it
+/// answers false.
+pub type GzipBody<'a> =
+    &'a mut dyn FnMut(&mut dyn Write, &mut dyn FnMut(u64) -> bool) -> Result<String, BundleError>;
+
+/// The bundle whose gzip member `body` writes: encrypted, cut into parts (each told to `sink`
+/// as it closes), and its manifest written last.
+pub fn write_bundle_with(
+    spec: &BundleSpec<'_>,
+    keys: &BundleKeys,
+    dir: &Path,
+    sink: &mut dyn PartSink,
+    body: GzipBody<'_>,
+) -> Result<Bundle, BundleError> {
     if spec.prefix.is_empty()
         || spec.prefix.len() > MAX_PREFIX
         || !spec
@@ -143,29 +179,18 @@ pub fn write_bundle_into(
 
     let (closed, closed_parts) = mpsc::channel();
     let files = PartFiles::new(dir, spec.prefix, closed);
-    let cipher = CbcWriter::new(files, &key, &iv);
-    let gzip = GzipWriter::new(cipher, spec.gzip);
-    let mut tar = Digesting::new(gzip, Sha1::new());
+    let mut cipher = CbcWriter::new(files, &key, &iv);
     let write_error = |source| BundleError::Write {
         path: dir.join(format!("{}.part.*", spec.prefix)),
         source,
     };
-
-    tar.write_all(&tar_header(spec.prefix, spec.size))
-        .map_err(write_error)?;
     let mut sink = ClosedParts {
         sink,
         closed: closed_parts,
     };
-    let copied = copy_exact(image, &mut tar, spec.size, &mut sink)?;
-    let padding = (512 - copied % 512) % 512;
-    let body_end = 512 + copied + padding + 1024;
-    let record_padding = (TAR_RECORD - body_end % TAR_RECORD) % TAR_RECORD;
-    write_zeros(&mut tar, padding + 1024 + record_padding).map_err(write_error)?;
-
-    let (gzip, hasher) = tar.into_parts();
-    let digest = hex::encode(hasher.finalize());
-    let cipher = gzip.finish().map_err(write_error)?;
+    let digest = body(&mut cipher, &mut |done| {
+        sink.pass_on() && sink.sink.image_bytes(done)
+    })?;
     let files = cipher.finish().map_err(write_error)?;
     let parts = files.finish()?;
     if !sink.pass_on() {
@@ -194,6 +219,15 @@ pub fn write_bundle_into(
     })
 }
 
+/// The zeros after a `size`-byte member: its padding to a 512-byte block, the end-of-archive's
+/// two blocks, and padding to a whole record, as Python's `tarfile` writes a stream.
+pub fn tar_tail_len(size: u64) -> u64 {
+    let padding = (512 - size % 512) % 512;
+    let body_end = 512 + size + padding + 1024;
+    let record_padding = (TAR_RECORD - body_end % TAR_RECORD) % TAR_RECORD;
+    padding + 1024 + record_padding
+}
+
 /// The caller's sink, and the parts the writer chain closed since it was last told.
 struct ClosedParts<'a> {
     sink: &'a mut dyn PartSink,
@@ -216,7 +250,7 @@ fn copy_exact(
     image: &mut dyn Read,
     out: &mut dyn Write,
     expected: u64,
-    progress: &mut ClosedParts<'_>,
+    tick: &mut dyn FnMut(u64) -> bool,
 ) -> Result<u64, BundleError> {
     let mut buffer = vec![0u8; CHUNK];
     let mut copied = 0u64;
@@ -239,7 +273,7 @@ fn copy_exact(
                 path: PathBuf::from("bundle part"),
                 source,
             })?;
-        if !progress.pass_on() || !progress.sink.image_bytes(copied) {
+        if !tick(copied) {
             return Err(BundleError::Cancelled);
         }
     }
@@ -263,7 +297,7 @@ fn write_zeros(out: &mut dyn Write, mut count: u64) -> io::Result<()> {
 }
 
 /// The GNU tar header Python's `tarfile` writes for a stream member: mode 0644, owner 0/0, mtime 0.
-fn tar_header(name: &str, size: u64) -> [u8; 512] {
+pub fn tar_header(name: &str, size: u64) -> [u8; 512] {
     let mut header = tar::Header::new_gnu();
     header
         .set_path(name)
@@ -660,6 +694,7 @@ mod tests {
             gzip: GzipSettings {
                 level: 0,
                 threads: 1,
+                recompress: true,
             },
         };
         let mut sink = Closed {

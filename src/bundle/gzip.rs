@@ -19,11 +19,15 @@ const BLOCK: usize = 256 << 10;
 /// Deflate's window: the history a block may refer back to.
 const DICTIONARY: usize = 32 << 10;
 
-/// How bundles are compressed: the gzip level (0-9) and how many threads deflate.
+/// How bundles are compressed: the gzip level (0-9) and how many threads deflate, where
+/// deflate runs; a gzipped raw image is spliced (`splice/`) unless `recompress`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GzipSettings {
     pub level: u32,
     pub threads: usize,
+    /// `--recompress`: deflate every bundle, even where the upstream's deflate data could be
+    /// spliced in.
+    pub recompress: bool,
 }
 
 impl GzipSettings {
@@ -35,6 +39,7 @@ impl GzipSettings {
         Self {
             level: Self::DEFAULT_LEVEL,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            recompress: false,
         }
     }
 }
@@ -365,7 +370,14 @@ mod tests {
     }
 
     fn compress(data: &[u8], threads: usize, write_size: usize) -> Vec<u8> {
-        let mut writer = GzipWriter::new(Vec::new(), GzipSettings { level: 6, threads });
+        let mut writer = GzipWriter::new(
+            Vec::new(),
+            GzipSettings {
+                level: 6,
+                threads,
+                recompress: true,
+            },
+        );
         for chunk in data.chunks(write_size.max(1)) {
             writer.write_all(chunk).unwrap();
         }

@@ -14,6 +14,7 @@
 use super::format::{self, Bundle, BundleError, BundleSpec, Part, PartSink};
 use super::gzip::GzipSettings;
 use super::keys::BundleKeys;
+use super::splice;
 use super::{BundleSink, SourceImage};
 use crate::catalog::model::{Compression, Packing};
 use crate::status::Step;
@@ -145,8 +146,35 @@ fn remove_parts(dir: &Path, prefix: &str) {
     }
 }
 
-/// One read of the source: the reader thread decompresses, this thread bundles.
+/// One read of the source: spliced where the upstream's deflate data can be reused (`splice/`),
+/// else deflated.
 fn bundle_pass(
+    image: &SourceImage<'_>,
+    keys: &BundleKeys,
+    dir: &Path,
+    gzip: GzipSettings,
+    size: Option<u64>,
+    sink: &dyn BundleSink,
+    cancel: &CancellationToken,
+) -> Result<Bundle, BundleError> {
+    if let Some(size) = size.filter(|_| splice::applies(image, gzip)) {
+        let kind = image.kind;
+        let total = image.size;
+        let report = |done: u64| sink.step(Step::Bundling { kind, done, total });
+        let mut parts = PartsTo { sink, cancel };
+        match splice::bundle(image, keys, dir, gzip, size, &report, &mut parts) {
+            Err(BundleError::NotSpliceable(why)) => {
+                tracing::info!(image = %image.path.display(), "recompressing: the upstream's gzip cannot be spliced: {why}");
+                remove_parts(dir, image.prefix);
+            }
+            spliced => return spliced,
+        }
+    }
+    deflate_pass(image, keys, dir, gzip, size, sink, cancel)
+}
+
+/// One read of the source: the reader thread decompresses, this thread bundles.
+fn deflate_pass(
     image: &SourceImage<'_>,
     keys: &BundleKeys,
     dir: &Path,
@@ -453,7 +481,11 @@ mod tests {
         threads: usize,
     ) -> Result<Bundle, BundleError> {
         let keys = super::super::keys::fake_cloud_keys(&dir.join("keys")).unwrap();
-        let settings = GzipSettings { level: 1, threads };
+        let settings = GzipSettings {
+            level: 1,
+            threads,
+            recompress: false,
+        };
         bundle_artifact(
             image,
             &keys,

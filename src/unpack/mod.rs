@@ -184,6 +184,28 @@ pub fn with_artifact_bytes<T, E: From<UnpackError>>(
     }
 }
 
+/// Calls `read` with the source file's bytes as they are on disk (still compressed), metered
+/// as [`with_artifact_bytes`] meters them: the bundle's splicer (`bundle/splice/`) reuses a
+/// gzipped upstream's deflate data. The one place a bundler opens its source.
+pub fn with_source_bytes<T, E: From<UnpackError>>(
+    path: &Path,
+    consumed: &(dyn Fn(u64) + Sync),
+    read: impl FnOnce(&mut dyn Read) -> Result<T, E>,
+) -> Result<T, E> {
+    let file = File::open(path).map_err(|source| UnpackError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    consumed(0);
+    let mut metered = Metered {
+        inner: file,
+        consumed: 0,
+        reported: 0,
+        report: consumed,
+    };
+    read(&mut metered)
+}
+
 fn decompressed<'a>(compression: Compression, metered: Metered<'a>) -> Box<dyn Read + 'a> {
     match compression {
         Compression::None => Box::new(BufReader::with_capacity(1 << 20, metered)),

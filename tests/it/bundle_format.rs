@@ -50,6 +50,7 @@ fn a_machine_image_bundle_opens_with_openssl_gzip_and_tar() {
         gzip: GzipSettings {
             level: 6,
             threads: 2,
+            recompress: false,
         },
     };
     let mut reported = 0;
@@ -143,6 +144,7 @@ fn kernels_and_ramdisks_carry_eucalyptus_marks_and_a_bad_signature_is_caught() {
         gzip: GzipSettings {
             level: 1,
             threads: 1,
+            recompress: false,
         },
     };
     let made = bundle::write_bundle(&mut &kernel[..], &spec, &keys, &out, &mut |_| true).unwrap();
@@ -185,6 +187,7 @@ fn an_image_shorter_or_longer_than_declared_is_refused() {
             gzip: GzipSettings {
                 level: 1,
                 threads: 1,
+                recompress: false,
             },
         };
         let error = bundle::write_bundle(&mut &bytes[..], &spec, &keys, dir.path(), &mut |_| true)
@@ -196,4 +199,139 @@ fn an_image_shorter_or_longer_than_declared_is_refused() {
             "{error}"
         );
     }
+}
+
+/// A gzipped raw image bundled by splicing its own deflate data in: what `openssl enc -d`
+/// decrypts is one gzip member that `gzip -t` passes and Python's `tarfile` `r|gz` (euca2ools
+/// 1.x/2.x, OpenStack nova's unbundler: first member only) reads whole; its tar stream and every
+/// digest are those of the same image bundled with `--recompress`.
+#[test]
+fn a_spliced_bundle_opens_with_openssl_gzip_and_python_tarfile_as_the_recompressed_one_does() {
+    use image_store_proxy::bundle::{BundleSink, SourceImage};
+    use image_store_proxy::catalog::model::{Compression, Packing};
+    use image_store_proxy::status::Step;
+    struct Quiet;
+    impl BundleSink for Quiet {
+        fn step(&self, _: Step) {}
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, [user_key, user_cert, cloud_key, _]) = keys(dir.path());
+    let mut image = common::image_bytes(17, 4_000_003);
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    image.extend((0..PART_SIZE as usize + 4321).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u8
+    }));
+    let upstream = openssl::run("gzip", &["-6", "-c"], Some(&image));
+    let source = dir.path().join("disk.img.gz");
+    std::fs::write(&source, &upstream).unwrap();
+    let bundle_with = |recompress: bool, out: &str| {
+        let image = SourceImage {
+            kind: FileKind::Image,
+            path: &source,
+            size: upstream.len() as u64,
+            compression: Compression::Gzip,
+            packing: Packing::Raw,
+            prefix: "ubuntu-disk.img",
+            arch: "x86_64",
+            kernel_id: None,
+            ramdisk_id: None,
+        };
+        let gzip = GzipSettings {
+            level: 1,
+            threads: 2,
+            recompress,
+        };
+        bundle::bundle_artifact(
+            &image,
+            &keys,
+            &dir.path().join(out),
+            gzip,
+            &Quiet,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap()
+    };
+    let spliced = bundle_with(false, "spliced");
+    let recompressed = bundle_with(true, "recompressed");
+
+    let opened = openssl::open_bundle(
+        &spliced.manifest_path,
+        &user_key,
+        WrappedFor::User,
+        &dir.path().join("u"),
+    );
+    assert_eq!(opened.member, "ubuntu-disk.img");
+    assert!(opened.image == image, "the untarred image differs");
+    let by_cloud = openssl::open_bundle(
+        &spliced.manifest_path,
+        &cloud_key,
+        WrappedFor::Cloud,
+        &dir.path().join("c"),
+    );
+    assert!(by_cloud.tar == opened.tar);
+    // The upstream's level-6 data, not a level-1 recompression: its size plus the framing.
+    assert!(
+        opened.compressed.len() <= upstream.len() + 700,
+        "{} spliced from {}",
+        opened.compressed.len(),
+        upstream.len()
+    );
+    openssl::run("gzip", &["-t"], Some(&opened.compressed));
+    let listed = openssl::run("gzip", &["-lv"], Some(&opened.compressed));
+    assert!(
+        String::from_utf8_lossy(&listed).contains(&opened.tar.len().to_string()),
+        "gzip -l sees the whole stream: {}",
+        String::from_utf8_lossy(&listed)
+    );
+    let python = openssl::run(
+        "python3",
+        &[
+            "-c",
+            "import hashlib, sys, tarfile\n\
+             t = tarfile.open(fileobj=sys.stdin.buffer, mode='r|gz')\n\
+             m = t.next()\n\
+             data = t.extractfile(m).read()\n\
+             assert t.next() is None\n\
+             print(m.name, len(data), hashlib.sha1(data).hexdigest())",
+        ],
+        Some(&opened.compressed),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&python).trim(),
+        format!(
+            "ubuntu-disk.img {} {}",
+            image.len(),
+            openssl::sha1_of_bytes(&image)
+        )
+    );
+    openssl::verify_manifest_signature(&spliced.manifest_path, &user_cert, &dir.path().join("s"));
+
+    // The manifest's digests and sizes, recomputed, and the same as recompression's.
+    let manifest = std::fs::read_to_string(&spliced.manifest_path).unwrap();
+    assert_eq!(
+        openssl::element(&manifest, "digest"),
+        openssl::sha1_of_bytes(&opened.tar)
+    );
+    assert_eq!(spliced.digest, recompressed.digest);
+    assert_eq!(openssl::element(&manifest, "size"), image.len().to_string());
+    let mut bundled = 0;
+    for (index, name) in openssl::part_names(&manifest).iter().enumerate() {
+        let path = spliced.manifest_path.parent().unwrap().join(name);
+        bundled += std::fs::metadata(&path).unwrap().len();
+        let digest = openssl::sha1_of(&path);
+        assert!(
+            manifest.contains(&format!(
+                "<part index=\"{index}\"><filename>{name}</filename><digest algorithm=\"SHA1\">{digest}</digest></part>"
+            )),
+            "part {index}'s digest"
+        );
+    }
+    assert_eq!(
+        openssl::element(&manifest, "bundled_size"),
+        bundled.to_string()
+    );
+    assert!(bundled < recompressed.bundled_size);
 }

@@ -5,7 +5,7 @@
 use image_store_proxy::fuzzing;
 use std::path::{Path, PathBuf};
 
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 9] = [
     "catalog",
     "signature",
     "eucarc",
@@ -14,6 +14,7 @@ const TARGETS: [&str; 8] = [
     "qcow2",
     "simplestreams",
     "clearsign",
+    "splice",
 ];
 
 /// The saved inputs of `target`: its regressions, then its seeds.
@@ -113,4 +114,5 @@ replays! {
     qcow2_inputs: qcow2,
     simplestreams_inputs: simplestreams,
     clearsign_inputs: clearsign,
+    splice_inputs: splice,
 }

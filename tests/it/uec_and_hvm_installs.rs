@@ -46,6 +46,7 @@ impl Proxy {
             Publisher::new(Arc::new(FakeCloud::new(data)), data).with_gzip(GzipSettings {
                 level: 1,
                 threads: 2,
+                recompress: false,
             });
         let installer = Installer::new(
             db.clone(),

@@ -103,6 +103,8 @@ pub fn unwrap_hex(dir: &Path, key: &Path, hex_text: &str) -> String {
 
 /// What a bundle holds, opened with the standard tools.
 pub struct Opened {
+    /// The decrypted gzip stream, as `openssl enc -d` wrote it.
+    pub compressed: Vec<u8>,
     /// The gunzipped tar stream (its SHA-1 is the manifest's digest).
     pub tar: Vec<u8>,
     /// The one member's name and bytes, as `tar` extracted them.
@@ -151,6 +153,7 @@ pub fn open_bundle(manifest: &Path, key: &Path, wrapped_for: WrappedFor, scratch
     assert_eq!(members.len(), 1, "one member: {members:?}");
     let path = members.pop().unwrap();
     Opened {
+        compressed,
         tar,
         member: path.file_name().unwrap().to_string_lossy().into_owned(),
         image: std::fs::read(&path).unwrap(),

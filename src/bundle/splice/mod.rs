@@ -1,0 +1,176 @@
+//! The bundle's gzip member made from the upstream's own deflate data (issue 16, after zlib's
+//! `examples/gzjoin.c`): for a gzipped raw image the tar header goes in as a non-final stored
+//! block, then the upstream's deflate data with its BFINAL bit cleared, copied byte for byte,
+//! then empty blocks to the next byte boundary, then a fresh final deflate of the tar padding
+//! and end-of-archive; the CRC-32s are combined. The one inflate pass that finds the upstream's
+//! block boundaries also gives the tar stream's SHA-1 and the image's exact length, and checks
+//! the upstream's CRC-32 and ISIZE. What comes out is one ordinary gzip member (Python's
+//! `tarfile` `r|gz` reads only the first), whose tar stream is byte for byte the one
+//! recompression writes: the manifest's digest and size do not change.
+//!
+//! Anything the splicer does not expect (a second member, bytes after the trailer, a CRC or
+//! ISIZE that does not match, corrupt or cut deflate data, an odd header) is an [`Unsuitable`]:
+//! the pipeline then recompresses, which reports bad data with its usual error.
+//!
+//! The splicer reads the source through `std::io::Read` only; `unpack::with_source_bytes` opens it.
+
+mod bits;
+mod member;
+
+use super::SourceImage;
+use super::format::{self, Bundle, BundleError, BundleSpec, PartSink};
+use super::gzip::GzipSettings;
+use super::keys::BundleKeys;
+use crate::catalog::model::{Compression, Packing};
+use crate::unpack;
+use bits::BitWriter;
+use sha1::{Digest, Sha1};
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// Why an upstream's gzip is recompressed rather than spliced: each a whole line after "the
+/// upstream's gzip cannot be spliced: ".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsuitable {
+    #[error("its header has {0}")]
+    Header(&'static str),
+    #[error("its deflate data is corrupt near compressed byte {0}")]
+    Corrupt(u64),
+    #[error("it ends before its deflate data or trailer does")]
+    Truncated,
+    #[error("its trailer's CRC-32 is {stated:08x}, the data's {actual:08x}")]
+    Crc { stated: u32, actual: u32 },
+    #[error("its trailer's ISIZE is {stated}, the data is {actual} bytes")]
+    Length { stated: u32, actual: u64 },
+    #[error("a second gzip member follows the first")]
+    SecondMember,
+    #[error("bytes that are not a gzip member follow its trailer")]
+    TrailingData,
+}
+
+impl From<Unsuitable> for BundleError {
+    fn from(why: Unsuitable) -> Self {
+        BundleError::NotSpliceable(why)
+    }
+}
+
+/// ID1 ID2, deflate, no flags, no mtime, no extra flags, OS unknown: as `gzip.rs` writes it.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+
+/// Whether `image` is bundled by splicing: a gzipped raw image, unless `--recompress`.
+pub fn applies(image: &SourceImage<'_>, gzip: GzipSettings) -> bool {
+    !gzip.recompress && image.compression == Compression::Gzip && image.packing == Packing::Raw
+}
+
+/// Bundles the gzipped raw `image` of `size` bytes into `dir` by splicing; `consumed` is told
+/// the source bytes read. [`BundleError::NotSpliceable`] when the upstream's gzip is not one to
+/// splice: nothing is then finished (no manifest), and the caller recompresses.
+pub fn bundle(
+    image: &SourceImage<'_>,
+    keys: &BundleKeys,
+    dir: &Path,
+    gzip: GzipSettings,
+    size: u64,
+    consumed: &(dyn Fn(u64) + Sync),
+    sink: &mut dyn PartSink,
+) -> Result<Bundle, BundleError> {
+    let spec = BundleSpec {
+        prefix: image.prefix,
+        kind: image.kind,
+        arch: image.arch,
+        kernel_id: image.kernel_id,
+        ramdisk_id: image.ramdisk_id,
+        size,
+        gzip,
+    };
+    unpack::with_source_bytes(image.path, consumed, |source| {
+        format::write_bundle_with(&spec, keys, dir, sink, &mut |out, tick| {
+            write_member(source, image.prefix, size, gzip.level, out, tick)
+        })
+    })
+}
+
+/// Writes the tar stream of the `size`-byte image whose gzip `source` is, as one gzip member
+/// spliced from `source`'s deflate data, into `out`; the tar stream's SHA-1, hex. `tick` is
+/// told the image bytes done and says whether to go on.
+pub fn write_member(
+    source: &mut dyn Read,
+    name: &str,
+    size: u64,
+    level: u32,
+    out: &mut dyn Write,
+    tick: &mut dyn FnMut(u64) -> bool,
+) -> Result<String, BundleError> {
+    let write_error = |source| BundleError::Write {
+        path: format!("bundle of {name}").into(),
+        source,
+    };
+    let header = format::tar_header(name, size);
+    let mut sha1 = Sha1::new();
+    sha1.update(header);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header);
+
+    let mut bits = BitWriter::new();
+    bits.push_bytes(&GZIP_HEADER);
+    bits.stored_block(&header, false);
+    out.write_all(&bits.take_whole_bytes())
+        .map_err(write_error)?;
+
+    let done = std::cell::Cell::new(0u64);
+    let end = member::splice_member(
+        source,
+        &mut |image| {
+            done.set(done.get() + image.len() as u64);
+            if done.get() > size {
+                return Err(BundleError::SizeMismatch {
+                    expected: size,
+                    actual: done.get(),
+                });
+            }
+            sha1.update(image);
+            Ok(())
+        },
+        &mut |deflate| out.write_all(deflate).map_err(write_error),
+        &mut |_| tick(done.get()),
+    )?;
+    if end.length != size {
+        return Err(BundleError::SizeMismatch {
+            expected: size,
+            actual: end.length,
+        });
+    }
+    crc.combine(&end.crc);
+
+    let tail = vec![0u8; format::tar_tail_len(size) as usize];
+    sha1.update(&tail);
+    crc.update(&tail);
+    let mut bits = BitWriter::new();
+    bits.push_bits(u32::from(end.last_byte), end.last_bits);
+    bits.align();
+    bits.push_bytes(&deflate_final(&tail, level));
+    bits.push_bytes(&crc.finalize().to_le_bytes());
+    let total = 512 + size + tail.len() as u64;
+    bits.push_bytes(&((total % (1 << 32)) as u32).to_le_bytes());
+    out.write_all(&bits.take_whole_bytes())
+        .map_err(write_error)?;
+    Ok(hex::encode(sha1.finalize()))
+}
+
+/// `data` as a raw deflate stream ending in a final block.
+fn deflate_final(data: &[u8], level: u32) -> Vec<u8> {
+    let mut compressor = flate2::Compress::new(flate2::Compression::new(level.min(9)), false);
+    let mut out = Vec::with_capacity(data.len() + 64);
+    let status = compressor
+        .compress_vec(data, &mut out, flate2::FlushCompress::Finish)
+        .expect("deflate of bytes in memory does not fail");
+    assert_eq!(
+        status,
+        flate2::Status::StreamEnd,
+        "the output had room for the whole stream"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests;
