@@ -512,6 +512,17 @@ mod tests {
                 Ok(true)
             })
         }
+        fn delete_object<'a>(
+            &'a self,
+            _: &'a str,
+            key: &'a str,
+            _: &'a CancellationToken,
+        ) -> crate::cloud::CloudFuture<'a, ()> {
+            Box::pin(async move {
+                self.landed.lock().unwrap().retain(|k| k != key);
+                Ok(())
+            })
+        }
         fn find_registration<'a>(
             &'a self,
             _: &'a str,

@@ -136,6 +136,15 @@ pub trait Cloud: Send + Sync {
         cancel: &'a CancellationToken,
     ) -> CloudFuture<'a, bool>;
 
+    /// Deletes `bucket/key`; one that is not there counts as deleted. Parts uploaded from a file
+    /// that then failed its verification are taken back with it.
+    fn delete_object<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        cancel: &'a CancellationToken,
+    ) -> CloudFuture<'a, ()>;
+
     /// The id of an image of ours registered from `location` (or, where the cloud reports no
     /// locations, under `name`): a registration whose reply was lost, or whose id was never
     /// recorded because the proxy stopped first. One attempt.
