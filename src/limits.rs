@@ -104,6 +104,10 @@ pub const CLOUD_EXCHANGE_BASE: Duration = Duration::from_secs(30);
 /// such wait and a retry, not a hang.
 pub const SLOWEST_CLOUD_LINK_BYTES_PER_SECOND: u64 = 256 << 10;
 
+/// How long a reader of a file still downloading waits before it looks again, should no wake-up
+/// come (the download wakes it on every chunk): a bound on a missed wake-up, not a pace.
+pub const GROWING_FILE_POLL: Duration = Duration::from_millis(50);
+
 /// Bytes of a bundle part read at a time, in bytes: to hash it before a PUT and as the PUT's
 /// streamed body. Parts stream from disk instead of being held (10 MiB each, four in the air
 /// took peak RSS to 82-92 MiB); 256 KiB chunks keep a PUT at a few syscalls per MiB.

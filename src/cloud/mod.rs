@@ -57,6 +57,10 @@ pub enum CloudError {
     },
     #[error("cancelled")]
     Cancelled,
+    /// An overlapped publish's file failed verification: its parts were taken back (the
+    /// file's own error says why).
+    #[error("the file failed verification; its uploaded parts were deleted")]
+    Unverified,
 }
 
 impl From<BundleError> for CloudError {

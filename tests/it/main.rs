@@ -27,6 +27,7 @@ mod load;
 mod monitoring;
 mod moto_cloud;
 mod openapi;
+mod overlap;
 mod parallel_transfers;
 mod qcow2;
 mod service_readiness;
