@@ -109,8 +109,9 @@ pub const SLOWEST_CLOUD_LINK_BYTES_PER_SECOND: u64 = 256 << 10;
 pub const GROWING_FILE_POLL: Duration = Duration::from_millis(50);
 
 /// Bytes of a bundle part read at a time, in bytes: to hash it before a PUT and as the PUT's
-/// streamed body. Parts stream from disk instead of being held (10 MiB each, four in the air
-/// took peak RSS to 82-92 MiB); 256 KiB chunks keep a PUT at a few syscalls per MiB.
+/// streamed body. Parts stream from disk instead of being held (10 MiB each): 100 MiB into moto
+/// peaked at 75-77 MiB RSS held, 47-48 MiB streamed (`bench/transfers`, medians of 3); 256 KiB
+/// chunks keep a PUT at a few syscalls per MiB.
 pub const UPLOAD_READ_BUFFER: usize = 256 << 10;
 
 /// The deadline of one cloud exchange that sends `body_bytes`.

@@ -171,8 +171,8 @@ impl Job<'_> {
         let Some(last) = overlapped else {
             return self.publish_all(&image).await;
         };
-        // The files ahead (a kernel and ramdisk the image boots with) are registered first: the
-        // image's manifest names them.
+        // The files ahead (a kernel and ramdisk the image boots with) are registered already:
+        // their ids, for the image's manifest.
         let mut ids = RegisteredIds::default();
         let mut published = 0;
         self.publish_files(&image, ahead, &mut ids, &mut published, total)
@@ -182,14 +182,34 @@ impl Job<'_> {
     }
 
     /// The image's last file, when its install overlaps its download (issue 16): a file that is
-    /// one machine image, a raw image or an uncompressed qcow2 disk, not verified yet and not
-    /// registered in this cloud. A UEC tarball stays sequential: it is checked whole for all
-    /// its members (`unpack::check_members`) before any of them is published, so that a tarball
-    /// short of one registers nothing, and that check needs the whole file.
+    /// one machine image, a raw image or an uncompressed qcow2 disk, not verified yet, and every
+    /// file ahead of it (a kernel, a ramdisk) registered in this cloud already. Otherwise the
+    /// files ahead would have to be registered before the image's download ends (its manifest
+    /// names them), and a failed download would leave them registered: today's order (every
+    /// file verified, then anything registered) stays. A UEC tarball stays sequential too: it is
+    /// checked whole for all its members (`unpack::check_members`) before any of them is
+    /// published, so that a tarball short of one registers nothing, and that check needs the
+    /// whole file.
     fn overlappable<'i>(&self, image: &'i Image) -> Result<Option<&'i FileRef>, JobError> {
-        let Some(last) = image.files.last() else {
+        let Some((last, ahead)) = image.files.split_last() else {
             return Ok(None);
         };
+        let cloud_id = self.installer.publisher.cloud().id();
+        for file in ahead {
+            for kind in file.artifacts() {
+                let identity = self
+                    .artifact(image, file, kind, &RegisteredIds::default())
+                    .identity;
+                if self
+                    .installer
+                    .db
+                    .cloud_object(cloud_id, &identity)?
+                    .is_none()
+                {
+                    return Ok(None);
+                }
+            }
+        }
         let fits = last.artifacts() == [FileKind::Image]
             && match last.packing {
                 Packing::Raw => true,
