@@ -44,6 +44,7 @@ fn main() {
         arch: "x86_64",
         kernel_id: None,
         ramdisk_id: None,
+        arriving: None,
     };
     let gzip = GzipSettings {
         recompress: mode == "recompress",

@@ -2,8 +2,10 @@
 //! `IMAGE_STORE_PROXY_PAUSE_AT=<point>` in its environment the proxy logs "paused at <point>" when
 //! an install reaches that point and waits there for ever, so the test can SIGKILL it exactly
 //! there. The points are the moments no outside party can hold the install at:
-//! - `verify`: a file is wholly downloaded and hashed, its signature not yet checked;
-//! - `bundling`: a bundle is being written, part-way (past half of its source);
+//! - `verify`: a file is wholly downloaded and hashed, its signature not yet checked (in an
+//!   overlapped install the bundle's parts go on up meanwhile, and wait there for the verdict);
+//! - `bundling`: a bundle is being written, part-way (past a quarter of its source; in an
+//!   overlapped install the download goes on past it);
 //! - `registered`: an artifact is registered and its bundle removed, the id not yet recorded;
 //! - `evict`: the cache budget forgot a verified file's record, the file not yet removed.
 //!

@@ -13,9 +13,10 @@
 //!
 //! Progress goes out as typed [`Step`]s (`status.rs` words them): bundling is the first half of a
 //! publish, the upload the second. The bundler tells of each part as it closes
-//! ([`BundleSink::part_closed`]); today the parts are sent once the bundle is whole, several at a
-//! time (`--upload-concurrency`), and that is the seam where an overlapped upload will start on a
-//! part while the next is written.
+//! ([`BundleSink::part_closed`]). A bundle of a verified file is sent once it is whole, several
+//! parts at a time (`--upload-concurrency`); an overlapped publish
+//! ([`Publisher::publish_overlapped`]) bundles a file still downloading and sends each part as it
+//! closes, the manifest and the registration held until the file has verified.
 
 use crate::bundle::gzip::GzipSettings;
 use crate::bundle::{self, Bundle, BundleSink, Part, SourceImage};
@@ -27,7 +28,7 @@ use crate::pause;
 use crate::status::Step;
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// One file to publish, as the installer hands it over.
@@ -62,6 +63,7 @@ impl Artifact {
         SourceImage {
             kind: self.kind,
             path: &self.source,
+            arriving: None,
             size: self.source_size,
             compression: self.compression,
             packing: self.packing,
@@ -80,6 +82,56 @@ pub struct Published {
     pub image_id: String,
     /// `bucket/prefix.manifest.xml`.
     pub location: String,
+}
+
+/// Opens a reader of a file still downloading (`fetch::growing`), for the bundler's thread.
+pub type OpenGrowing =
+    dyn Fn() -> std::io::Result<Box<dyn crate::unpack::SourceRead>> + Send + Sync;
+
+/// Whether the file an overlapped publish reads has verified: `None` while it is checked, then
+/// `Some(true)` (size, SHA-256 and signature checked out) or `Some(false)`.
+pub struct Verification(pub tokio::sync::watch::Receiver<Option<bool>>);
+
+impl Verification {
+    /// Waits for the outcome; a sender gone without one counts as failed.
+    async fn wait(&mut self, cancel: &CancellationToken) -> Result<bool, CloudError> {
+        tokio::select! {
+            outcome = self.0.wait_for(Option::is_some) => {
+                Ok(outcome.map(|outcome| *outcome == Some(true)).unwrap_or(false))
+            }
+            _ = cancel.cancelled() => Err(CloudError::Cancelled),
+        }
+    }
+}
+
+/// What the bundler's thread tells the uploading task.
+enum BundleEvent {
+    Step(Step),
+    Closed(Part),
+}
+
+/// The bundler's sink in an overlapped publish: every step and closed part over a channel.
+/// With the test hook set (`pause`), stops the bundling thread past a quarter of the source, as
+/// [`BundlingHalf`] does.
+struct ChannelSink {
+    events: tokio::sync::mpsc::UnboundedSender<BundleEvent>,
+    quarter: u64,
+}
+
+impl BundleSink for ChannelSink {
+    fn step(&self, step: Step) {
+        let _ = self.events.send(BundleEvent::Step(step));
+        if let Step::Bundling { done, .. } = step
+            && done > 0
+            && done >= self.quarter
+        {
+            pause::here_blocking("bundling");
+        }
+    }
+
+    fn part_closed(&self, part: &Part) {
+        let _ = self.events.send(BundleEvent::Closed(part.clone()));
+    }
 }
 
 /// Told how far publishing has got: the step, and how many bytes of the source that stands for.
@@ -177,7 +229,21 @@ impl Publisher {
         };
         self.upload(artifact, bucket, &bundle, progress, cancel)
             .await?;
+        self.register(artifact, &bundle, &dir, location, progress, cancel)
+            .await
+    }
 
+    /// Registers the uploaded bundle (looking first), removes it from disk; returns its id.
+    async fn register(
+        &self,
+        artifact: &Artifact,
+        bundle: &Bundle,
+        dir: &Path,
+        location: String,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Published, CloudError> {
+        let cloud = self.cloud();
         progress.report(
             Step::Registering {
                 kind: artifact.kind,
@@ -194,7 +260,7 @@ impl Publisher {
             ramdisk_id: artifact.ramdisk_id.as_deref(),
             virtualization: artifact.virtualization,
             description: artifact.description.as_deref().map(capped_description),
-            bundle: &bundle,
+            bundle,
         };
         let image_id = with_retries(&self.retry, cancel, || async {
             match cloud.find_registration(&location, &artifact.name).await? {
@@ -203,7 +269,7 @@ impl Publisher {
             }
         })
         .await?;
-        if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+        if let Err(error) = tokio::fs::remove_dir_all(dir).await {
             tracing::warn!("removing the uploaded bundle {}: {error}", dir.display());
         }
         // The install's bucket directory goes with its last bundle (it fails while others stay).
@@ -212,6 +278,208 @@ impl Publisher {
         }
         pause::here("registered").await;
         Ok(Published { image_id, location })
+    }
+
+    /// Publishes an artifact whose file is still downloading (the overlapped install): the
+    /// bundler reads the file through `open`'s readers as it grows, each part goes up as it
+    /// closes ([`BundleSink::part_closed`]), [`Publisher::with_upload_concurrency`] at a time; the
+    /// manifest goes up and the image is registered only once `verified` says the file's size,
+    /// SHA-256 and signature checked out. If it says they did not, every part of the bundle is
+    /// deleted from the bucket and the bundle from disk, and nothing is registered. A bundle an
+    /// earlier attempt finished on disk (stopped before the file verified) is sent as it is.
+    ///
+    /// Progress: each step as it comes, with 0 bytes (the installer counts the download's).
+    pub async fn publish_overlapped(
+        &self,
+        artifact: &Artifact,
+        open: Arc<OpenGrowing>,
+        progress: &dyn Progress,
+        mut verified: Verification,
+        cancel: &CancellationToken,
+    ) -> Result<Published, CloudError> {
+        let cloud = self.cloud();
+        let bucket = cloud.bucket(&artifact.bucket).to_string();
+        let dir = self.bundles.join(&bucket).join(&artifact.name);
+        let location = format!("{bucket}/{}", bundle::manifest_name(&artifact.name));
+        let sent = Mutex::new(Vec::new());
+        let outcome = async {
+            progress.report(
+                Step::CheckingBucket {
+                    kind: artifact.kind,
+                },
+                0,
+            );
+            cloud.ensure_bucket(&bucket, cancel).await?;
+            let bundle = self
+                .bundle_uploading(artifact, open, &bucket, &dir, progress, &sent, cancel)
+                .await?;
+            if !verified.wait(cancel).await? {
+                return Err(CloudError::Unverified);
+            }
+            progress.report(
+                Step::UploadingManifest {
+                    kind: artifact.kind,
+                },
+                artifact.source_size,
+            );
+            cloud
+                .put_object(
+                    &bucket,
+                    &bundle.manifest_name,
+                    &bundle.manifest_path,
+                    cancel,
+                )
+                .await?;
+            self.register(artifact, &bundle, &dir, location, progress, cancel)
+                .await
+        }
+        .await;
+        let error = match outcome {
+            Ok(published) => return Ok(published),
+            Err(error) => error,
+        };
+        // A cancel keeps what went up for the retry; a file that failed takes it all back.
+        if cancel.is_cancelled() {
+            return Err(CloudError::Cancelled);
+        }
+        if !matches!(error, CloudError::Cancelled) && !verified.wait(cancel).await.unwrap_or(true) {
+            let names = sent.into_inner().expect("sent parts lock");
+            self.take_back(&bucket, &dir, &artifact.name, names).await;
+            return Err(CloudError::Unverified);
+        }
+        Err(error)
+    }
+
+    /// Deletes from `bucket` every part of the bundle in `dir` (those `sent`, and any a finished
+    /// bundle names), then the bundle itself: its file failed verification.
+    async fn take_back(&self, bucket: &str, dir: &Path, prefix: &str, mut sent: Vec<String>) {
+        if let Some(bundle) = bundle::finished_bundle(dir, prefix) {
+            sent.extend(bundle.parts.into_iter().map(|part| part.file_name));
+        }
+        sent.sort();
+        sent.dedup();
+        // Its own token: the install's may be what ended it.
+        let never = CancellationToken::new();
+        for name in &sent {
+            if let Err(error) = self.cloud.delete_object(bucket, name, &never).await {
+                tracing::warn!(
+                    "taking back {bucket}/{name}, bundled from a file that failed verification: {error}"
+                );
+            }
+        }
+        if let Err(error) = tokio::fs::remove_dir_all(dir).await
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing the unverified bundle {}: {error}", dir.display());
+        }
+        tracing::info!(
+            parts = sent.len(),
+            "took back the parts of {prefix}: its file failed verification"
+        );
+    }
+
+    /// Bundles on a blocking thread and puts each part as it closes, at most
+    /// `upload_concurrency` in the air; the names of the parts put are kept in `sent`. A bundle
+    /// finished on disk is put as it is.
+    #[allow(clippy::too_many_arguments)]
+    async fn bundle_uploading(
+        &self,
+        artifact: &Artifact,
+        open: Arc<OpenGrowing>,
+        bucket: &str,
+        dir: &Path,
+        progress: &dyn Progress,
+        sent: &Mutex<Vec<String>>,
+        cancel: &CancellationToken,
+    ) -> Result<Bundle, CloudError> {
+        let kind = artifact.kind;
+        let (events, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        // Stops the bundler when the upload fails first.
+        let stop = cancel.child_token();
+        let _stop_on_return = stop.clone().drop_guard();
+        let mut bundling = match bundle::finished_bundle(dir, &artifact.name) {
+            Some(bundle) => {
+                for part in &bundle.parts {
+                    let _ = events.send(BundleEvent::Closed(part.clone()));
+                }
+                drop(events);
+                None
+            }
+            None => {
+                let keys = tokio::task::block_in_place(|| self.cloud.bundle_keys())?;
+                let owned = artifact.clone();
+                let dir = dir.to_owned();
+                let gzip = self.gzip;
+                let stop = stop.clone();
+                Some(tokio::task::spawn_blocking(move || {
+                    let opener = move || open();
+                    let image = SourceImage {
+                        arriving: Some(&opener),
+                        ..owned.source_image()
+                    };
+                    let sink = ChannelSink {
+                        events,
+                        quarter: owned.source_size / 4,
+                    };
+                    bundle::bundle_artifact(&image, &keys, &dir, gzip, &sink, &stop)
+                }))
+            }
+        };
+        let mut pending = std::collections::VecDeque::new();
+        let mut in_air = futures_util::stream::FuturesUnordered::new();
+        let mut bundle = None;
+        let mut parts_sent = 0;
+        let mut parts_closed = 0;
+        let mut all_closed = false;
+        loop {
+            while in_air.len() < self.upload_concurrency
+                && let Some(part) = pending.pop_front()
+            {
+                let cloud = self.cloud.clone();
+                let bucket = bucket.to_string();
+                let cancel = cancel.clone();
+                in_air.push(async move {
+                    let part: Part = part;
+                    cloud
+                        .put_object(&bucket, &part.file_name, &part.path, &cancel)
+                        .await
+                        .map(|_| part.file_name)
+                });
+            }
+            if all_closed && pending.is_empty() && in_air.is_empty() {
+                if let Some(bundling) = bundling.take() {
+                    let made = bundling.await.expect("the bundler does not panic")?;
+                    bundle = Some(made);
+                }
+                break;
+            }
+            tokio::select! {
+                event = closed.recv(), if !all_closed => match event {
+                    Some(BundleEvent::Closed(part)) => {
+                        parts_closed += 1;
+                        pending.push_back(part);
+                    }
+                    Some(BundleEvent::Step(step)) => progress.report(step, 0),
+                    None => all_closed = true,
+                },
+                Some(put) = in_air.next(), if !in_air.is_empty() => {
+                    let name = put?;
+                    sent.lock().expect("sent parts lock").push(name);
+                    parts_sent += 1;
+                    // Of the parts closed so far: the count is whole once bundling is done.
+                    progress.report(Step::UploadingParts { kind, sent: parts_sent, count: parts_closed }, 0);
+                }
+                _ = cancel.cancelled() => return Err(CloudError::Cancelled),
+            }
+        }
+        match bundle {
+            Some(bundle) => Ok(bundle),
+            None => bundle::finished_bundle(dir, &artifact.name).ok_or_else(|| CloudError::Local {
+                action: "reading",
+                path: dir.join(bundle::manifest_name(&artifact.name)),
+                source: std::io::Error::other("the finished bundle went missing"),
+            }),
+        }
     }
 
     /// Makes the bundle in `dir` (on this thread: the runtime is multi-threaded).
@@ -336,7 +604,6 @@ impl BundleSink for BundlingHalf<'_> {
 mod tests {
     use super::*;
     use crate::cloud::fake::FakeCloud;
-    use std::sync::Mutex;
 
     /// The status lines a publish reported, in order.
     #[derive(Default)]
@@ -511,6 +778,17 @@ mod tests {
                 tokio::time::sleep(self.delay).await;
                 self.landed.lock().unwrap().push(key.to_string());
                 Ok(true)
+            })
+        }
+        fn delete_object<'a>(
+            &'a self,
+            _: &'a str,
+            key: &'a str,
+            _: &'a CancellationToken,
+        ) -> crate::cloud::CloudFuture<'a, ()> {
+            Box::pin(async move {
+                self.landed.lock().unwrap().retain(|k| k != key);
+                Ok(())
             })
         }
         fn find_registration<'a>(

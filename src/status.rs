@@ -107,6 +107,16 @@ pub fn downloading(kind: FileKind, done: u64, total: u64) -> String {
     format!("Downloading {}: {}", kind.noun(), amount(done, total))
 }
 
+/// The one line of an overlapped install: the download, and the parts of its bundle already in
+/// the cloud (bundled from bytes not yet verified; nothing is registered until they are).
+pub fn downloading_and_sending(kind: FileKind, done: u64, total: u64, parts: u64) -> String {
+    format!(
+        "Downloading {}: {}, {parts} parts sent",
+        kind.noun(),
+        amount(done, total)
+    )
+}
+
 pub fn waiting_for_other_install(kind: FileKind) -> String {
     format!("Waiting for another install of the same {}", kind.noun())
 }
@@ -193,6 +203,10 @@ mod tests {
         assert_eq!(
             downloading(FileKind::Kernel, 42 * MIB, 117 * MIB),
             "Downloading kernel: 42 of 117 MiB"
+        );
+        assert_eq!(
+            downloading_and_sending(FileKind::Image, 420 * MIB, 900 * MIB, 12),
+            "Downloading machine image: 420 of 900 MiB, 12 parts sent"
         );
         assert_eq!(amount(MIB / 2, 2 * MIB + 1), "0.5 of 2.0 MiB");
         assert_eq!(amount(3 * KIB, 64 * KIB), "3 of 64 KiB");

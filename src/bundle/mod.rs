@@ -17,6 +17,7 @@ pub mod splice;
 
 use crate::catalog::model::{Compression, FileKind, Packing};
 use crate::status::Step;
+use crate::unpack;
 use std::path::Path;
 
 pub use format::{
@@ -26,11 +27,14 @@ pub use format::{
 pub use pipeline::bundle_artifact;
 
 /// A verified image file and what its bundle says about it: what [`bundle_artifact`] reads.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct SourceImage<'a> {
     pub kind: FileKind,
-    /// The verified cache file.
+    /// The cache file (named in messages).
     pub path: &'a Path,
+    /// Set when the file is still downloading: its readers follow the download (an overlapped
+    /// install); unset, the file at `path` is read, whole.
+    pub arriving: Option<unpack::OpenArriving<'a>>,
     /// Its size on disk (compressed, or the tarball's), which progress is counted in.
     pub size: u64,
     pub compression: Compression,
@@ -42,6 +46,16 @@ pub struct SourceImage<'a> {
     /// For a machine image: the kernel and ramdisk it boots with.
     pub kernel_id: Option<&'a str>,
     pub ramdisk_id: Option<&'a str>,
+}
+
+impl<'a> SourceImage<'a> {
+    /// Where the bundler reads the file's bytes from.
+    pub fn source(&self) -> unpack::Source<'a> {
+        match self.arriving {
+            Some(open) => unpack::Source::arriving(self.path, open),
+            None => unpack::Source::at_rest(self.path),
+        }
+    }
 }
 
 /// Told what the bundler does, as it does it. Called from the bundler's threads (the reader

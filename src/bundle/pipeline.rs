@@ -19,8 +19,7 @@ use super::{BundleSink, SourceImage};
 use crate::catalog::model::{Compression, Packing};
 use crate::status::Step;
 use crate::unpack::{self, UnpackError};
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use tokio_util::sync::CancellationToken;
@@ -60,7 +59,7 @@ pub fn bundle_artifact(
                 let kind = image.kind;
                 let total = image.size;
                 let size = unpack::artifact_size(
-                    image.path,
+                    image.source(),
                     image.compression,
                     image.packing,
                     kind,
@@ -94,31 +93,19 @@ fn size_hint(image: &SourceImage<'_>) -> Result<SizeHint, UnpackError> {
         // A tar member's header says; the reader passes it on.
         (_, Packing::Tar) => Ok(exact(None)),
         (Compression::None, Packing::Qcow2) => {
-            Ok(exact(Some(unpack::qcow2_virtual_size(image.path)?)))
+            Ok(exact(Some(unpack::qcow2_virtual_size(image.source())?)))
         }
         // Refused by the reader, with its reason.
         (Compression::Gzip, Packing::Qcow2) => Ok(exact(None)),
         (Compression::None, Packing::Raw) => Ok(exact(Some(image.size))),
         (Compression::Gzip, Packing::Raw) => {
-            let trailer = gzip_trailer_size(image.path).map_err(|source| UnpackError::Read {
-                path: image.path.to_owned(),
-                source,
-            })?;
+            let trailer = unpack::gzip_trailer_size(image.source())?;
             Ok(SizeHint {
                 size: Some(smallest_plausible_size(trailer, image.size)),
                 guessed: true,
             })
         }
     }
-}
-
-/// ISIZE, the last four bytes of a gzip member: the uncompressed length modulo 2^32.
-fn gzip_trailer_size(path: &Path) -> io::Result<u32> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::End(-4))?;
-    let mut isize = [0u8; 4];
-    file.read_exact(&mut isize)?;
-    Ok(u32::from_le_bytes(isize))
 }
 
 /// The smallest length with this ISIZE that `compressed` bytes of gzip can hold: deflate never
@@ -193,7 +180,7 @@ fn deflate_pass(
             .name("image reader".into())
             .spawn_scoped(scope, move || {
                 unpack::with_artifact_bytes(
-                    image.path,
+                    image.source(),
                     image.compression,
                     image.packing,
                     image.kind,
@@ -464,6 +451,7 @@ mod tests {
         SourceImage {
             kind: crate::catalog::model::FileKind::Image,
             path,
+            arriving: None,
             size: std::fs::metadata(path).unwrap().len(),
             compression,
             packing,

@@ -75,17 +75,6 @@ impl EucalyptusCloud {
     }
 }
 
-async fn read(path: &Path) -> Result<bytes::Bytes, CloudError> {
-    tokio::fs::read(path)
-        .await
-        .map(bytes::Bytes::from)
-        .map_err(|source| CloudError::Local {
-            action: "reading",
-            path: path.to_owned(),
-            source,
-        })
-}
-
 impl Cloud for EucalyptusCloud {
     fn id(&self) -> &str {
         &self.id
@@ -118,10 +107,16 @@ impl Cloud for EucalyptusCloud {
         path: &'a Path,
         cancel: &'a CancellationToken,
     ) -> CloudFuture<'a, bool> {
-        Box::pin(async move {
-            let bytes = read(path).await?;
-            self.s3.put_unless_present(bucket, key, bytes, cancel).await
-        })
+        Box::pin(self.s3.put_file_unless_present(bucket, key, path, cancel))
+    }
+
+    fn delete_object<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        cancel: &'a CancellationToken,
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(self.s3.delete_object(bucket, key, cancel))
     }
 
     fn find_registration<'a>(
@@ -152,7 +147,9 @@ impl Cloud for EucalyptusCloud {
                 .iter()
                 .filter(|key| super::is_bundle_object(prefix, key))
             {
-                self.s3.delete(bucket, key).await?;
+                self.s3
+                    .delete_object(bucket, key, &CancellationToken::new())
+                    .await?;
                 deleted += 1;
             }
             Ok(deleted)

@@ -294,6 +294,26 @@ impl Cloud for FakeCloud {
         Box::pin(async move { on_disk(|| self.put_blocking(bucket, key, path)) })
     }
 
+    fn delete_object<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        _cancel: &'a CancellationToken,
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(async move {
+            let path = self.root.join(bucket).join(key);
+            match on_disk(|| std::fs::remove_file(&path)) {
+                Ok(()) => Ok(()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(CloudError::Local {
+                    action: "removing",
+                    path,
+                    source,
+                }),
+            }
+        })
+    }
+
     fn find_registration<'a>(
         &'a self,
         location: &'a str,

@@ -57,6 +57,10 @@ pub enum CloudError {
     },
     #[error("cancelled")]
     Cancelled,
+    /// An overlapped publish's file failed verification: its parts were taken back (the
+    /// file's own error says why).
+    #[error("the file failed verification; its uploaded parts were deleted")]
+    Unverified,
 }
 
 impl From<BundleError> for CloudError {
@@ -135,6 +139,15 @@ pub trait Cloud: Send + Sync {
         path: &'a Path,
         cancel: &'a CancellationToken,
     ) -> CloudFuture<'a, bool>;
+
+    /// Deletes `bucket/key`; one that is not there counts as deleted. Parts uploaded from a file
+    /// that then failed its verification are taken back with it.
+    fn delete_object<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        cancel: &'a CancellationToken,
+    ) -> CloudFuture<'a, ()>;
 
     /// The id of an image of ours registered from `location` (or, where the cloud reports no
     /// locations, under `name`): a registration whose reply was lost, or whose id was never

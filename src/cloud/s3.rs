@@ -12,6 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use md5::{Digest, Md5};
 use reqwest::{Method, StatusCode, Url};
+use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,112 @@ struct Call<'a> {
     resource: String,
     query: &'a str,
     headers: Vec<(&'static str, String)>,
-    body: bytes::Bytes,
+    body: Payload,
+}
+
+/// A request's body: small ones in memory, a bundle part streamed from its file on disk, so an
+/// upload holds no part in memory (issue 16: peak RSS under 64 MiB with parts in the air).
+#[derive(Clone)]
+enum Payload {
+    Bytes(bytes::Bytes),
+    /// A file of `len` bytes, read afresh for each attempt; its SHA-256 (hex, for SigV4) was
+    /// taken by reading it once before the first attempt.
+    File {
+        path: PathBuf,
+        len: u64,
+        sha256: String,
+    },
+}
+
+impl Payload {
+    fn empty() -> Self {
+        Payload::Bytes(bytes::Bytes::new())
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(bytes) => bytes.len() as u64,
+            Payload::File { len, .. } => *len,
+        }
+    }
+
+    fn sha256_hex(&self) -> String {
+        match self {
+            Payload::Bytes(bytes) => sign::sha256_hex(bytes),
+            Payload::File { sha256, .. } => sha256.clone(),
+        }
+    }
+
+    /// The body for one attempt: a file is opened again and streamed in
+    /// [`crate::limits::UPLOAD_READ_BUFFER`] chunks.
+    async fn body(&self) -> std::io::Result<reqwest::Body> {
+        match self {
+            Payload::Bytes(bytes) => Ok(reqwest::Body::from(bytes.clone())),
+            Payload::File { path, len, .. } => {
+                let file = tokio::fs::File::open(path).await?;
+                Ok(reqwest::Body::wrap_stream(file_chunks(file, *len)))
+            }
+        }
+    }
+}
+
+/// `file`'s first `len` bytes as a stream of chunks; a file shorter than `len` is an error (the
+/// Content-Length promised more).
+fn file_chunks(
+    file: tokio::fs::File,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::try_unfold((file, len), |(mut file, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = left.min(crate::limits::UPLOAD_READ_BUFFER as u64) as usize;
+        let mut chunk = bytes::BytesMut::zeroed(want);
+        let mut filled = 0;
+        while filled < want {
+            match file.read(&mut chunk[filled..]).await? {
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file is shorter than when it was hashed",
+                    ));
+                }
+                n => filled += n,
+            }
+        }
+        Ok(Some((chunk.freeze(), (file, left - want as u64))))
+    })
+}
+
+/// A file's length, MD5 and (when `sha256` is asked, for SigV4) SHA-256, read through once in
+/// [`crate::limits::UPLOAD_READ_BUFFER`] chunks rather than held.
+fn digest_file(path: &Path, sha256: bool) -> std::io::Result<(u64, [u8; 16], Option<String>)> {
+    use sha2::Sha256;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut md5 = Md5::new();
+    let mut sha = sha256.then(Sha256::new);
+    let mut buffer = vec![0u8; crate::limits::UPLOAD_READ_BUFFER];
+    let mut len = 0u64;
+    loop {
+        let n = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        md5.update(&buffer[..n]);
+        if let Some(sha) = &mut sha {
+            sha.update(&buffer[..n]);
+        }
+        len += n as u64;
+    }
+    Ok((
+        len,
+        md5.finalize().into(),
+        sha.map(|sha| hex::encode(sha.finalize())),
+    ))
 }
 
 impl S3 {
@@ -94,7 +200,7 @@ impl S3 {
             }
             SignatureVersion::V4 => {
                 let amz_date = sign::amz_date(now);
-                let payload = sign::sha256_hex(&call.body);
+                let payload = call.body.sha256_hex();
                 headers.push(("x-amz-date", amz_date.clone()));
                 headers.push(("x-amz-content-sha256", payload.clone()));
                 let mut signed: Vec<(String, String)> = headers
@@ -121,13 +227,23 @@ impl S3 {
                 headers.push(("authorization", authorization));
             }
         }
+        let body = call.body.body().await.map_err(|source| {
+            Failure::Permanent(CloudError::Local {
+                action: "reading",
+                path: match &call.body {
+                    Payload::File { path, .. } => path.clone(),
+                    Payload::Bytes(_) => PathBuf::new(),
+                },
+                source,
+            })
+        })?;
         let mut request = self
             .endpoint
             .client
             .request(call.method.clone(), url.clone())
-            .timeout(crate::limits::cloud_exchange_timeout(call.body.len() as u64))
+            .timeout(crate::limits::cloud_exchange_timeout(call.body.len()))
             .header("content-length", call.body.len())
-            .body(call.body.clone());
+            .body(body);
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -149,7 +265,7 @@ impl S3 {
                 resource: self.path(bucket, None),
                 query: "max-keys=0",
                 headers: Vec::new(),
-                body: bytes::Bytes::new(),
+                body: Payload::empty(),
             };
             let response = self.send("checking the bucket", &check).await?;
             match response.status() {
@@ -171,7 +287,7 @@ impl S3 {
                 resource: self.path(bucket, None),
                 query: "",
                 headers: Vec::new(),
-                body: body.into(),
+                body: Payload::Bytes(body.into()),
             };
             let response = self.send("CreateBucket", &create).await?;
             if response.status().is_success() {
@@ -199,7 +315,7 @@ impl S3 {
             resource: self.path(bucket, Some(key)),
             query: "",
             headers: Vec::new(),
-            body: bytes::Bytes::new(),
+            body: Payload::empty(),
         };
         let response = self.send("checking an uploaded part", &call).await?;
         match response.status() {
@@ -222,16 +338,45 @@ impl S3 {
         }
     }
 
-    /// PUTs `body` as `bucket/key` readable by the cloud, unless an object with the same MD5 is
-    /// already there. Returns whether bytes were sent.
-    pub async fn put_unless_present(
+    /// PUTs the file at `path` as `bucket/key` readable by the cloud, unless an object with the
+    /// same MD5 is already there; the body streams from the file (read once before for its MD5
+    /// and SHA-256), never held in memory. Returns whether bytes were sent.
+    pub async fn put_file_unless_present(
         &self,
         bucket: &str,
         key: &str,
-        body: bytes::Bytes,
+        path: &Path,
         cancel: &CancellationToken,
     ) -> Result<bool, CloudError> {
-        let md5 = Md5::digest(&body);
+        let v4 = self.endpoint.signature == SignatureVersion::V4;
+        let owned = path.to_owned();
+        let (len, md5, sha256) = tokio::task::spawn_blocking(move || digest_file(&owned, v4))
+            .await
+            .expect("hashing a part does not panic")
+            .map_err(|source| CloudError::Local {
+                action: "reading",
+                path: path.to_owned(),
+                source,
+            })?;
+        let body = Payload::File {
+            path: path.to_owned(),
+            len,
+            sha256: sha256.unwrap_or_default(),
+        };
+        self.put_unless_present(bucket, key, body, md5, cancel)
+            .await
+    }
+
+    /// PUTs `body` (whose MD5 is `md5`) as `bucket/key` readable by the cloud, unless an object
+    /// with the same MD5 is already there. Returns whether bytes were sent.
+    async fn put_unless_present(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Payload,
+        md5: [u8; 16],
+        cancel: &CancellationToken,
+    ) -> Result<bool, CloudError> {
         let md5_hex = hex::encode(md5);
         let md5_base64 = BASE64.encode(md5);
         aws::with_retries(&self.retry, cancel, || async {
@@ -263,9 +408,34 @@ impl S3 {
                     reason: format!("{key} arrived damaged: ETag {etag}, MD5 sent {md5_hex}"),
                 })),
                 _ => {
-                    crate::metrics::global().add_uploaded(body.len() as u64);
+                    crate::metrics::global().add_uploaded(body.len());
                     Ok(true)
                 }
+            }
+        })
+        .await
+    }
+
+    /// Deletes `bucket/key` (gone already counts as deleted): parts uploaded from a file that
+    /// then failed its verification are taken back.
+    pub async fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), CloudError> {
+        aws::with_retries(&self.retry, cancel, || async {
+            let call = Call {
+                method: Method::DELETE,
+                resource: self.path(bucket, Some(key)),
+                query: "",
+                headers: Vec::new(),
+                body: Payload::empty(),
+            };
+            let response = self.send("DeleteObject", &call).await?;
+            match response.status() {
+                status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
+                _ => Err(aws::refused("DeleteObject", response).await),
             }
         })
         .await
@@ -290,7 +460,7 @@ impl S3 {
                     resource: self.path(bucket, None),
                     query: &query,
                     headers: Vec::new(),
-                    body: bytes::Bytes::new(),
+                    body: Payload::empty(),
                 };
                 let response = self.send("ListObjects", &call).await?;
                 match response.status() {
@@ -315,27 +485,6 @@ impl S3 {
                 return Ok(keys);
             }
         }
-    }
-
-    /// Deletes `bucket/key` (S3 answers 204 whether or not it was there).
-    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), CloudError> {
-        let never = CancellationToken::new();
-        aws::with_retries(&self.retry, &never, || async {
-            let call = Call {
-                method: Method::DELETE,
-                resource: self.path(bucket, Some(key)),
-                query: "",
-                headers: Vec::new(),
-                body: bytes::Bytes::new(),
-            };
-            let response = self.send("DeleteObject", &call).await?;
-            match response.status() {
-                status if status.is_success() => Ok(()),
-                StatusCode::NOT_FOUND => Ok(()),
-                _ => Err(aws::refused("DeleteObject", response).await),
-            }
-        })
-        .await
     }
 }
 
@@ -391,6 +540,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let body = bytes::Bytes::from_static(b"part bytes");
         let etag = hex::encode(Md5::digest(&body));
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("k.part.00");
+        std::fs::write(&part, &body).unwrap();
         let server = tokio::spawn(async move {
             let mut held = Vec::new();
             let mut puts = 0;
@@ -419,7 +571,7 @@ mod tests {
         });
         let started = std::time::Instant::now();
         let sent = s3(&format!("http://{addr}/"))
-            .put_unless_present("b", "k.part.00", body, &CancellationToken::new())
+            .put_file_unless_present("b", "k.part.00", &part, &CancellationToken::new())
             .await
             .unwrap();
         assert!(sent);

@@ -50,10 +50,27 @@ impl Fetcher {
         progress: &(dyn Fn(u64) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<Sha256Hex, FetchError> {
+        self.download_growing(url, partial, expected, progress, None, cancel)
+            .await
+    }
+
+    /// [`Fetcher::download`], telling `growth` how much of the file's start is in place as it
+    /// grows (one stream: the bytes written; several ranges: the contiguous prefix the follower
+    /// has hashed), so that a reader can follow the download (`growing.rs`). Whether the file
+    /// ends whole is the caller's to tell.
+    pub async fn download_growing(
+        &self,
+        url: &str,
+        partial: &Path,
+        expected: u64,
+        progress: &(dyn Fn(u64) + Send + Sync),
+        growth: Option<&super::growing::Growth>,
+        cancel: &CancellationToken,
+    ) -> Result<Sha256Hex, FetchError> {
         self.check_host(url)?;
         if self.connections > 1 && expected >= PARALLEL_DOWNLOAD_MIN_BYTES {
             let ranged = self
-                .download_ranges(url, partial, expected, progress, cancel)
+                .download_ranges(url, partial, expected, progress, growth, cancel)
                 .await?;
             if let Some(digest) = ranged {
                 return Ok(digest);
@@ -65,6 +82,12 @@ impl Fetcher {
         })
         .await
         .expect("settling task does not panic")?;
+        let progress = &|have: u64| {
+            progress(have);
+            if let Some(growth) = growth {
+                growth.advance(have);
+            }
+        };
         let download = Download::resume(url, partial, expected).await?;
         let have = download.have();
         progress(have);

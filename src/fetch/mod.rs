@@ -17,6 +17,7 @@
 //! written), and a full disk (the partial file is removed so the failure can be recorded).
 
 mod download;
+pub mod growing;
 pub mod hosts;
 mod ranged;
 pub mod rate;

@@ -215,6 +215,8 @@ struct Ranged<'a> {
     record: Mutex<std::fs::File>,
     /// Woken after each write: the follower hashes the grown prefix.
     grown: Notify,
+    /// Told of the hashed prefix: a reader may follow it.
+    growth: Option<&'a super::growing::Growth>,
 }
 
 impl Fetcher {
@@ -227,6 +229,7 @@ impl Fetcher {
         partial: &Path,
         expected: u64,
         progress: &(dyn Fn(u64) + Send + Sync),
+        growth: Option<&super::growing::Growth>,
         cancel: &CancellationToken,
     ) -> Result<Option<crate::cache::Sha256Hex>, FetchError> {
         let disk = |source| FetchError::Disk {
@@ -261,6 +264,7 @@ impl Fetcher {
             spans: Mutex::new(spans),
             record: Mutex::new(record),
             grown: Notify::new(),
+            growth,
         };
         ranged.write_record()?;
         let outcome = ranged.run(self, progress, cancel).await;
@@ -592,6 +596,9 @@ impl Ranged<'_> {
                 .expect("hashing task does not panic");
                 read.map_err(|e| self.disk(e))?;
                 hashed = prefix;
+                if let Some(growth) = self.growth {
+                    growth.advance(hashed);
+                }
                 continue;
             }
             if hashed == self.expected {

@@ -87,6 +87,33 @@ impl VerifiedDownloads<'_> {
         stages: &impl FileStages,
         cancel: &CancellationToken,
     ) -> Result<PathBuf, FileError> {
+        self.fetch_growing(file, stages, None, cancel).await
+    }
+
+    /// [`VerifiedDownloads::fetch`], with `growth` told how the partial file grows, that it is
+    /// whole, or that it will not be (the download, its check or its signature failed, or it was
+    /// cancelled): what an overlapped install's bundler reads follows it.
+    pub async fn fetch_growing(
+        &self,
+        file: SignedFile<'_>,
+        stages: &impl FileStages,
+        growth: Option<&super::growing::Growth>,
+        cancel: &CancellationToken,
+    ) -> Result<PathBuf, FileError> {
+        let fetched = self.fetch_into(file, stages, growth, cancel).await;
+        if let (Err(error), Some(growth)) = (&fetched, growth) {
+            growth.failed(&error.to_string());
+        }
+        fetched
+    }
+
+    async fn fetch_into(
+        &self,
+        file: SignedFile<'_>,
+        stages: &impl FileStages,
+        growth: Option<&super::growing::Growth>,
+        cancel: &CancellationToken,
+    ) -> Result<PathBuf, FileError> {
         stages.downloading()?;
         let signature = match file.signature_url {
             Some(url) => {
@@ -101,7 +128,9 @@ impl VerifiedDownloads<'_> {
         };
         let partial = Partial::prepare(self.cache, file)?;
         let received = |bytes| stages.received(bytes);
-        let downloaded = partial.download(self.fetcher, &received, cancel).await?;
+        let downloaded = partial
+            .download(self.fetcher, &received, growth, cancel)
+            .await?;
         stages.verifying(signature.is_some()).await?;
         let verified = downloaded.verify(self.trust, signature).await?;
         verified.record_and_promote(self.db)
@@ -143,11 +172,22 @@ impl<'a> Partial<'a> {
         self,
         fetcher: &Fetcher,
         progress: &(dyn Fn(u64) + Send + Sync),
+        growth: Option<&super::growing::Growth>,
         cancel: &CancellationToken,
     ) -> Result<Downloaded<'a>, FileError> {
         let digest = fetcher
-            .download(self.file.url, &self.path, self.file.size, progress, cancel)
+            .download_growing(
+                self.file.url,
+                &self.path,
+                self.file.size,
+                progress,
+                growth,
+                cancel,
+            )
             .await;
+        if let (Ok(_), Some(growth)) = (&digest, growth) {
+            growth.whole();
+        }
         match digest {
             Err(error @ FetchError::TooLarge { .. }) => {
                 self.discard();

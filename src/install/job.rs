@@ -8,16 +8,20 @@ use super::Installer;
 use super::keyed_lock::KeyGuard;
 use super::state::InstallState;
 use crate::bundle;
-use crate::catalog::model::{FileKind, FileRef, Image, StreamIdentity, Virtualization};
+use crate::catalog::model::{
+    Compression, FileKind, FileRef, Image, Packing, StreamIdentity, Virtualization,
+};
 use crate::cloud::CloudError;
 use crate::db::installs::Change;
 use crate::db::{DbError, InstallRow, RegisteredIds};
+use crate::fetch::growing::Growth;
 use crate::fetch::verified::{FileError, FileStages, SignedFile};
 use crate::metrics;
-use crate::publish::{Artifact, Progress};
+use crate::publish::{Artifact, OpenGrowing, Progress, Verification};
 use crate::status::{self, Step};
 use crate::unpack;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 
 /// What ends an install attempt early; its one line follows "Failure encountered while: ...".
@@ -147,8 +151,13 @@ impl Job<'_> {
         let installs = self.installer.db.installs()?;
         self.installer.budget.make_room(&image, &installs)?;
         let total = image.total_bytes();
+        let overlapped = self.overlappable(&image)?;
+        let ahead = match overlapped {
+            Some(_) => &image.files[..image.files.len() - 1],
+            None => &image.files[..],
+        };
         let mut done = 0;
-        for file in &image.files {
+        for file in ahead {
             let _only_us = self
                 .exclusively(&format!("download:{}", file.sha256), file.kind, done, total)
                 .await?;
@@ -163,7 +172,172 @@ impl Job<'_> {
                 status::downloading(file.kind, file.size, file.size),
             );
         }
-        self.publish_all(&image).await
+        let Some(last) = overlapped else {
+            return self.publish_all(&image).await;
+        };
+        // The files ahead (a kernel and ramdisk the image boots with) are registered already:
+        // their ids, for the image's manifest.
+        let mut ids = RegisteredIds::default();
+        let mut published = 0;
+        self.publish_files(&image, ahead, &mut ids, &mut published, total)
+            .await?;
+        ids.emi = Some(self.overlap(&image, last, &ids, done, total).await?);
+        Ok(ids)
+    }
+
+    /// The image's last file, when its install overlaps its download (issue 16): a file that is
+    /// one machine image, a raw image or an uncompressed qcow2 disk, not verified yet, and every
+    /// file ahead of it (a kernel, a ramdisk) registered in this cloud already. Otherwise the
+    /// files ahead would have to be registered before the image's download ends (its manifest
+    /// names them), and a failed download would leave them registered: today's order (every
+    /// file verified, then anything registered) stays. A UEC tarball stays sequential too: it is
+    /// checked whole for all its members (`unpack::check_members`) before any of them is
+    /// published, so that a tarball short of one registers nothing, and that check needs the
+    /// whole file.
+    fn overlappable<'i>(&self, image: &'i Image) -> Result<Option<&'i FileRef>, JobError> {
+        let Some((last, ahead)) = image.files.split_last() else {
+            return Ok(None);
+        };
+        let cloud_id = self.installer.publisher.cloud().id();
+        for file in ahead {
+            for kind in file.artifacts() {
+                let identity = self
+                    .artifact(image, file, kind, &RegisteredIds::default())
+                    .identity;
+                if self
+                    .installer
+                    .db
+                    .cloud_object(cloud_id, &identity)?
+                    .is_none()
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        let fits = last.artifacts() == [FileKind::Image]
+            && match last.packing {
+                Packing::Raw => true,
+                Packing::Qcow2 => last.compression == Compression::None,
+                Packing::Tar => false,
+            };
+        if !fits || self.is_cached(last)? {
+            return Ok(None);
+        }
+        Ok(Some(last))
+    }
+
+    /// Downloads `file` while its bundle is made from the bytes as they arrive and its parts go
+    /// up; the manifest goes up and the image is registered only once the file has verified, and
+    /// a file that fails takes its parts back (`Publisher::publish_overlapped`). The cache file
+    /// is written as ever. Returns the image's id.
+    async fn overlap(
+        &self,
+        image: &Image,
+        file: &FileRef,
+        ids: &RegisteredIds,
+        done_before: u64,
+        total: u64,
+    ) -> Result<String, JobError> {
+        let installer = self.installer;
+        let cloud_id = installer.publisher.cloud().id().to_string();
+        let _downloading = self
+            .exclusively(
+                &format!("download:{}", file.sha256),
+                file.kind,
+                done_before,
+                total,
+            )
+            .await?;
+        let artifact = self.artifact(image, file, FileKind::Image, ids);
+        let _publishing = self
+            .exclusively(
+                &format!("publish:{}", artifact.identity),
+                artifact.kind,
+                done_before,
+                total,
+            )
+            .await?;
+        let registered = installer.db.cloud_object(&cloud_id, &artifact.identity)?;
+        if self.is_cached(file)? || registered.is_some() {
+            // Another install brought it in while we waited: nothing left to overlap.
+            if !self.is_cached(file)? {
+                self.download(file, done_before, total).await?;
+            }
+            self.set_state(InstallState::Installing, &status::installing(&image.title))?;
+            return self
+                .publish_once(&artifact, file.size, done_before, total)
+                .await;
+        }
+        let growth = Growth::new();
+        let (tell, verification) = tokio::sync::watch::channel(None);
+        let open: Arc<OpenGrowing> = {
+            let growth = growth.clone();
+            let partial = installer.cache.partial_path(&file.sha256);
+            let promoted = installer.cache.path(&file.sha256);
+            let size = file.size;
+            Arc::new(move || {
+                Ok(
+                    Box::new(growth.reader(partial.clone(), promoted.clone(), size))
+                        as Box<dyn unpack::SourceRead>,
+                )
+            })
+        };
+        let line = OverlapLine {
+            job: self,
+            kind: file.kind,
+            done_before,
+            total,
+            size: file.size,
+            downloaded: AtomicU64::new(0),
+            parts: AtomicU64::new(0),
+            downloading: AtomicBool::new(true),
+            installing: AtomicBool::new(false),
+        };
+        let stages = DownloadStages {
+            job: self,
+            file,
+            done_before,
+            total,
+            overlap: Some(&line),
+        };
+        let downloading = async {
+            let fetched = installer
+                .downloads()
+                .fetch_growing(signed_file(file), &stages, Some(&growth), self.cancel)
+                .await;
+            line.downloading.store(false, Ordering::SeqCst);
+            let outcome = match fetched {
+                Ok(_) => self
+                    .set_state(InstallState::Installing, &status::installing(&image.title))
+                    .map_err(JobError::from),
+                Err(error) => Err(error.into()),
+            };
+            line.installing.store(outcome.is_ok(), Ordering::SeqCst);
+            let _ = tell.send(Some(outcome.is_ok()));
+            if outcome.is_ok() {
+                tracing::info!(uri = %self.uri(), kind = file.kind.noun(), sha256 = file.sha256.short(), "file verified");
+            }
+            outcome
+        };
+        let publishing = installer.publisher.publish_overlapped(
+            &artifact,
+            open,
+            &line,
+            Verification(verification),
+            self.cancel,
+        );
+        let (downloaded, published) = tokio::join!(downloading, publishing);
+        // The file's own failure says why; the publish only took its parts back.
+        downloaded?;
+        let published = published.inspect_err(record_cloud_error)?;
+        installer.db.record_cloud_object(
+            &cloud_id,
+            &artifact.identity,
+            &published.image_id,
+            &published.location,
+        )?;
+        tracing::info!(uri = %self.uri(), id = %published.image_id, location = %published.location, "registered {}", artifact.kind.noun());
+        Ok(published.image_id)
     }
 
     /// Waits, cancellably, until no other install works on `key` (the same file or artifact).
@@ -202,6 +376,7 @@ impl Job<'_> {
             file,
             done_before,
             total,
+            overlap: None,
         };
         self.installer
             .downloads()
@@ -216,21 +391,35 @@ impl Job<'_> {
         let total: u64 = image.total_bytes();
         let mut ids = RegisteredIds::default();
         let mut done = 0;
-        for file in &image.files {
+        self.publish_files(image, &image.files, &mut ids, &mut done, total)
+            .await?;
+        Ok(ids)
+    }
+
+    /// Publishes each artifact of `files` (verified in the cache), in order, into `ids`.
+    async fn publish_files(
+        &self,
+        image: &Image,
+        files: &[FileRef],
+        ids: &mut RegisteredIds,
+        done: &mut u64,
+        total: u64,
+    ) -> Result<(), JobError> {
+        for file in files {
             let kinds = file.artifacts();
-            let shares = self.shares(file, &kinds, done, total)?;
+            let shares = self.shares(file, &kinds, *done, total)?;
             for (kind, share) in kinds.into_iter().zip(shares) {
-                let artifact = self.artifact(image, file, kind, &ids);
-                let id = self.publish_once(&artifact, share, done, total).await?;
+                let artifact = self.artifact(image, file, kind, ids);
+                let id = self.publish_once(&artifact, share, *done, total).await?;
                 match kind {
                     FileKind::Kernel => ids.eki = Some(id),
                     FileKind::Ramdisk => ids.eri = Some(id),
                     FileKind::Image => ids.emi = Some(id),
                 }
-                done += share;
+                *done += share;
             }
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// How much of the install's progress each of the file's artifacts stands for: the whole file
@@ -385,6 +574,8 @@ struct DownloadStages<'a> {
     file: &'a FileRef,
     done_before: u64,
     total: u64,
+    /// An overlapped install's one line, which the download's bytes go to.
+    overlap: Option<&'a OverlapLine<'a>>,
 }
 
 impl FileStages for DownloadStages<'_> {
@@ -405,6 +596,10 @@ impl FileStages for DownloadStages<'_> {
     }
 
     fn received(&self, bytes: u64) {
+        if let Some(line) = self.overlap {
+            line.downloaded.store(bytes, Ordering::SeqCst);
+            return line.show();
+        }
         self.job.installer.board.progress(
             self.job.uri(),
             self.done_before + bytes,
@@ -414,12 +609,79 @@ impl FileStages for DownloadStages<'_> {
     }
 
     async fn verifying(&self, signed: bool) -> Result<(), DbError> {
+        if let Some(line) = self.overlap {
+            line.downloading.store(false, Ordering::SeqCst);
+        }
         self.job.set_state(
             InstallState::Verifying,
             &status::verifying(self.file.kind, signed),
         )?;
         crate::pause::here("verify").await;
         Ok(())
+    }
+}
+
+/// An overlapped install's status: one line for the download and the parts sent beside it,
+/// its progress the download's bytes (so it only moves forward); once the file is in, the
+/// publish's own steps (manifest, registration) at the file's whole share.
+struct OverlapLine<'a> {
+    job: &'a Job<'a>,
+    kind: FileKind,
+    done_before: u64,
+    total: u64,
+    size: u64,
+    downloaded: AtomicU64,
+    parts: AtomicU64,
+    /// Until the download ends (then the verifying line stands).
+    downloading: AtomicBool,
+    /// Once the file verified: the parts still going up show in the upload's own line.
+    installing: AtomicBool,
+}
+
+impl OverlapLine<'_> {
+    fn show(&self) {
+        let done = self.downloaded.load(Ordering::SeqCst);
+        self.job.installer.board.progress(
+            self.job.uri(),
+            self.done_before + done,
+            self.total,
+            status::downloading_and_sending(
+                self.kind,
+                done,
+                self.size,
+                self.parts.load(Ordering::SeqCst),
+            ),
+        );
+    }
+}
+
+impl Progress for OverlapLine<'_> {
+    fn report(&self, step: Step, _source_done: u64) {
+        match step {
+            Step::UploadingParts { sent, .. } => {
+                self.parts.store(sent, Ordering::SeqCst);
+                if self.downloading.load(Ordering::SeqCst) {
+                    self.show();
+                } else if self.installing.load(Ordering::SeqCst) {
+                    self.job.installer.board.progress(
+                        self.job.uri(),
+                        self.done_before + self.size,
+                        self.total,
+                        step.line(),
+                    );
+                }
+            }
+            Step::UploadingManifest { .. } | Step::Registering { .. } => {
+                self.job.installer.board.progress(
+                    self.job.uri(),
+                    self.done_before + self.size,
+                    self.total,
+                    step.line(),
+                );
+            }
+            // The download's line stands for bundling.
+            _ => {}
+        }
     }
 }
 
@@ -431,7 +693,7 @@ fn record_cloud_error(error: &CloudError) {
         CloudError::Bundle(_) => "bundle",
         CloudError::Refused { .. } => "refused",
         CloudError::Unreachable { .. } => "unreachable",
-        CloudError::Cancelled => return,
+        CloudError::Cancelled | CloudError::Unverified => return,
     };
     metrics::global().cloud_error(kind);
 }

@@ -106,9 +106,66 @@ fn one_line(error: &io::Error) -> String {
         .collect()
 }
 
+/// A source file's bytes, read in order or at offsets.
+pub trait SourceRead: Read + Seek + Send {}
+impl<T: Read + Seek + Send> SourceRead for T {}
+
+/// Opens a source file that is still arriving: each call a fresh reader of it.
+pub type OpenArriving<'a> = &'a (dyn Fn() -> io::Result<Box<dyn SourceRead>> + Sync);
+
+/// Where a source file's bytes come from: the file at rest, or a reader that follows a download
+/// still writing it (the overlapped install; its reads block until the bytes are there). `path`
+/// names it in every message either way.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub path: &'a Path,
+    arriving: Option<OpenArriving<'a>>,
+}
+
+impl<'a> Source<'a> {
+    /// The file at `path`, whole on disk.
+    pub fn at_rest(path: &'a Path) -> Self {
+        Self {
+            path,
+            arriving: None,
+        }
+    }
+
+    /// The file a download is writing, read through `open`'s readers.
+    pub fn arriving(path: &'a Path, open: OpenArriving<'a>) -> Self {
+        Self {
+            path,
+            arriving: Some(open),
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn SourceRead>, UnpackError> {
+        let read_error = |source| UnpackError::Read {
+            path: self.path.to_owned(),
+            source,
+        };
+        match self.arriving {
+            Some(open) => open().map_err(read_error),
+            None => Ok(Box::new(File::open(self.path).map_err(read_error)?)),
+        }
+    }
+}
+
+impl<'a> From<&'a Path> for Source<'a> {
+    fn from(path: &'a Path) -> Self {
+        Source::at_rest(path)
+    }
+}
+
+impl<'a> From<&'a PathBuf> for Source<'a> {
+    fn from(path: &'a PathBuf) -> Self {
+        Source::at_rest(path)
+    }
+}
+
 /// Reports how many bytes of the source file were consumed, once per MiB.
 struct Metered<'a> {
-    inner: File,
+    inner: Box<dyn SourceRead>,
     consumed: u64,
     reported: u64,
     report: &'a (dyn Fn(u64) + Sync),
@@ -148,20 +205,23 @@ pub struct ImageStream<'a> {
 /// into the source file the work has got: for a qcow2 disk, the bytes read of it so far (tables
 /// and clusters, metered as they are read, at most the file's size), since its clusters need not
 /// lie in guest order.
-pub fn with_artifact_bytes<T, E: From<UnpackError>>(
-    path: &Path,
+pub fn with_artifact_bytes<'s, T, E: From<UnpackError>>(
+    source: impl Into<Source<'s>>,
     compression: Compression,
     packing: Packing,
     wanted: FileKind,
     consumed: &(dyn Fn(u64) + Sync),
     install: impl FnOnce(ImageStream<'_>) -> Result<T, E>,
 ) -> Result<T, E> {
+    let source = source.into();
+    let path = source.path;
     let read_error = |source| UnpackError::Read {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(read_error)?;
-    let source_size = file.metadata().map_err(read_error)?.len();
+    let mut file = source.open()?;
+    let source_size = file.seek(SeekFrom::End(0)).map_err(read_error)?;
+    file.seek(SeekFrom::Start(0)).map_err(read_error)?;
     // Said before the first byte: a failure in the first MiB then names this step, not the last.
     consumed(0);
     if packing == Packing::Qcow2 {
@@ -187,15 +247,12 @@ pub fn with_artifact_bytes<T, E: From<UnpackError>>(
 /// Calls `read` with the source file's bytes as they are on disk (still compressed), metered
 /// as [`with_artifact_bytes`] meters them: the bundle's splicer (`bundle/splice/`) reuses a
 /// gzipped upstream's deflate data. The one place a bundler opens its source.
-pub fn with_source_bytes<T, E: From<UnpackError>>(
-    path: &Path,
+pub fn with_source_bytes<'s, T, E: From<UnpackError>>(
+    source: impl Into<Source<'s>>,
     consumed: &(dyn Fn(u64) + Sync),
     read: impl FnOnce(&mut dyn Read) -> Result<T, E>,
 ) -> Result<T, E> {
-    let file = File::open(path).map_err(|source| UnpackError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let file = source.into().open()?;
     consumed(0);
     let mut metered = Metered {
         inner: file,
@@ -220,7 +277,7 @@ fn decompressed<'a>(compression: Compression, metered: Metered<'a>) -> Box<dyn R
 /// reads whole clusters, and a buffer would only read past each seek).
 fn with_qcow2_disk<T, E: From<UnpackError>>(
     path: &Path,
-    file: File,
+    file: Box<dyn SourceRead>,
     compression: Compression,
     source_size: u64,
     consumed: &(dyn Fn(u64) + Sync),
@@ -256,17 +313,30 @@ fn with_qcow2_disk<T, E: From<UnpackError>>(
 }
 
 /// The size of a qcow2 image's raw disk, read off its (judged) header.
-pub fn qcow2_virtual_size(path: &Path) -> Result<u64, UnpackError> {
-    let file = File::open(path).map_err(|source| UnpackError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    Qcow2Image::open(file)
+pub fn qcow2_virtual_size<'s>(source: impl Into<Source<'s>>) -> Result<u64, UnpackError> {
+    let source = source.into();
+    let path = source.path;
+    Qcow2Image::open(source.open()?)
         .map(|image| image.virtual_size())
         .map_err(|source| UnpackError::Qcow2 {
             path: path.to_owned(),
             source,
         })
+}
+
+/// ISIZE, the last four bytes of a gzip member: the uncompressed length modulo 2^32. (Of a file
+/// still arriving, read once its end is there.)
+pub fn gzip_trailer_size<'s>(source: impl Into<Source<'s>>) -> Result<u32, UnpackError> {
+    let source = source.into();
+    let mut file = source.open()?;
+    let mut isize = [0u8; 4];
+    file.seek(SeekFrom::End(-4))
+        .and_then(|_| file.read_exact(&mut isize))
+        .map_err(|error| UnpackError::Read {
+            path: source.path.to_owned(),
+            source: error,
+        })?;
+    Ok(u32::from_le_bytes(isize))
 }
 
 /// Checks, in one pass over the tarball, that it holds exactly one regular member of each role in
@@ -284,7 +354,7 @@ pub fn check_members(
     })?;
     consumed(0);
     let metered = Metered {
-        inner: file,
+        inner: Box::new(file),
         consumed: 0,
         reported: 0,
         report: consumed,
@@ -295,14 +365,16 @@ pub fn check_members(
 /// The number of raw bytes of the artifact `wanted` in a source file: read off a tar header, a
 /// qcow2 header or the file itself when possible, else counted by decompressing once (a gzip
 /// trailer holds the size only modulo 4 GiB, and only for its last member).
-pub fn artifact_size(
-    path: &Path,
+pub fn artifact_size<'s>(
+    source: impl Into<Source<'s>>,
     compression: Compression,
     packing: Packing,
     wanted: FileKind,
     consumed: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, UnpackError> {
-    with_artifact_bytes(path, compression, packing, wanted, consumed, |stream| {
+    let source = source.into();
+    let path = source.path;
+    with_artifact_bytes(source, compression, packing, wanted, consumed, |stream| {
         if let Some(size) = stream.size {
             return Ok(size);
         }

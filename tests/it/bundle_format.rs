@@ -238,6 +238,7 @@ fn a_spliced_bundle_opens_with_openssl_gzip_and_python_tarfile_as_the_recompress
             arch: "x86_64",
             kernel_id: None,
             ramdisk_id: None,
+            arriving: None,
         };
         let gzip = GzipSettings {
             level: 1,

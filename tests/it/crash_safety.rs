@@ -285,12 +285,11 @@ async fn killed_while_bundling_the_install_bundles_again_and_uploads_each_part_o
     let big = env.image_uri(BIG_SET);
     env.act(&big, "install").await;
     wait_for_log(&env, "paused at bundling").await;
-    let at_kill = env.state(&big).await;
-    assert!(
-        at_kill["status-detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("Bundling machine image: "),
+    // The bundle is made as the file downloads (the overlapped install): the download goes on
+    // past the parked bundler, to its verification.
+    let at_kill = env.wait_for_status(&big, "installing").await;
+    assert_eq!(
+        at_kill["status-detail"], "Installing Crash test",
         "{at_kill}"
     );
     assert!(moto.object_puts().is_empty(), "nothing uploaded yet");
@@ -392,6 +391,127 @@ async fn killed_between_part_uploads_the_parts_already_uploaded_are_not_sent_aga
         "FIGURE between-part-uploads: killed at {} with {held:?} held; object PUTs in all: {} \
          (part.00 1, part.02 1 before the kill; part.01 1, manifest 1 after), HEAD checks {heads}; image fetched \
          {fetched} time; {} RegisterImage",
+        at_kill["status-detail"],
+        puts.len(),
+        moto.registrations().len()
+    );
+}
+
+/// Waits until moto has received PUTs of at least `parts` of the big image's parts.
+async fn parts_put(moto: &Moto, parts: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let puts = moto.object_puts();
+        if puts.iter().filter(|p| p.contains(".part.")).count() >= parts {
+            return puts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{puts:?}: fewer than {parts} parts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Inside the overlap: killed mid-download while the bundle's first part is in the bucket. The
+/// download resumes where the file on disk ends; the bundle cut by the kill is made again (its
+/// parts sent again under the new bundle's key: a half-made gzip and AES stream cannot be taken
+/// up); the manifest goes up once and the image is registered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_download_while_parts_go_up_the_download_resumes_and_registers_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), None, true).await;
+    let big = env.image_uri(BIG_SET);
+    // The download is cut once at 15 MiB and waits a minute to resume: the first part goes up
+    // in that pause (held by the peer, not by a pace).
+    env.kill_proxy();
+    env.retry_delay_ms = 60_000;
+    env.start_proxy();
+    env.store.inject(
+        "files/big/image",
+        fake_store::Fault::DropAfter(15 << 20),
+        Some(1),
+    );
+    env.act(&big, "install").await;
+    // The proxy's one line says a part is in (moto answered its PUT) while the file downloads.
+    let at_kill = env
+        .wait_for(&big, "a part sent mid-download", |state| {
+            state["status-detail"].as_str().is_some_and(|detail| {
+                detail.starts_with("Downloading machine image: ")
+                    && detail.ends_with(" parts sent")
+                    && !detail.ends_with(", 0 parts sent")
+            })
+        })
+        .await;
+    env.kill_proxy();
+    let before = parts_put(&moto, 1).await;
+    let partial: Vec<_> = env
+        .cache_files()
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "part"))
+        .collect();
+    assert_eq!(partial.len(), 1, "one partial download: {partial:?}");
+    let had = std::fs::metadata(&partial[0]).unwrap().len();
+    assert!(had < BIG_SIZE as u64, "{had} bytes on disk at the kill");
+    let states = check_database(&env.data_dir);
+    assert_eq!(states, vec![(big.clone(), "downloading".to_string())]);
+    env.retry_delay_ms = 100;
+    env.start_proxy();
+
+    assert_installed_once(&moto, &env, &big, 1).await;
+    let requests = env.served("/files/big/image");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        resumed_from(&requests[1]),
+        had,
+        "resumed where the file ends"
+    );
+    let puts = moto.object_puts();
+    let manifests = puts.iter().filter(|p| p.ends_with(".manifest.xml")).count();
+    assert_eq!(manifests, 1, "{puts:?}");
+    assert!(puts.last().unwrap().ends_with(".manifest.xml"), "{puts:?}");
+    println!(
+        "FIGURE overlap-mid-download: killed at {} with {before:?} in moto and {had} of          {BIG_SIZE} bytes on disk; resumed with Range: bytes={had}-; object PUTs in all {}          (the cut bundle's parts sent again), the manifest once; {} RegisterImage",
+        at_kill["status-detail"],
+        puts.len(),
+        moto.registrations().len()
+    );
+}
+
+/// Inside the overlap: every part is in the bucket and the file is downloaded, its signature not
+/// yet checked (`verify`): no manifest is there. After the restart the file is verified from
+/// disk, the finished bundle's parts are found in the bucket (not sent again), and only then
+/// does the manifest go up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_last_part_before_verification_nothing_is_fetched_or_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), Some("verify"), true).await;
+    let big = env.image_uri(BIG_SET);
+    env.act(&big, "install").await;
+    wait_for_log(&env, "paused at verify").await;
+    let before = parts_put(&moto, 3).await;
+    assert!(
+        !before.iter().any(|p| p.ends_with(".manifest.xml")),
+        "no manifest before verification: {before:?}"
+    );
+    assert!(moto.registrations().is_empty());
+    let at_kill = env.state(&big).await;
+    assert_eq!(
+        at_kill["status-detail"], "Verifying machine image signature",
+        "{at_kill}"
+    );
+    let states = kill_and_restart(&mut env);
+    assert_eq!(states, vec![(big.clone(), "verifying".to_string())]);
+
+    assert_installed_once(&moto, &env, &big, 1).await;
+    let puts = moto.object_puts();
+    assert_each_put_once(&puts);
+    assert_eq!(puts[..3], before[..3]);
+    assert!(puts[3].ends_with(".manifest.xml"), "{puts:?}");
+    let fetched = env.served("/files/big/image").len();
+    assert_eq!(fetched, 1, "the image is not fetched again");
+    println!(
+        "FIGURE overlap-after-last-part: killed at {} with {before:?} in moto and no manifest;          after the restart object PUTs in all {} (the manifest only); image fetched {fetched}          time; {} RegisterImage",
         at_kill["status-detail"],
         puts.len(),
         moto.registrations().len()

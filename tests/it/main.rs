@@ -31,6 +31,7 @@ mod load;
 mod monitoring;
 mod moto_cloud;
 mod openapi;
+mod overlap;
 mod parallel_transfers;
 mod qcow2;
 mod replay_across_restart;

@@ -83,7 +83,7 @@ pub fn bundle(
         size,
         gzip,
     };
-    unpack::with_source_bytes(image.path, consumed, |source| {
+    unpack::with_source_bytes(image.source(), consumed, |source| {
         format::write_bundle_with(&spec, keys, dir, sink, &mut |out, tick| {
             write_member(source, image.prefix, size, gzip.level, out, tick)
         })

@@ -370,6 +370,7 @@ fn bundle_through_pipeline(upstream: &[u8], recompress: bool) -> Result<Bundle, 
         arch: "x86_64",
         kernel_id: None,
         ramdisk_id: None,
+        arriving: None,
     };
     let gzip = GzipSettings {
         level: 1,
