@@ -45,6 +45,7 @@ fn main() {
         kernel_id: None,
         ramdisk_id: None,
         arriving: None,
+        trailer_isize: None,
     };
     let gzip = GzipSettings {
         recompress: mode == "recompress",

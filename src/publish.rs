@@ -55,6 +55,8 @@ pub struct Artifact {
     pub description: Option<String>,
     /// What makes two artifacts the same registration: kind, content and links.
     pub identity: String,
+    /// A gzipped image's trailer ISIZE read ahead (`Fetcher::tail`), for an overlapped publish.
+    pub trailer_isize: Option<u32>,
 }
 
 impl Artifact {
@@ -71,6 +73,7 @@ impl Artifact {
             arch: &self.arch,
             kernel_id: self.kernel_id.as_deref(),
             ramdisk_id: self.ramdisk_id.as_deref(),
+            trailer_isize: self.trailer_isize,
         }
     }
 }
@@ -649,6 +652,7 @@ mod tests {
             virtualization: Virtualization::Paravirtual,
             description: None,
             identity: "kernel:test".into(),
+            trailer_isize: None,
         };
         let cancel = CancellationToken::new();
         let lines = Lines::default();
@@ -849,6 +853,7 @@ mod tests {
             virtualization: Virtualization::Paravirtual,
             description: None,
             identity: "image:x".into(),
+            trailer_isize: None,
         }
     }
 

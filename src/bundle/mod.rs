@@ -35,6 +35,10 @@ pub struct SourceImage<'a> {
     /// Set when the file is still downloading: its readers follow the download (an overlapped
     /// install); unset, the file at `path` is read, whole.
     pub arriving: Option<unpack::OpenArriving<'a>>,
+    /// A gzipped image's ISIZE (its trailer's last four bytes) read ahead of the download, so
+    /// that an arriving file's bundle need not wait for its end to size its tar header; checked
+    /// like the trailer's own.
+    pub trailer_isize: Option<u32>,
     /// Its size on disk (compressed, or the tarball's), which progress is counted in.
     pub size: u64,
     pub compression: Compression,

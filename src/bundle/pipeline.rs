@@ -99,7 +99,10 @@ fn size_hint(image: &SourceImage<'_>) -> Result<SizeHint, UnpackError> {
         (Compression::Gzip, Packing::Qcow2) => Ok(exact(None)),
         (Compression::None, Packing::Raw) => Ok(exact(Some(image.size))),
         (Compression::Gzip, Packing::Raw) => {
-            let trailer = unpack::gzip_trailer_size(image.source())?;
+            let trailer = match image.trailer_isize {
+                Some(isize) => isize,
+                None => unpack::gzip_trailer_size(image.source())?,
+            };
             Ok(SizeHint {
                 size: Some(smallest_plausible_size(trailer, image.size)),
                 guessed: true,
@@ -452,6 +455,7 @@ mod tests {
             kind: crate::catalog::model::FileKind::Image,
             path,
             arriving: None,
+            trailer_isize: None,
             size: std::fs::metadata(path).unwrap().len(),
             compression,
             packing,

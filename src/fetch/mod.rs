@@ -275,6 +275,27 @@ impl Fetcher {
             .inspect_err(FetchError::record)
     }
 
+    /// The last `n` bytes of `url`, by a suffix range request (`Range: bytes=-n`), when the
+    /// upstream answers exactly that (206 with `n` bytes); `None` otherwise, whatever went wrong.
+    /// A hint and never trusted: an overlapped install reads a gzipped image's trailer (its
+    /// ISIZE) this way before the download reaches it, and the bundle writer checks the length.
+    pub async fn tail(&self, url: &str, n: u64) -> Option<Vec<u8>> {
+        self.check_host(url).ok()?;
+        let response = self
+            .client
+            .get(url)
+            .header(reqwest::header::RANGE, format!("bytes=-{n}"))
+            .timeout(crate::limits::CATALOG_FETCH_TIMEOUT)
+            .send()
+            .await
+            .ok()?;
+        if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            return None;
+        }
+        let body = response.bytes().await.ok()?;
+        (body.len() as u64 == n).then(|| body.to_vec())
+    }
+
     /// [`Fetcher::get_small`] of a document upstream may or may not publish (a keyring beside
     /// its catalog): a 404 or 410 is `None`, and not counted as upstream's error.
     pub async fn get_small_if_published(

@@ -248,7 +248,16 @@ impl Job<'_> {
                 total,
             )
             .await?;
-        let artifact = self.artifact(image, file, FileKind::Image, ids);
+        let mut artifact = self.artifact(image, file, FileKind::Image, ids);
+        if file.compression == Compression::Gzip && file.packing == Packing::Raw {
+            // The tar header states the image's size, which only the gzip trailer tells: read
+            // it ahead rather than wait for the download to reach it.
+            artifact.trailer_isize = installer
+                .fetcher
+                .tail(file.url.as_str(), 4)
+                .await
+                .map(|tail| u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+        }
         let _publishing = self
             .exclusively(
                 &format!("publish:{}", artifact.identity),
@@ -503,6 +512,7 @@ impl Job<'_> {
             virtualization,
             description: image.stream.as_ref().map(StreamIdentity::description),
             identity,
+            trailer_isize: None,
         }
     }
 

@@ -239,6 +239,7 @@ fn a_spliced_bundle_opens_with_openssl_gzip_and_python_tarfile_as_the_recompress
             kernel_id: None,
             ramdisk_id: None,
             arriving: None,
+            trailer_isize: None,
         };
         let gzip = GzipSettings {
             level: 1,

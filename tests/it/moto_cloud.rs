@@ -360,6 +360,7 @@ async fn an_hvm_qcow2_disk_lands_in_moto_as_qemu_s_raw_disk_registered_hvm_with_
         virtualization: Virtualization::Hvm,
         description: Some(description.clone()),
         identity: "image:test:hvm".into(),
+        trailer_isize: None,
     };
     let publisher = Publisher::new(std::sync::Arc::new(cloud), &data_dir);
     let published = publisher

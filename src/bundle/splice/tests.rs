@@ -371,6 +371,7 @@ fn bundle_through_pipeline(upstream: &[u8], recompress: bool) -> Result<Bundle, 
         kernel_id: None,
         ramdisk_id: None,
         arriving: None,
+        trailer_isize: None,
     };
     let gzip = GzipSettings {
         level: 1,
