@@ -101,6 +101,12 @@ impl App {
             }
         };
         prepare_data_dir(&config.data_dir)?;
+        // The fake cloud makes its RSA keys on first use, a second's work: made now, beside the
+        // start-up, the first install does not wait for them (a failure is the install's to say).
+        let warming = cloud.clone();
+        std::thread::spawn(move || {
+            let _ = warming.bundle_keys();
+        });
         let db = Db::open(&config.data_dir.join("state.sqlite"))?;
         // One trust service per keyring: the files' (detached signatures) and each upstream's
         // for its documents. Each warns now if its keyring is missing, and takes back the keys
