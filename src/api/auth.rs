@@ -150,7 +150,6 @@ pub fn verify(
             "nonce {nonce} replayed (ClientId {client_id:?})"
         ))),
         NonceVerdict::Full => Err(ApiError::TooManyLiveNonces),
-        NonceVerdict::Unrecorded(error) => Err(ApiError::Internal(error)),
     }
 }
 

@@ -14,8 +14,9 @@
 //! committed before its request runs, and a start reads back the live ones, so a request seen
 //! just before a restart is a replay just after it. (Refusing every request signed before the
 //! start instead would refuse a servlet whose clock runs ahead, which `Expires` may be by up to
-//! 15 minutes, for up to 15 minutes after each restart.) A nonce that cannot be written down is
-//! refused, as a full book is.
+//! 15 minutes, for up to 15 minutes after each restart.) A nonce that cannot be written down (a
+//! full disk) is still remembered in memory, with a warning: the UI keeps working while the
+//! operator frees space, and only a restart within its 15 minutes could replay it.
 
 use crate::db::DbError;
 use crate::db::nonces::NonceStore;
@@ -49,9 +50,6 @@ pub enum NonceVerdict {
     Replayed,
     /// The book is full of live nonces: refuse rather than forget one that might be replayed.
     Full,
-    /// The nonce could not be written down: accepting it would let it be replayed after a
-    /// restart.
-    Unrecorded(DbError),
 }
 
 impl PartialEq for NonceVerdict {
@@ -105,7 +103,9 @@ impl NonceBook {
         if let Hasher::Disk(store) = &self.hasher {
             // Under the book's lock, so two requests with one nonce cannot both pass.
             if let Err(error) = store.remember(key, expires) {
-                return NonceVerdict::Unrecorded(error);
+                tracing::warn!(
+                    "nonce book: not written down ({error}); remembered in memory only, so a restart within its expiry could accept it again"
+                );
             }
             if book.last_sweep != now {
                 book.last_sweep = now;
