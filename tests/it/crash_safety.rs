@@ -438,7 +438,7 @@ async fn killed_mid_download_while_parts_go_up_the_download_resumes_and_register
         .wait_for(&big, "a part sent mid-download", |state| {
             state["status-detail"].as_str().is_some_and(|detail| {
                 detail.starts_with("Downloading machine image: ")
-                    && detail.ends_with(" parts sent")
+                    && detail.ends_with(" sent")
                     && !detail.ends_with(", 0 parts sent")
             })
         })

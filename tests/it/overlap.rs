@@ -89,7 +89,7 @@ async fn first_part_sent(env: &TestEnv, uri: &str) -> Value {
         state["status-detail"].as_str().is_some_and(|detail| {
             detail.starts_with("Downloading machine image: ")
                 && !detail.ends_with(", 0 parts sent")
-                && detail.ends_with(" parts sent")
+                && detail.ends_with(" sent")
         })
     })
     .await
