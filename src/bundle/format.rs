@@ -17,6 +17,8 @@ use sha1::{Digest, Sha1};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
 /// euca2ools' part size: 10 MiB.
@@ -89,10 +91,12 @@ pub struct Bundle {
 }
 
 /// Told how many image bytes went in; `false` stops the bundle (cancelled).
-pub type Progress<'a> = &'a mut dyn FnMut(u64) -> bool;
+pub type Progress<'a> = &'a mut (dyn FnMut(u64) -> bool + Send);
 
-/// What the writer tells as it goes, on the writing thread (push model, after ripgrep's `Sink`).
-pub trait PartSink {
+/// What the writer tells as it goes (push model, after ripgrep's `Sink`): image bytes from the
+/// thread making the gzip member, closed parts from the thread encrypting and writing them, as
+/// soon as each closes (the member's maker may be waiting on a download meanwhile).
+pub trait PartSink: Send {
     /// `done` image bytes went in; `false` stops the bundle (cancelled).
     fn image_bytes(&mut self, done: u64) -> bool;
 
@@ -179,23 +183,68 @@ pub fn write_bundle_with(
 
     let (closed, closed_parts) = mpsc::channel();
     let files = PartFiles::new(dir, spec.prefix, closed);
-    let mut cipher = CbcWriter::new(files, &key, &iv);
     let write_error = |source| BundleError::Write {
         path: dir.join(format!("{}.part.*", spec.prefix)),
         source,
     };
-    let mut sink = ClosedParts {
-        sink,
-        closed: closed_parts,
-    };
-    let digest = body(&mut cipher, &mut |done| {
-        sink.pass_on() && sink.sink.image_bytes(done)
+    let sink = Mutex::new(sink);
+    let stopped = AtomicBool::new(false);
+    // The gzip member is made on this thread (deflate's own workers beside it); encrypting,
+    // hashing and writing the parts on another, so that a splice, whose inflate pass is the
+    // other half of the work, runs on both cores.
+    let (digest, parts) = std::thread::scope(|scope| {
+        let (full, to_encrypt) = mpsc::sync_channel::<Vec<u8>>(CIPHER_QUEUE_DEPTH);
+        let (spent, empties) = mpsc::channel::<Vec<u8>>();
+        let (sink, stopped) = (&sink, &stopped);
+        let encrypting = scope.spawn(move || -> Result<Vec<Part>, BundleError> {
+            let mut cipher = CbcWriter::new(files, &key, &iv);
+            let mut ended = false;
+            for mut chunk in to_encrypt {
+                if chunk.is_empty() {
+                    ended = true;
+                    break;
+                }
+                cipher.write_all(&chunk).map_err(write_error)?;
+                if !pass_on(&closed_parts, sink) {
+                    stopped.store(true, Ordering::Relaxed);
+                    return Err(BundleError::Cancelled);
+                }
+                chunk.clear();
+                let _ = spent.send(chunk);
+            }
+            if !ended {
+                // The member's maker failed: its error says why; the last part stays unclosed
+                // and untold.
+                return Ok(Vec::new());
+            }
+            let parts = cipher.finish().map_err(write_error)?.finish()?;
+            if !pass_on(&closed_parts, sink) {
+                return Err(BundleError::Cancelled);
+            }
+            Ok(parts)
+        });
+        let mut cipher = ToCipher {
+            chunk: Vec::with_capacity(CHUNK),
+            full,
+            empties,
+        };
+        let digest = body(&mut cipher, &mut |done| {
+            !stopped.load(Ordering::Relaxed)
+                && sink.lock().expect("part sink lock").image_bytes(done)
+        })
+        .and_then(|digest| cipher.end().map(|()| digest).map_err(write_error));
+        drop(cipher);
+        let parts = match encrypting.join() {
+            Ok(parts) => parts,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        // The encrypting thread's own error is the cause of any the body saw writing to it.
+        match (digest, parts) {
+            (_, Err(error)) => Err(error),
+            (Err(error), Ok(_)) => Err(error),
+            (Ok(digest), Ok(parts)) => Ok((digest, parts)),
+        }
     })?;
-    let files = cipher.finish().map_err(write_error)?;
-    let parts = files.finish()?;
-    if !sink.pass_on() {
-        return Err(BundleError::Cancelled);
-    }
 
     let manifest = Manifest {
         spec,
@@ -228,22 +277,15 @@ pub fn tar_tail_len(size: u64) -> u64 {
     padding + 1024 + record_padding
 }
 
-/// The caller's sink, and the parts the writer chain closed since it was last told.
-struct ClosedParts<'a> {
-    sink: &'a mut dyn PartSink,
-    closed: Receiver<Part>,
-}
-
-impl ClosedParts<'_> {
-    /// Tells the sink of the parts closed since; `false` when it wants the bundle stopped.
-    fn pass_on(&mut self) -> bool {
-        while let Ok(part) = self.closed.try_recv() {
-            if !self.sink.part_closed(&part) {
-                return false;
-            }
+/// Tells the caller's sink of the parts closed since it was last told; `false` when it wants
+/// the bundle stopped.
+fn pass_on(closed: &Receiver<Part>, sink: &Mutex<&mut dyn PartSink>) -> bool {
+    while let Ok(part) = closed.try_recv() {
+        if !sink.lock().expect("part sink lock").part_closed(&part) {
+            return false;
         }
-        true
     }
+    true
 }
 
 fn copy_exact(
@@ -320,6 +362,59 @@ fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
     let mut file = File::create(path).map_err(error)?;
     file.write_all(bytes).map_err(error)?;
     file.sync_all().map_err(error)
+}
+
+/// 1 MiB chunks of the gzip member queued for the encrypting thread.
+const CIPHER_QUEUE_DEPTH: usize = 4;
+
+/// The gzip member's way to the encrypting thread: whole chunks, their buffers handed back, and
+/// an empty chunk at the end; without it (the member's maker failed) no part is finished.
+struct ToCipher {
+    chunk: Vec<u8>,
+    full: mpsc::SyncSender<Vec<u8>>,
+    empties: Receiver<Vec<u8>>,
+}
+
+impl ToCipher {
+    /// Sends what is buffered, if anything.
+    fn send(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .empties
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let chunk = std::mem::replace(&mut self.chunk, next);
+        self.full
+            .send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the encrypting thread stopped"))
+    }
+}
+
+impl ToCipher {
+    /// Sends the rest, then the empty chunk that says the member is whole.
+    fn end(&mut self) -> io::Result<()> {
+        self.send()?;
+        self.full
+            .send(Vec::new())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the encrypting thread stopped"))
+    }
+}
+
+impl Write for ToCipher {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// AES-128-CBC with PKCS#7 padding, as `openssl enc -aes-128-cbc -K .. -iv ..` writes it (no
