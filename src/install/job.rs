@@ -388,9 +388,14 @@ impl Job<'_> {
             FileKind::Image,
             &known.clone().unwrap_or_default(),
         );
-        if file.compression == Compression::Gzip && file.packing == Packing::Raw {
+        if file.compression == Compression::Gzip
+            && file.packing == Packing::Raw
+            && file.size > bundle::PART_SIZE
+        {
             // The tar header states the image's size, which only the gzip trailer tells: read
-            // it ahead rather than wait for the download to reach it.
+            // it ahead rather than wait for the download to reach it. A file no bigger than a
+            // part (its bundle is about its size) sends little or nothing before its end
+            // anyway: not worth the request.
             artifact.trailer_isize = installer
                 .fetcher
                 .tail(file.url.as_str(), 4)

@@ -648,7 +648,9 @@ async fn killed_with_the_kernel_and_ramdisk_bundles_up_and_nothing_registered_no
     assert_eq!(puts[..before.len()], before[..]);
     assert_eq!(karmic_fetches(&env), [1, 1, 1]);
     println!(
-        "FIGURE ahead-staged: killed at {} with {before:?} in moto and nothing registered; after          the restart {objects} objects each PUT once (none of the kernel's or ramdisk's again);          files fetched {:?}; {} RegisterImage",
+        "FIGURE ahead-staged: killed at {} with {before:?} in moto and nothing registered; after \
+         the restart {objects} objects each PUT once (none of the kernel's or ramdisk's again); \
+         files fetched {:?}; {} RegisterImage",
         at_kill["status-detail"],
         karmic_fetches(&env),
         moto.registrations().len()
@@ -712,7 +714,9 @@ async fn killed_between_the_kernel_s_registration_and_the_image_s_nothing_is_sen
     assert_eq!(image["params"]["KernelId"], installed["eki"]);
     assert_eq!(karmic_fetches(&env), [1, 1, 1]);
     println!(
-        "FIGURE ahead-registered: killed with {registered:?} registered and committed and          {} objects in moto, no image manifest; after the restart {objects} objects each PUT          once (the image's manifest only, new); {} RegisterImage",
+        "FIGURE ahead-registered: killed with {registered:?} registered and committed and \
+         {} objects in moto, no image manifest; after the restart {objects} objects each PUT \
+         once (the image's manifest only, new); {} RegisterImage",
         before.len(),
         moto.registrations().len()
     );
