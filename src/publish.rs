@@ -868,6 +868,98 @@ mod tests {
         );
     }
 
+    /// Tells the bundler the manifest waits for its links.
+    struct WaitingForLinks;
+
+    impl BundleSink for WaitingForLinks {
+        fn step(&self, _: Step) {}
+
+        fn manifest_waits(&self) -> bool {
+            true
+        }
+    }
+
+    /// A kernel staged (parts and manifest in the bucket, nothing registered) and registered
+    /// after; a machine image whose bundle waited for its links (as an overlapped install
+    /// leaves it when stopped before registering) is published with them: its manifest is
+    /// written naming the kernel, and nothing is bundled again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_staged_bundle_registers_later_and_a_waiting_one_is_finished_with_its_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path();
+        let cloud = Arc::new(FakeCloud::new(data_dir));
+        let publisher = Publisher::new(cloud.clone(), data_dir).with_gzip(GzipSettings {
+            level: 1,
+            threads: 2,
+            recompress: false,
+        });
+        let source = data_dir.join("source");
+        std::fs::write(&source, vec![9u8; 200_000]).unwrap();
+        let kernel = Artifact {
+            kind: FileKind::Kernel,
+            source: source.clone(),
+            source_size: 200_000,
+            name: "test-1-kernel".into(),
+            bucket: "image-store-1".into(),
+            identity: "kernel:test".into(),
+            ..artifact()
+        };
+        let cancel = CancellationToken::new();
+        let bucket = data_dir.join("fake-cloud/image-store-1");
+        let Staged::Uploaded(uploaded) = publisher
+            .stage(&kernel, &Lines::default(), &cancel)
+            .await
+            .unwrap()
+        else {
+            panic!("nothing was registered before");
+        };
+        assert!(bucket.join("test-1-kernel.manifest.xml").exists());
+        assert!(!bucket.join("test-1-kernel.registration.json").exists());
+        let kernel_id = publisher
+            .register_uploaded(&kernel, uploaded, &Lines::default(), &cancel)
+            .await
+            .unwrap()
+            .image_id;
+        assert!(bucket.join("test-1-kernel.registration.json").exists());
+
+        let image = Artifact {
+            source: source.clone(),
+            source_size: 200_000,
+            name: "test-1-image".into(),
+            bucket: "image-store-1".into(),
+            kernel_id: Some(kernel_id.clone()),
+            identity: format!("image:test:{kernel_id}"),
+            ..artifact()
+        };
+        let bundle_dir = data_dir.join("bundles/image-store-1/test-1-image");
+        let keys = cloud.bundle_keys().unwrap();
+        bundle::bundle_artifact(
+            &image.source_image(),
+            &keys,
+            &bundle_dir,
+            publisher.gzip,
+            &WaitingForLinks,
+            &cancel,
+        )
+        .unwrap();
+        assert!(bundle::waiting_bundle(&bundle_dir, "test-1-image").is_some());
+        let lines = Lines::default();
+        publisher.publish(&image, &lines, &cancel).await.unwrap();
+        let lines = lines.0.into_inner().unwrap();
+        assert!(
+            !lines.iter().any(|line| line.starts_with("Bundling")),
+            "{lines:?}"
+        );
+        let manifest = std::fs::read_to_string(bucket.join("test-1-image.manifest.xml")).unwrap();
+        assert!(
+            manifest.contains(&format!("<kernel_id>{kernel_id}</kernel_id>")),
+            "{manifest}"
+        );
+        let registration =
+            std::fs::read_to_string(bucket.join("test-1-image.registration.json")).unwrap();
+        assert!(registration.contains(&kernel_id), "{registration}");
+    }
+
     /// A cloud that only takes puts: each waits `delay` in the air (a part named `fails` is
     /// refused at once), and it counts how many are in the air, at most, and what landed in order.
     struct Recording {

@@ -874,6 +874,89 @@ mod tests {
         assert_eq!(sink.parts, bundle.parts);
     }
 
+    /// Asks for the manifest to wait for its links.
+    struct Waiting;
+
+    impl PartSink for Waiting {
+        fn image_bytes(&mut self, _: u64) -> bool {
+            true
+        }
+
+        fn manifest_waits(&self) -> bool {
+            true
+        }
+    }
+
+    /// A machine image bundled before its kernel and ramdisk are registered: the bundle ends
+    /// with the manifest's `<image>` element alone (no manifest, so no finished bundle), and the
+    /// manifest written later names the ids, holds that element as it was, and is signed.
+    #[test]
+    fn a_manifest_that_waits_for_its_links_is_written_later_with_them_and_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
+        let image: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let prefix = "waiting-image";
+        let spec = BundleSpec {
+            prefix,
+            kind: FileKind::Image,
+            arch: "x86_64",
+            kernel_id: None,
+            ramdisk_id: None,
+            size: image.len() as u64,
+            gzip: GzipSettings {
+                level: 1,
+                threads: 1,
+                recompress: true,
+            },
+        };
+        let out = dir.path().join("bundle");
+        std::fs::create_dir_all(&out).unwrap();
+        let bundle = write_bundle_into(&mut &image[..], &spec, &keys, &out, &mut Waiting).unwrap();
+        assert!(!bundle.manifest_path.exists(), "no manifest yet");
+        assert!(super::super::finished_bundle(&out, prefix).is_none());
+        let waiting = super::super::waiting_bundle(&out, prefix).unwrap();
+        assert_eq!(waiting.parts, bundle.parts);
+        assert_eq!(waiting.digest, bundle.digest);
+        assert_eq!(waiting.size, image.len() as u64);
+        let element =
+            std::fs::read_to_string(out.join(super::super::waiting_name(prefix))).unwrap();
+        assert!(!element.contains("kernel_id"), "{element}");
+
+        let configuration = MachineConfiguration {
+            kind: FileKind::Image,
+            arch: "x86_64",
+            kernel_id: Some("eki-1234ABCD"),
+            ramdisk_id: Some("eri-5678EF01"),
+        };
+        complete_manifest(&out, prefix, &configuration, &keys).unwrap();
+        assert!(super::super::waiting_bundle(&out, prefix).is_none());
+        assert!(!out.join(super::super::waiting_name(prefix)).exists());
+        let finished = super::super::finished_bundle(&out, prefix).unwrap();
+        assert_eq!(finished.parts, bundle.parts);
+        let manifest = std::fs::read_to_string(&finished.manifest_path).unwrap();
+        let signed = signed_text(&manifest).unwrap();
+        assert!(signed.ends_with(&element), "the element as it waited");
+        assert!(
+            signed.contains(
+                "<kernel_id>eki-1234ABCD</kernel_id><ramdisk_id>eri-5678EF01</ramdisk_id>\
+                 </machine_configuration>"
+            ),
+            "{signed}"
+        );
+        let signature = manifest
+            .split_once("<signature>")
+            .and_then(|(_, rest)| rest.split_once("</signature>"))
+            .map(|(hex, _)| hex::decode(hex).unwrap())
+            .unwrap();
+        keys.user_cert
+            .verify(
+                Pkcs1v15Sign::new::<Sha1>(),
+                &Sha1::digest(signed.as_bytes()),
+                &signature,
+            )
+            .expect("signed with the user's key");
+    }
+
     #[test]
     fn signed_text_spans_configuration_and_image() {
         let manifest = "<manifest><machine_configuration>a</machine_configuration><image>b</image><signature>s</signature></manifest>";
