@@ -607,9 +607,11 @@ async fn killed_after_a_registration_and_the_bundle_s_removal_nothing_is_bundled
     );
     let puts_before = puts_before.len();
     println!(
-        "FIGURE after-register-and-cleanup-before-commit: killed with the kernel registered, its \
-         {puts_before} objects uploaded and its bundle removed, its id not committed; kernel \
-         objects PUT in all: {kernel_puts}; {objects} objects each PUT once; RegisterImage calls: {}",
+        "FIGURE after-register-and-cleanup-before-commit: killed with the kernel registered \
+         (after the image verified; {puts_before} objects uploaded, all but the image's \
+         manifest) and its bundle removed, its id not committed; kernel objects PUT in all: \
+         {kernel_puts} ({kernel_before} before the kill); {objects} objects each PUT once; \
+         RegisterImage calls: {}",
         moto.registrations().len()
     );
 }
