@@ -388,7 +388,11 @@ fn a_uec_tarball_s_spliced_image_opens_with_openssl_gzip_and_python_tarfile() {
     let files = dir.path().join("files");
     std::fs::create_dir(&files).unwrap();
     let image = semi_compressible(23, 12 << 20);
-    std::fs::write(files.join("vmlinuz-virtual"), semi_compressible(24, 700_000)).unwrap();
+    std::fs::write(
+        files.join("vmlinuz-virtual"),
+        semi_compressible(24, 700_000),
+    )
+    .unwrap();
     std::fs::write(files.join("precise-server-cloudimg-amd64.img"), &image).unwrap();
     std::fs::write(files.join("initrd.img"), semi_compressible(25, 300_000)).unwrap();
     let tar = openssl::run(
@@ -453,7 +457,10 @@ fn a_uec_tarball_s_spliced_image_opens_with_openssl_gzip_and_python_tarfile() {
         WrappedFor::User,
         &dir.path().join("r"),
     );
-    assert!(opened.tar == again.tar, "the tar stream differs from recompression's");
+    assert!(
+        opened.tar == again.tar,
+        "the tar stream differs from recompression's"
+    );
     openssl::run("gzip", &["-t"], Some(&opened.compressed));
     let python = openssl::run(
         "python3",

@@ -1,5 +1,8 @@
 //! The bundle's gzip member made from the upstream's own deflate data (issue 16, after zlib's
-//! `examples/gzjoin.c`): for a gzipped raw image the tar header goes in as a non-final stored
+//! `examples/gzjoin.c`), over one walk of the upstream's blocks (`member.rs`). A UEC tarball's
+//! member is `uec.rs`'s: its interior blocks copied, its head and tail deflated afresh.
+//!
+//! For a gzipped raw image the tar header goes in as a non-final stored
 //! block, then the upstream's deflate data with its BFINAL bit cleared, copied byte for byte,
 //! then empty blocks to the next byte boundary, then a fresh final deflate of the tar padding
 //! and end-of-archive; the CRC-32s are combined. The one inflate pass that finds the upstream's

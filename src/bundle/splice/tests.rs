@@ -342,6 +342,8 @@ fn every_refusal_is_one_line() {
         },
         Unsuitable::SecondMember,
         Unsuitable::TrailingData,
+        Unsuitable::UnknownSize,
+        Unsuitable::Tar("the upstream ends inside the member"),
     ] {
         let line = BundleError::from(why).to_string();
         assert!(line.starts_with("the upstream's gzip cannot be spliced: "));
