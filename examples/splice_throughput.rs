@@ -1,6 +1,7 @@
-//! Times one gzipped raw image bundled through `bundle_artifact`, spliced (the upstream's
-//! deflate data reused) or with `--recompress`, at level 6 on every core, with the fake cloud's
-//! keys. Usage: splice_throughput IMAGE.GZ OUT-DIR splice|recompress
+//! Times one gzipped raw image or UEC tarball bundled through `bundle_artifact`, spliced (the
+//! upstream's deflate data reused) or with `--recompress`, at level 6 on every core, with the
+//! fake cloud's keys. Usage: splice_throughput IMAGE.GZ|IMAGE.TAR.GZ OUT-DIR splice|recompress
+//! (a name ending in `.tar.gz` is a UEC tarball, its `*.img` member bundled).
 //! Prints the wall time, the process's CPU seconds (user + system), the image and bundle sizes.
 //! Run it under `/usr/bin/time -v` for peak RSS.
 
@@ -28,7 +29,7 @@ fn cpu_seconds() -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, source, out, mode] = &args[..] else {
-        eprintln!("usage: splice_throughput IMAGE.GZ OUT-DIR splice|recompress");
+        eprintln!("usage: splice_throughput IMAGE.GZ|IMAGE.TAR.GZ OUT-DIR splice|recompress");
         std::process::exit(2);
     };
     let source = Path::new(source);
@@ -39,7 +40,11 @@ fn main() {
         path: source,
         size: std::fs::metadata(source).unwrap().len(),
         compression: Compression::Gzip,
-        packing: Packing::Raw,
+        packing: if source.to_string_lossy().ends_with(".tar.gz") {
+            Packing::Tar
+        } else {
+            Packing::Raw
+        },
         prefix: "image",
         arch: "x86_64",
         kernel_id: None,
@@ -62,9 +67,11 @@ fn main() {
         &tokio_util::sync::CancellationToken::new(),
     )
     .unwrap();
+    let wall = started.elapsed().as_secs_f64();
     println!(
-        "{mode}: {:.2} s wall, {:.2} CPU s, image {} bytes, upstream {} bytes, bundle {} bytes, digest {}",
-        started.elapsed().as_secs_f64(),
+        "{mode}: {:.2} s wall ({:.0} MiB/s of image), {:.2} CPU s, image {} bytes, upstream {} bytes, bundle {} bytes, digest {}",
+        wall,
+        made.size as f64 / wall / f64::from(1 << 20),
         cpu_seconds() - cpu,
         made.size,
         image.size,

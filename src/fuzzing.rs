@@ -355,7 +355,8 @@ fn clear_sign(signer: &sequoia_openpgp::crypto::KeyPair, text: &[u8]) -> Vec<u8>
     signed
 }
 
-/// The bundle's splicer (`bundle::splice`): any bytes as a gzipped upstream image. Where it
+/// The bundle's splicer (`bundle::splice`): any bytes as a gzipped upstream raw image, then as a
+/// gzipped UEC tarball ([`splice_as_tarball`]). Where it
 /// splices, the one member it writes inflates (read as Python's `tarfile` `r|gz` reads it, the
 /// first member only) to exactly the tar stream recompression writes, whose SHA-1 it returns, and
 /// nothing follows the member; where it refuses, recompression takes over (the refusal is one
@@ -413,5 +414,75 @@ pub fn splice(data: &[u8]) {
             assert!(!gunzipped, "a size mismatch on a gzip that gunzips whole");
         }
         Err(other) => panic!("the splicer failed otherwise: {other}"),
+    }
+    splice_as_tarball(data);
+}
+
+/// The same bytes as a gzipped UEC tarball (`bundle::splice` for `Packing::Tar`): where the
+/// splicer splices the image member, its one gzip member inflates to exactly the tar stream
+/// recompression writes of the member `unpack` reads (gunzipped as recompression gunzips it);
+/// where it refuses the gzip, recompression takes over; where it refuses the tarball, it is
+/// `unpack`'s own refusal, word for word. The hold on a block varies with the input, so that
+/// blocks too big to hold are met too.
+fn splice_as_tarball(data: &[u8]) {
+    use crate::bundle::{BundleError, format, splice};
+    use sha1::{Digest, Sha1};
+    use std::io::Read;
+    let path = Path::new("/cache/fuzz.tar.gz");
+    let recompressed = crate::unpack::with_tar_member(
+        path,
+        flate2::read::MultiGzDecoder::new(data),
+        FileKind::Image,
+        |_, stream| {
+            let mut image = Vec::new();
+            stream
+                .reader
+                .read_to_end(&mut image)
+                .map_err(|source| UnpackError::reading(path, source))?;
+            Ok::<_, UnpackError>(image)
+        },
+    );
+    let hold = 256usize << (data.len() % 12);
+    let mut member = Vec::new();
+    match splice::write_tarball_member(
+        &mut &data[..],
+        path,
+        FileKind::Image,
+        "disk.img",
+        1,
+        hold,
+        &mut member,
+        &mut |_| true,
+    ) {
+        Ok(spliced) => {
+            let image = match recompressed {
+                Ok(image) => image,
+                Err(error) => panic!("spliced what unpack refuses: {error}"),
+            };
+            let size = image.len() as u64;
+            assert_eq!(spliced.size, size);
+            let mut expected = format::tar_header("disk.img", size).to_vec();
+            expected.extend_from_slice(&image);
+            expected.resize(expected.len() + format::tar_tail_len(size) as usize, 0);
+            let mut first_member = flate2::bufread::GzDecoder::new(&member[..]);
+            let mut got = Vec::new();
+            first_member
+                .read_to_end(&mut got)
+                .expect("the spliced member inflates");
+            assert!(got == expected, "the spliced tar stream differs");
+            assert!(
+                first_member.into_inner().is_empty(),
+                "bytes after the spliced member"
+            );
+            assert_eq!(spliced.digest, hex::encode(Sha1::digest(&expected)));
+        }
+        Err(BundleError::NotSpliceable(why)) => {
+            assert_one_line("splice refusal", &BundleError::from(why).to_string());
+        }
+        Err(BundleError::Unpack(refusal)) => match recompressed {
+            Err(error) => assert_eq!(refusal.to_string(), error.to_string()),
+            Ok(_) => panic!("the splicer refused what unpack reads: {refusal}"),
+        },
+        Err(other) => panic!("the tarball splicer failed otherwise: {other}"),
     }
 }

@@ -191,3 +191,10 @@ pub const SPLICE_READ_BYTES: usize = 256 * KIB as usize;
 /// that each hand-over of inflated bytes to the SHA-1 is worth its call, and that sliding the
 /// history to its front costs little.
 pub const SPLICE_WINDOW_BYTES: usize = 256 * KIB as usize;
+/// The most of one upstream block a UEC splice holds, in bytes, counted apart for its compressed
+/// bytes and its inflated bytes: a block is copied only once it has ended inside the image member,
+/// so both are kept until then (the inflated ones deflate afresh if the block runs past the
+/// member's end). GNU gzip's longest block inflates to 8.45 MB (32,767 matches of 258 bytes of
+/// zeros), zlib's to 4.2 MB; a block bigger than this is deflated afresh instead, and copying
+/// resumes at the next block.
+pub const SPLICE_HOLD_MAX_BYTES: usize = 9 * MIB as usize;

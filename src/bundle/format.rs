@@ -178,6 +178,26 @@ pub fn write_bundle_with(
     sink: &mut dyn PartSink,
     body: GzipBody<'_>,
 ) -> Result<Bundle, BundleError> {
+    write_bundle_sized_by(spec, keys, dir, sink, &mut |out, tick| {
+        Ok((body(out, tick)?, spec.size))
+    })
+}
+
+/// A [`GzipBody`] that finds the image's size as it goes (a tarball's member states it in its
+/// own header, met mid-stream): it returns the size with the digest.
+pub type SizingGzipBody<'a> = &'a mut dyn FnMut(
+    &mut dyn Write,
+    &mut dyn FnMut(u64) -> bool,
+) -> Result<(String, u64), BundleError>;
+
+/// [`write_bundle_with`] whose manifest states the size `body` returns, not `spec.size`.
+pub fn write_bundle_sized_by(
+    spec: &BundleSpec<'_>,
+    keys: &BundleKeys,
+    dir: &Path,
+    sink: &mut dyn PartSink,
+    body: SizingGzipBody<'_>,
+) -> Result<Bundle, BundleError> {
     if spec.prefix.is_empty()
         || spec.prefix.len() > MAX_PREFIX
         || !spec
@@ -239,23 +259,28 @@ pub fn write_bundle_with(
             full,
             empties,
         };
-        let digest = body(&mut cipher, &mut |done| {
+        let written = body(&mut cipher, &mut |done| {
             !stopped.load(Ordering::Relaxed)
                 && sink.lock().expect("part sink lock").image_bytes(done)
         })
-        .and_then(|digest| cipher.end().map(|()| digest).map_err(write_error));
+        .and_then(|written| cipher.end().map(|()| written).map_err(write_error));
         drop(cipher);
         let parts = match encrypting.join() {
             Ok(parts) => parts,
             Err(panic) => std::panic::resume_unwind(panic),
         };
         // The encrypting thread's own error is the cause of any the body saw writing to it.
-        match (digest, parts) {
+        match (written, parts) {
             (_, Err(error)) => Err(error),
             (Err(error), Ok(_)) => Err(error),
-            (Ok(digest), Ok(parts)) => Ok((digest, parts)),
+            (Ok(written), Ok(parts)) => Ok((written, parts)),
         }
     })?;
+    let (digest, size) = digest;
+    let spec = &BundleSpec {
+        size,
+        ..spec.clone()
+    };
 
     let manifest = Manifest {
         spec,

@@ -148,7 +148,7 @@ fn bundle_pass(
     sink: &dyn BundleSink,
     cancel: &CancellationToken,
 ) -> Result<Bundle, BundleError> {
-    if let Some(size) = size.filter(|_| splice::applies(image, gzip)) {
+    if splice::applies(image, gzip) {
         let kind = image.kind;
         let total = image.size;
         let report = |done: u64| sink.step(Step::Bundling { kind, done, total });

@@ -244,6 +244,20 @@ pub fn with_artifact_bytes<'s, T, E: From<UnpackError>>(
     }
 }
 
+/// Calls `install` with the member of role `wanted` of the tar stream `tar_stream` (already
+/// decompressed) and the offset of its first byte in that stream, every member judged as
+/// [`with_artifact_bytes`] judges a tarball's: the UEC splicer (`bundle/splice/uec.rs`) walks
+/// the stream it inflates with the same rules, so it picks the same member and refuses the same
+/// tarballs.
+pub fn with_tar_member<T, E: From<UnpackError>>(
+    path: &Path,
+    tar_stream: impl Read,
+    wanted: FileKind,
+    install: impl FnOnce(u64, ImageStream<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    tar::with_located_member(path, tar_stream, wanted, install)
+}
+
 /// Calls `read` with the source file's bytes as they are on disk (still compressed), metered
 /// as [`with_artifact_bytes`] meters them: the bundle's splicer (`bundle/splice/`) reuses a
 /// gzipped upstream's deflate data. The one place a bundler opens its source.

@@ -84,6 +84,18 @@ pub(super) fn with_member<T, E: From<UnpackError>>(
     wanted: FileKind,
     install: impl FnOnce(ImageStream<'_>) -> Result<T, E>,
 ) -> Result<T, E> {
+    with_located_member(path, decompressed, wanted, |_, stream| install(stream))
+}
+
+/// [`with_member`], `install` also told where the member's bytes begin in the tar stream (they
+/// run on for its size: a regular member is contiguous): the UEC splicer follows its inflate
+/// pass with this walk.
+pub(super) fn with_located_member<T, E: From<UnpackError>>(
+    path: &Path,
+    decompressed: impl Read,
+    wanted: FileKind,
+    install: impl FnOnce(u64, ImageStream<'_>) -> Result<T, E>,
+) -> Result<T, E> {
     let read_error = |source| UnpackError::Read {
         path: path.to_owned(),
         source,
@@ -105,6 +117,7 @@ pub(super) fn with_member<T, E: From<UnpackError>>(
             .into());
         }
         let declared = entry.size();
+        let offset = entry.raw_file_position();
         let mut exact = ExactMember {
             entry: &mut entry,
             declared,
@@ -113,11 +126,14 @@ pub(super) fn with_member<T, E: From<UnpackError>>(
         };
         let installed = match (is_wanted, install.take()) {
             (true, Some(install)) => {
-                let result = install(ImageStream {
-                    name: Some(&name),
-                    size: Some(declared),
-                    reader: &mut exact,
-                });
+                let result = install(
+                    offset,
+                    ImageStream {
+                        name: Some(&name),
+                        size: Some(declared),
+                        reader: &mut exact,
+                    },
+                );
                 // A reader that met the archive's end inside the member: the cut is the cause.
                 if result.is_err() && exact.present < exact.declared && exact.at_end {
                     return Err(truncated(path, member, declared, exact.present).into());

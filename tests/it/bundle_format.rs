@@ -337,3 +337,168 @@ fn a_spliced_bundle_opens_with_openssl_gzip_and_python_tarfile_as_the_recompress
     );
     assert!(bundled < recompressed.bundled_size);
 }
+
+/// Log-like lines with random fields and bits of noise: about 3:1, so gzip makes many blocks of
+/// it (an image of long runs makes a few huge ones, and a splice of them proves little).
+fn semi_compressible(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = Vec::with_capacity(len + 100);
+    while out.len() < len {
+        let r = next();
+        if r % 16 == 0 {
+            out.extend((0..(r >> 8) % 200).map(|_| next() as u8));
+        } else {
+            let line = format!(
+                "Dec  1 {:02}:{:02} host kernel: [{}.{:06}] eth{} 0x{:08x}\n",
+                (r >> 8) % 24,
+                (r >> 16) % 60,
+                (r >> 24) % 100_000,
+                next() % 1_000_000,
+                (r >> 44) % 4,
+                next() as u32
+            );
+            out.extend_from_slice(line.as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// A UEC tarball made by GNU tar and `gzip -9`, its image after the kernel: the image member's
+/// bundle, spliced, opens with `openssl enc -d`, passes `gzip -t` and Python's `tarfile` `r|gz`,
+/// and its tar stream, digests and size are those of the same member bundled with `--recompress`;
+/// it is the upstream's level-9 data, not a level-1 recompression.
+#[test]
+fn a_uec_tarball_s_spliced_image_opens_with_openssl_gzip_and_python_tarfile() {
+    use image_store_proxy::bundle::{BundleSink, SourceImage};
+    use image_store_proxy::catalog::model::{Compression, Packing};
+    use image_store_proxy::status::Step;
+    struct Quiet;
+    impl BundleSink for Quiet {
+        fn step(&self, _: Step) {}
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, [user_key, user_cert, _, _]) = keys(dir.path());
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let image = semi_compressible(23, 12 << 20);
+    std::fs::write(
+        files.join("vmlinuz-virtual"),
+        semi_compressible(24, 700_000),
+    )
+    .unwrap();
+    std::fs::write(files.join("precise-server-cloudimg-amd64.img"), &image).unwrap();
+    std::fs::write(files.join("initrd.img"), semi_compressible(25, 300_000)).unwrap();
+    let tar = openssl::run(
+        "tar",
+        &[
+            "-cf",
+            "-",
+            "-C",
+            files.to_str().unwrap(),
+            "vmlinuz-virtual",
+            "precise-server-cloudimg-amd64.img",
+            "initrd.img",
+        ],
+        None,
+    );
+    let upstream = openssl::run("gzip", &["-9", "-c"], Some(&tar));
+    let source = dir.path().join("precise.tar.gz");
+    std::fs::write(&source, &upstream).unwrap();
+    let bundle_with = |recompress: bool, out: &str| {
+        let image = SourceImage {
+            kind: FileKind::Image,
+            path: &source,
+            size: upstream.len() as u64,
+            compression: Compression::Gzip,
+            packing: Packing::Tar,
+            prefix: "precise.img",
+            arch: "x86_64",
+            kernel_id: Some("eki-1234ABCD"),
+            ramdisk_id: Some("eri-5678EF01"),
+            arriving: None,
+            trailer_isize: None,
+        };
+        let gzip = GzipSettings {
+            level: 1,
+            threads: 2,
+            recompress,
+        };
+        bundle::bundle_artifact(
+            &image,
+            &keys,
+            &dir.path().join(out),
+            gzip,
+            &Quiet,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap()
+    };
+    let spliced = bundle_with(false, "spliced");
+    let recompressed = bundle_with(true, "recompressed");
+
+    let opened = openssl::open_bundle(
+        &spliced.manifest_path,
+        &user_key,
+        WrappedFor::User,
+        &dir.path().join("u"),
+    );
+    assert_eq!(opened.member, "precise.img");
+    assert!(opened.image == image, "the untarred image differs");
+    let again = openssl::open_bundle(
+        &recompressed.manifest_path,
+        &user_key,
+        WrappedFor::User,
+        &dir.path().join("r"),
+    );
+    assert!(
+        opened.tar == again.tar,
+        "the tar stream differs from recompression's"
+    );
+    openssl::run("gzip", &["-t"], Some(&opened.compressed));
+    let python = openssl::run(
+        "python3",
+        &[
+            "-c",
+            "import hashlib, sys, tarfile\n\
+             t = tarfile.open(fileobj=sys.stdin.buffer, mode='r|gz')\n\
+             m = t.next()\n\
+             data = t.extractfile(m).read()\n\
+             assert t.next() is None\n\
+             print(m.name, len(data), hashlib.sha1(data).hexdigest())",
+        ],
+        Some(&opened.compressed),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&python).trim(),
+        format!(
+            "precise.img {} {}",
+            image.len(),
+            openssl::sha1_of_bytes(&image)
+        )
+    );
+    openssl::verify_manifest_signature(&spliced.manifest_path, &user_cert, &dir.path().join("s"));
+    let manifest = std::fs::read_to_string(&spliced.manifest_path).unwrap();
+    assert_eq!(
+        openssl::element(&manifest, "digest"),
+        openssl::sha1_of_bytes(&opened.tar)
+    );
+    assert_eq!(spliced.digest, recompressed.digest);
+    assert_eq!(openssl::element(&manifest, "size"), image.len().to_string());
+    assert_eq!(openssl::element(&manifest, "kernel_id"), "eki-1234ABCD");
+    // The image's share of the level-9 upstream, not a level-1 deflate of it.
+    let alone = openssl::run("gzip", &["-9", "-c"], Some(&image)).len();
+    let level_1 = openssl::run("gzip", &["-1", "-c"], Some(&image)).len();
+    assert!(
+        opened.compressed.len() < alone + alone / 100 && opened.compressed.len() < level_1,
+        "{} spliced; gzip -9 of the image {alone}, gzip -1 {level_1}",
+        opened.compressed.len()
+    );
+    assert!(spliced.bundled_size < recompressed.bundled_size);
+}

@@ -1,5 +1,8 @@
 //! The bundle's gzip member made from the upstream's own deflate data (issue 16, after zlib's
-//! `examples/gzjoin.c`): for a gzipped raw image the tar header goes in as a non-final stored
+//! `examples/gzjoin.c`), over one walk of the upstream's blocks (`member.rs`). A UEC tarball's
+//! member is `uec.rs`'s: its interior blocks copied, its head and tail deflated afresh.
+//!
+//! For a gzipped raw image the tar header goes in as a non-final stored
 //! block, then the upstream's deflate data with its BFINAL bit cleared, copied byte for byte,
 //! then empty blocks to the next byte boundary, then a fresh final deflate of the tar padding
 //! and end-of-archive; the CRC-32s are combined. The one inflate pass that finds the upstream's
@@ -16,6 +19,7 @@
 
 mod bits;
 mod member;
+mod uec;
 
 use super::SourceImage;
 use super::format::{self, Bundle, BundleError, BundleSpec, PartSink};
@@ -24,6 +28,7 @@ use super::keys::BundleKeys;
 use crate::catalog::model::{Compression, Packing};
 use crate::unpack;
 use bits::BitWriter;
+use member::Step;
 use sha1::{Digest, Sha1};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -46,6 +51,10 @@ pub enum Unsuitable {
     SecondMember,
     #[error("bytes that are not a gzip member follow its trailer")]
     TrailingData,
+    #[error("its image's size is not known before its bytes")]
+    UnknownSize,
+    #[error("its tar stream could not be followed: {0}")]
+    Tar(&'static str),
 }
 
 impl From<Unsuitable> for BundleError {
@@ -57,12 +66,16 @@ impl From<Unsuitable> for BundleError {
 /// ID1 ID2, deflate, no flags, no mtime, no extra flags, OS unknown: as `gzip.rs` writes it.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 
-/// Whether `image` is bundled by splicing: a gzipped raw image, unless `--recompress`.
+/// Whether `image` is bundled by splicing: a gzipped raw image or UEC tarball, unless
+/// `--recompress`.
 pub fn applies(image: &SourceImage<'_>, gzip: GzipSettings) -> bool {
-    !gzip.recompress && image.compression == Compression::Gzip && image.packing == Packing::Raw
+    !gzip.recompress
+        && image.compression == Compression::Gzip
+        && matches!(image.packing, Packing::Raw | Packing::Tar)
 }
 
-/// Bundles the gzipped raw `image` of `size` bytes into `dir` by splicing; `consumed` is told
+/// Bundles the gzipped `image` into `dir` by splicing; `size` is the image's when known before
+/// its bytes (a raw image's trailer guess: a tarball's member states its own); `consumed` is told
 /// the source bytes read. [`BundleError::NotSpliceable`] when the upstream's gzip is not one to
 /// splice: nothing is then finished (no manifest), and the caller recompresses.
 pub fn bundle(
@@ -70,10 +83,15 @@ pub fn bundle(
     keys: &BundleKeys,
     dir: &Path,
     gzip: GzipSettings,
-    size: u64,
+    size: Option<u64>,
     consumed: &(dyn Fn(u64) + Sync),
     sink: &mut dyn PartSink,
 ) -> Result<Bundle, BundleError> {
+    let size = match (image.packing, size) {
+        (Packing::Tar, _) => return uec::bundle(image, keys, dir, gzip, consumed, sink),
+        (_, Some(size)) => size,
+        (_, None) => return Err(Unsuitable::UnknownSize.into()),
+    };
     let spec = BundleSpec {
         prefix: image.prefix,
         kind: image.kind,
@@ -118,22 +136,37 @@ pub fn write_member(
         .map_err(write_error)?;
 
     let done = std::cell::Cell::new(0u64);
-    let end = member::splice_member(
-        source,
-        &mut |image| {
-            done.set(done.get() + image.len() as u64);
-            if done.get() > size {
-                return Err(BundleError::SizeMismatch {
-                    expected: size,
-                    actual: done.get(),
-                });
+    let mut cancelled = |_| tick(done.get());
+    let mut walker = member::Walker::new(source, &mut cancelled)?;
+    // Passed on as soon as settled: the upstream's data whole, BFINAL bits cleared.
+    let mut forwarded = walker.start_bit() / 8;
+    let end = loop {
+        let end = match walker.next()? {
+            Step::Inflated { len } => {
+                done.set(done.get() + len as u64);
+                if done.get() > size {
+                    return Err(BundleError::SizeMismatch {
+                        expected: size,
+                        actual: done.get(),
+                    });
+                }
+                sha1.update(walker.inflated());
+                None
             }
-            sha1.update(image);
-            Ok(())
-        },
-        &mut |deflate| out.write_all(deflate).map_err(write_error),
-        &mut |_| tick(done.get()),
-    )?;
+            Step::Boundary { .. } => None,
+            Step::End(end) => Some(end),
+        };
+        if let Some(end) = end {
+            break end;
+        }
+        let settled = walker.settled();
+        if settled > forwarded {
+            out.write_all(walker.bytes(forwarded, settled))
+                .map_err(write_error)?;
+            walker.release(settled);
+            forwarded = settled;
+        }
+    };
     if end.length != size {
         return Err(BundleError::SizeMismatch {
             expected: size,
@@ -174,3 +207,5 @@ fn deflate_final(data: &[u8], level: u32) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+
+pub use uec::{Spliced, Stats, write_member as write_tarball_member};

@@ -5,7 +5,7 @@ use flate2::read::GzDecoder;
 use std::process::{Command, Stdio};
 
 /// A raw-image-like mix: noise, zeros, text, a repeating pattern.
-fn realistic_image(len: usize, seed: u32) -> Vec<u8> {
+pub(super) fn realistic_image(len: usize, seed: u32) -> Vec<u8> {
     let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
     let mut image = Vec::with_capacity(len);
     while image.len() < len {
@@ -30,7 +30,7 @@ fn realistic_image(len: usize, seed: u32) -> Vec<u8> {
 }
 
 /// `data` through `gzip -LEVEL -c`: the compressor upstreams use.
-fn gzip_cli(data: &[u8], level: u32) -> Vec<u8> {
+pub(super) fn gzip_cli(data: &[u8], level: u32) -> Vec<u8> {
     let mut child = Command::new("gzip")
         .arg(format!("-{level}"))
         .arg("-c")
@@ -54,7 +54,7 @@ fn gzip_flate2(data: &[u8], level: u32) -> Vec<u8> {
 }
 
 /// The tar stream recompression writes for `image` named `name`.
-fn tar_stream(name: &str, image: &[u8]) -> Vec<u8> {
+pub(super) fn tar_stream(name: &str, image: &[u8]) -> Vec<u8> {
     let mut tar = format::tar_header(name, image.len() as u64).to_vec();
     tar.extend_from_slice(image);
     tar.extend(std::iter::repeat_n(
@@ -195,13 +195,14 @@ fn the_upstream_last_block_ends_at_every_bit_phase_across_sizes() {
     for len in 0..200usize {
         let image = realistic_image(len * 37 + len % 5, len as u32);
         let upstream = gzip_flate2(&image, 1 + (len % 9) as u32);
-        let end = member::splice_member(
-            &mut &upstream[..],
-            &mut |_| Ok(()),
-            &mut |_| Ok(()),
-            &mut |_| true,
-        )
-        .unwrap();
+        let mut go_on = |_| true;
+        let mut source = &upstream[..];
+        let mut walker = member::Walker::new(&mut source, &mut go_on).unwrap();
+        let end = loop {
+            if let member::Step::End(end) = walker.next().unwrap() {
+                break end;
+            }
+        };
         assert_eq!(end.length, image.len() as u64);
         phases[usize::from(end.last_bits)] += 1;
         assert_spliced_right(&upstream, &image);
@@ -341,6 +342,8 @@ fn every_refusal_is_one_line() {
         },
         Unsuitable::SecondMember,
         Unsuitable::TrailingData,
+        Unsuitable::UnknownSize,
+        Unsuitable::Tar("the upstream ends inside the member"),
     ] {
         let line = BundleError::from(why).to_string();
         assert!(line.starts_with("the upstream's gzip cannot be spliced: "));
