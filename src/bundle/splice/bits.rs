@@ -44,7 +44,6 @@ impl BitWriter {
     /// appended at the current phase: upstream blocks copied into the stream wherever they and
     /// it happen to stand, shifted as needed (a UEC member's interior blocks, a qcow2 cluster's
     /// stream).
-    #[cfg_attr(not(test), allow(dead_code))] // the UEC and qcow2 splicers, landing next
     pub fn push_bit_range(&mut self, src: &[u8], from: u64, to: u64) {
         assert!(
             from <= to && to <= src.len() as u64 * 8,

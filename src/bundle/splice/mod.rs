@@ -13,8 +13,10 @@
 //! the pipeline then recompresses, which reports bad data with its usual error.
 //!
 //! The splicer reads the source through `std::io::Read` only; `unpack::with_source_bytes` opens it.
+//! A compressed qcow2 disk's clusters are spliced by `cluster.rs`, which reads the file at offsets.
 
 mod bits;
+pub mod cluster;
 mod member;
 
 use super::SourceImage;
@@ -29,7 +31,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 /// Why an upstream's gzip is recompressed rather than spliced: each a whole line after "the
-/// upstream's gzip cannot be spliced: ".
+/// upstream's compressed data cannot be spliced: ".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unsuitable {
     #[error("its header has {0}")]
@@ -46,6 +48,8 @@ pub enum Unsuitable {
     SecondMember,
     #[error("bytes that are not a gzip member follow its trailer")]
     TrailingData,
+    #[error(transparent)]
+    Qcow2(cluster::Refusal),
 }
 
 impl From<Unsuitable> for BundleError {
@@ -57,14 +61,20 @@ impl From<Unsuitable> for BundleError {
 /// ID1 ID2, deflate, no flags, no mtime, no extra flags, OS unknown: as `gzip.rs` writes it.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 
-/// Whether `image` is bundled by splicing: a gzipped raw image, unless `--recompress`.
+/// Whether `image` is bundled by splicing: a gzipped raw image, or a qcow2 disk (its compressed
+/// clusters), unless `--recompress`.
 pub fn applies(image: &SourceImage<'_>, gzip: GzipSettings) -> bool {
-    !gzip.recompress && image.compression == Compression::Gzip && image.packing == Packing::Raw
+    !gzip.recompress
+        && matches!(
+            (image.compression, image.packing),
+            (Compression::Gzip, Packing::Raw) | (Compression::None, Packing::Qcow2)
+        )
 }
 
-/// Bundles the gzipped raw `image` of `size` bytes into `dir` by splicing; `consumed` is told
-/// the source bytes read. [`BundleError::NotSpliceable`] when the upstream's gzip is not one to
-/// splice: nothing is then finished (no manifest), and the caller recompresses.
+/// Bundles the gzipped raw `image` of `size` bytes (or a qcow2 disk: `cluster.rs`) into `dir` by
+/// splicing; `consumed` is told the source bytes read. [`BundleError::NotSpliceable`] when the
+/// upstream's data is not one to splice: nothing is then finished (no manifest), and the caller
+/// recompresses.
 pub fn bundle(
     image: &SourceImage<'_>,
     keys: &BundleKeys,
@@ -74,6 +84,9 @@ pub fn bundle(
     consumed: &(dyn Fn(u64) + Sync),
     sink: &mut dyn PartSink,
 ) -> Result<Bundle, BundleError> {
+    if image.packing == Packing::Qcow2 {
+        return cluster::bundle(image, keys, dir, gzip, size, consumed, sink);
+    }
     let spec = BundleSpec {
         prefix: image.prefix,
         kind: image.kind,
