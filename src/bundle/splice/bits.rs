@@ -51,7 +51,7 @@ impl BitWriter {
         );
         let mut at = from;
         // Single bits up to a whole source byte, then whole source bytes, then the rest.
-        while at < to && at % 8 != 0 {
+        while at < to && !at.is_multiple_of(8) {
             self.push_bits(u32::from(src[(at / 8) as usize] >> (at % 8)) & 1, 1);
             at += 1;
         }
