@@ -9,7 +9,7 @@
 //!   openssl enc -aes-128-cbc | split -b 10M` per file). Target: ≤ 0.10×.
 //! - `uec` (a): the same image as a UEC `.tar.gz` (GNU tar + `gzip -6`, with `vmlinuz` and
 //!   `initrd` members); the shell pipeline extracts it and bundles each member. Target: ≤ 0.15×.
-//! - `throttled` (b): the `gzip` set from fake-store held to 40 MiB/s (`--kib-per-second`);
+//! - `throttled` (b): the `gzip` set from fake-store held to 40 MiB/s in all (`--store-kib-per-second`, one link however many connections);
 //!   against `curl` downloading the same files through the same throttle. Target: ≤ 1.15×.
 //! - `moto` (c): the `gzip` set into moto over loopback; against the slowest stage alone: the
 //!   download (curl), the download and bundle (an install into the fake cloud), the upload
@@ -378,7 +378,7 @@ impl Bench {
             Command::new(self.bin.join("fake-store"))
                 .arg(set)
                 .args(["--listen", "127.0.0.1:0"])
-                .arg(format!("--kib-per-second={kib_per_second}")),
+                .arg(format!("--store-kib-per-second={kib_per_second}")),
             &set.with_extension(format!("fake-store-{kib_per_second}.log")),
         );
         let files = catalog_files(&api);

@@ -10,8 +10,9 @@
 //!    rounds; the SHA-256 is checked each time.
 //! 2. Upload: the proxy binary installs an UPLOAD_MIB MiB image of noise (`--compression-level 0`,
 //!    so the bundle is as large) into moto (`tests/peers/moto_peer.py`, a fresh one per run),
-//!    with `--upload-concurrency` 1 and 4, alternating; timed from the first "Uploading ..."
-//!    status line to "Registering ...", with the proxy's peak RSS (VmHWM).
+//!    with `--upload-concurrency` 1 and 4, alternating; timed from the first part sent (beside
+//!    the download when the install overlaps it, or "Uploading ..." after it) to "Registering
+//!    ...", with the proxy's peak RSS (VmHWM).
 //!
 //! Prints each run and the medians.
 
@@ -210,7 +211,13 @@ async fn upload(
             panic!("the install failed: {error}");
         }
         let detail = state["status-detail"].as_str().unwrap_or("");
-        if uploading.is_none() && detail.starts_with("Uploading machine image bundle") {
+        // The upload begins beside the download when the install overlaps it ("Downloading
+        // machine image: ..., 1 part sent"), or after it ("Uploading machine image bundle ...").
+        let sending = detail.starts_with("Uploading machine image bundle")
+            || (detail.starts_with("Downloading machine image")
+                && detail.ends_with(" sent")
+                && !detail.ends_with(", 0 parts sent"));
+        if uploading.is_none() && sending {
             uploading = Some(Instant::now());
         }
         if let Some(since) = uploading

@@ -275,32 +275,22 @@ pub struct ByteRate(pub u64);
 impl std::str::FromStr for ByteRate {
     type Err = String;
 
+    /// A size as `--cache-max-bytes` takes it (`cache::budget::parse_bytes`), optionally "/s";
+    /// zero is refused, since no cap is written by leaving the setting out.
     fn from_str(text: &str) -> Result<Self, String> {
-        let refused = || {
-            format!(
-                "download rate {text:?} is not a number of bytes a second with K, M or G (e.g. 40M or 40MiB/s)"
-            )
-        };
-        let lower = text.trim().to_ascii_lowercase();
-        let unit_less = lower.strip_suffix("/s").unwrap_or(&lower);
-        let digits_end = unit_less
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(unit_less.len());
-        let (digits, unit) = unit_less.split_at(digits_end);
-        let number: u64 = digits.parse().map_err(|_| refused())?;
-        let multiplier: u64 = match unit {
-            "" | "b" => 1,
-            "k" | "kb" | "kib" => 1 << 10,
-            "m" | "mb" | "mib" => 1 << 20,
-            "g" | "gb" | "gib" => 1 << 30,
-            _ => return Err(refused()),
-        };
-        match number.checked_mul(multiplier) {
-            Some(0) => Err(format!(
+        let trimmed = text.trim();
+        let per_second = trimmed
+            .strip_suffix("/s")
+            .or_else(|| trimmed.strip_suffix("/S"))
+            .unwrap_or(trimmed);
+        match crate::cache::budget::parse_bytes(per_second) {
+            Ok(0) => Err(format!(
                 "download rate {text:?} is zero; leave max-download-rate out for no cap"
             )),
-            Some(rate) => Ok(ByteRate(rate)),
-            None => Err(refused()),
+            Ok(rate) => Ok(ByteRate(rate)),
+            Err(_) => Err(format!(
+                "download rate {text:?} is not a number of bytes a second with K, M, G or T (e.g. 40M or 40MiB/s)"
+            )),
         }
     }
 }

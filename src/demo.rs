@@ -25,8 +25,9 @@ pub struct DemoArgs {
     /// Where fake-store listens (likewise)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:52781")]
     pub store_listen: String,
-    /// How fast fake-store serves files, in KiB per second: slow enough by default to watch an
-    /// install's progress (0: as fast as possible)
+    /// How fast fake-store serves files, in KiB per second in all (its whole link, however many
+    /// connections the proxy opens): slow enough by default to watch an install's progress (0: as
+    /// fast as possible)
     #[arg(long, value_name = "KIB", default_value_t = 1024)]
     pub store_kib_per_second: u64,
 }
@@ -74,7 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .context("starting fake-store")?;
     if args.store_kib_per_second > 0 {
-        store.faults().bytes_per_second = Some(args.store_kib_per_second << 10);
+        store.faults().link = Some(fake_store::Link::new(args.store_kib_per_second << 10));
     }
     let store_task = tokio::spawn(fake_store::serve(
         store_listener,

@@ -6,10 +6,14 @@
 //!   overlapped install the bundle's parts go on up meanwhile, and wait there for the verdict);
 //! - `bundling`: a bundle is being written, part-way (past a quarter of its source; in an
 //!   overlapped install the download goes on past it);
+//! - `ahead-staged`: the kernel and ramdisk of a paravirtual image about to overlap are
+//!   bundled and sent, parts and manifests, and nothing is registered;
+//! - `ahead-registered`: the overlapped image has verified, its kernel and ramdisk are
+//!   registered and their ids recorded, the image's manifest not yet written;
 //! - `registered`: an artifact is registered and its bundle removed, the id not yet recorded;
 //! - `evict`: the cache budget forgot a verified file's record, the file not yet removed.
 //!
-//! `install/job.rs` holds `verify`, `cache/budget.rs` `evict`, `publish.rs` the other two; a module of its own, so that no
+//! `install/job.rs` holds `verify`, `ahead-staged` and `ahead-registered`, `cache/budget.rs` `evict`, `publish.rs` the other two; a module of its own, so that no
 //! stage imports another's just for a test hook. Unset (always, outside those tests) it costs one
 //! environment lookup per process.
 

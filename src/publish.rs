@@ -15,8 +15,13 @@
 //! publish, the upload the second. The bundler tells of each part as it closes
 //! ([`BundleSink::part_closed`]). A bundle of a verified file is sent once it is whole, several
 //! parts at a time (`--upload-concurrency`); an overlapped publish
-//! ([`Publisher::publish_overlapped`]) bundles a file still downloading and sends each part as it
-//! closes, the manifest and the registration held until the file has verified.
+//! ([`Publisher::send_overlapped`], then [`Publisher::finish_overlapped`]) bundles a file still
+//! downloading and sends each part as it closes, the manifest and the registration held until
+//! the file has verified. The files ahead of such an image (its kernel and ramdisk) are
+//! [`Publisher::stage`]d, their bundles sent but not registered, and registered
+//! ([`Publisher::register_uploaded`]) only once the image too has verified: the image's manifest,
+//! which names their ids, is then written from the `<image>` element its bundle ended with
+//! ([`Links::Later`], `bundle::complete_manifest`).
 
 use crate::bundle::gzip::GzipSettings;
 use crate::bundle::{self, Bundle, BundleSink, Part, SourceImage};
@@ -87,6 +92,41 @@ pub struct Published {
     pub location: String,
 }
 
+/// A bundle whose parts and manifest are in the bucket, not registered: a file ahead of an
+/// overlapped image, registered once the image has verified too.
+#[derive(Debug)]
+pub struct Uploaded {
+    bundle: Bundle,
+    dir: PathBuf,
+    location: String,
+}
+
+/// What [`Publisher::stage`] left: a bundle in the bucket to register, or a registration an
+/// earlier run made (it stopped before the id was recorded).
+#[derive(Debug)]
+pub enum Staged {
+    Uploaded(Uploaded),
+    Registered(Published),
+}
+
+/// Whether an overlapped image's manifest can be written when its bundle is: the ids of its
+/// kernel and ramdisk are known then (registered already, or it has none), or they come only
+/// once those register, after the image has verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    Known,
+    Later,
+}
+
+/// An overlapped publish whose file verified: every part is in the bucket, the manifest not yet
+/// (written too, unless it waits for its links).
+#[derive(Debug)]
+pub struct PartsSent {
+    bundle: Bundle,
+    dir: PathBuf,
+    location: String,
+}
+
 /// Opens a reader of a file still downloading (`fetch::growing`), for the bundler's thread.
 pub type OpenGrowing =
     dyn Fn() -> std::io::Result<Box<dyn crate::unpack::SourceRead>> + Send + Sync;
@@ -119,9 +159,14 @@ enum BundleEvent {
 struct ChannelSink {
     events: tokio::sync::mpsc::UnboundedSender<BundleEvent>,
     quarter: u64,
+    links: Links,
 }
 
 impl BundleSink for ChannelSink {
+    fn manifest_waits(&self) -> bool {
+        self.links == Links::Later
+    }
+
     fn step(&self, step: Step) {
         let _ = self.events.send(BundleEvent::Step(step));
         if let Step::Bundling { done, .. } = step
@@ -198,12 +243,31 @@ impl Publisher {
         progress: &dyn Progress,
         cancel: &CancellationToken,
     ) -> Result<Published, CloudError> {
+        match self.stage(artifact, progress, cancel).await? {
+            Staged::Registered(published) => Ok(published),
+            Staged::Uploaded(uploaded) => {
+                self.register_uploaded(artifact, uploaded, progress, cancel)
+                    .await
+            }
+        }
+    }
+
+    /// Bundles and uploads one artifact, parts and manifest, and registers nothing: a file
+    /// ahead of an overlapped image, which has verified while the image has not. Its bundle
+    /// stays on disk until [`Publisher::register_uploaded`], so a later attempt finds it and
+    /// sends nothing again (each object looked up by MD5).
+    pub async fn stage(
+        &self,
+        artifact: &Artifact,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Staged, CloudError> {
         let cloud = self.cloud();
         let bucket = cloud.bucket(&artifact.bucket);
         let dir = self.bundles.join(bucket).join(&artifact.name);
         let manifest = bundle::manifest_name(&artifact.name);
         let location = format!("{bucket}/{manifest}");
-        let bundle = match bundle::finished_bundle(&dir, &artifact.name) {
+        let bundle = match self.bundle_on_disk(artifact, &dir)? {
             Some(bundle) => bundle,
             None => {
                 // No bundle on disk: none was made yet, or an earlier run uploaded, registered
@@ -224,7 +288,7 @@ impl Publisher {
                     })
                     .await?;
                     if let Some(image_id) = earlier {
-                        return Ok(Published { image_id, location });
+                        return Ok(Staged::Registered(Published { image_id, location }));
                     }
                 }
                 self.bundle(artifact, &dir, progress, cancel)?
@@ -232,8 +296,65 @@ impl Publisher {
         };
         self.upload(artifact, bucket, &bundle, progress, cancel)
             .await?;
+        Ok(Staged::Uploaded(Uploaded {
+            bundle,
+            dir,
+            location,
+        }))
+    }
+
+    /// Registers a bundle [`Publisher::stage`] uploaded (looking first); returns its id.
+    pub async fn register_uploaded(
+        &self,
+        artifact: &Artifact,
+        uploaded: Uploaded,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Published, CloudError> {
+        let Uploaded {
+            bundle,
+            dir,
+            location,
+        } = uploaded;
         self.register(artifact, &bundle, &dir, location, progress, cancel)
             .await
+    }
+
+    /// The bundle an earlier attempt made in `dir`: finished, or waiting for its links (a
+    /// machine image bundled before its kernel and ramdisk were registered), whose manifest is
+    /// written now with `artifact`'s.
+    fn bundle_on_disk(
+        &self,
+        artifact: &Artifact,
+        dir: &Path,
+    ) -> Result<Option<Bundle>, CloudError> {
+        if let Some(bundle) = bundle::finished_bundle(dir, &artifact.name) {
+            return Ok(Some(bundle));
+        }
+        if bundle::waiting_bundle(dir, &artifact.name).is_none() {
+            return Ok(None);
+        }
+        self.complete_manifest(artifact, dir).map(Some)
+    }
+
+    /// Writes the manifest of the bundle in `dir` that waited for its links, naming
+    /// `artifact`'s kernel and ramdisk; returns the finished bundle.
+    fn complete_manifest(&self, artifact: &Artifact, dir: &Path) -> Result<Bundle, CloudError> {
+        tokio::task::block_in_place(|| {
+            let keys = self.cloud.bundle_keys()?;
+            let configuration = bundle::MachineConfiguration {
+                kind: artifact.kind,
+                arch: &artifact.arch,
+                kernel_id: artifact.kernel_id.as_deref(),
+                ramdisk_id: artifact.ramdisk_id.as_deref(),
+            };
+            bundle::complete_manifest(dir, &artifact.name, &configuration, &keys)?;
+            bundle::finished_bundle(dir, &artifact.name).ok_or_else(|| CloudError::Local {
+                action: "reading",
+                path: dir.join(bundle::manifest_name(&artifact.name)),
+                source: std::io::Error::other("the manifest just written is not whole"),
+            })
+        })
     }
 
     /// Registers the uploaded bundle (looking first), removes it from disk; returns its id.
@@ -283,23 +404,25 @@ impl Publisher {
         Ok(Published { image_id, location })
     }
 
-    /// Publishes an artifact whose file is still downloading (the overlapped install): the
-    /// bundler reads the file through `open`'s readers as it grows, each part goes up as it
-    /// closes ([`BundleSink::part_closed`]), [`Publisher::with_upload_concurrency`] at a time; the
-    /// manifest goes up and the image is registered only once `verified` says the file's size,
-    /// SHA-256 and signature checked out. If it says they did not, every part of the bundle is
-    /// deleted from the bucket and the bundle from disk, and nothing is registered. A bundle an
-    /// earlier attempt finished on disk (stopped before the file verified) is sent as it is.
+    /// Sends an artifact whose file is still downloading (the overlapped install): the bundler
+    /// reads the file through `open`'s readers as it grows, each part goes up as it closes
+    /// ([`BundleSink::part_closed`]), [`Publisher::with_upload_concurrency`] at a time; then it
+    /// waits until `verified` says the file's size, SHA-256 and signature checked out, and
+    /// returns with no manifest sent ([`Publisher::finish_overlapped`] sends it). If they did
+    /// not, every part of the bundle is deleted from the bucket and the bundle from disk. A
+    /// bundle an earlier attempt finished on disk (stopped before the file verified) is sent as
+    /// it is. With [`Links::Later`] the bundle ends with its manifest waiting for its links.
     ///
     /// Progress: each step as it comes, with 0 bytes (the installer counts the download's).
-    pub async fn publish_overlapped(
+    pub async fn send_overlapped(
         &self,
         artifact: &Artifact,
         open: Arc<OpenGrowing>,
         progress: &dyn Progress,
         mut verified: Verification,
+        links: Links,
         cancel: &CancellationToken,
-    ) -> Result<Published, CloudError> {
+    ) -> Result<PartsSent, CloudError> {
         let cloud = self.cloud();
         let bucket = cloud.bucket(&artifact.bucket).to_string();
         let dir = self.bundles.join(&bucket).join(&artifact.name);
@@ -314,31 +437,24 @@ impl Publisher {
             );
             cloud.ensure_bucket(&bucket, cancel).await?;
             let bundle = self
-                .bundle_uploading(artifact, open, &bucket, &dir, progress, &sent, cancel)
+                .bundle_uploading(
+                    artifact, open, &bucket, &dir, progress, &sent, links, cancel,
+                )
                 .await?;
             if !verified.wait(cancel).await? {
                 return Err(CloudError::Unverified);
             }
-            progress.report(
-                Step::UploadingManifest {
-                    kind: artifact.kind,
-                },
-                artifact.source_size,
-            );
-            cloud
-                .put_object(
-                    &bucket,
-                    &bundle.manifest_name,
-                    &bundle.manifest_path,
-                    cancel,
-                )
-                .await?;
-            self.register(artifact, &bundle, &dir, location, progress, cancel)
-                .await
+            Ok(bundle)
         }
         .await;
         let error = match outcome {
-            Ok(published) => return Ok(published),
+            Ok(bundle) => {
+                return Ok(PartsSent {
+                    bundle,
+                    dir,
+                    location,
+                });
+            }
             Err(error) => error,
         };
         // A cancel keeps what went up for the retry; a file that failed takes it all back.
@@ -353,10 +469,45 @@ impl Publisher {
         Err(error)
     }
 
+    /// Sends the manifest of an overlapped publish whose file verified and registers it. A
+    /// manifest that waited for its links is written first, naming `artifact`'s kernel and
+    /// ramdisk (registered by now).
+    pub async fn finish_overlapped(
+        &self,
+        artifact: &Artifact,
+        sent: PartsSent,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Published, CloudError> {
+        let PartsSent {
+            bundle,
+            dir,
+            location,
+        } = sent;
+        let bundle = match bundle::waiting_bundle(&dir, &artifact.name) {
+            Some(_) => self.complete_manifest(artifact, &dir)?,
+            None => bundle,
+        };
+        progress.report(
+            Step::UploadingManifest {
+                kind: artifact.kind,
+            },
+            artifact.source_size,
+        );
+        let bucket = self.cloud.bucket(&artifact.bucket);
+        self.cloud
+            .put_object(bucket, &bundle.manifest_name, &bundle.manifest_path, cancel)
+            .await?;
+        self.register(artifact, &bundle, &dir, location, progress, cancel)
+            .await
+    }
+
     /// Deletes from `bucket` every part of the bundle in `dir` (those `sent`, and any a finished
     /// bundle names), then the bundle itself: its file failed verification.
     async fn take_back(&self, bucket: &str, dir: &Path, prefix: &str, mut sent: Vec<String>) {
-        if let Some(bundle) = bundle::finished_bundle(dir, prefix) {
+        if let Some(bundle) =
+            bundle::finished_bundle(dir, prefix).or_else(|| bundle::waiting_bundle(dir, prefix))
+        {
             sent.extend(bundle.parts.into_iter().map(|part| part.file_name));
         }
         sent.sort();
@@ -383,7 +534,8 @@ impl Publisher {
 
     /// Bundles on a blocking thread and puts each part as it closes, at most
     /// `upload_concurrency` in the air; the names of the parts put are kept in `sent`. A bundle
-    /// finished on disk is put as it is.
+    /// finished on disk (or waiting for its links) is put as it is; with [`Links::Later`] a
+    /// finished one is not, its manifest naming links from before.
     #[allow(clippy::too_many_arguments)]
     async fn bundle_uploading(
         &self,
@@ -393,6 +545,7 @@ impl Publisher {
         dir: &Path,
         progress: &dyn Progress,
         sent: &Mutex<Vec<String>>,
+        links: Links,
         cancel: &CancellationToken,
     ) -> Result<Bundle, CloudError> {
         let kind = artifact.kind;
@@ -400,7 +553,15 @@ impl Publisher {
         // Stops the bundler when the upload fails first.
         let stop = cancel.child_token();
         let _stop_on_return = stop.clone().drop_guard();
-        let mut bundling = match bundle::finished_bundle(dir, &artifact.name) {
+        let on_disk = match links {
+            Links::Known => bundle::finished_bundle(dir, &artifact.name)
+                .or_else(|| bundle::waiting_bundle(dir, &artifact.name)),
+            Links::Later => {
+                let _ = std::fs::remove_file(dir.join(bundle::manifest_name(&artifact.name)));
+                bundle::waiting_bundle(dir, &artifact.name)
+            }
+        };
+        let mut bundling = match &on_disk {
             Some(bundle) => {
                 for part in &bundle.parts {
                     let _ = events.send(BundleEvent::Closed(part.clone()));
@@ -423,6 +584,7 @@ impl Publisher {
                     let sink = ChannelSink {
                         events,
                         quarter: owned.source_size / 4,
+                        links,
                     };
                     bundle::bundle_artifact(&image, &keys, &dir, gzip, &sink, &stop)
                 }))
@@ -477,7 +639,7 @@ impl Publisher {
         }
         match bundle {
             Some(bundle) => Ok(bundle),
-            None => bundle::finished_bundle(dir, &artifact.name).ok_or_else(|| CloudError::Local {
+            None => on_disk.ok_or_else(|| CloudError::Local {
                 action: "reading",
                 path: dir.join(bundle::manifest_name(&artifact.name)),
                 source: std::io::Error::other("the finished bundle went missing"),
@@ -704,6 +866,98 @@ mod tests {
             std::fs::metadata(&manifest).unwrap().modified().unwrap(),
             sent
         );
+    }
+
+    /// Tells the bundler the manifest waits for its links.
+    struct WaitingForLinks;
+
+    impl BundleSink for WaitingForLinks {
+        fn step(&self, _: Step) {}
+
+        fn manifest_waits(&self) -> bool {
+            true
+        }
+    }
+
+    /// A kernel staged (parts and manifest in the bucket, nothing registered) and registered
+    /// after; a machine image whose bundle waited for its links (as an overlapped install
+    /// leaves it when stopped before registering) is published with them: its manifest is
+    /// written naming the kernel, and nothing is bundled again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_staged_bundle_registers_later_and_a_waiting_one_is_finished_with_its_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path();
+        let cloud = Arc::new(FakeCloud::new(data_dir));
+        let publisher = Publisher::new(cloud.clone(), data_dir).with_gzip(GzipSettings {
+            level: 1,
+            threads: 2,
+            recompress: false,
+        });
+        let source = data_dir.join("source");
+        std::fs::write(&source, vec![9u8; 200_000]).unwrap();
+        let kernel = Artifact {
+            kind: FileKind::Kernel,
+            source: source.clone(),
+            source_size: 200_000,
+            name: "test-1-kernel".into(),
+            bucket: "image-store-1".into(),
+            identity: "kernel:test".into(),
+            ..artifact()
+        };
+        let cancel = CancellationToken::new();
+        let bucket = data_dir.join("fake-cloud/image-store-1");
+        let Staged::Uploaded(uploaded) = publisher
+            .stage(&kernel, &Lines::default(), &cancel)
+            .await
+            .unwrap()
+        else {
+            panic!("nothing was registered before");
+        };
+        assert!(bucket.join("test-1-kernel.manifest.xml").exists());
+        assert!(!bucket.join("test-1-kernel.registration.json").exists());
+        let kernel_id = publisher
+            .register_uploaded(&kernel, uploaded, &Lines::default(), &cancel)
+            .await
+            .unwrap()
+            .image_id;
+        assert!(bucket.join("test-1-kernel.registration.json").exists());
+
+        let image = Artifact {
+            source: source.clone(),
+            source_size: 200_000,
+            name: "test-1-image".into(),
+            bucket: "image-store-1".into(),
+            kernel_id: Some(kernel_id.clone()),
+            identity: format!("image:test:{kernel_id}"),
+            ..artifact()
+        };
+        let bundle_dir = data_dir.join("bundles/image-store-1/test-1-image");
+        let keys = cloud.bundle_keys().unwrap();
+        bundle::bundle_artifact(
+            &image.source_image(),
+            &keys,
+            &bundle_dir,
+            publisher.gzip,
+            &WaitingForLinks,
+            &cancel,
+        )
+        .unwrap();
+        assert!(bundle::waiting_bundle(&bundle_dir, "test-1-image").is_some());
+        let lines = Lines::default();
+        publisher.publish(&image, &lines, &cancel).await.unwrap();
+        let lines = lines.0.into_inner().unwrap();
+        assert!(
+            !lines.iter().any(|line| line.starts_with("Bundling")),
+            "{lines:?}"
+        );
+        let manifest = std::fs::read_to_string(bucket.join("test-1-image.manifest.xml")).unwrap();
+        assert!(
+            manifest.contains(&format!("<kernel_id>{kernel_id}</kernel_id>")),
+            "{manifest}"
+        );
+        let registration =
+            std::fs::read_to_string(bucket.join("test-1-image.registration.json")).unwrap();
+        assert!(registration.contains(&kernel_id), "{registration}");
     }
 
     /// A cloud that only takes puts: each waits `delay` in the air (a part named `fails` is

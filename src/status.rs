@@ -110,8 +110,12 @@ pub fn downloading(kind: FileKind, done: u64, total: u64) -> String {
 /// The one line of an overlapped install: the download, and the parts of its bundle already in
 /// the cloud (bundled from bytes not yet verified; nothing is registered until they are).
 pub fn downloading_and_sending(kind: FileKind, done: u64, total: u64, parts: u64) -> String {
+    let parts = match parts {
+        1 => "1 part".to_string(),
+        n => format!("{n} parts"),
+    };
     format!(
-        "Downloading {}: {}, {parts} parts sent",
+        "Downloading {}: {}, {parts} sent",
         kind.noun(),
         amount(done, total)
     )
@@ -207,6 +211,10 @@ mod tests {
         assert_eq!(
             downloading_and_sending(FileKind::Image, 420 * MIB, 900 * MIB, 12),
             "Downloading machine image: 420 of 900 MiB, 12 parts sent"
+        );
+        assert_eq!(
+            downloading_and_sending(FileKind::Image, 11 * MIB, 900 * MIB, 1),
+            "Downloading machine image: 11 of 900 MiB, 1 part sent"
         );
         assert_eq!(amount(MIB / 2, 2 * MIB + 1), "0.5 of 2.0 MiB");
         assert_eq!(amount(3 * KIB, 64 * KIB), "3 of 64 KiB");

@@ -5,6 +5,7 @@
 use axum::body::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One way to get a download wrong.
@@ -145,9 +146,87 @@ pub fn throttle(body: ByteStream, rate: u64) -> ByteStream {
     .boxed()
 }
 
+/// One link every file body shares: `--store-kib-per-second`, a pipe of `rate` bytes a second
+/// however many connections a client opens (a ranged download over four connections gets the
+/// rate once, not four times). Each piece takes the next free slot on the link.
+#[derive(Debug)]
+pub struct Link {
+    rate: u64,
+    /// When the link is next free.
+    free_at: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Link {
+    pub fn new(bytes_per_second: u64) -> Arc<Self> {
+        Arc::new(Self {
+            rate: bytes_per_second.max(1),
+            free_at: Mutex::new(None),
+        })
+    }
+
+    /// When `bytes` more have crossed the link, sent after everything queued before them.
+    fn reserve(&self, bytes: u64) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let mut free_at = self.free_at.lock().expect("link lock");
+        let start = free_at.filter(|at| *at > now).unwrap_or(now);
+        let due = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        *free_at = Some(due);
+        due
+    }
+}
+
+/// Holds each chunk of `body` until `link` has carried it, in pieces of at most 64 KiB so that
+/// connections sharing the link interleave finely.
+pub fn over_link(body: ByteStream, link: Arc<Link>) -> ByteStream {
+    const PIECE: usize = 64 << 10;
+    body.flat_map(|chunk| {
+        let pieces: Vec<io::Result<Bytes>> = match chunk {
+            Ok(bytes) => (0..bytes.len())
+                .step_by(PIECE)
+                .map(|at| Ok(bytes.slice(at..(at + PIECE).min(bytes.len()))))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        stream::iter(pieces)
+    })
+    .then(move |chunk| {
+        let due = match &chunk {
+            Ok(bytes) => Some(link.reserve(bytes.len() as u64)),
+            Err(_) => None,
+        };
+        async move {
+            if let Some(due) = due {
+                tokio::time::sleep_until(due).await;
+            }
+            chunk
+        }
+    })
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two bodies of 256 KiB at once over a 4 MiB/s link take at least 1/8 s between them; were
+    /// each held to the rate on its own, they would be done in 1/16 s.
+    #[tokio::test]
+    async fn connections_sharing_a_link_get_its_rate_between_them() {
+        let link = Link::new(4 << 20);
+        let body =
+            || -> ByteStream { stream::iter(vec![Ok(Bytes::from(vec![1u8; 256 << 10]))]).boxed() };
+        let start = tokio::time::Instant::now();
+        let (a, b) = tokio::join!(
+            over_link(body(), link.clone()).collect::<Vec<_>>(),
+            over_link(body(), link.clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(a.len() + b.len(), 8, "64 KiB pieces");
+        let took = start.elapsed().as_secs_f64();
+        assert!(
+            took >= 0.124,
+            "512 KiB over a 4 MiB/s link took only {took} s"
+        );
+    }
 
     #[test]
     fn rules_are_used_up_in_order() {

@@ -378,15 +378,22 @@ where
         }
     };
     let sent = drop_after.unwrap_or(count);
-    let rate = match is_file {
-        true => inner.faults.lock().expect("faults lock").bytes_per_second,
-        false => None,
+    let (rate, link) = match is_file {
+        true => {
+            let faults = inner.faults.lock().expect("faults lock");
+            (faults.bytes_per_second, faults.link.clone())
+        }
+        false => (None, None),
     };
     let stream: ByteStream = ReaderStream::with_capacity(body.take(sent), 64 << 10).boxed();
     let shaped = faults::shape_body(fault, stream, start, count);
     let stream = match rate {
         Some(rate) if rate > 0 => faults::throttle(shaped.body, rate),
         _ => shaped.body,
+    };
+    let stream = match link {
+        Some(link) => faults::over_link(stream, link),
+        None => stream,
     };
     let stream: ByteStream = if is_file {
         let counter = inner.file_bytes_sent.clone();

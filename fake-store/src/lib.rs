@@ -22,7 +22,7 @@ mod signing;
 mod simplestreams;
 
 pub use catalog::Error;
-pub use faults::{Fault, PathFault, SignedCatalog};
+pub use faults::{Fault, Link, PathFault, SignedCatalog};
 pub use simplestreams::{
     DOWNLOAD_CONTENT_ID, IMAGE_IDS_CONTENT_ID, INDEX_PATH as SIMPLESTREAMS_INDEX_PATH,
     MISMATCHED_CONTENT_ID, ROOT_PATH as SIMPLESTREAMS_ROOT_PATH, StreamFaults, StreamItem,
@@ -65,6 +65,9 @@ pub struct Faults {
     /// install's progress can be watched (the demo, the browser test). Each response is held to
     /// it on its own: a client on several connections at once gets this rate on each.
     pub bytes_per_second: Option<u64>,
+    /// One link all file bodies share (`--store-kib-per-second`): the store's whole uplink,
+    /// however many connections a client opens.
+    pub link: Option<Arc<Link>>,
     /// Answer a file request's `Range` with the whole file (200), as servers without range
     /// support do.
     pub ignore_range: bool,

@@ -32,6 +32,10 @@ struct Args {
     /// possible)
     #[arg(long, value_name = "KIB", default_value_t = 0)]
     kib_per_second: u64,
+    /// Serve files no faster than this many KiB per second in all, whatever the number of
+    /// connections: the store's whole link (0: no cap)
+    #[arg(long, value_name = "KIB", default_value_t = 0)]
+    store_kib_per_second: u64,
     /// Serve the simplestreams tree with this bad input (repeatable)
     #[arg(long, value_name = "FAULT", value_enum)]
     simplestreams_fault: Vec<StreamFault>,
@@ -89,6 +93,9 @@ async fn main() -> anyhow::Result<()> {
     })?;
     if args.kib_per_second > 0 {
         store.faults().bytes_per_second = Some(args.kib_per_second << 10);
+    }
+    if args.store_kib_per_second > 0 {
+        store.faults().link = Some(fake_store::Link::new(args.store_kib_per_second << 10));
     }
     {
         let mut faults = store.faults();

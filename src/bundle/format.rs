@@ -17,6 +17,8 @@ use sha1::{Digest, Sha1};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
 /// euca2ools' part size: 10 MiB.
@@ -36,6 +38,9 @@ pub enum BundleError {
     Read(io::Error),
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    /// A bundle's own file read back: the `<image>` element that waited for its links.
+    #[error("reading {path}: {source}")]
+    ReadBack { path: PathBuf, source: io::Error },
     #[error("the image gave {actual} bytes where {expected} were expected")]
     SizeMismatch { expected: u64, actual: u64 },
     #[error("bundle name {0:?} must be 1-100 characters of A-Z a-z 0-9 . _ -")]
@@ -89,16 +94,26 @@ pub struct Bundle {
 }
 
 /// Told how many image bytes went in; `false` stops the bundle (cancelled).
-pub type Progress<'a> = &'a mut dyn FnMut(u64) -> bool;
+pub type Progress<'a> = &'a mut (dyn FnMut(u64) -> bool + Send);
 
-/// What the writer tells as it goes, on the writing thread (push model, after ripgrep's `Sink`).
-pub trait PartSink {
+/// What the writer tells as it goes (push model, after ripgrep's `Sink`): image bytes from the
+/// thread making the gzip member, closed parts from the thread encrypting and writing them, as
+/// soon as each closes (the member's maker may be waiting on a download meanwhile).
+pub trait PartSink: Send {
     /// `done` image bytes went in; `false` stops the bundle (cancelled).
     fn image_bytes(&mut self, done: u64) -> bool;
 
     /// `part` is closed: whole, synced and hashed. `false` stops the bundle (cancelled).
     fn part_closed(&mut self, _part: &Part) -> bool {
         true
+    }
+
+    /// Whether the manifest waits for its links: a machine image whose kernel and ramdisk are
+    /// registered only after its bundle is made (they are registered once it has verified, and
+    /// their ids are in the signed half). Then the bundle ends with its manifest's `<image>`
+    /// element alone, which needs no link ([`complete_manifest`] writes the manifest later).
+    fn manifest_waits(&self) -> bool {
+        false
     }
 }
 
@@ -179,23 +194,68 @@ pub fn write_bundle_with(
 
     let (closed, closed_parts) = mpsc::channel();
     let files = PartFiles::new(dir, spec.prefix, closed);
-    let mut cipher = CbcWriter::new(files, &key, &iv);
     let write_error = |source| BundleError::Write {
         path: dir.join(format!("{}.part.*", spec.prefix)),
         source,
     };
-    let mut sink = ClosedParts {
-        sink,
-        closed: closed_parts,
-    };
-    let digest = body(&mut cipher, &mut |done| {
-        sink.pass_on() && sink.sink.image_bytes(done)
+    let sink = Mutex::new(sink);
+    let stopped = AtomicBool::new(false);
+    // The gzip member is made on this thread (deflate's own workers beside it); encrypting,
+    // hashing and writing the parts on another, so that a splice, whose inflate pass is the
+    // other half of the work, runs on both cores.
+    let (digest, parts) = std::thread::scope(|scope| {
+        let (full, to_encrypt) = mpsc::sync_channel::<Vec<u8>>(CIPHER_QUEUE_DEPTH);
+        let (spent, empties) = mpsc::channel::<Vec<u8>>();
+        let (sink, stopped) = (&sink, &stopped);
+        let encrypting = scope.spawn(move || -> Result<Vec<Part>, BundleError> {
+            let mut cipher = CbcWriter::new(files, &key, &iv);
+            let mut ended = false;
+            for mut chunk in to_encrypt {
+                if chunk.is_empty() {
+                    ended = true;
+                    break;
+                }
+                cipher.write_all(&chunk).map_err(write_error)?;
+                if !pass_on(&closed_parts, sink) {
+                    stopped.store(true, Ordering::Relaxed);
+                    return Err(BundleError::Cancelled);
+                }
+                chunk.clear();
+                let _ = spent.send(chunk);
+            }
+            if !ended {
+                // The member's maker failed: its error says why; the last part stays unclosed
+                // and untold.
+                return Ok(Vec::new());
+            }
+            let parts = cipher.finish().map_err(write_error)?.finish()?;
+            if !pass_on(&closed_parts, sink) {
+                return Err(BundleError::Cancelled);
+            }
+            Ok(parts)
+        });
+        let mut cipher = ToCipher {
+            chunk: Vec::with_capacity(CHUNK),
+            full,
+            empties,
+        };
+        let digest = body(&mut cipher, &mut |done| {
+            !stopped.load(Ordering::Relaxed)
+                && sink.lock().expect("part sink lock").image_bytes(done)
+        })
+        .and_then(|digest| cipher.end().map(|()| digest).map_err(write_error));
+        drop(cipher);
+        let parts = match encrypting.join() {
+            Ok(parts) => parts,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        // The encrypting thread's own error is the cause of any the body saw writing to it.
+        match (digest, parts) {
+            (_, Err(error)) => Err(error),
+            (Err(error), Ok(_)) => Err(error),
+            (Ok(digest), Ok(parts)) => Ok((digest, parts)),
+        }
     })?;
-    let files = cipher.finish().map_err(write_error)?;
-    let parts = files.finish()?;
-    if !sink.pass_on() {
-        return Err(BundleError::Cancelled);
-    }
 
     let manifest = Manifest {
         spec,
@@ -204,11 +264,19 @@ pub fn write_bundle_with(
         parts: &parts,
         key_hex: &hex::encode(key),
         iv_hex: &hex::encode(iv),
-    }
-    .render()?;
+    };
     let manifest_name = super::manifest_name(spec.prefix);
     let manifest_path = dir.join(&manifest_name);
-    write_file_synced(&manifest_path, manifest.as_bytes())?;
+    if sink.lock().expect("part sink lock").manifest_waits() {
+        // Written last, like the manifest: a whole bundle waiting for its links.
+        let image = manifest.image()?;
+        write_file_synced(
+            &dir.join(super::waiting_name(spec.prefix)),
+            image.as_bytes(),
+        )?;
+    } else {
+        write_file_synced(&manifest_path, manifest.render()?.as_bytes())?;
+    }
     Ok(Bundle {
         manifest_name,
         manifest_path,
@@ -228,22 +296,15 @@ pub fn tar_tail_len(size: u64) -> u64 {
     padding + 1024 + record_padding
 }
 
-/// The caller's sink, and the parts the writer chain closed since it was last told.
-struct ClosedParts<'a> {
-    sink: &'a mut dyn PartSink,
-    closed: Receiver<Part>,
-}
-
-impl ClosedParts<'_> {
-    /// Tells the sink of the parts closed since; `false` when it wants the bundle stopped.
-    fn pass_on(&mut self) -> bool {
-        while let Ok(part) = self.closed.try_recv() {
-            if !self.sink.part_closed(&part) {
-                return false;
-            }
+/// Tells the caller's sink of the parts closed since it was last told; `false` when it wants
+/// the bundle stopped.
+fn pass_on(closed: &Receiver<Part>, sink: &Mutex<&mut dyn PartSink>) -> bool {
+    while let Ok(part) = closed.try_recv() {
+        if !sink.lock().expect("part sink lock").part_closed(&part) {
+            return false;
         }
-        true
     }
+    true
 }
 
 fn copy_exact(
@@ -320,6 +381,59 @@ fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
     let mut file = File::create(path).map_err(error)?;
     file.write_all(bytes).map_err(error)?;
     file.sync_all().map_err(error)
+}
+
+/// 1 MiB chunks of the gzip member queued for the encrypting thread.
+const CIPHER_QUEUE_DEPTH: usize = 4;
+
+/// The gzip member's way to the encrypting thread: whole chunks, their buffers handed back, and
+/// an empty chunk at the end; without it (the member's maker failed) no part is finished.
+struct ToCipher {
+    chunk: Vec<u8>,
+    full: mpsc::SyncSender<Vec<u8>>,
+    empties: Receiver<Vec<u8>>,
+}
+
+impl ToCipher {
+    /// Sends what is buffered, if anything.
+    fn send(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .empties
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let chunk = std::mem::replace(&mut self.chunk, next);
+        self.full
+            .send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the encrypting thread stopped"))
+    }
+}
+
+impl ToCipher {
+    /// Sends the rest, then the empty chunk that says the member is whole.
+    fn end(&mut self) -> io::Result<()> {
+        self.send()?;
+        self.full
+            .send(Vec::new())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the encrypting thread stopped"))
+    }
+}
+
+impl Write for ToCipher {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// AES-128-CBC with PKCS#7 padding, as `openssl enc -aes-128-cbc -K .. -iv ..` writes it (no
@@ -500,15 +614,24 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-impl Manifest<'_> {
-    fn machine_configuration(&self) -> String {
-        let spec = self.spec;
+/// What the manifest's `<machine_configuration>` says: the architecture, and for a machine image
+/// the kernel and ramdisk it boots with.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineConfiguration<'a> {
+    pub kind: FileKind,
+    pub arch: &'a str,
+    pub kernel_id: Option<&'a str>,
+    pub ramdisk_id: Option<&'a str>,
+}
+
+impl MachineConfiguration<'_> {
+    fn xml(&self) -> String {
         let mut xml = String::from("<machine_configuration>");
         xml.push_str(&format!(
             "<architecture>{}</architecture>",
-            escape(spec.arch)
+            escape(self.arch)
         ));
-        match spec.kind {
+        match self.kind {
             FileKind::Image => {
                 xml.push_str("<block_device_mapping>");
                 for (virtual_name, device) in MACHINE_BLOCK_DEVICES {
@@ -517,10 +640,10 @@ impl Manifest<'_> {
                     ));
                 }
                 xml.push_str("</block_device_mapping>");
-                if let Some(kernel) = spec.kernel_id {
+                if let Some(kernel) = self.kernel_id {
                     xml.push_str(&format!("<kernel_id>{}</kernel_id>", escape(kernel)));
                 }
-                if let Some(ramdisk) = spec.ramdisk_id {
+                if let Some(ramdisk) = self.ramdisk_id {
                     xml.push_str(&format!("<ramdisk_id>{}</ramdisk_id>", escape(ramdisk)));
                 }
             }
@@ -530,6 +653,67 @@ impl Manifest<'_> {
         }
         xml.push_str("</machine_configuration>");
         xml
+    }
+}
+
+/// Writes the manifest of the bundle in `dir` that waited for its links
+/// ([`PartSink::manifest_waits`]): `configuration` and the waiting `<image>` element, signed,
+/// then the waiting element removed. The manifest is synced before that, so a stop between the
+/// two leaves a finished bundle.
+pub fn complete_manifest(
+    dir: &Path,
+    prefix: &str,
+    configuration: &MachineConfiguration<'_>,
+    keys: &BundleKeys,
+) -> Result<(), BundleError> {
+    let pending = dir.join(super::waiting_name(prefix));
+    let image = std::fs::read_to_string(&pending).map_err(|source| BundleError::ReadBack {
+        path: pending.clone(),
+        source,
+    })?;
+    let manifest = signed_manifest(keys, &configuration.xml(), &image)?;
+    write_file_synced(&dir.join(super::manifest_name(prefix)), manifest.as_bytes())?;
+    match std::fs::remove_file(&pending) {
+        Err(source) if source.kind() != io::ErrorKind::NotFound => Err(BundleError::Write {
+            path: pending,
+            source,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The manifest around its two signed elements, `<machine_configuration>` and `<image>`.
+fn signed_manifest(
+    keys: &BundleKeys,
+    machine_configuration: &str,
+    image: &str,
+) -> Result<String, BundleError> {
+    let signed = format!("{machine_configuration}{image}");
+    let signature = keys
+        .user_key
+        .sign(
+            Pkcs1v15Sign::new::<Sha1>(),
+            &Sha1::digest(signed.as_bytes()),
+        )
+        .map_err(|e| BundleError::Sign(e.to_string()))?;
+    Ok(format!(
+        "<?xml version='1.0' encoding='ASCII'?>\n<manifest><version>2007-10-10</version>\
+         <bundler><name>image-store-proxy</name><version>{}</version><release>0</release></bundler>\
+         {signed}<signature>{}</signature></manifest>",
+        env!("CARGO_PKG_VERSION"),
+        hex::encode(signature)
+    ))
+}
+
+impl Manifest<'_> {
+    fn machine_configuration(&self) -> String {
+        MachineConfiguration {
+            kind: self.spec.kind,
+            arch: self.spec.arch,
+            kernel_id: self.spec.kernel_id,
+            ramdisk_id: self.spec.ramdisk_id,
+        }
+        .xml()
     }
 
     fn image(&self) -> Result<String, BundleError> {
@@ -590,24 +774,7 @@ impl Manifest<'_> {
     }
 
     fn render(&self) -> Result<String, BundleError> {
-        let machine_configuration = self.machine_configuration();
-        let image = self.image()?;
-        let signed = format!("{machine_configuration}{image}");
-        let signature = self
-            .keys
-            .user_key
-            .sign(
-                Pkcs1v15Sign::new::<Sha1>(),
-                &Sha1::digest(signed.as_bytes()),
-            )
-            .map_err(|e| BundleError::Sign(e.to_string()))?;
-        Ok(format!(
-            "<?xml version='1.0' encoding='ASCII'?>\n<manifest><version>2007-10-10</version>\
-             <bundler><name>image-store-proxy</name><version>{}</version><release>0</release></bundler>\
-             {signed}<signature>{}</signature></manifest>",
-            env!("CARGO_PKG_VERSION"),
-            hex::encode(signature)
-        ))
+        signed_manifest(self.keys, &self.machine_configuration(), &self.image()?)
     }
 }
 
@@ -705,6 +872,89 @@ mod tests {
             write_bundle_into(&mut &image[..], &spec, &keys, dir.path(), &mut sink).unwrap();
         assert_eq!(bundle.parts.len(), 3);
         assert_eq!(sink.parts, bundle.parts);
+    }
+
+    /// Asks for the manifest to wait for its links.
+    struct Waiting;
+
+    impl PartSink for Waiting {
+        fn image_bytes(&mut self, _: u64) -> bool {
+            true
+        }
+
+        fn manifest_waits(&self) -> bool {
+            true
+        }
+    }
+
+    /// A machine image bundled before its kernel and ramdisk are registered: the bundle ends
+    /// with the manifest's `<image>` element alone (no manifest, so no finished bundle), and the
+    /// manifest written later names the ids, holds that element as it was, and is signed.
+    #[test]
+    fn a_manifest_that_waits_for_its_links_is_written_later_with_them_and_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
+        let image: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let prefix = "waiting-image";
+        let spec = BundleSpec {
+            prefix,
+            kind: FileKind::Image,
+            arch: "x86_64",
+            kernel_id: None,
+            ramdisk_id: None,
+            size: image.len() as u64,
+            gzip: GzipSettings {
+                level: 1,
+                threads: 1,
+                recompress: true,
+            },
+        };
+        let out = dir.path().join("bundle");
+        std::fs::create_dir_all(&out).unwrap();
+        let bundle = write_bundle_into(&mut &image[..], &spec, &keys, &out, &mut Waiting).unwrap();
+        assert!(!bundle.manifest_path.exists(), "no manifest yet");
+        assert!(super::super::finished_bundle(&out, prefix).is_none());
+        let waiting = super::super::waiting_bundle(&out, prefix).unwrap();
+        assert_eq!(waiting.parts, bundle.parts);
+        assert_eq!(waiting.digest, bundle.digest);
+        assert_eq!(waiting.size, image.len() as u64);
+        let element =
+            std::fs::read_to_string(out.join(super::super::waiting_name(prefix))).unwrap();
+        assert!(!element.contains("kernel_id"), "{element}");
+
+        let configuration = MachineConfiguration {
+            kind: FileKind::Image,
+            arch: "x86_64",
+            kernel_id: Some("eki-1234ABCD"),
+            ramdisk_id: Some("eri-5678EF01"),
+        };
+        complete_manifest(&out, prefix, &configuration, &keys).unwrap();
+        assert!(super::super::waiting_bundle(&out, prefix).is_none());
+        assert!(!out.join(super::super::waiting_name(prefix)).exists());
+        let finished = super::super::finished_bundle(&out, prefix).unwrap();
+        assert_eq!(finished.parts, bundle.parts);
+        let manifest = std::fs::read_to_string(&finished.manifest_path).unwrap();
+        let signed = signed_text(&manifest).unwrap();
+        assert!(signed.ends_with(&element), "the element as it waited");
+        assert!(
+            signed.contains(
+                "<kernel_id>eki-1234ABCD</kernel_id><ramdisk_id>eri-5678EF01</ramdisk_id>\
+                 </machine_configuration>"
+            ),
+            "{signed}"
+        );
+        let signature = manifest
+            .split_once("<signature>")
+            .and_then(|(_, rest)| rest.split_once("</signature>"))
+            .map(|(hex, _)| hex::decode(hex).unwrap())
+            .unwrap();
+        keys.user_cert
+            .verify(
+                Pkcs1v15Sign::new::<Sha1>(),
+                &Sha1::digest(signed.as_bytes()),
+                &signature,
+            )
+            .expect("signed with the user's key");
     }
 
     #[test]

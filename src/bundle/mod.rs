@@ -21,8 +21,8 @@ use crate::unpack;
 use std::path::Path;
 
 pub use format::{
-    Bundle, BundleError, BundleSpec, MAX_PREFIX, PART_SIZE, Part, PartSink, signed_text,
-    write_bundle, write_bundle_into,
+    Bundle, BundleError, BundleSpec, MAX_PREFIX, MachineConfiguration, PART_SIZE, Part, PartSink,
+    complete_manifest, signed_text, write_bundle, write_bundle_into,
 };
 pub use pipeline::bundle_artifact;
 
@@ -72,6 +72,12 @@ pub trait BundleSink: Sync {
     /// `part` is whole and synced on disk; the manifest, written last, is not yet. The seam where
     /// an overlapped upload starts on a part while the next one is written.
     fn part_closed(&self, _part: &Part) {}
+
+    /// Whether the manifest waits for links known only later ([`PartSink::manifest_waits`]):
+    /// the bundle then ends waiting ([`waiting_bundle`]), for [`complete_manifest`].
+    fn manifest_waits(&self) -> bool {
+        false
+    }
 }
 
 /// `<prefix>.manifest.xml`: the manifest's file and object name.
@@ -79,12 +85,34 @@ pub fn manifest_name(prefix: &str) -> String {
     format!("{prefix}.manifest.xml")
 }
 
+/// `<prefix>.manifest.waiting`: a machine image's manifest `<image>` element alone, written
+/// last as the manifest would be, while its kernel's and ramdisk's ids are not known yet (they
+/// are registered only once the image has verified). Never uploaded.
+pub fn waiting_name(prefix: &str) -> String {
+    format!("{prefix}.manifest.waiting")
+}
+
 /// A bundle an earlier attempt finished in `dir`: its manifest is written last, after every part,
 /// so a manifest whose parts are all present describes a whole bundle.
 pub fn finished_bundle(dir: &Path, prefix: &str) -> Option<Bundle> {
+    read_bundle(dir, prefix, &manifest_name(prefix))
+}
+
+/// A bundle whose parts are whole but whose manifest waits for its links
+/// ([`BundleSink::manifest_waits`]); its `manifest_path` is where [`complete_manifest`] will
+/// write the manifest. A bundle whose manifest was written is [`finished_bundle`]'s, not this.
+pub fn waiting_bundle(dir: &Path, prefix: &str) -> Option<Bundle> {
+    if dir.join(manifest_name(prefix)).exists() {
+        return None;
+    }
+    read_bundle(dir, prefix, &waiting_name(prefix))
+}
+
+/// The bundle in `dir` that the manifest (or the waiting `<image>` element) `described` names.
+fn read_bundle(dir: &Path, prefix: &str, described: &str) -> Option<Bundle> {
     let manifest_name = manifest_name(prefix);
     let manifest_path = dir.join(&manifest_name);
-    let text = std::fs::read_to_string(&manifest_path).ok()?;
+    let text = std::fs::read_to_string(dir.join(described)).ok()?;
     let doc = roxmltree::Document::parse(&text).ok()?;
     let field = |name: &str| {
         doc.descendants()

@@ -73,6 +73,7 @@ pub fn bundle_artifact(
     })();
     if bundled.is_err() {
         let _ = std::fs::remove_file(dir.join(super::manifest_name(image.prefix)));
+        let _ = std::fs::remove_file(dir.join(super::waiting_name(image.prefix)));
     }
     bundled
 }
@@ -242,6 +243,10 @@ impl PartSink for PartsTo<'_> {
     fn part_closed(&mut self, part: &Part) -> bool {
         self.sink.part_closed(part);
         !self.cancel.is_cancelled()
+    }
+
+    fn manifest_waits(&self) -> bool {
+        self.sink.manifest_waits()
     }
 }
 

@@ -127,13 +127,84 @@ impl VerifiedDownloads<'_> {
             None => None,
         };
         let partial = Partial::prepare(self.cache, file)?;
+        // The signature is hashed beside the download, over the bytes as they land (issue 16),
+        // not in a second pass after it: a reader follows the partial file on another thread.
+        let own_growth = super::growing::Growth::new();
+        let growth = growth.or(signature.as_ref().map(|_| &own_growth));
+        let signature = signature.map(|signature| {
+            let signature = PendingSignature::new(signature);
+            match growth {
+                Some(growth) => signature.hashed_beside(
+                    self.trust,
+                    growth.reader(
+                        partial.path.clone(),
+                        self.cache.path(file.sha256),
+                        file.size,
+                    ),
+                ),
+                None => signature,
+            }
+        });
         let received = |bytes| stages.received(bytes);
         let downloaded = partial
             .download(self.fetcher, &received, growth, cancel)
-            .await?;
+            .await;
+        let downloaded = match downloaded {
+            Ok(downloaded) => downloaded,
+            Err(error) => {
+                // The reader beside the download stops with it.
+                own_growth.failed(&error.to_string());
+                return Err(error);
+            }
+        };
         stages.verifying(signature.is_some()).await?;
         let verified = downloaded.verify(self.trust, signature).await?;
         verified.record_and_promote(self.db)
+    }
+}
+
+/// A file's detached signature, and its check over the file's bytes as they were downloaded
+/// when one ran beside the download.
+pub struct PendingSignature {
+    signature: Vec<u8>,
+    beside: Option<tokio::task::JoinHandle<Result<(), FileError>>>,
+}
+
+impl PendingSignature {
+    /// A signature to check over the file at rest.
+    pub fn new(signature: Vec<u8>) -> Self {
+        Self {
+            signature,
+            beside: None,
+        }
+    }
+
+    /// Starts checking it over `data` (the partial file as it grows), on a blocking thread.
+    fn hashed_beside(self, trust: &Arc<Trust>, data: super::growing::GrowingFile) -> Self {
+        let trust = trust.clone();
+        let signature = self.signature.clone();
+        let beside = tokio::task::spawn_blocking(move || {
+            let keyring = trust.reload_if_changed()?;
+            let data = std::io::BufReader::with_capacity(1 << 20, data);
+            Ok(keyring.verify_reader(data, &signature)?)
+        });
+        Self {
+            beside: Some(beside),
+            ..self
+        }
+    }
+
+    /// The verdict on the file at `path`, whose size and SHA-256 have matched. A check beside
+    /// the download that passed stands; one that failed, or stopped because the download
+    /// started the file again, is made again over the file at rest, so that only the bytes
+    /// that matched are ever judged.
+    async fn outcome(self, trust: &Arc<Trust>, path: &Path) -> Result<(), FileError> {
+        if let Some(beside) = self.beside
+            && let Ok(Ok(())) = beside.await
+        {
+            return Ok(());
+        }
+        check_signature(trust, path, self.signature).await
     }
 }
 
@@ -226,11 +297,11 @@ impl<'a> Downloaded<'a> {
     pub async fn verify(
         self,
         trust: &Arc<Trust>,
-        signature: Option<Vec<u8>>,
+        signature: Option<PendingSignature>,
     ) -> Result<Verified<'a>, FileError> {
         let partial = self.0;
         if let Some(signature) = signature {
-            let checked = check_signature(trust, &partial.path, signature).await;
+            let checked = signature.outcome(trust, &partial.path).await;
             if let Err(error) = checked {
                 if let FileError::Trust(refusal) = &error
                     && refusal.is_upstream_fault()
@@ -331,6 +402,69 @@ mod tests {
         ))
     }
 
+    /// A detached signature checked beside the download, over the partial file as it grows
+    /// (here in two steps), stands: the file at rest is not read again (the path given for that
+    /// does not exist). When the download started the file again part-way, the check beside it
+    /// stops and the file at rest is judged instead; a bad signature fails both ways.
+    #[tokio::test]
+    async fn a_signature_is_judged_over_the_bytes_as_they_land_and_again_at_rest_only_when_that_failed()
+     {
+        use crate::fetch::growing::Growth;
+        use crate::trust::tests::Gpg;
+        let dir = tempfile::tempdir().unwrap();
+        let gpg = Gpg::new("beside@example.org");
+        let keyring = dir.path().join("keyring.gpg");
+        std::fs::write(&keyring, gpg.export()).unwrap();
+        let trust = Arc::new(Trust::new(keyring));
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 / 5) as u8).collect();
+        let signature = gpg.detach_sign(&data);
+        let partial = dir.path().join("file.part");
+        let at_rest_gone = dir.path().join("not-there");
+
+        let arrive = |growth: &Growth| {
+            std::fs::write(&partial, &data[..1 << 20]).unwrap();
+            growth.advance(1 << 20);
+            std::fs::write(&partial, &data).unwrap();
+            growth.advance(data.len() as u64);
+        };
+        let beside = |growth: &Growth, signature: &[u8]| {
+            PendingSignature::new(signature.to_vec()).hashed_beside(
+                &trust,
+                growth.reader(partial.clone(), at_rest_gone.clone(), data.len() as u64),
+            )
+        };
+
+        let growth = Growth::new();
+        let pending = beside(&growth, &signature);
+        arrive(&growth);
+        growth.whole();
+        pending.outcome(&trust, &at_rest_gone).await.unwrap();
+
+        let growth = Growth::new();
+        let pending = beside(&growth, &signature);
+        std::fs::write(&partial, &data[..1 << 20]).unwrap();
+        growth.advance(1 << 20);
+        growth.advance(0);
+        std::fs::write(&partial, &data).unwrap();
+        let at_rest = pending.outcome(&trust, &at_rest_gone).await.unwrap_err();
+        assert!(
+            matches!(at_rest, FileError::Disk { ref path, .. } if *path == at_rest_gone),
+            "judged at rest: {at_rest}"
+        );
+
+        let growth = Growth::new();
+        let mut forged = data.clone();
+        forged[5] ^= 1;
+        let pending = beside(&growth, &gpg.detach_sign(&forged));
+        arrive(&growth);
+        growth.whole();
+        let refused = pending.outcome(&trust, &partial).await.unwrap_err();
+        assert!(
+            matches!(&refused, FileError::Trust(trust) if trust.is_upstream_fault()),
+            "{refused}"
+        );
+    }
+
     #[tokio::test]
     async fn a_matching_unsigned_file_is_recorded_then_promoted() {
         let s = setup();
@@ -388,7 +522,7 @@ mod tests {
         let missing = downloaded()
             .verify(
                 &Arc::new(Trust::new("/nonexistent/keyring.gpg".into())),
-                Some(b"sig".to_vec()),
+                Some(PendingSignature::new(b"sig".to_vec())),
             )
             .await
             .err()
@@ -402,7 +536,10 @@ mod tests {
             "our keyring's trouble keeps the bytes"
         );
         let garbage = downloaded()
-            .verify(&test_keyring(), Some(b"not a signature".to_vec()))
+            .verify(
+                &test_keyring(),
+                Some(PendingSignature::new(b"not a signature".to_vec())),
+            )
             .await
             .err()
             .unwrap();

@@ -17,7 +17,7 @@ use crate::db::{DbError, InstallRow, RegisteredIds};
 use crate::fetch::growing::Growth;
 use crate::fetch::verified::{FileError, FileStages, SignedFile};
 use crate::metrics;
-use crate::publish::{Artifact, OpenGrowing, Progress, Verification};
+use crate::publish::{Artifact, Links, OpenGrowing, Progress, Staged, Uploaded, Verification};
 use crate::status::{self, Step};
 use crate::unpack;
 use std::sync::Arc;
@@ -175,46 +175,34 @@ impl Job<'_> {
         let Some(last) = overlapped else {
             return self.publish_all(&image).await;
         };
-        // The files ahead (a kernel and ramdisk the image boots with) are registered already:
-        // their ids, for the image's manifest.
-        let mut ids = RegisteredIds::default();
-        let mut published = 0;
-        self.publish_files(&image, ahead, &mut ids, &mut published, total)
-            .await?;
-        ids.emi = Some(self.overlap(&image, last, &ids, done, total).await?);
-        Ok(ids)
+        let ahead = self.stage_ahead(&image, ahead, done, total).await?;
+        crate::pause::here("ahead-staged").await;
+        self.overlap(&image, last, ahead, done, total).await
     }
 
     /// The image's last file, when its install overlaps its download (issue 16): a file that is
-    /// one machine image, a raw image or an uncompressed qcow2 disk, not verified yet, and every
-    /// file ahead of it (a kernel, a ramdisk) registered in this cloud already. Otherwise the
-    /// files ahead would have to be registered before the image's download ends (its manifest
-    /// names them), and a failed download would leave them registered: today's order (every
-    /// file verified, then anything registered) stays. A UEC tarball stays sequential too: it is
-    /// checked whole for all its members (`unpack::check_members`) before any of them is
-    /// published, so that a tarball short of one registers nothing, and that check needs the
-    /// whole file.
+    /// one machine image, a raw image or an uncompressed qcow2 disk, not verified yet, behind
+    /// files that are each a kernel or a ramdisk. Those are small, and go first: downloaded and
+    /// verified, their bundles sent, parts and manifest (`Job::stage_ahead`), but none of them
+    /// registered until the image has verified too (`Job::register_ahead`), so that an image
+    /// that fails registers nothing. The image's manifest names their ids, which only their
+    /// registration gives: when they are new, the image's bundle ends with its manifest waiting
+    /// for them (`publish::Links::Later`), written once they are registered. A UEC tarball stays
+    /// sequential: it is checked whole for all its members (`unpack::check_members`) before any
+    /// of them is published, so that a tarball short of one registers nothing, and that check
+    /// needs the whole file.
     fn overlappable<'i>(&self, image: &'i Image) -> Result<Option<&'i FileRef>, JobError> {
         let Some((last, ahead)) = image.files.split_last() else {
             return Ok(None);
         };
-        let cloud_id = self.installer.publisher.cloud().id();
-        for file in ahead {
-            for kind in file.artifacts() {
-                let identity = self
-                    .artifact(image, file, kind, &RegisteredIds::default())
-                    .identity;
-                if self
-                    .installer
-                    .db
-                    .cloud_object(cloud_id, &identity)?
-                    .is_none()
-                {
-                    return Ok(None);
-                }
-            }
-        }
-        let fits = last.artifacts() == [FileKind::Image]
+        let boot_files = ahead.iter().all(|file| {
+            matches!(
+                file.artifacts()[..],
+                [FileKind::Kernel] | [FileKind::Ramdisk]
+            )
+        });
+        let fits = boot_files
+            && last.artifacts() == [FileKind::Image]
             && match last.packing {
                 Packing::Raw => true,
                 Packing::Qcow2 => last.compression == Compression::None,
@@ -226,20 +214,149 @@ impl Job<'_> {
         Ok(Some(last))
     }
 
+    /// The files ahead of an overlapped image (its kernel and ramdisk), verified: each one's
+    /// bundle goes up, parts and manifest, unless it is registered already, and none is
+    /// registered. Each keeps its publish lock until it is (`Job::register_ahead`), so that no
+    /// other install bundles or registers it meanwhile.
+    async fn stage_ahead<'j>(
+        &'j self,
+        image: &Image,
+        files: &[FileRef],
+        done: u64,
+        total: u64,
+    ) -> Result<Vec<Ahead<'j>>, JobError> {
+        let installer = self.installer;
+        let cloud_id = installer.publisher.cloud().id().to_string();
+        let mut ahead = Vec::new();
+        for file in files {
+            let artifact = self.artifact(image, file, file.kind, &RegisteredIds::default());
+            let lock = self
+                .exclusively(
+                    &format!("publish:{}", artifact.identity),
+                    artifact.kind,
+                    done,
+                    total,
+                )
+                .await?;
+            let state = match installer.db.cloud_object(&cloud_id, &artifact.identity)? {
+                Some(id) => {
+                    installer.board.progress(
+                        self.uri(),
+                        done,
+                        total,
+                        status::already_registered(artifact.kind, &id),
+                    );
+                    AheadState::Registered(id)
+                }
+                None => {
+                    // Its progress stays where the downloads ended: its own bytes are few.
+                    let progress = BoardProgress {
+                        installer,
+                        uri: self.uri(),
+                        done_before: done,
+                        total,
+                        share: 0,
+                        source_size: artifact.source_size,
+                    };
+                    let staged = installer
+                        .publisher
+                        .stage(&artifact, &progress, self.cancel)
+                        .await
+                        .inspect_err(record_cloud_error)?;
+                    match staged {
+                        Staged::Uploaded(uploaded) => AheadState::Uploaded(uploaded),
+                        // An earlier run registered it and stopped before recording the id.
+                        Staged::Registered(published) => {
+                            self.record(&artifact, &published)?;
+                            AheadState::Registered(published.image_id)
+                        }
+                    }
+                }
+            };
+            ahead.push(Ahead {
+                artifact,
+                state,
+                _lock: lock,
+            });
+        }
+        Ok(ahead)
+    }
+
+    /// Registers the files ahead of an overlapped image, now that it has verified too; their
+    /// ids, for its manifest. Progress stays at `at`.
+    async fn register_ahead(
+        &self,
+        ahead: Vec<Ahead<'_>>,
+        at: u64,
+        total: u64,
+    ) -> Result<RegisteredIds, JobError> {
+        let installer = self.installer;
+        let mut ids = RegisteredIds::default();
+        for Ahead {
+            artifact, state, ..
+        } in ahead
+        {
+            let id = match state {
+                AheadState::Registered(id) => id,
+                AheadState::Uploaded(uploaded) => {
+                    let progress = BoardProgress {
+                        installer,
+                        uri: self.uri(),
+                        done_before: at,
+                        total,
+                        share: 0,
+                        source_size: artifact.source_size,
+                    };
+                    let published = installer
+                        .publisher
+                        .register_uploaded(&artifact, uploaded, &progress, self.cancel)
+                        .await
+                        .inspect_err(record_cloud_error)?;
+                    self.record(&artifact, &published)?;
+                    published.image_id
+                }
+            };
+            match artifact.kind {
+                FileKind::Kernel => ids.eki = Some(id),
+                FileKind::Ramdisk => ids.eri = Some(id),
+                FileKind::Image => ids.emi = Some(id),
+            }
+        }
+        crate::pause::here("ahead-registered").await;
+        Ok(ids)
+    }
+
+    /// Commits what a publish registered to `cloud_objects`.
+    fn record(
+        &self,
+        artifact: &Artifact,
+        published: &crate::publish::Published,
+    ) -> Result<(), DbError> {
+        let cloud_id = self.installer.publisher.cloud().id();
+        self.installer.db.record_cloud_object(
+            cloud_id,
+            &artifact.identity,
+            &published.image_id,
+            &published.location,
+        )?;
+        tracing::info!(uri = %self.uri(), id = %published.image_id, location = %published.location, "registered {}", artifact.kind.noun());
+        Ok(())
+    }
+
     /// Downloads `file` while its bundle is made from the bytes as they arrive and its parts go
-    /// up; the manifest goes up and the image is registered only once the file has verified, and
-    /// a file that fails takes its parts back (`Publisher::publish_overlapped`). The cache file
-    /// is written as ever. Returns the image's id.
+    /// up; once the file has verified, the files `ahead` are registered, then the image's
+    /// manifest goes up (naming them) and the image is registered. A file that fails takes its
+    /// parts back (`Publisher::send_overlapped`) and nothing is registered. The cache file is
+    /// written as ever. Returns the install's ids.
     async fn overlap(
         &self,
         image: &Image,
         file: &FileRef,
-        ids: &RegisteredIds,
+        ahead: Vec<Ahead<'_>>,
         done_before: u64,
         total: u64,
-    ) -> Result<String, JobError> {
+    ) -> Result<RegisteredIds, JobError> {
         let installer = self.installer;
-        let cloud_id = installer.publisher.cloud().id().to_string();
         let _downloading = self
             .exclusively(
                 &format!("download:{}", file.sha256),
@@ -248,35 +365,80 @@ impl Job<'_> {
                 total,
             )
             .await?;
-        let mut artifact = self.artifact(image, file, FileKind::Image, ids);
-        if file.compression == Compression::Gzip && file.packing == Packing::Raw {
+        // Every file ahead registered already (or none ahead): the image's links are known.
+        let known: Option<RegisteredIds> =
+            ahead
+                .iter()
+                .try_fold(RegisteredIds::default(), |mut ids, ahead| {
+                    match &ahead.state {
+                        AheadState::Registered(id) => {
+                            match ahead.artifact.kind {
+                                FileKind::Kernel => ids.eki = Some(id.clone()),
+                                FileKind::Ramdisk => ids.eri = Some(id.clone()),
+                                FileKind::Image => {}
+                            }
+                            Some(ids)
+                        }
+                        AheadState::Uploaded(_) => None,
+                    }
+                });
+        let mut artifact = self.artifact(
+            image,
+            file,
+            FileKind::Image,
+            &known.clone().unwrap_or_default(),
+        );
+        if file.compression == Compression::Gzip
+            && file.packing == Packing::Raw
+            && file.size > bundle::PART_SIZE
+        {
             // The tar header states the image's size, which only the gzip trailer tells: read
-            // it ahead rather than wait for the download to reach it.
+            // it ahead rather than wait for the download to reach it. A file no bigger than a
+            // part (its bundle is about its size) sends little or nothing before its end
+            // anyway: not worth the request.
             artifact.trailer_isize = installer
                 .fetcher
                 .tail(file.url.as_str(), 4)
                 .await
                 .map(|tail| u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
         }
-        let _publishing = self
-            .exclusively(
-                &format!("publish:{}", artifact.identity),
-                artifact.kind,
-                done_before,
-                total,
-            )
-            .await?;
-        let registered = installer.db.cloud_object(&cloud_id, &artifact.identity)?;
+        // With its links known, so is the image's identity, and another install may have
+        // registered it; with its links to come, nothing can have (they are not registered).
+        let mut publishing = None;
+        let mut registered = None;
+        if known.is_some() {
+            publishing = Some(
+                self.exclusively(
+                    &format!("publish:{}", artifact.identity),
+                    artifact.kind,
+                    done_before,
+                    total,
+                )
+                .await?,
+            );
+            registered = installer
+                .db
+                .cloud_object(installer.publisher.cloud().id(), &artifact.identity)?;
+        }
         if self.is_cached(file)? || registered.is_some() {
             // Another install brought it in while we waited: nothing left to overlap.
+            drop(publishing);
             if !self.is_cached(file)? {
                 self.download(file, done_before, total).await?;
             }
             self.set_state(InstallState::Installing, &status::installing(&image.title))?;
-            return self
-                .publish_once(&artifact, file.size, done_before, total)
-                .await;
+            let mut ids = self.register_ahead(ahead, done_before, total).await?;
+            let artifact = self.artifact(image, file, FileKind::Image, &ids);
+            ids.emi = Some(
+                self.publish_once(&artifact, file.size, done_before, total)
+                    .await?,
+            );
+            return Ok(ids);
         }
+        let links = match known {
+            Some(_) => Links::Known,
+            None => Links::Later,
+        };
         let growth = Growth::new();
         let (tell, verification) = tokio::sync::watch::channel(None);
         let open: Arc<OpenGrowing> = {
@@ -328,25 +490,51 @@ impl Job<'_> {
             }
             outcome
         };
-        let publishing = installer.publisher.publish_overlapped(
+        let sending = installer.publisher.send_overlapped(
             &artifact,
             open,
             &line,
             Verification(verification),
+            links,
             self.cancel,
         );
-        let (downloaded, published) = tokio::join!(downloading, publishing);
+        let (downloaded, sent) = tokio::join!(downloading, sending);
         // The file's own failure says why; the publish only took its parts back.
         downloaded?;
-        let published = published.inspect_err(record_cloud_error)?;
-        installer.db.record_cloud_object(
-            &cloud_id,
-            &artifact.identity,
-            &published.image_id,
-            &published.location,
-        )?;
-        tracing::info!(uri = %self.uri(), id = %published.image_id, location = %published.location, "registered {}", artifact.kind.noun());
-        Ok(published.image_id)
+        let sent = sent.inspect_err(record_cloud_error)?;
+        // Every file of the install has verified: now the files ahead are registered, and the
+        // image's manifest can name them.
+        let mut ids = self
+            .register_ahead(ahead, done_before + file.size, total)
+            .await?;
+        let trailer_isize = artifact.trailer_isize;
+        let artifact = Artifact {
+            trailer_isize,
+            ..self.artifact(image, file, FileKind::Image, &ids)
+        };
+        // Held since before the file verified when the links were known; otherwise no other
+        // install could publish this image meanwhile (it needs the verified file, and the
+        // download's lock is ours), and the lock is taken for the registration's sake alone.
+        let _publishing = match publishing {
+            Some(guard) => guard,
+            None => {
+                self.exclusively(
+                    &format!("publish:{}", artifact.identity),
+                    artifact.kind,
+                    done_before,
+                    total,
+                )
+                .await?
+            }
+        };
+        let published = installer
+            .publisher
+            .finish_overlapped(&artifact, sent, &line, self.cancel)
+            .await
+            .inspect_err(record_cloud_error)?;
+        self.record(&artifact, &published)?;
+        ids.emi = Some(published.image_id);
+        Ok(ids)
     }
 
     /// Waits, cancellably, until no other install works on `key` (the same file or artifact).
@@ -557,15 +745,24 @@ impl Job<'_> {
             .publish(artifact, &progress, self.cancel)
             .await
             .inspect_err(record_cloud_error)?;
-        installer.db.record_cloud_object(
-            &cloud_id,
-            &artifact.identity,
-            &published.image_id,
-            &published.location,
-        )?;
-        tracing::info!(uri = %self.uri(), id = %published.image_id, location = %published.location, "registered {}", artifact.kind.noun());
+        self.record(artifact, &published)?;
         Ok(published.image_id)
     }
+}
+
+/// A file ahead of an overlapped image (a kernel or a ramdisk), with its publish lock held
+/// until it is registered.
+struct Ahead<'j> {
+    artifact: Artifact,
+    state: AheadState,
+    _lock: KeyGuard<'j>,
+}
+
+enum AheadState {
+    /// In this cloud already (an earlier install of an image it boots too).
+    Registered(String),
+    /// Its bundle in the bucket, registered once the image has verified.
+    Uploaded(Uploaded),
 }
 
 /// The catalog's description of a file, as the verified download needs it.

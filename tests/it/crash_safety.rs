@@ -438,7 +438,7 @@ async fn killed_mid_download_while_parts_go_up_the_download_resumes_and_register
         .wait_for(&big, "a part sent mid-download", |state| {
             state["status-detail"].as_str().is_some_and(|detail| {
                 detail.starts_with("Downloading machine image: ")
-                    && detail.ends_with(" parts sent")
+                    && detail.ends_with(" sent")
                     && !detail.ends_with(", 0 parts sent")
             })
         })
@@ -581,7 +581,19 @@ async fn killed_after_a_registration_and_the_bundle_s_removal_nothing_is_bundled
     wait_for_log(&env, "paused at registered").await;
     assert_eq!(moto.registrations().len(), 1, "the kernel is registered");
     assert!(committed_registrations(&env.data_dir).is_empty());
-    let puts_before = moto.object_puts().len();
+    // The first registration comes once the image too has verified (the overlapped install):
+    // every bundle but the image's manifest is up.
+    let puts_before = moto.object_puts();
+    assert!(
+        !puts_before
+            .iter()
+            .any(|p| p.ends_with("-image.manifest.xml")),
+        "{puts_before:?}"
+    );
+    let kernel_before = puts_before
+        .iter()
+        .filter(|p| p.contains("-kernel."))
+        .count();
     let states = kill_and_restart(&mut env);
     assert_eq!(states, vec![(karmic.clone(), "installing".to_string())]);
 
@@ -590,13 +602,124 @@ async fn killed_after_a_registration_and_the_bundle_s_removal_nothing_is_bundled
     let objects = assert_each_put_once(&puts);
     let kernel_puts = puts.iter().filter(|p| p.contains("-kernel.")).count();
     assert_eq!(
-        kernel_puts, puts_before,
+        kernel_puts, kernel_before,
         "the kernel's bundle is not sent again"
     );
+    let puts_before = puts_before.len();
     println!(
-        "FIGURE after-register-and-cleanup-before-commit: killed with the kernel registered, its \
-         {puts_before} objects uploaded and its bundle removed, its id not committed; kernel \
-         objects PUT in all: {kernel_puts}; {objects} objects each PUT once; RegisterImage calls: {}",
+        "FIGURE after-register-and-cleanup-before-commit: killed with the kernel registered \
+         (after the image verified; {puts_before} objects uploaded, all but the image's \
+         manifest) and its bundle removed, its id not committed; kernel objects PUT in all: \
+         {kernel_puts} ({kernel_before} before the kill); {objects} objects each PUT once; \
+         RegisterImage calls: {}",
+        moto.registrations().len()
+    );
+}
+
+/// A paravirtual image whose kernel and ramdisk are new (karmic): killed once their bundles are
+/// in the bucket, manifests too, and nothing is registered (`ahead-staged`). After the restart
+/// their bundles are found on disk and in the bucket (nothing sent again), the image overlaps,
+/// and each artifact is registered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_the_kernel_and_ramdisk_bundles_up_and_nothing_registered_nothing_is_sent_or_registered_twice()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), Some("ahead-staged"), false).await;
+    let karmic = env.image_uri("karmic");
+    env.act(&karmic, "install").await;
+    wait_for_log(&env, "paused at ahead-staged").await;
+    let before = moto.object_puts();
+    for bundle in ["kernel", "ramdisk"] {
+        assert!(
+            before
+                .iter()
+                .any(|p| p.ends_with(&format!("-{bundle}.manifest.xml"))),
+            "the {bundle}'s manifest is up: {before:?}"
+        );
+    }
+    assert!(!before.iter().any(|p| p.contains("-image.")), "{before:?}");
+    assert!(moto.registrations().is_empty(), "nothing registered");
+    assert!(committed_registrations(&env.data_dir).is_empty());
+    let at_kill = env.state(&karmic).await;
+    let states = kill_and_restart(&mut env);
+    assert_eq!(states, vec![(karmic.clone(), "verifying".to_string())]);
+
+    assert_installed_once(&moto, &env, &karmic, 3).await;
+    let puts = moto.object_puts();
+    let objects = assert_each_put_once(&puts);
+    assert_eq!(puts[..before.len()], before[..]);
+    assert_eq!(karmic_fetches(&env), [1, 1, 1]);
+    println!(
+        "FIGURE ahead-staged: killed at {} with {before:?} in moto and nothing registered; after \
+         the restart {objects} objects each PUT once (none of the kernel's or ramdisk's again); \
+         files fetched {:?}; {} RegisterImage",
+        at_kill["status-detail"],
+        karmic_fetches(&env),
+        moto.registrations().len()
+    );
+}
+
+/// Killed after the image verified, its parts up, with the kernel and ramdisk registered and
+/// their ids committed, before the image's manifest is written (`ahead-registered`). After the
+/// restart the image's bundle, waiting on disk for those ids, gets its manifest: its parts are
+/// not sent again, and nothing is registered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_the_kernel_s_registration_and_the_image_s_nothing_is_sent_or_registered_twice()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, mut env) = start(dir.path(), Some("ahead-registered"), false).await;
+    let karmic = env.image_uri("karmic");
+    env.act(&karmic, "install").await;
+    wait_for_log(&env, "paused at ahead-registered").await;
+    let registered: Vec<String> = moto
+        .registrations()
+        .iter()
+        .map(|r| r["params"]["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        registered,
+        [
+            "ubuntu-server-amd64-9.10-kernel",
+            "ubuntu-server-amd64-9.10-ramdisk"
+        ]
+    );
+    assert_eq!(committed_registrations(&env.data_dir).len(), 2);
+    let before = moto.object_puts();
+    assert!(
+        before.iter().any(|p| p.contains("-image.part.")),
+        "{before:?}"
+    );
+    assert!(
+        !before.iter().any(|p| p.ends_with("-image.manifest.xml")),
+        "{before:?}"
+    );
+    let states = kill_and_restart(&mut env);
+    assert_eq!(states, vec![(karmic.clone(), "installing".to_string())]);
+
+    let installed = assert_installed_once(&moto, &env, &karmic, 3).await;
+    let puts = moto.object_puts();
+    let objects = assert_each_put_once(&puts);
+    assert_eq!(puts[..before.len()], before[..]);
+    assert_eq!(
+        puts[before.len()..],
+        [format!(
+            "/{}/ubuntu-server-amd64-9.10-image.manifest.xml",
+            bucket_of(&before[0])
+        )],
+        "after the restart only the image's manifest"
+    );
+    let image = moto
+        .registrations()
+        .into_iter()
+        .find(|r| r["params"]["Name"] == "ubuntu-server-amd64-9.10-image")
+        .unwrap();
+    assert_eq!(image["params"]["KernelId"], installed["eki"]);
+    assert_eq!(karmic_fetches(&env), [1, 1, 1]);
+    println!(
+        "FIGURE ahead-registered: killed with {registered:?} registered and committed and \
+         {} objects in moto, no image manifest; after the restart {objects} objects each PUT \
+         once (the image's manifest only, new); {} RegisterImage",
+        before.len(),
         moto.registrations().len()
     );
 }

@@ -5,6 +5,11 @@
 //! the peers' records: fake-store throttled (`bytes_per_second`) so the download lasts, moto's
 //! request recorder and its object listing; none waits on a timing threshold.
 //!
+//! A paravirtual image whose kernel and ramdisk are new overlaps too: they download and verify
+//! first, their bundles go up (parts and manifests) unregistered, the image overlaps, and only
+//! once it has verified are the kernel, the ramdisk and then the image registered; the image's
+//! manifest, which names their ids, goes up last.
+//!
 //! The kill points inside the overlap are in `crash_safety.rs`.
 
 use crate::common;
@@ -25,6 +30,36 @@ const PREFIX: &str = "overlap-test-1-image";
 /// The download's pace while parts are to go up beside it: 25 MiB take about 25 s, and the
 /// bundler (even a debug build on a loaded machine) closes its first part well before.
 const SLOW: u64 = 1 << 20;
+
+/// A paravirtual set: a kernel and a ramdisk of noise, then the 25 MiB raw image.
+const PV_SET: &str = "pv";
+/// The bundle prefixes' stem: `overlap-pv-1-kernel`, `-ramdisk`, `-image`.
+const PV: &str = "overlap-pv-1";
+const BOOT_SIZE: usize = 1 << 20;
+
+/// Writes the paravirtual set into fake-store's `images` (the caller reloads it).
+fn add_pv_set(images: &Path) {
+    let set = images.join(PV_SET);
+    std::fs::create_dir_all(&set).unwrap();
+    std::fs::write(set.join("kernel"), common::noise(0x1357_9BDF, BOOT_SIZE)).unwrap();
+    std::fs::write(set.join("ramdisk"), common::noise(0x2468_ACE0, BOOT_SIZE)).unwrap();
+    std::fs::write(set.join("image"), common::noise(0x0F1E_2D3C, SIZE)).unwrap();
+    let meta = json!({"title": "Overlap PV test", "version": "1", "product": "overlap-pv",
+        "summary": "incompressible, with a kernel and a ramdisk", "tags": ["test"],
+        "arch": "x86_64"});
+    std::fs::write(set.join("meta.json"), meta.to_string()).unwrap();
+}
+
+/// Signs the paravirtual set's image with a key the proxy does not trust; returns the
+/// signature's path (removed, fake-store signs it again with its own key).
+fn sign_pv_image_with_a_stranger_s_key(env: &TestEnv) -> std::path::PathBuf {
+    let gpg = Gpg::new();
+    gpg.generate("Stranger <stranger@example.invalid>", "ed25519");
+    let image = env.images.join(PV_SET).join("image");
+    let signature = env.images.join(PV_SET).join("image.asc");
+    gpg.detach_sign("stranger@example.invalid", &image, &signature);
+    signature
+}
 
 /// moto, and fake-store holding the 25 MiB set beside its own, with a proxy installing into moto
 /// (`retry_delay_ms`: its pause before a download's retry, when not the tests' default).
@@ -54,6 +89,7 @@ async fn start_with(dir: &Path, retry_delay_ms: Option<u64>, gzipped: bool) -> (
     let meta = json!({"title": "Overlap test", "version": "1", "product": "overlap-test",
         "summary": "incompressible", "tags": ["test"], "arch": "x86_64"});
     std::fs::write(set.join("meta.json"), meta.to_string()).unwrap();
+    add_pv_set(&env.images);
     env.store.reload().unwrap();
     let config = moto.cloud_config(env.dir.path(), "toml", ACCESS_KEY, SECRET, "2");
     env.cloud = Some((config, SECRET.to_string()));
@@ -89,7 +125,7 @@ async fn first_part_sent(env: &TestEnv, uri: &str) -> Value {
         state["status-detail"].as_str().is_some_and(|detail| {
             detail.starts_with("Downloading machine image: ")
                 && !detail.ends_with(", 0 parts sent")
-                && detail.ends_with(" parts sent")
+                && detail.ends_with(" sent")
         })
     })
     .await
@@ -328,4 +364,326 @@ async fn a_gzipped_image_sends_parts_before_its_download_ends_and_registers_once
     assert_eq!(moto.registrations().len(), 1);
     let puts = moto.object_puts();
     assert!(puts.last().unwrap().ends_with(".manifest.xml"), "{puts:?}");
+}
+
+/// The object PUTs of one bundle (`{PV}-kernel.`, ...) among moto's.
+fn puts_of(puts: &[String], bundle: &str) -> Vec<String> {
+    puts.iter()
+        .filter(|p| p.contains(&format!("/{bundle}.")))
+        .cloned()
+        .collect()
+}
+
+/// Where in moto's request log the first request matching `what` is.
+fn position(requests: &[Value], what: impl Fn(&Value) -> bool) -> usize {
+    requests
+        .iter()
+        .position(what)
+        .unwrap_or_else(|| panic!("not in moto's log: {requests:#?}"))
+}
+
+/// The first install of a paravirtual image whose kernel and ramdisk are new: they go first
+/// (bundled and sent, manifests too, not registered), the image's parts go up while it still
+/// downloads, and once it has verified the kernel, the ramdisk and the image are registered, once
+/// each and in that order, the image's manifest (naming their ids, signed) last of all objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_paravirtual_install_sends_image_parts_before_its_download_ends_and_registers_all_three_once()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, env) = start(dir.path(), None).await;
+    let uri = env.image_uri(PV_SET);
+    env.store.faults().bytes_per_second = Some(SLOW);
+    let before = env.downloaded_bytes().await;
+    env.act(&uri, "install").await;
+    let state = first_part_sent(&env, &uri).await;
+    let received = env.downloaded_bytes().await - before;
+    let whole = (2 * BOOT_SIZE + SIZE) as u64;
+    let detail = state["status-detail"].as_str().unwrap().to_string();
+    assert!(
+        received < whole,
+        "{received} of {whole} bytes downloaded when {detail:?}"
+    );
+    assert_eq!(state["status"], "downloading", "{state}");
+    let puts = first_part_put(&moto, &env).await;
+    assert!(moto.registrations().is_empty(), "nothing registered yet");
+    for boot in ["kernel", "ramdisk"] {
+        assert!(
+            puts.iter()
+                .any(|p| p.ends_with(&format!("/{PV}-{boot}.manifest.xml"))),
+            "the {boot}'s manifest is up before the image is in: {puts:?}"
+        );
+    }
+    assert!(
+        !puts
+            .iter()
+            .any(|p| p.contains(&format!("/{PV}-image.manifest"))),
+        "{puts:?}"
+    );
+    env.store.faults().bytes_per_second = None;
+
+    let installed = env.wait_for_status(&uri, "installed").await;
+    let registrations = moto.registrations();
+    let names: Vec<&str> = registrations
+        .iter()
+        .map(|r| r["params"]["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("{PV}-kernel"),
+            format!("{PV}-ramdisk"),
+            format!("{PV}-image")
+        ],
+        "each once, the image last"
+    );
+    assert_eq!(registrations[2]["params"]["KernelId"], installed["eki"]);
+    assert_eq!(registrations[2]["params"]["RamdiskId"], installed["eri"]);
+    let puts = moto.object_puts();
+    let mut distinct = puts.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), puts.len(), "each object PUT once: {puts:?}");
+    assert_eq!(puts_of(&puts, &format!("{PV}-image")).len(), 3 + 1);
+    // The image's manifest after the ramdisk's registration, and its registration after that.
+    let requests = moto.requests();
+    let image_manifest = position(&requests, |r| {
+        r["method"] == "PUT"
+            && r["path"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/{PV}-image.manifest.xml"))
+    });
+    let ramdisk_registered = position(&requests, |r| {
+        r["params"]["Action"] == "RegisterImage"
+            && r["params"]["Name"] == format!("{PV}-ramdisk").as_str()
+    });
+    let last_image_part = requests
+        .iter()
+        .rposition(|r| {
+            r["method"] == "PUT"
+                && r["path"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("/{PV}-image.part."))
+        })
+        .unwrap();
+    assert!(
+        last_image_part < ramdisk_registered && ramdisk_registered < image_manifest,
+        "the last image part at {last_image_part}, the ramdisk registered at \
+         {ramdisk_registered}, the image's manifest at {image_manifest}"
+    );
+    // The manifest written after the bundle names the ids, is signed, and opens into the image.
+    let bucket = bucket_of(&puts[0]);
+    let landed = dir.path().join("landed");
+    moto.check(&["download", &bucket, landed.to_str().unwrap()]);
+    let manifest = landed.join(format!("{PV}-image.manifest.xml"));
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert_eq!(
+        common::openssl::element(&text, "kernel_id"),
+        installed["eki"].as_str().unwrap()
+    );
+    assert_eq!(
+        common::openssl::element(&text, "ramdisk_id"),
+        installed["eri"].as_str().unwrap()
+    );
+    common::openssl::verify_manifest_signature(
+        &manifest,
+        &env.dir.path().join("credentials/user-cert.pem"),
+        &dir.path().join("signature"),
+    );
+    let opened = common::openssl::open_bundle(
+        &manifest,
+        &env.dir.path().join("credentials/user-pk.pem"),
+        common::openssl::WrappedFor::User,
+        &dir.path().join("opened"),
+    );
+    assert!(
+        opened.image == std::fs::read(env.images.join(PV_SET).join("image")).unwrap(),
+        "the image as it landed"
+    );
+    assert_eq!(env.served("/files/pv/image").len(), 1);
+    println!(
+        "FIGURE overlap-first-paravirtual: the first image part sent with {received} of {whole} \
+         bytes downloaded (kernel and ramdisk included), status {detail:?}, kernel and ramdisk \
+         manifests up, nothing registered; then RegisterImage {names:?}; {} object PUTs, each \
+         once; the image's manifest (naming {} and {}) PUT after the ramdisk's registration",
+        puts.len(),
+        installed["eki"],
+        installed["eri"]
+    );
+}
+
+/// A paravirtual image whose signature fails after its parts went up: no registration at all
+/// (neither the kernel nor the ramdisk, which verified), no image manifest, its parts deleted.
+/// The kernel's and ramdisk's bundles stay in the bucket for the retry, which registers all
+/// three and sends neither of them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paravirtual_image_whose_signature_fails_after_its_parts_went_up_registers_nothing_in_moto()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, env) = start(dir.path(), None).await;
+    let uri = env.image_uri(PV_SET);
+    let signature = sign_pv_image_with_a_stranger_s_key(&env);
+    env.store.faults().bytes_per_second = Some(SLOW);
+    env.act(&uri, "install").await;
+    first_part_sent(&env, &uri).await;
+    env.store.faults().bytes_per_second = None;
+    let error = failure(&env, &uri).await;
+    assert!(
+        error.starts_with(
+            "Failure encountered while: Verifying machine image signature: made by a key not in the keyring"
+        ),
+        "{error}"
+    );
+    assert!(moto.registrations().is_empty(), "nothing registered");
+    let puts = moto.object_puts();
+    let image_puts = puts_of(&puts, &format!("{PV}-image"));
+    assert!(!image_puts.is_empty(), "image parts went up: {puts:?}");
+    assert!(
+        image_puts.iter().all(|p| p.contains(".part.")),
+        "no image manifest: {image_puts:?}"
+    );
+    let deletes: Vec<String> = moto
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "DELETE")
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    for part in &image_puts {
+        assert!(deletes.contains(part), "{part} not deleted: {deletes:?}");
+    }
+    let bucket = bucket_of(&puts[0]);
+    let objects = moto.check(&["objects", &bucket]);
+    let mut keys: Vec<String> = objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            format!("{PV}-kernel.manifest.xml"),
+            format!("{PV}-kernel.part.00"),
+            format!("{PV}-ramdisk.manifest.xml"),
+            format!("{PV}-ramdisk.part.00"),
+        ],
+        "only the kernel's and ramdisk's bundles stay"
+    );
+
+    // Upstream fixes its signature: the retry finds the kernel's and ramdisk's bundles.
+    std::fs::remove_file(&signature).unwrap();
+    env.act(&uri, "install").await;
+    env.wait_for_status(&uri, "installed").await;
+    assert_eq!(moto.registrations().len(), 3);
+    let after = moto.object_puts();
+    for boot in ["kernel", "ramdisk"] {
+        let bundle = format!("{PV}-{boot}");
+        assert_eq!(
+            puts_of(&after, &bundle),
+            puts_of(&puts, &bundle),
+            "the {boot}'s bundle is not sent again"
+        );
+    }
+    println!(
+        "FIGURE overlap-paravirtual-bad-signature: {error:?}; {} image part PUTs before the \
+         verdict, each DELETEd; no RegisterImage; left in the bucket: {keys:?}; the retry \
+         registered 3 and sent no kernel or ramdisk object again",
+        image_puts.len()
+    );
+}
+
+/// The same failure into the fake cloud: its bucket keeps the kernel's and ramdisk's bundles,
+/// and holds no registration record and nothing of the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paravirtual_image_whose_signature_fails_after_its_parts_went_up_registers_nothing_in_the_fake_cloud()
+ {
+    let mut env = TestEnv::with_store().await;
+    add_pv_set(&env.images);
+    env.store.reload().unwrap();
+    env.start_proxy();
+    env.dashboard().await;
+    let uri = env.image_uri(PV_SET);
+    sign_pv_image_with_a_stranger_s_key(&env);
+    env.store.faults().bytes_per_second = Some(SLOW);
+    env.act(&uri, "install").await;
+    let state = first_part_sent(&env, &uri).await;
+    let bucket = common::fake_cloud_bucket(&env.data_dir);
+    let held = |bucket: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(bucket)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let during = held(&bucket);
+    assert!(
+        during
+            .iter()
+            .any(|name| name.starts_with(&format!("{PV}-image.part."))),
+        "an image part is in the bucket at {state}: {during:?}"
+    );
+    env.store.faults().bytes_per_second = None;
+    let error = failure(&env, &uri).await;
+    assert!(
+        error.starts_with("Failure encountered while: Verifying machine image signature: "),
+        "{error}"
+    );
+    let after = held(&bucket);
+    assert_eq!(
+        after,
+        [
+            format!("{PV}-kernel.manifest.xml"),
+            format!("{PV}-kernel.part.00"),
+            format!("{PV}-ramdisk.manifest.xml"),
+            format!("{PV}-ramdisk.part.00"),
+        ],
+        "no registration record, nothing of the image"
+    );
+    println!(
+        "FIGURE overlap-paravirtual-bad-signature-fake-cloud: {during:?} in the bucket while the \
+         image downloaded; after {error:?}: {after:?}"
+    );
+}
+
+/// Cancelled while a paravirtual image's parts go up beside its download: nothing is registered
+/// (not the kernel nor the ramdisk either) and no image manifest is sent; the next install
+/// completes without sending the kernel's or ramdisk's bundle again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paravirtual_install_cancelled_during_the_overlap_registers_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, env) = start(dir.path(), Some(60_000)).await;
+    let uri = env.image_uri(PV_SET);
+    env.store.inject(
+        "files/pv/image",
+        fake_store::Fault::DropAfter(15 << 20),
+        Some(1),
+    );
+    env.act(&uri, "install").await;
+    first_part_sent(&env, &uri).await;
+    env.act(&uri, "cancel").await;
+    let state: Value = env.wait_for_status(&uri, "uninstalled").await;
+    assert!(state.get("error-message").is_none(), "{state}");
+    assert!(moto.registrations().is_empty(), "nothing registered");
+    let puts = moto.object_puts();
+    assert!(
+        !puts
+            .iter()
+            .any(|p| p.ends_with(&format!("/{PV}-image.manifest.xml"))),
+        "{puts:?}"
+    );
+
+    env.act(&uri, "install").await;
+    let installed = env.wait_for_status(&uri, "installed").await;
+    assert_eq!(moto.registrations().len(), 3, "{installed}");
+    let after = moto.object_puts();
+    for boot in ["kernel", "ramdisk"] {
+        let bundle = format!("{PV}-{boot}");
+        assert_eq!(puts_of(&after, &bundle), puts_of(&puts, &bundle));
+    }
+    let requests = env.served("/files/pv/image");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(common::resumed_from(&requests[1]) > 0, "{requests:?}");
 }
