@@ -1000,7 +1000,8 @@ fn a_compressed_disk_bundles_spliced_as_qemu_s_raw_disk_recompressed() {
         );
         let heads = compressed_stream_heads(&qcow2);
         assert!(heads.len() > 10, "{cluster_size}: {} clusters", heads.len());
-        for head in &heads {
+        // A sample: each search is a scan of the whole bundle at eight shifts.
+        for head in heads.iter().step_by(heads.len() / 6) {
             assert!(
                 holds_bits(&opened.compressed, head),
                 "{cluster_size}: a compressed cluster's deflate bits are in the bundle"
