@@ -17,7 +17,7 @@ cd "$(dirname "$0")"
 seconds="${1:-600}"
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(catalog signature eucarc tarball cloud_error qcow2 simplestreams clearsign splice)
+((${#targets[@]})) || targets=(catalog signature eucarc tarball cloud_error qcow2 simplestreams clearsign splice splice_qcow2)
 sanitizer="${FUZZ_SANITIZER:-none}"
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -486,3 +486,56 @@ fn splice_as_tarball(data: &[u8]) {
         Err(other) => panic!("the tarball splicer failed otherwise: {other}"),
     }
 }
+
+/// The qcow2 splicer (`bundle::splice::cluster`): any bytes as a qcow2 disk the walker opens.
+/// Where it splices, the one member it writes inflates (first member only, as `tarfile` `r|gz`
+/// reads it) to exactly the tar stream conversion (`Qcow2Reader`, the raw disk) and
+/// recompression give, whose SHA-1 it returns, and nothing follows the member; a disk the
+/// converter refuses is never spliced; a refusal is one line.
+pub fn splice_qcow2(data: &[u8]) {
+    use crate::bundle::{BundleError, format, splice::cluster};
+    use crate::unpack::qcow2::Qcow2Image;
+    use sha1::{Digest, Sha1};
+    use std::io::{Cursor, Read};
+    /// Bigger disks are not worth a fuzzer's time (zeros, mostly).
+    const CAP: u64 = 4 << 20;
+    // What the walker refuses on opening is the qcow2 target's to judge.
+    let Ok(mut disk) = Qcow2Image::open(Cursor::new(data)) else {
+        return;
+    };
+    let size = disk.virtual_size();
+    if size > CAP {
+        return;
+    }
+    let mut converted = Vec::new();
+    let convertible = Qcow2Image::open(Cursor::new(data))
+        .expect("it opened once")
+        .into_reader()
+        .read_to_end(&mut converted)
+        .is_ok();
+    let mut member = Vec::new();
+    let path = Path::new("fuzz.qcow2");
+    match cluster::write_member(&mut disk, path, "disk.img", 1, &mut member, &mut |_| true) {
+        Ok(spliced) => {
+            assert!(convertible, "spliced a disk the converter refuses");
+            let mut expected = format::tar_header("disk.img", size).to_vec();
+            expected.extend_from_slice(&converted);
+            expected.resize(expected.len() + format::tar_tail_len(size) as usize, 0);
+            let mut first_member = flate2::bufread::GzDecoder::new(&member[..]);
+            let mut got = Vec::new();
+            first_member
+                .read_to_end(&mut got)
+                .expect("the spliced member inflates");
+            assert!(got == expected, "the spliced tar stream differs");
+            assert!(
+                first_member.into_inner().is_empty(),
+                "bytes after the spliced member"
+            );
+            assert_eq!(spliced.digest, hex::encode(Sha1::digest(&expected)));
+        }
+        Err(BundleError::NotSpliceable(why)) => {
+            assert_one_line("qcow2 splice refusal", &BundleError::from(why).to_string());
+        }
+        Err(other) => panic!("the qcow2 splicer failed otherwise: {other}"),
+    }
+}

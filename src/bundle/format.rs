@@ -52,7 +52,7 @@ pub enum BundleError {
     #[error("cancelled")]
     Cancelled,
     /// Told by the splicer (`splice/`) and handled by the pipeline, which recompresses instead.
-    #[error("the upstream's gzip cannot be spliced: {0}")]
+    #[error("the upstream's compressed data cannot be spliced: {0}")]
     NotSpliceable(super::splice::Unsuitable),
 }
 

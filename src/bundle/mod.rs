@@ -1,7 +1,7 @@
 //! The EC2 image bundle (SPEC §7), apart from any cloud that receives one: `format.rs` writes it
 //! (tar framing, SHA-1, gzip, AES-128-CBC, 10 MiB parts, the signed manifest; pure and
-//! streaming), `gzip.rs` deflates on every core, `splice/` reuses a gzipped upstream's own deflate
-//! data instead, `keys.rs` loads and makes the RSA keys a bundle
+//! streaming), `gzip.rs` deflates on every core, `splice/` reuses a gzipped upstream's (or a compressed
+//! qcow2 disk's clusters') own deflate data instead, `keys.rs` loads and makes the RSA keys a bundle
 //! is wrapped and signed with, and `pipeline.rs` ([`bundle_artifact`]) reads a verified cache file
 //! once, unpacking it on a reader thread while this thread bundles.
 //!

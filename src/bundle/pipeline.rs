@@ -155,7 +155,7 @@ fn bundle_pass(
         let mut parts = PartsTo { sink, cancel };
         match splice::bundle(image, keys, dir, gzip, size, &report, &mut parts) {
             Err(BundleError::NotSpliceable(why)) => {
-                tracing::info!(image = %image.path.display(), "recompressing: the upstream's gzip cannot be spliced: {why}");
+                tracing::info!(image = %image.path.display(), "recompressing: the upstream's compressed data cannot be spliced: {why}");
                 remove_parts(dir, image.prefix);
             }
             spliced => return spliced,

@@ -277,6 +277,35 @@ pub fn with_source_bytes<'s, T, E: From<UnpackError>>(
     read(&mut metered)
 }
 
+/// Calls `read` with the source file to read at offsets, metered as a qcow2 disk's reads are
+/// (the bytes read, at most the file's size; the whole file told at the end): the qcow2 splicer
+/// (`bundle/splice/cluster.rs`) walks the disk's clusters itself.
+pub fn with_source_file<'s, T, E: From<UnpackError>>(
+    source: impl Into<Source<'s>>,
+    consumed: &(dyn Fn(u64) + Sync),
+    read: impl FnOnce(&mut dyn SourceRead) -> Result<T, E>,
+) -> Result<T, E> {
+    let source = source.into();
+    let mut file = source.open()?;
+    let source_size = file
+        .seek(SeekFrom::End(0))
+        .map_err(|error| UnpackError::Read {
+            path: source.path.to_owned(),
+            source: error,
+        })?;
+    consumed(0);
+    let capped = |done: u64| consumed(done.min(source_size));
+    let mut metered = Metered {
+        inner: file,
+        consumed: 0,
+        reported: 0,
+        report: &capped,
+    };
+    let value = read(&mut metered)?;
+    consumed(source_size);
+    Ok(value)
+}
+
 fn decompressed<'a>(compression: Compression, metered: Metered<'a>) -> Box<dyn Read + 'a> {
     match compression {
         Compression::None => Box::new(BufReader::with_capacity(1 << 20, metered)),

@@ -5,7 +5,7 @@
 use image_store_proxy::fuzzing;
 use std::path::{Path, PathBuf};
 
-const TARGETS: [&str; 9] = [
+const TARGETS: [&str; 10] = [
     "catalog",
     "signature",
     "eucarc",
@@ -15,6 +15,7 @@ const TARGETS: [&str; 9] = [
     "simplestreams",
     "clearsign",
     "splice",
+    "splice_qcow2",
 ];
 
 /// The saved inputs of `target`: its regressions, then its seeds.
@@ -115,4 +116,5 @@ replays! {
     simplestreams_inputs: simplestreams,
     clearsign_inputs: clearsign,
     splice_inputs: splice,
+    splice_qcow2_inputs: splice_qcow2,
 }

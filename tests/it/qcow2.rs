@@ -848,3 +848,164 @@ fn refuses_a_file_cut_short() {
         "{error}"
     );
 }
+
+/// Whether `needle`'s bits lie in `haystack` at some bit offset: a deflate stream copied into
+/// another at whatever bit it stood.
+pub(crate) fn holds_bits(haystack: &[u8], needle: &[u8]) -> bool {
+    (0..8).any(|shift| {
+        let shifted: Vec<u8> = needle
+            .windows(2)
+            .map(|pair| (pair[1] << shift) | ((u16::from(pair[0]) >> (8 - shift)) as u8))
+            .collect();
+        haystack.windows(shifted.len()).any(|w| w == &shifted[..])
+    })
+}
+
+/// Bytes 1..65 of every whole compressed cluster whose sectors run past 1 KiB: inside its
+/// deflate stream (which ends in its last sector), after its first block's BFINAL. (A last
+/// cluster cut short by the virtual size is deflated afresh.)
+pub(crate) fn compressed_stream_heads(qcow2: &Path) -> Vec<Vec<u8>> {
+    let mut image = Qcow2Image::open(File::open(qcow2).unwrap()).unwrap();
+    let mut heads = Vec::new();
+    for index in 0..image.cluster_count() {
+        let cluster = image.cluster(index).unwrap();
+        if let ClusterKind::Compressed(compressed) = cluster.kind
+            && compressed.len > 1024
+            && cluster.len == image.cluster_size()
+        {
+            heads.push(image.compressed_data(&cluster).unwrap()[1..65].to_vec());
+        }
+    }
+    heads
+}
+
+/// A disk of `qemu-img convert -c` (64 KiB and 4 KiB clusters, some clusters rewritten
+/// uncompressed by `qemu-io`, holes, a last cluster cut short) bundled as the pipeline bundles
+/// it: spliced, and with `--recompress`. The spliced bundle decrypts with `openssl enc -d` to one
+/// gzip member that `gzip -t` passes and Python's `tarfile` `r|gz` reads whole, holding qemu's raw
+/// disk (`qemu-img convert -O raw`); its digest is the recompressed bundle's; and the compressed
+/// clusters' own deflate bits are in it.
+#[test]
+fn a_compressed_disk_bundles_spliced_as_qemu_s_raw_disk_recompressed() {
+    use image_store_proxy::bundle::gzip::GzipSettings;
+    use image_store_proxy::bundle::{self, BundleSink, SourceImage};
+    use image_store_proxy::status::Step;
+    if !have_qemu_img("a_compressed_disk_bundles_spliced_as_qemu_s_raw_disk_recompressed") {
+        return;
+    }
+    struct Quiet;
+    impl BundleSink for Quiet {
+        fn step(&self, _: Step) {}
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = dir.path().join("keys");
+    let keys = bundle::keys::fake_cloud_keys(&keys_dir).unwrap();
+    let raw = dir.path().join("disk.raw");
+    mixed_raw(&raw);
+    for cluster_size in ["65536", "4096"] {
+        let qcow2 = dir.path().join(format!("disk-{cluster_size}.qcow2"));
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-c",
+                "-o",
+                &format!("cluster_size={cluster_size}"),
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                path(&raw),
+                path(&qcow2),
+            ],
+        );
+        run(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x3c 128k 256k", path(&qcow2)],
+        );
+        let expected = dir.path().join(format!("disk-{cluster_size}.qemu.raw"));
+        run(
+            "qemu-img",
+            &["convert", "-O", "raw", path(&qcow2), path(&expected)],
+        );
+        let expected = fs::read(&expected).unwrap();
+        let size = fs::metadata(&qcow2).unwrap().len();
+        let bundle_with = |recompress: bool| {
+            let image = SourceImage {
+                kind: FileKind::Image,
+                path: &qcow2,
+                arriving: None,
+                trailer_isize: None,
+                size,
+                compression: Compression::None,
+                packing: Packing::Qcow2,
+                prefix: "disk1.img",
+                arch: "x86_64",
+                kernel_id: None,
+                ramdisk_id: None,
+            };
+            let gzip = GzipSettings {
+                level: 1,
+                threads: 2,
+                recompress,
+            };
+            let out = dir.path().join(format!(
+                "{cluster_size}-{}",
+                if recompress { "r" } else { "s" }
+            ));
+            bundle::bundle_artifact(
+                &image,
+                &keys,
+                &out,
+                gzip,
+                &Quiet,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .unwrap()
+        };
+        let spliced = bundle_with(false);
+        let recompressed = bundle_with(true);
+        let opened = common::openssl::open_bundle(
+            &spliced.manifest_path,
+            &keys_dir.join("user-pk.pem"),
+            common::openssl::WrappedFor::User,
+            &dir.path().join(format!("opened-{cluster_size}")),
+        );
+        assert_eq!(opened.member, "disk1.img");
+        assert!(opened.image == expected, "{cluster_size}: qemu's raw disk");
+        assert_eq!(spliced.digest, recompressed.digest, "{cluster_size}");
+        assert_eq!(spliced.size, expected.len() as u64);
+        assert_eq!(spliced.digest, common::openssl::sha1_of_bytes(&opened.tar));
+        common::openssl::run("gzip", &["-t"], Some(&opened.compressed));
+        let python = common::openssl::run(
+            "python3",
+            &[
+                "-c",
+                "import hashlib, sys, tarfile\n\
+                 t = tarfile.open(fileobj=sys.stdin.buffer, mode='r|gz')\n\
+                 m = t.next()\n\
+                 data = t.extractfile(m).read()\n\
+                 assert t.next() is None\n\
+                 print(m.name, len(data), hashlib.sha1(data).hexdigest())",
+            ],
+            Some(&opened.compressed),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&python).trim(),
+            format!(
+                "disk1.img {} {}",
+                expected.len(),
+                common::openssl::sha1_of_bytes(&expected)
+            )
+        );
+        let heads = compressed_stream_heads(&qcow2);
+        assert!(heads.len() > 10, "{cluster_size}: {} clusters", heads.len());
+        // A sample: each search is a scan of the whole bundle at eight shifts.
+        for head in heads.iter().step_by(heads.len() / 6) {
+            assert!(
+                holds_bits(&opened.compressed, head),
+                "{cluster_size}: a compressed cluster's deflate bits are in the bundle"
+            );
+        }
+    }
+}

@@ -136,6 +136,11 @@ impl Proxy {
 
     /// The image bundled as `name`, opened with openssl, gzip and tar from its manifest.
     fn bundled(&self, record: &Value) -> Vec<u8> {
+        self.opened(record).image
+    }
+
+    /// The bundle registered as `record`, opened with openssl, gzip and tar.
+    fn opened(&self, record: &Value) -> openssl::Opened {
         let location = record["location"].as_str().unwrap();
         let manifest = self.data().join("fake-cloud").join(location);
         let name = record["name"].as_str().unwrap();
@@ -145,7 +150,6 @@ impl Proxy {
             WrappedFor::User,
             &self.data().join("opened").join(name),
         )
-        .image
     }
 }
 
@@ -388,8 +392,15 @@ async fn an_hvm_qcow2_disk_registers_one_hvm_image_with_its_stream_identity_and_
     assert_eq!(record["kernel_id"], Value::Null);
     assert_eq!(record["ramdisk_id"], Value::Null);
     assert_eq!(record["description"], stream().description().as_str());
+    let opened = proxy.opened(record);
     assert!(
-        proxy.bundled(record) == std::fs::read(&back).unwrap(),
+        opened.image == std::fs::read(&back).unwrap(),
         "the bundle holds qemu-img's raw disk"
     );
+    // Spliced: the compressed clusters' own deflate bits are in the bundle's gzip stream.
+    let heads = crate::qcow2::compressed_stream_heads(&qcow2);
+    assert!(!heads.is_empty());
+    for head in heads.iter().step_by(heads.len().div_ceil(6)) {
+        assert!(crate::qcow2::holds_bits(&opened.compressed, head));
+    }
 }

@@ -16,8 +16,10 @@
 //! the pipeline then recompresses, which reports bad data with its usual error.
 //!
 //! The splicer reads the source through `std::io::Read` only; `unpack::with_source_bytes` opens it.
+//! A compressed qcow2 disk's clusters are spliced by `cluster.rs`, which reads the file at offsets.
 
 mod bits;
+pub mod cluster;
 mod member;
 mod uec;
 
@@ -34,7 +36,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 /// Why an upstream's gzip is recompressed rather than spliced: each a whole line after "the
-/// upstream's gzip cannot be spliced: ".
+/// upstream's compressed data cannot be spliced: ".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unsuitable {
     #[error("its header has {0}")]
@@ -55,6 +57,8 @@ pub enum Unsuitable {
     UnknownSize,
     #[error("its tar stream could not be followed: {0}")]
     Tar(&'static str),
+    #[error(transparent)]
+    Qcow2(cluster::Refusal),
 }
 
 impl From<Unsuitable> for BundleError {
@@ -66,18 +70,21 @@ impl From<Unsuitable> for BundleError {
 /// ID1 ID2, deflate, no flags, no mtime, no extra flags, OS unknown: as `gzip.rs` writes it.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 
-/// Whether `image` is bundled by splicing: a gzipped raw image or UEC tarball, unless
-/// `--recompress`.
+/// Whether `image` is bundled by splicing: a gzipped raw image or UEC tarball, or a qcow2 disk
+/// (its compressed clusters), unless `--recompress`.
 pub fn applies(image: &SourceImage<'_>, gzip: GzipSettings) -> bool {
     !gzip.recompress
-        && image.compression == Compression::Gzip
-        && matches!(image.packing, Packing::Raw | Packing::Tar)
+        && matches!(
+            (image.compression, image.packing),
+            (Compression::Gzip, Packing::Raw | Packing::Tar) | (Compression::None, Packing::Qcow2)
+        )
 }
 
-/// Bundles the gzipped `image` into `dir` by splicing; `size` is the image's when known before
-/// its bytes (a raw image's trailer guess: a tarball's member states its own); `consumed` is told
-/// the source bytes read. [`BundleError::NotSpliceable`] when the upstream's gzip is not one to
-/// splice: nothing is then finished (no manifest), and the caller recompresses.
+/// Bundles `image` into `dir` by splicing (a qcow2 disk: `cluster.rs`; a UEC tarball's member:
+/// `uec.rs`); `size` is the image's when known before its bytes (a raw image's trailer guess, a
+/// qcow2's virtual size: a tarball's member states its own); `consumed` is told the source bytes
+/// read. [`BundleError::NotSpliceable`] when the upstream's data is not one to splice: nothing is
+/// then finished (no manifest), and the caller recompresses.
 pub fn bundle(
     image: &SourceImage<'_>,
     keys: &BundleKeys,
@@ -89,8 +96,11 @@ pub fn bundle(
 ) -> Result<Bundle, BundleError> {
     let size = match (image.packing, size) {
         (Packing::Tar, _) => return uec::bundle(image, keys, dir, gzip, consumed, sink),
-        (_, Some(size)) => size,
         (_, None) => return Err(Unsuitable::UnknownSize.into()),
+        (Packing::Qcow2, Some(size)) => {
+            return cluster::bundle(image, keys, dir, gzip, size, consumed, sink);
+        }
+        (_, Some(size)) => size,
     };
     let spec = BundleSpec {
         prefix: image.prefix,

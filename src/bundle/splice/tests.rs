@@ -346,7 +346,7 @@ fn every_refusal_is_one_line() {
         Unsuitable::Tar("the upstream ends inside the member"),
     ] {
         let line = BundleError::from(why).to_string();
-        assert!(line.starts_with("the upstream's gzip cannot be spliced: "));
+        assert!(line.starts_with("the upstream's compressed data cannot be spliced: "));
         assert!(!line.contains('\n'));
     }
 }

@@ -22,10 +22,11 @@
 //! [`crate::limits::MAX_QCOW2_TABLE_BYTES`]), one L2 table, and a cluster or two of buffers (2 MiB
 //! clusters at most).
 //!
-//! The seam for issue 16 (splicing the upstream's deflate data): [`Qcow2Image::clusters`] walks
-//! guest clusters in order and names each one's [`ClusterKind`]; each compressed cluster is an
-//! independent raw deflate stream of exactly one cluster, whose bytes [`Qcow2Image::compressed_data`]
-//! gives and [`Qcow2Image::read_cluster`] checks and inflates. [`Qcow2Reader`] is the raw disk.
+//! The seam for issue 16 (splicing the upstream's deflate data, `bundle/splice/cluster.rs`):
+//! [`Qcow2Image::cluster`] judges guest clusters in order and names each one's [`ClusterKind`];
+//! each compressed cluster is an independent raw deflate stream of exactly one cluster, whose
+//! bytes [`Qcow2Image::compressed_data`] gives (the splicer inflates and copies them) and
+//! [`Qcow2Image::read_cluster`] checks and inflates. [`Qcow2Reader`] is the raw disk.
 //!
 //! The files: `header.rs` judges the header, its extensions and where the fixed tables lie;
 //! `walk.rs` opens an image and walks its clusters, judging each table entry; `reader.rs` is the
