@@ -146,6 +146,9 @@ pub fn throttle(body: ByteStream, rate: u64) -> ByteStream {
     .boxed()
 }
 
+/// How long a link may stand idle and still make up the time: see [`Link::reserve`].
+const LINK_SLACK: Duration = Duration::from_millis(50);
+
 /// One link every file body shares: `--store-kib-per-second`, a pipe of `rate` bytes a second
 /// however many connections a client opens (a ranged download over four connections gets the
 /// rate once, not four times). Each piece takes the next free slot on the link.
@@ -164,11 +167,13 @@ impl Link {
         })
     }
 
-    /// When `bytes` more have crossed the link, sent after everything queued before them.
+    /// When `bytes` more have crossed the link, sent after everything queued before them. A
+    /// link idle for less than [`LINK_SLACK`] lets the time it lost be made up (a token bucket
+    /// of that depth), so that one connection paced by a 1 ms timer still gets the whole rate.
     fn reserve(&self, bytes: u64) -> tokio::time::Instant {
         let now = tokio::time::Instant::now();
         let mut free_at = self.free_at.lock().expect("link lock");
-        let start = free_at.filter(|at| *at > now).unwrap_or(now);
+        let start = free_at.filter(|at| *at + LINK_SLACK > now).unwrap_or(now);
         let due = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
         *free_at = Some(due);
         due
