@@ -199,10 +199,18 @@ impl PendingSignature {
     /// started the file again, is made again over the file at rest, so that only the bytes
     /// that matched are ever judged.
     async fn outcome(self, trust: &Arc<Trust>, path: &Path) -> Result<(), FileError> {
-        if let Some(beside) = self.beside
-            && let Ok(Ok(())) = beside.await
-        {
-            return Ok(());
+        if let Some(beside) = self.beside {
+            match beside.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) => tracing::info!(
+                    path = %path.display(),
+                    "the signature check beside the download did not pass ({error}): checking the file at rest"
+                ),
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    "the signature check beside the download stopped ({error}): checking the file at rest"
+                ),
+            }
         }
         check_signature(trust, path, self.signature).await
     }
