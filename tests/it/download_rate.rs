@@ -112,11 +112,12 @@ async fn two_installs_at_once_share_one_max_download_rate() {
     assert!(total >= 2 * EACH as u64, "{total}");
     let rate = samples.rate_between(total, 0.25, 0.9);
     assert_near(rate, CAP, "two installs");
+    // No download was taken for stalled or tried again: the stall rule's line, or any warning
+    // (not the word "stalled" alone, which "installed" holds).
+    let log = env.proxy_log();
     assert!(
-        env.proxy_log().matches("retrying").count() + env.proxy_log().matches("stalled").count()
-            == 0,
-        "held back is not stalled: {}",
-        env.proxy_log()
+        !log.contains("the transfer stalled at") && !log.contains(" WARN "),
+        "held back is not stalled: {log}"
     );
 }
 
