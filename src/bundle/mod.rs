@@ -60,6 +60,19 @@ impl<'a> SourceImage<'a> {
             None => unpack::Source::at_rest(self.path),
         }
     }
+
+    /// What its bundle is made of: its names and links, `size` bytes, deflated by `gzip`.
+    pub fn bundle_spec(&self, size: u64, gzip: gzip::GzipSettings) -> format::BundleSpec<'a> {
+        format::BundleSpec {
+            prefix: self.prefix,
+            kind: self.kind,
+            arch: self.arch,
+            kernel_id: self.kernel_id,
+            ramdisk_id: self.ramdisk_id,
+            size,
+            gzip,
+        }
+    }
 }
 
 /// Told what the bundler does, as it does it. Called from the bundler's threads (the reader

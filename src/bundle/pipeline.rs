@@ -11,7 +11,7 @@
 //! image of 4 GiB or more, a multi-member gzip) is the image measured by decompressing it once and
 //! bundled again.
 
-use super::format::{self, Bundle, BundleError, BundleSpec, Part, PartSink};
+use super::format::{self, Bundle, BundleError, Part, PartSink};
 use super::gzip::GzipSettings;
 use super::keys::BundleKeys;
 use super::splice;
@@ -202,15 +202,7 @@ fn deflate_pass(
             })
             .expect("the reader thread starts");
         let written = start.recv().ok().map(|stream_size| {
-            let spec = BundleSpec {
-                prefix: image.prefix,
-                kind: image.kind,
-                arch: image.arch,
-                kernel_id: image.kernel_id,
-                ramdisk_id: image.ramdisk_id,
-                size: stream_size.or(size).unwrap_or_default(),
-                gzip,
-            };
+            let spec = image.bundle_spec(stream_size.or(size).unwrap_or_default(), gzip);
             let mut parts = PartsTo { sink, cancel };
             format::write_bundle_into(&mut reader, &spec, keys, dir, &mut parts)
         });

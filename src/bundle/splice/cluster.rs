@@ -24,7 +24,7 @@
 use super::bits::BitWriter;
 use super::{GZIP_HEADER, Unsuitable, deflate_final};
 use crate::bundle::SourceImage;
-use crate::bundle::format::{self, Bundle, BundleError, BundleSpec, PartSink};
+use crate::bundle::format::{self, Bundle, BundleError, PartSink};
 use crate::bundle::gzip::GzipSettings;
 use crate::bundle::keys::BundleKeys;
 use crate::unpack::qcow2::{ClusterKind, Qcow2Error, Qcow2Image};
@@ -99,15 +99,7 @@ pub fn bundle(
     consumed: &(dyn Fn(u64) + Sync),
     sink: &mut dyn PartSink,
 ) -> Result<Bundle, BundleError> {
-    let spec = BundleSpec {
-        prefix: image.prefix,
-        kind: image.kind,
-        arch: image.arch,
-        kernel_id: image.kernel_id,
-        ramdisk_id: image.ramdisk_id,
-        size,
-        gzip,
-    };
+    let spec = image.bundle_spec(size, gzip);
     let path = image.path;
     unpack::with_source_file(image.source(), consumed, |file| {
         let mut disk = Qcow2Image::open(file).map_err(|error| refused(path, error))?;

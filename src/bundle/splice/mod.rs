@@ -24,7 +24,7 @@ mod member;
 mod uec;
 
 use super::SourceImage;
-use super::format::{self, Bundle, BundleError, BundleSpec, PartSink};
+use super::format::{self, Bundle, BundleError, PartSink};
 use super::gzip::GzipSettings;
 use super::keys::BundleKeys;
 use crate::catalog::model::{Compression, Packing};
@@ -102,15 +102,7 @@ pub fn bundle(
         }
         (_, Some(size)) => size,
     };
-    let spec = BundleSpec {
-        prefix: image.prefix,
-        kind: image.kind,
-        arch: image.arch,
-        kernel_id: image.kernel_id,
-        ramdisk_id: image.ramdisk_id,
-        size,
-        gzip,
-    };
+    let spec = image.bundle_spec(size, gzip);
     unpack::with_source_bytes(image.source(), consumed, |source| {
         format::write_bundle_with(&spec, keys, dir, sink, &mut |out, tick| {
             write_member(source, image.prefix, size, gzip.level, out, tick)

@@ -17,7 +17,7 @@
 use super::bits::BitWriter;
 use super::member::{Step, Walker};
 use super::{GZIP_HEADER, SourceImage, Unsuitable};
-use crate::bundle::format::{self, Bundle, BundleError, BundleSpec, PartSink};
+use crate::bundle::format::{self, Bundle, BundleError, PartSink};
 use crate::bundle::gzip::GzipSettings;
 use crate::bundle::keys::BundleKeys;
 use crate::catalog::model::FileKind;
@@ -43,16 +43,8 @@ pub fn bundle(
     consumed: &(dyn Fn(u64) + Sync),
     sink: &mut dyn PartSink,
 ) -> Result<Bundle, BundleError> {
-    let spec = BundleSpec {
-        prefix: image.prefix,
-        kind: image.kind,
-        arch: image.arch,
-        kernel_id: image.kernel_id,
-        ramdisk_id: image.ramdisk_id,
-        // Stated by the member's own header, met mid-stream.
-        size: 0,
-        gzip,
-    };
+    // The size is stated by the member's own header, met mid-stream.
+    let spec = image.bundle_spec(0, gzip);
     unpack::with_source_bytes(image.source(), consumed, |source| {
         format::write_bundle_sized_by(&spec, keys, dir, sink, &mut |out, tick| {
             let spliced = write_member(
