@@ -355,6 +355,30 @@ fn clear_sign(signer: &sequoia_openpgp::crypto::KeyPair, text: &[u8]) -> Vec<u8>
     signed
 }
 
+/// A splicer's output held to recompression: `member` inflates (its first member only, as
+/// Python's `tarfile` `r|gz` reads it) to exactly the tar stream of `image` named `disk.img`,
+/// nothing follows it, and `digest` is that stream's SHA-1.
+fn assert_spliced_member(member: &[u8], image: &[u8], digest: &str) {
+    use crate::bundle::format;
+    use sha1::{Digest, Sha1};
+    use std::io::Read;
+    let size = image.len() as u64;
+    let mut expected = format::tar_header("disk.img", size).to_vec();
+    expected.extend_from_slice(image);
+    expected.resize(expected.len() + format::tar_tail_len(size) as usize, 0);
+    let mut first_member = flate2::bufread::GzDecoder::new(member);
+    let mut got = Vec::new();
+    first_member
+        .read_to_end(&mut got)
+        .expect("the spliced member inflates");
+    assert!(got == expected, "the spliced tar stream differs");
+    assert!(
+        first_member.into_inner().is_empty(),
+        "bytes after the spliced member"
+    );
+    assert_eq!(digest, hex::encode(Sha1::digest(&expected)));
+}
+
 /// The bundle's splicer (`bundle::splice`): any bytes as a gzipped upstream raw image, then as a
 /// gzipped UEC tarball ([`splice_as_tarball`]). Where it
 /// splices, the one member it writes inflates (read as Python's `tarfile` `r|gz` reads it, the
@@ -362,8 +386,7 @@ fn clear_sign(signer: &sequoia_openpgp::crypto::KeyPair, text: &[u8]) -> Vec<u8>
 /// nothing follows the member; where it refuses, recompression takes over (the refusal is one
 /// line), and a stated size it disagrees with is only ever one the gzip did not decode to.
 pub fn splice(data: &[u8]) {
-    use crate::bundle::{BundleError, format, splice};
-    use sha1::{Digest, Sha1};
+    use crate::bundle::{BundleError, splice};
     use std::io::Read;
     /// Bigger images are not worth a fuzzer's time (a gzip bomb would be all it tried).
     const CAP: u64 = 16 << 20;
@@ -392,20 +415,7 @@ pub fn splice(data: &[u8]) {
     ) {
         Ok(digest) => {
             assert!(gunzipped, "spliced what gunzip refuses");
-            let mut expected = format::tar_header("disk.img", size).to_vec();
-            expected.extend_from_slice(&decoded);
-            expected.resize(expected.len() + format::tar_tail_len(size) as usize, 0);
-            let mut first_member = flate2::bufread::GzDecoder::new(&member[..]);
-            let mut got = Vec::new();
-            first_member
-                .read_to_end(&mut got)
-                .expect("the spliced member inflates");
-            assert!(got == expected, "the spliced tar stream differs");
-            assert!(
-                first_member.into_inner().is_empty(),
-                "bytes after the spliced member"
-            );
-            assert_eq!(digest, hex::encode(Sha1::digest(&expected)));
+            assert_spliced_member(&member, &decoded, &digest);
         }
         Err(BundleError::NotSpliceable(why)) => {
             assert_one_line("splice refusal", &BundleError::from(why).to_string());
@@ -425,9 +435,7 @@ pub fn splice(data: &[u8]) {
 /// `unpack`'s own refusal, word for word. The hold on a block varies with the input, so that
 /// blocks too big to hold are met too.
 fn splice_as_tarball(data: &[u8]) {
-    use crate::bundle::{BundleError, format, splice};
-    use sha1::{Digest, Sha1};
-    use std::io::Read;
+    use crate::bundle::{BundleError, splice};
     let path = Path::new("/cache/fuzz.tar.gz");
     let recompressed = crate::unpack::with_tar_member(
         path,
@@ -461,20 +469,7 @@ fn splice_as_tarball(data: &[u8]) {
             };
             let size = image.len() as u64;
             assert_eq!(spliced.size, size);
-            let mut expected = format::tar_header("disk.img", size).to_vec();
-            expected.extend_from_slice(&image);
-            expected.resize(expected.len() + format::tar_tail_len(size) as usize, 0);
-            let mut first_member = flate2::bufread::GzDecoder::new(&member[..]);
-            let mut got = Vec::new();
-            first_member
-                .read_to_end(&mut got)
-                .expect("the spliced member inflates");
-            assert!(got == expected, "the spliced tar stream differs");
-            assert!(
-                first_member.into_inner().is_empty(),
-                "bytes after the spliced member"
-            );
-            assert_eq!(spliced.digest, hex::encode(Sha1::digest(&expected)));
+            assert_spliced_member(&member, &image, &spliced.digest);
         }
         Err(BundleError::NotSpliceable(why)) => {
             assert_one_line("splice refusal", &BundleError::from(why).to_string());
@@ -493,9 +488,8 @@ fn splice_as_tarball(data: &[u8]) {
 /// recompression give, whose SHA-1 it returns, and nothing follows the member; a disk the
 /// converter refuses is never spliced; a refusal is one line.
 pub fn splice_qcow2(data: &[u8]) {
-    use crate::bundle::{BundleError, format, splice::cluster};
+    use crate::bundle::{BundleError, splice::cluster};
     use crate::unpack::qcow2::Qcow2Image;
-    use sha1::{Digest, Sha1};
     use std::io::{Cursor, Read};
     /// Bigger disks are not worth a fuzzer's time (zeros, mostly).
     const CAP: u64 = 4 << 20;
@@ -518,20 +512,7 @@ pub fn splice_qcow2(data: &[u8]) {
     match cluster::write_member(&mut disk, path, "disk.img", 1, &mut member, &mut |_| true) {
         Ok(spliced) => {
             assert!(convertible, "spliced a disk the converter refuses");
-            let mut expected = format::tar_header("disk.img", size).to_vec();
-            expected.extend_from_slice(&converted);
-            expected.resize(expected.len() + format::tar_tail_len(size) as usize, 0);
-            let mut first_member = flate2::bufread::GzDecoder::new(&member[..]);
-            let mut got = Vec::new();
-            first_member
-                .read_to_end(&mut got)
-                .expect("the spliced member inflates");
-            assert!(got == expected, "the spliced tar stream differs");
-            assert!(
-                first_member.into_inner().is_empty(),
-                "bytes after the spliced member"
-            );
-            assert_eq!(spliced.digest, hex::encode(Sha1::digest(&expected)));
+            assert_spliced_member(&member, &converted, &spliced.digest);
         }
         Err(BundleError::NotSpliceable(why)) => {
             assert_one_line("qcow2 splice refusal", &BundleError::from(why).to_string());
