@@ -288,21 +288,8 @@ fn a_spliced_bundle_opens_with_openssl_gzip_and_python_tarfile_as_the_recompress
         "gzip -l sees the whole stream: {}",
         String::from_utf8_lossy(&listed)
     );
-    let python = openssl::run(
-        "python3",
-        &[
-            "-c",
-            "import hashlib, sys, tarfile\n\
-             t = tarfile.open(fileobj=sys.stdin.buffer, mode='r|gz')\n\
-             m = t.next()\n\
-             data = t.extractfile(m).read()\n\
-             assert t.next() is None\n\
-             print(m.name, len(data), hashlib.sha1(data).hexdigest())",
-        ],
-        Some(&opened.compressed),
-    );
     assert_eq!(
-        String::from_utf8_lossy(&python).trim(),
+        openssl::python_tarfile_member(&opened.compressed),
         format!(
             "ubuntu-disk.img {} {}",
             image.len(),
@@ -462,21 +449,8 @@ fn a_uec_tarball_s_spliced_image_opens_with_openssl_gzip_and_python_tarfile() {
         "the tar stream differs from recompression's"
     );
     openssl::run("gzip", &["-t"], Some(&opened.compressed));
-    let python = openssl::run(
-        "python3",
-        &[
-            "-c",
-            "import hashlib, sys, tarfile\n\
-             t = tarfile.open(fileobj=sys.stdin.buffer, mode='r|gz')\n\
-             m = t.next()\n\
-             data = t.extractfile(m).read()\n\
-             assert t.next() is None\n\
-             print(m.name, len(data), hashlib.sha1(data).hexdigest())",
-        ],
-        Some(&opened.compressed),
-    );
     assert_eq!(
-        String::from_utf8_lossy(&python).trim(),
+        openssl::python_tarfile_member(&opened.compressed),
         format!(
             "precise.img {} {}",
             image.len(),

@@ -223,3 +223,23 @@ pub fn sha1_of_bytes(bytes: &[u8]) -> String {
         .unwrap()
         .to_string()
 }
+
+/// What Python's `tarfile` reads from the gzipped tar stream `compressed` as a stream (`r|gz`,
+/// the first gzip member only, as euca2ools' and OpenStack's unbundlers read a bundle): its one
+/// member as "NAME LENGTH SHA1", and nothing after it.
+pub fn python_tarfile_member(compressed: &[u8]) -> String {
+    let listed = run(
+        "python3",
+        &[
+            "-c",
+            "import hashlib, sys, tarfile\n\
+             t = tarfile.open(fileobj=sys.stdin.buffer, mode='r|gz')\n\
+             m = t.next()\n\
+             data = t.extractfile(m).read()\n\
+             assert t.next() is None\n\
+             print(m.name, len(data), hashlib.sha1(data).hexdigest())",
+        ],
+        Some(compressed),
+    );
+    String::from_utf8_lossy(&listed).trim().to_string()
+}
