@@ -401,12 +401,7 @@ impl<'o> Member<'o> {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), BundleError> {
-        self.out
-            .write_all(bytes)
-            .map_err(|source| BundleError::Write {
-                path: format!("bundle of {}", self.name).into(),
-                source,
-            })
+        super::write_out(self.out, self.name, bytes)
     }
 
     /// The tar padding and end-of-archive as the final block, the trailer; the tar stream's SHA-1.

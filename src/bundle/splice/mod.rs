@@ -121,10 +121,6 @@ pub fn write_member(
     out: &mut dyn Write,
     tick: &mut dyn FnMut(u64) -> bool,
 ) -> Result<String, BundleError> {
-    let write_error = |source| BundleError::Write {
-        path: format!("bundle of {name}").into(),
-        source,
-    };
     let header = format::tar_header(name, size);
     let mut sha1 = Sha1::new();
     sha1.update(header);
@@ -134,8 +130,7 @@ pub fn write_member(
     let mut bits = BitWriter::new();
     bits.push_bytes(&GZIP_HEADER);
     bits.stored_block(&header, false);
-    out.write_all(&bits.take_whole_bytes())
-        .map_err(write_error)?;
+    write_out(out, name, &bits.take_whole_bytes())?;
 
     let done = std::cell::Cell::new(0u64);
     let mut cancelled = |_| tick(done.get());
@@ -163,8 +158,7 @@ pub fn write_member(
         }
         let settled = walker.settled();
         if settled > forwarded {
-            out.write_all(walker.bytes(forwarded, settled))
-                .map_err(write_error)?;
+            write_out(out, name, walker.bytes(forwarded, settled))?;
             walker.release(settled);
             forwarded = settled;
         }
@@ -187,9 +181,16 @@ pub fn write_member(
     bits.push_bytes(&crc.finalize().to_le_bytes());
     let total = 512 + size + tail.len() as u64;
     bits.push_bytes(&((total % (1 << 32)) as u32).to_le_bytes());
-    out.write_all(&bits.take_whole_bytes())
-        .map_err(write_error)?;
+    write_out(out, name, &bits.take_whole_bytes())?;
     Ok(hex::encode(sha1.finalize()))
+}
+
+/// Writes `bytes` of the gzip member of `name`'s bundle to `out`: every splicer's one way out.
+fn write_out(out: &mut dyn Write, name: &str, bytes: &[u8]) -> Result<(), BundleError> {
+    out.write_all(bytes).map_err(|source| BundleError::Write {
+        path: format!("bundle of {name}").into(),
+        source,
+    })
 }
 
 /// `data` as a raw deflate stream ending in a final block.

@@ -269,12 +269,7 @@ struct Splice<'a> {
 
 impl Splice<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), BundleError> {
-        self.out
-            .write_all(bytes)
-            .map_err(|source| BundleError::Write {
-                path: format!("bundle of {}", self.name).into(),
-                source,
-            })
+        super::write_out(self.out, self.name, bytes)
     }
 
     fn write_bits(&mut self) -> Result<(), BundleError> {
