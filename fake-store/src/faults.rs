@@ -120,9 +120,27 @@ pub fn shape_body(fault: Option<Fault>, body: ByteStream, start: u64, count: u64
 /// to at most a tenth of a second's worth, so that a trickle really trickles.
 pub fn throttle(body: ByteStream, rate: u64) -> ByteStream {
     let rate = rate.max(1);
-    let piece = (rate / 10).max(1) as usize;
     let start = tokio::time::Instant::now();
     let mut sent = 0u64;
+    in_pieces(body, (rate / 10).max(1) as usize)
+        .then(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                sent += bytes.len() as u64;
+            }
+            let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+            async move {
+                tokio::time::sleep_until(due).await;
+                chunk
+            }
+        })
+        .boxed()
+}
+
+/// `body`'s chunks cut to at most `piece` bytes each (slices, not copies).
+fn in_pieces(
+    body: ByteStream,
+    piece: usize,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
     body.flat_map(move |chunk| {
         let pieces: Vec<io::Result<Bytes>> = match chunk {
             Ok(bytes) => (0..bytes.len())
@@ -133,17 +151,6 @@ pub fn throttle(body: ByteStream, rate: u64) -> ByteStream {
         };
         stream::iter(pieces)
     })
-    .then(move |chunk| {
-        if let Ok(bytes) = &chunk {
-            sent += bytes.len() as u64;
-        }
-        let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
-        async move {
-            tokio::time::sleep_until(due).await;
-            chunk
-        }
-    })
-    .boxed()
 }
 
 /// How long a link may stand idle and still make up the time: see [`Link::reserve`].
@@ -183,30 +190,20 @@ impl Link {
 /// Holds each chunk of `body` until `link` has carried it, in pieces of at most 64 KiB so that
 /// connections sharing the link interleave finely.
 pub fn over_link(body: ByteStream, link: Arc<Link>) -> ByteStream {
-    const PIECE: usize = 64 << 10;
-    body.flat_map(|chunk| {
-        let pieces: Vec<io::Result<Bytes>> = match chunk {
-            Ok(bytes) => (0..bytes.len())
-                .step_by(PIECE)
-                .map(|at| Ok(bytes.slice(at..(at + PIECE).min(bytes.len()))))
-                .collect(),
-            Err(e) => vec![Err(e)],
-        };
-        stream::iter(pieces)
-    })
-    .then(move |chunk| {
-        let due = match &chunk {
-            Ok(bytes) => Some(link.reserve(bytes.len() as u64)),
-            Err(_) => None,
-        };
-        async move {
-            if let Some(due) = due {
-                tokio::time::sleep_until(due).await;
+    in_pieces(body, 64 << 10)
+        .then(move |chunk| {
+            let due = match &chunk {
+                Ok(bytes) => Some(link.reserve(bytes.len() as u64)),
+                Err(_) => None,
+            };
+            async move {
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due).await;
+                }
+                chunk
             }
-            chunk
-        }
-    })
-    .boxed()
+        })
+        .boxed()
 }
 
 #[cfg(test)]
