@@ -1,7 +1,12 @@
 //! A large file over several connections (`--download-connections`): the bytes the partial file
-//! lacks are split into one range per connection, each fetched with `Range: bytes=S-E` and written
-//! at its offset, each retried and resumed on its own (the retry loop and stall rule of
-//! `retry.rs`). For links where one TCP stream is slower than the pipe.
+//! lacks are split into pieces of [`DOWNLOAD_PIECE_BYTES`], each fetched with `Range: bytes=S-E`
+//! and written at its offset, each retried and resumed on its own (the retry loop and stall rule
+//! of `retry.rs`). For links where one TCP stream is slower than the pipe.
+//!
+//! The connections take the pieces in file order, each the next one nobody has taken, so the
+//! contiguous prefix (what is hashed, and what the bundler reads while the file grows) trails the
+//! furthest byte by a few pieces, not by most of the file: one range per connection would leave
+//! the in-order readers three quarters of the work to do after the last byte arrives.
 //!
 //! What is on disk is said by a small record beside the partial file (`<hex>.part.ranges`,
 //! [`crate::cache::ranges_record`]): each range's start, end and how far it is written. It is
@@ -18,7 +23,7 @@
 use super::retry::{StallWatch, with_retries};
 use super::{FetchError, Fetcher};
 use crate::cache::ranges_record;
-use crate::limits::DOWNLOAD_WRITE_BUFFER;
+use crate::limits::{DOWNLOAD_PIECE_BYTES, DOWNLOAD_WRITE_BUFFER};
 use crate::metrics;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
@@ -42,6 +47,11 @@ impl Span {
     fn header(&self) -> String {
         format!("bytes={}-{}", self.at, self.end - 1)
     }
+
+    /// Its line in the record.
+    fn line(&self) -> String {
+        format!("{:020} {:020} {:020}\n", self.start, self.end, self.at)
+    }
 }
 
 /// The ranges of one file, in file order, covering `0..expected` without overlap.
@@ -49,10 +59,15 @@ impl Span {
 struct Spans(Vec<Span>);
 
 const RECORD_MAGIC: &str = "image-store-proxy ranges 1";
+/// The record's first two lines: the magic and the file's size.
+const RECORD_HEAD_LEN: usize = RECORD_MAGIC.len() + 1 + 21;
+/// One range's line in the record: three 20-digit numbers, two spaces, a newline.
+const RECORD_LINE_LEN: usize = 3 * 20 + 3;
 
 impl Spans {
-    /// `have` bytes from the start are in; the rest split into `connections` ranges.
-    fn split(have: u64, expected: u64, connections: u64) -> Self {
+    /// `have` bytes from the start are in; the rest split into pieces of `piece` bytes (the last
+    /// shorter).
+    fn split(have: u64, expected: u64, piece: u64) -> Self {
         let mut spans = Vec::new();
         if have > 0 {
             spans.push(Span {
@@ -61,16 +76,9 @@ impl Spans {
                 at: have,
             });
         }
-        let rest = expected - have;
-        let connections = connections.clamp(1, rest.max(1));
-        let step = rest / connections;
         let mut start = have;
-        for n in 0..connections {
-            let end = if n + 1 == connections {
-                expected
-            } else {
-                start + step
-            };
+        while start < expected {
+            let end = expected.min(start.saturating_add(piece.max(1)));
             spans.push(Span {
                 start,
                 end,
@@ -102,16 +110,19 @@ impl Spans {
         self.0.iter().map(|span| span.at - span.start).sum()
     }
 
-    /// The record: fixed-width numbers, so every update is the same length, written in place.
+    /// The record: fixed-width numbers, so each range's line is updated in place alone
+    /// ([`Span::line`] at [`Spans::line_offset`]).
     fn record(&self, expected: u64) -> String {
         let mut text = format!("{RECORD_MAGIC}\n{expected:020}\n");
         for span in &self.0 {
-            text.push_str(&format!(
-                "{:020} {:020} {:020}\n",
-                span.start, span.end, span.at
-            ));
+            text.push_str(&span.line());
         }
         text
+    }
+
+    /// Where range `n`'s line starts in the record.
+    fn line_offset(n: usize) -> u64 {
+        (RECORD_HEAD_LEN + n * RECORD_LINE_LEN) as u64
     }
 
     /// A record read back, if it is one for a file of `expected` bytes whose ranges cover it.
@@ -176,7 +187,7 @@ fn on_disk(partial: &Path, expected: u64) -> Result<Option<Spans>, FetchError> {
         std::fs::remove_file(partial).map_err(disk)?;
         return Ok(None);
     }
-    Ok(Some(Spans::split(length, expected, 1)).filter(|_| length > 0))
+    Ok(Some(Spans::split(length, expected, expected)).filter(|_| length > 0))
 }
 
 /// Before a one-stream download: a partial file a parallel download left is cut to its contiguous
@@ -239,10 +250,10 @@ impl Fetcher {
         let spans = match on_disk(partial, expected)? {
             // A prefix of one stream's: the rest is split.
             Some(spans) if !ranges_record(partial).exists() => {
-                Spans::split(spans.prefix(), expected, self.connections as u64)
+                Spans::split(spans.prefix(), expected, DOWNLOAD_PIECE_BYTES)
             }
             Some(spans) => spans,
-            None => Spans::split(0, expected, self.connections as u64),
+            None => Spans::split(0, expected, DOWNLOAD_PIECE_BYTES),
         };
         progress(spans.written());
         // The record first, then any byte of the ranges.
@@ -267,7 +278,7 @@ impl Fetcher {
             growth,
         };
         ranged.write_record()?;
-        let outcome = ranged.run(self, progress, cancel).await;
+        let outcome = ranged.run(self, self.connections, progress, cancel).await;
         match outcome {
             Ok(Some(digest)) => {
                 std::fs::remove_file(&record_path).map_err(|source| FetchError::Disk {
@@ -310,26 +321,39 @@ impl Ranged<'_> {
         }
     }
 
+    /// Writes the whole record (once, before any byte of the ranges).
     fn write_record(&self) -> Result<(), FetchError> {
         let text = self
             .spans
             .lock()
             .expect("ranges lock")
             .record(self.expected);
+        self.write_record_at(text.as_bytes(), 0)
+    }
+
+    /// Rewrites range `n`'s line in the record as it now stands.
+    fn record_range(&self, n: usize) -> Result<(), FetchError> {
+        let line = self.spans.lock().expect("ranges lock").0[n].line();
+        self.write_record_at(line.as_bytes(), Spans::line_offset(n))
+    }
+
+    fn write_record_at(&self, bytes: &[u8], offset: u64) -> Result<(), FetchError> {
         let record = self.record.lock().expect("record lock");
         record
-            .write_all_at(text.as_bytes(), 0)
+            .write_all_at(bytes, offset)
             .map_err(|source| FetchError::Disk {
                 path: ranges_record(self.partial),
                 source,
             })
     }
 
-    /// The ranges, each in its own retry loop, and the follower that hashes; `None` when the
-    /// first ranged request shows the upstream does not do ranges.
+    /// The connections, each taking the next open range in file order and fetching it in its own
+    /// retry loop, and the follower that hashes; `None` when the first ranged request shows the
+    /// upstream does not do ranges.
     async fn run(
         &self,
         fetcher: &Fetcher,
+        connections: usize,
         progress: &(dyn Fn(u64) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<Option<Sha256>, FetchError> {
@@ -360,27 +384,33 @@ impl Ranged<'_> {
                 }
             }
         }
-        let ranges = open.iter().map(|&n| {
-            let mut response = if Some(&n) == open.first() {
-                first.take()
-            } else {
-                None
-            };
-            with_retries(
-                &fetcher.retry,
-                cancel,
-                move || {
-                    let given = response.take();
-                    async move { self.fetch_range(fetcher, n, given, progress, cancel).await }
-                },
-                move |error, _| {
-                    error.record();
-                    tracing::warn!(url = %self.url, range = n, "range interrupted, resuming: {error}");
-                },
-            )
-        });
+        let queue = Mutex::new((open.into_iter(), first));
+        let take = || {
+            let mut queue = queue.lock().expect("range queue lock");
+            let n = queue.0.next()?;
+            Some((n, queue.1.take()))
+        };
+        let connection = || async {
+            while let Some((n, mut response)) = take() {
+                with_retries(
+                    &fetcher.retry,
+                    cancel,
+                    || {
+                        let given = response.take();
+                        async move { self.fetch_range(fetcher, n, given, progress, cancel).await }
+                    },
+                    |error, _| {
+                        error.record();
+                        tracing::warn!(url = %self.url, range = n, "range interrupted, resuming: {error}");
+                    },
+                )
+                .await?;
+            }
+            Ok::<_, FetchError>(())
+        };
+        let connections = (0..connections).map(|_| connection());
         let (_, hasher) = tokio::try_join!(
-            futures_util::future::try_join_all(ranges),
+            futures_util::future::try_join_all(connections),
             self.follow(cancel)
         )?;
         Ok(Some(hasher))
@@ -573,7 +603,7 @@ impl Ranged<'_> {
         *at += buffer.len() as u64;
         buffer.clear();
         self.spans.lock().expect("ranges lock").0[n].at = *at;
-        self.write_record()?;
+        self.record_range(n)?;
         self.grown.notify_one();
         Ok(())
     }
@@ -641,8 +671,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rest_is_split_into_ranges_and_the_prefix_stops_at_the_first_hole() {
-        let spans = Spans::split(10, 110, 4);
+    fn the_rest_is_split_into_pieces_and_the_prefix_stops_at_the_first_hole() {
+        let spans = Spans::split(10, 110, 25);
         let bounds: Vec<_> = spans.0.iter().map(|s| (s.start, s.end, s.at)).collect();
         assert_eq!(
             bounds,
@@ -661,20 +691,29 @@ mod tests {
         grown.0[1].at = 35;
         assert_eq!(grown.prefix(), 50);
         assert_eq!(grown.written(), 10 + 25 + 15);
-        assert_eq!(Spans::split(0, 3, 8).0.len(), 3, "no empty range");
+        let ends: Vec<_> = Spans::split(0, 70, 30).0.iter().map(|s| s.end).collect();
+        assert_eq!(ends, [30, 60, 70], "the last piece is shorter");
+        assert_eq!(Spans::split(0, 3, u64::MAX).0.len(), 1, "one piece at most");
     }
 
     #[test]
     fn a_record_reads_back_only_for_the_same_file_and_whole_cover() {
-        let mut spans = Spans::split(0, 1000, 3);
+        let mut spans = Spans::split(0, 1000, 334);
         spans.0[1].at = 500;
         let record = spans.record(1000);
         assert_eq!(Spans::parse(&record, 1000), Some(spans.clone()));
         assert_eq!(Spans::parse(&record, 999), None, "another size");
         let mut grown = spans.clone();
         grown.0[1].at = 666;
-        assert_eq!(grown.record(1000).len(), record.len(), "updated in place");
-        let holed = record.replacen("00000000000000000333 ", "00000000000000000334 ", 1);
+        let mut in_place = record.clone().into_bytes();
+        let at = Spans::line_offset(1) as usize;
+        in_place[at..at + RECORD_LINE_LEN].copy_from_slice(grown.0[1].line().as_bytes());
+        assert_eq!(
+            String::from_utf8(in_place).unwrap(),
+            grown.record(1000),
+            "one range's line rewritten in place is the whole record"
+        );
+        let holed = record.replacen("00000000000000000668 ", "00000000000000000669 ", 1);
         assert_eq!(Spans::parse(&holed, 1000), None, "ranges must touch");
         assert_eq!(Spans::parse(&record[..record.len() - 30], 1000), None);
     }
@@ -687,7 +726,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let partial = dir.path().join("x.part");
         std::fs::write(&partial, vec![7u8; 900]).unwrap();
-        let mut spans = Spans::split(0, 1000, 3);
+        let mut spans = Spans::split(0, 1000, 334);
         spans.0[0].at = 200;
         spans.0[1].at = 600;
         std::fs::write(ranges_record(&partial), spans.record(1000)).unwrap();

@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 /// A file past `limits::PARALLEL_DOWNLOAD_MIN_BYTES`: downloaded in ranges.
 const LARGE: usize = 72 << 20;
+/// `limits::DOWNLOAD_PIECE_BYTES`: the large file is five pieces, four of 16 MiB and one of 8.
+const PIECE: u64 = 16 << 20;
+const PIECES: usize = 5;
 
 /// Adds the set `large` (one raw image of `size` bytes of noise) to the store; returns the bytes.
 fn add_large_set(env: &TestEnv, product: &str, size: usize) -> Vec<u8> {
@@ -80,7 +83,7 @@ fn assert_cover(mut ranges: Vec<(u64, u64)>, len: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_file_comes_over_four_ranges_that_cover_it_once_and_hashes_right() {
+async fn a_large_file_comes_in_pieces_asked_in_file_order_that_cover_it_once_and_hash_right() {
     let env = TestEnv::with_store().await;
     let bytes = add_large_set(&env, "large", LARGE);
     let partial = env.dir.path().join("large.part");
@@ -95,9 +98,20 @@ async fn a_large_file_comes_over_four_ranges_that_cover_it_once_and_hashes_right
         "the range record goes once the file is whole"
     );
     let requests = env.served("/files/large/image");
-    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert_eq!(requests.len(), PIECES, "{requests:?}");
     assert!(requests.iter().all(|r| r.status == 206), "{requests:?}");
-    assert_cover(requests.iter().map(range_of).collect(), LARGE as u64);
+    let asked: Vec<_> = requests.iter().map(range_of).collect();
+    let piece = |n: u64| (n * PIECE, ((n + 1) * PIECE).min(LARGE as u64));
+    // The probe is the first piece; the other three connections take the next three at once
+    // (they may arrive in any order); the last piece goes to whichever connection is free first.
+    let mut middle = asked[1..4].to_vec();
+    middle.sort();
+    assert_eq!(
+        (asked[0], middle, asked[4]),
+        (piece(0), vec![piece(1), piece(2), piece(3)], piece(4)),
+        "the pieces are taken in file order: {asked:?}"
+    );
+    assert_cover(asked, LARGE as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,8 +132,8 @@ async fn a_range_cut_mid_way_is_resumed_alone_from_where_it_stopped() {
     let requests = env.served("/files/large/image");
     assert_eq!(
         requests.len(),
-        5,
-        "four ranges and one resume: {requests:?}"
+        PIECES + 1,
+        "five pieces and one resume: {requests:?}"
     );
     let first = range_of(&requests[0]);
     assert_eq!(first.0, 0);
