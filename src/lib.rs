@@ -58,5 +58,7 @@ pub mod rfc3986;
 pub mod simplestreams;
 pub mod status;
 pub mod subscribe;
+#[cfg(test)]
+mod testing;
 pub mod trust;
 pub mod unpack;

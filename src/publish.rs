@@ -605,8 +605,7 @@ impl Publisher {
                 let cancel = cancel.clone();
                 in_air.push(async move {
                     let part: Part = part;
-                    cloud
-                        .put_object(&bucket, &part.file_name, &part.path, &cancel)
+                    put_part(&*cloud, &bucket, &part, &cancel)
                         .await
                         .map(|_| part.file_name)
                 });
@@ -703,7 +702,7 @@ impl Publisher {
         let puts: Vec<_> = bundle
             .parts
             .iter()
-            .map(|part| cloud.put_object(bucket, &part.file_name, &part.path, cancel))
+            .map(|part| put_part(cloud, bucket, part, cancel))
             .collect();
         let mut puts = futures_util::stream::iter(puts).buffer_unordered(self.upload_concurrency);
         let mut sent = 0;
@@ -727,6 +726,28 @@ impl Publisher {
             .await?;
         Ok(())
     }
+}
+
+/// Puts one part of a bundle, unless it is recorded as sent; once the cloud has it, the part's
+/// file gives way to that record ([`bundle::part_sent`]): nothing reads it again, and a bundle
+/// in the air then holds on disk only the parts not yet sent.
+async fn put_part(
+    cloud: &dyn Cloud,
+    bucket: &str,
+    part: &Part,
+    cancel: &CancellationToken,
+) -> Result<(), CloudError> {
+    if bundle::is_sent(part) {
+        return Ok(());
+    }
+    cloud
+        .put_object(bucket, &part.file_name, &part.path, cancel)
+        .await?;
+    bundle::part_sent(part).map_err(|source| CloudError::Local {
+        action: "writing",
+        path: part.path.clone(),
+        source,
+    })
 }
 
 /// `description` cut to what EC2 and Eucalyptus register ([`limits::MAX_IMAGE_DESCRIPTION_CHARS`]).
@@ -1073,15 +1094,17 @@ mod tests {
         }
     }
 
-    /// A bundle of `parts` parts as the uploader sees it (the bytes are not read by this cloud).
-    fn bundle_of(parts: usize) -> Bundle {
+    /// A bundle of `parts` parts in `dir` as the uploader sees it (the bytes are not read by
+    /// this cloud; each sent part's record is written in `dir`).
+    fn bundle_of(dir: &Path, parts: usize) -> Bundle {
+        std::fs::create_dir_all(dir).unwrap();
         Bundle {
             manifest_name: "x.manifest.xml".into(),
-            manifest_path: "x.manifest.xml".into(),
+            manifest_path: dir.join("x.manifest.xml"),
             parts: (0..parts)
                 .map(|n| Part {
                     file_name: format!("x.part.{n:02}"),
-                    path: format!("x.part.{n:02}").into(),
+                    path: dir.join(format!("x.part.{n:02}")),
                     size: 1,
                     sha1: String::new(),
                 })
@@ -1117,6 +1140,7 @@ mod tests {
     async fn parts_go_up_n_at_a_time_each_once_and_the_manifest_after_the_last() {
         let dir = tempfile::tempdir().unwrap();
         for (concurrency, most) in [(4, 4), (1, 1)] {
+            let parts_dir = dir.path().join(format!("at-{concurrency}"));
             let cloud = Arc::new(Recording::new(30, None));
             let publisher =
                 Publisher::new(cloud.clone(), dir.path()).with_upload_concurrency(concurrency);
@@ -1125,7 +1149,7 @@ mod tests {
                 .upload(
                     &artifact(),
                     "b",
-                    &bundle_of(9),
+                    &bundle_of(&parts_dir, 9),
                     &lines,
                     &CancellationToken::new(),
                 )
@@ -1139,7 +1163,7 @@ mod tests {
             parts.dedup();
             assert_eq!(
                 parts,
-                bundle_of(9)
+                bundle_of(&parts_dir, 9)
                     .parts
                     .iter()
                     .map(|p| p.file_name.clone())
@@ -1172,7 +1196,7 @@ mod tests {
             .upload(
                 &artifact(),
                 "b",
-                &bundle_of(9),
+                &bundle_of(dir.path(), 9),
                 &Lines::default(),
                 &CancellationToken::new(),
             )
@@ -1195,13 +1219,88 @@ mod tests {
             cancelling.cancel();
         });
         let error = publisher
-            .upload(&artifact(), "b", &bundle_of(9), &Lines::default(), &cancel)
+            .upload(
+                &artifact(),
+                "b",
+                &bundle_of(dir.path(), 9),
+                &Lines::default(),
+                &cancel,
+            )
             .await
             .unwrap_err();
         assert!(matches!(error, CloudError::Cancelled), "{error}");
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
         assert_eq!(cloud.in_air.load(SeqCst), 0);
         assert_eq!(cloud.most.load(SeqCst), 4);
+    }
+
+    /// A part the cloud has is not needed on disk again: its file gives way to a record of it,
+    /// the bundle still reads back whole (sizes from the records), and sending it again puts
+    /// only the manifest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sent_part_gives_way_to_a_record_and_is_not_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::write(&source, crate::testing::noise(16, 25 << 20)).unwrap();
+        let image = Artifact {
+            source: source.clone(),
+            source_size: 25 << 20,
+            ..artifact()
+        };
+        let bundle_dir = dir.path().join("bundle");
+        let keys = FakeCloud::new(dir.path()).bundle_keys().unwrap();
+        let gzip = GzipSettings {
+            level: 0,
+            threads: 1,
+            recompress: false,
+        };
+        let cancel = CancellationToken::new();
+        let made = bundle::bundle_artifact(
+            &image.source_image(),
+            &keys,
+            &bundle_dir,
+            gzip,
+            &WaitingForLinks,
+            &cancel,
+        )
+        .unwrap();
+        assert_eq!(made.parts.len(), 3, "25 MiB stored: three 10 MiB parts");
+        let cloud = Arc::new(Recording::new(0, None));
+        let publisher = Publisher::new(cloud.clone(), dir.path());
+        let lines = Lines::default();
+        publisher
+            .upload(&image, "b", &made, &lines, &cancel)
+            .await
+            .unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&bundle_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "x.manifest.waiting",
+                "x.part.00.sent",
+                "x.part.01.sent",
+                "x.part.02.sent"
+            ],
+            "no part's bytes stay once the cloud has them"
+        );
+        let again = bundle::waiting_bundle(&bundle_dir, "x").expect("the bundle reads back");
+        let sizes = |bundle: &Bundle| -> Vec<u64> { bundle.parts.iter().map(|p| p.size).collect() };
+        assert_eq!(sizes(&again), sizes(&made));
+        assert_eq!(again.bundled_size, made.bundled_size);
+        publisher
+            .upload(&image, "b", &again, &Lines::default(), &cancel)
+            .await
+            .unwrap();
+        let landed = cloud.landed.lock().unwrap().clone();
+        assert_eq!(
+            landed[3..],
+            ["x.manifest.xml", "x.manifest.xml"],
+            "the second time, only the manifest: {landed:?}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod splice;
 use crate::catalog::model::{Compression, FileKind, Packing};
 use crate::status::Step;
 use crate::unpack;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use format::{
     Bundle, BundleError, BundleSpec, MAX_PREFIX, MachineConfiguration, PART_SIZE, Part, PartSink,
@@ -105,8 +105,48 @@ pub fn waiting_name(prefix: &str) -> String {
     format!("{prefix}.manifest.waiting")
 }
 
+/// `<part>.sent`: the record that a part is in the bucket, left in its file's place. Once a part is
+/// sent its bytes are not needed on disk again, so a bundle in the air holds only the parts
+/// not yet sent (a few, `--upload-concurrency`), not the whole image a second time beside the
+/// cache file; the record keeps its size, which the bundle's size is summed from.
+fn sent_record(part_path: &Path) -> PathBuf {
+    let mut name = part_path.as_os_str().to_owned();
+    name.push(".sent");
+    PathBuf::from(name)
+}
+
+/// The size of a part recorded as sent, if it is.
+fn sent_size(part_path: &Path) -> Option<u64> {
+    std::fs::read_to_string(sent_record(part_path))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `part` is recorded as in the bucket ([`part_sent`]): it is not sent again.
+pub fn is_sent(part: &Part) -> bool {
+    sent_size(&part.path) == Some(part.size)
+}
+
+/// Records that the cloud has `part` and removes its file: the record is whole (written under
+/// another name, then renamed) before the part goes, so after a kill either the part is still
+/// on disk or the record says it was sent.
+pub fn part_sent(part: &Part) -> std::io::Result<()> {
+    let record = sent_record(&part.path);
+    let mut incoming = record.clone().into_os_string();
+    incoming.push(".incoming");
+    std::fs::write(&incoming, format!("{}\n", part.size))?;
+    std::fs::rename(&incoming, &record)?;
+    match std::fs::remove_file(&part.path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// A bundle an earlier attempt finished in `dir`: its manifest is written last, after every part,
 /// so a manifest whose parts are all present describes a whole bundle.
+/// A part recorded as sent ([`part_sent`]) counts as present.
 pub fn finished_bundle(dir: &Path, prefix: &str) -> Option<Bundle> {
     read_bundle(dir, prefix, &manifest_name(prefix))
 }
@@ -149,7 +189,10 @@ fn read_bundle(dir: &Path, prefix: &str, described: &str) -> Option<Bundle> {
             return None;
         }
         let path = dir.join(&file_name);
-        let size = std::fs::metadata(&path).ok()?.len();
+        let size = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(_) => sent_size(&path)?,
+        };
         parts.push(Part {
             file_name,
             path,

@@ -546,6 +546,7 @@ fn inflate_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::noise;
     use flate2::bufread::GzDecoder;
     use std::fs::File;
     use std::process::Command;
@@ -571,18 +572,6 @@ mod tests {
             "{program} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect()
     }
 
     /// Words picked by noise: compresses well, not to nothing.
