@@ -858,13 +858,8 @@ mod tests {
             ]
         );
         let bucket = data_dir.join("fake-cloud/image-store-1");
-        let mut held: Vec<String> = std::fs::read_dir(&bucket)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        held.sort();
         assert_eq!(
-            held,
+            names_in(&bucket),
             [
                 "test-1-kernel.manifest.xml",
                 "test-1-kernel.part.00",
@@ -887,6 +882,16 @@ mod tests {
             std::fs::metadata(&manifest).unwrap().modified().unwrap(),
             sent
         );
+    }
+
+    /// The names in `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Tells the bundler the manifest waits for its links.
@@ -1272,13 +1277,8 @@ mod tests {
             .upload(&image, "b", &made, &lines, &cancel)
             .await
             .unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(&bundle_dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
         assert_eq!(
-            left,
+            names_in(&bundle_dir),
             [
                 "x.manifest.waiting",
                 "x.part.00.sent",

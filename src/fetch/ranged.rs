@@ -231,7 +231,7 @@ struct Ranged<'a> {
 }
 
 impl Fetcher {
-    /// Downloads `url` over [`Fetcher::with_connections`] ranges at once; `None` when the
+    /// Downloads `url` in pieces over [`Fetcher::with_connections`] connections; `None` when the
     /// upstream does not answer ranges (the partial file then holds its contiguous prefix only,
     /// for one stream to resume).
     pub(super) async fn download_ranges(
