@@ -158,16 +158,21 @@ async fn every_connection_of_a_ranged_download_draws_from_the_same_bucket() {
                 .unwrap()
         })
     };
+    let started = Instant::now();
     let large = download("large", LARGE);
     let small = download("small", SMALL);
     let total = (LARGE + SMALL) as u64;
-    let samples = sample_until(&env.store, async |sent| sent >= total).await;
     large.await.unwrap();
     small.await.unwrap();
     let ranges = env.served("/files/large/image");
-    assert_eq!(ranges.len(), 4, "ranged: {ranges:?}");
+    // 72 MiB in `limits::DOWNLOAD_PIECE_BYTES` pieces: four of 16 MiB and one of 8.
+    assert_eq!(ranges.len(), 5, "ranged: {ranges:?}");
+    assert!(ranges.iter().all(|r| r.status == 206), "ranged: {ranges:?}");
+    // Timed whole at the proxy's end: fake-store's count of bytes sent runs ahead of what the
+    // proxy has taken by what the sockets hold, and that lead shrinks as the pieces run out
+    // (the last piece is one connection's), which skews a rate read off it between two shares.
     assert_near(
-        samples.rate_between(total, 0.25, 0.9),
+        total as f64 / started.elapsed().as_secs_f64(),
         CAP,
         "ranged and one stream",
     );
