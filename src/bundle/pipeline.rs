@@ -358,11 +358,6 @@ mod tests {
         );
     }
 
-    struct Quiet;
-    impl BundleSink for Quiet {
-        fn step(&self, _: Step) {}
-    }
-
     /// Two gzip members: the trailer tells only the second one's size, so the first pass fails
     /// its size check and the image is measured and bundled again, correctly.
     #[test]
@@ -390,7 +385,8 @@ mod tests {
         assert!(hint.guessed);
         assert_ne!(hint.size, Some((first.len() + second.len()) as u64));
         let out = dir.path().join("bundle");
-        let bundle = bundle_quietly(&artifact, dir.path(), 2).unwrap();
+        let bundle =
+            crate::testing::bundle_quietly(&artifact, dir.path(), "bundle", 2, false).unwrap();
         assert_eq!(bundle.size, (first.len() + second.len()) as u64);
         let parts = std::fs::read_dir(&out).unwrap().count();
         assert_eq!(parts, bundle.parts.len() + 1, "parts and the manifest only");
@@ -417,7 +413,7 @@ mod tests {
         std::fs::write(&source, &tarball).unwrap();
         let image = machine_image(&source, Compression::None, Packing::Tar, "refused-image");
         let out = dir.path().join("bundle");
-        let refused = bundle_quietly(&image, dir.path(), 1);
+        let refused = crate::testing::bundle_quietly(&image, dir.path(), "bundle", 1, false);
         assert!(
             matches!(refused, Err(BundleError::Unpack(_))),
             "{refused:?}"
@@ -461,27 +457,5 @@ mod tests {
             kernel_id: None,
             ramdisk_id: None,
         }
-    }
-
-    /// Bundles `image` into `<dir>/bundle` at level 1 on `threads`, with the fake cloud's keys.
-    fn bundle_quietly(
-        image: &SourceImage<'_>,
-        dir: &Path,
-        threads: usize,
-    ) -> Result<Bundle, BundleError> {
-        let keys = super::super::keys::fake_cloud_keys(&dir.join("keys")).unwrap();
-        let settings = GzipSettings {
-            level: 1,
-            threads,
-            recompress: false,
-        };
-        bundle_artifact(
-            image,
-            &keys,
-            &dir.join("bundle"),
-            settings,
-            &Quiet,
-            &CancellationToken::new(),
-        )
     }
 }

@@ -355,14 +355,9 @@ fn every_refusal_is_one_line() {
 /// with `--recompress`, at level 1 on 2 threads.
 /// An error comes back as its line, the temporary directory's path said as `DIR`.
 fn bundle_through_pipeline(upstream: &[u8], recompress: bool) -> Result<Bundle, String> {
-    struct Quiet;
-    impl super::super::BundleSink for Quiet {
-        fn step(&self, _: crate::status::Step) {}
-    }
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("disk.img.gz");
     std::fs::write(&source, upstream).unwrap();
-    let keys = super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
     let image = SourceImage {
         kind: crate::catalog::model::FileKind::Image,
         path: &source,
@@ -376,19 +371,7 @@ fn bundle_through_pipeline(upstream: &[u8], recompress: bool) -> Result<Bundle, 
         arriving: None,
         trailer_isize: None,
     };
-    let gzip = GzipSettings {
-        level: 1,
-        threads: 2,
-        recompress,
-    };
-    let bundle = super::super::bundle_artifact(
-        &image,
-        &keys,
-        &dir.path().join("bundle"),
-        gzip,
-        &Quiet,
-        &tokio_util::sync::CancellationToken::new(),
-    );
+    let bundle = crate::testing::bundle_quietly(&image, dir.path(), "bundle", 2, recompress);
     if let Ok(bundle) = &bundle {
         let files = std::fs::read_dir(dir.path().join("bundle"))
             .unwrap()

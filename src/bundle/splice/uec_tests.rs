@@ -459,16 +459,11 @@ fn a_tarball_unpack_refuses_is_refused_with_unpack_s_error() {
 /// and a tarball the splicer will not take is recompressed.
 #[test]
 fn the_pipeline_splices_a_uec_tarball_and_recompresses_what_it_cannot() {
-    struct Quiet;
-    impl super::super::super::BundleSink for Quiet {
-        fn step(&self, _: crate::status::Step) {}
-    }
     let dir = tempfile::tempdir().unwrap();
     let files = uec_files(6 << 20, 90);
     let good = gnu_tar_gz(dir.path(), &files, 9);
     let mut garbage = good.clone();
     garbage.extend(b"trailing");
-    let keys = super::super::super::keys::fake_cloud_keys(&dir.path().join("keys")).unwrap();
     let bundle = |upstream: &[u8], recompress: bool, out: &str| {
         let source: PathBuf = dir.path().join(format!("{out}.tar.gz"));
         std::fs::write(&source, upstream).unwrap();
@@ -485,20 +480,7 @@ fn the_pipeline_splices_a_uec_tarball_and_recompresses_what_it_cannot() {
             arriving: None,
             trailer_isize: None,
         };
-        let gzip = GzipSettings {
-            level: 1,
-            threads: 2,
-            recompress,
-        };
-        super::super::super::bundle_artifact(
-            &image,
-            &keys,
-            &dir.path().join(out),
-            gzip,
-            &Quiet,
-            &tokio_util::sync::CancellationToken::new(),
-        )
-        .unwrap()
+        crate::testing::bundle_quietly(&image, dir.path(), out, 2, recompress).unwrap()
     };
     let spliced = bundle(&good, false, "spliced");
     let recompressed = bundle(&good, true, "recompressed");
