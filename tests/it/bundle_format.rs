@@ -30,13 +30,7 @@ fn a_machine_image_bundle_opens_with_openssl_gzip_and_tar() {
     let (keys, [user_key, user_cert, cloud_key, _]) = keys(dir.path());
     // Disk-image-like bytes, then enough noise (which gzip cannot shrink) for three parts.
     let mut image = common::image_bytes(7, 3_000_001);
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    image.extend((0..2 * PART_SIZE as usize + 123).map(|_| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state as u8
-    }));
+    image.extend(common::noise(0x9E37_79B9, 2 * PART_SIZE as usize + 123));
     let out = dir.path().join("bundle");
     std::fs::create_dir_all(&out).unwrap();
     let spec = BundleSpec {
@@ -207,23 +201,12 @@ fn an_image_shorter_or_longer_than_declared_is_refused() {
 /// digest are those of the same image bundled with `--recompress`.
 #[test]
 fn a_spliced_bundle_opens_with_openssl_gzip_and_python_tarfile_as_the_recompressed_one_does() {
-    use image_store_proxy::bundle::{BundleSink, SourceImage};
+    use image_store_proxy::bundle::SourceImage;
     use image_store_proxy::catalog::model::{Compression, Packing};
-    use image_store_proxy::status::Step;
-    struct Quiet;
-    impl BundleSink for Quiet {
-        fn step(&self, _: Step) {}
-    }
     let dir = tempfile::tempdir().unwrap();
     let (keys, [user_key, user_cert, cloud_key, _]) = keys(dir.path());
     let mut image = common::image_bytes(17, 4_000_003);
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    image.extend((0..PART_SIZE as usize + 4321).map(|_| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state as u8
-    }));
+    image.extend(common::noise(0x2545_F491, PART_SIZE as usize + 4321));
     let upstream = openssl::run("gzip", &["-6", "-c"], Some(&image));
     let source = dir.path().join("disk.img.gz");
     std::fs::write(&source, &upstream).unwrap();
@@ -241,20 +224,7 @@ fn a_spliced_bundle_opens_with_openssl_gzip_and_python_tarfile_as_the_recompress
             arriving: None,
             trailer_isize: None,
         };
-        let gzip = GzipSettings {
-            level: 1,
-            threads: 2,
-            recompress,
-        };
-        bundle::bundle_artifact(
-            &image,
-            &keys,
-            &dir.path().join(out),
-            gzip,
-            &Quiet,
-            &tokio_util::sync::CancellationToken::new(),
-        )
-        .unwrap()
+        common::bundle_at_level_1(&image, &keys, &dir.path().join(out), recompress)
     };
     let spliced = bundle_with(false, "spliced");
     let recompressed = bundle_with(true, "recompressed");
@@ -363,13 +333,8 @@ fn semi_compressible(seed: u64, len: usize) -> Vec<u8> {
 /// it is the upstream's level-9 data, not a level-1 recompression.
 #[test]
 fn a_uec_tarball_s_spliced_image_opens_with_openssl_gzip_and_python_tarfile() {
-    use image_store_proxy::bundle::{BundleSink, SourceImage};
+    use image_store_proxy::bundle::SourceImage;
     use image_store_proxy::catalog::model::{Compression, Packing};
-    use image_store_proxy::status::Step;
-    struct Quiet;
-    impl BundleSink for Quiet {
-        fn step(&self, _: Step) {}
-    }
     let dir = tempfile::tempdir().unwrap();
     let (keys, [user_key, user_cert, _, _]) = keys(dir.path());
     let files = dir.path().join("files");
@@ -412,20 +377,7 @@ fn a_uec_tarball_s_spliced_image_opens_with_openssl_gzip_and_python_tarfile() {
             arriving: None,
             trailer_isize: None,
         };
-        let gzip = GzipSettings {
-            level: 1,
-            threads: 2,
-            recompress,
-        };
-        bundle::bundle_artifact(
-            &image,
-            &keys,
-            &dir.path().join(out),
-            gzip,
-            &Quiet,
-            &tokio_util::sync::CancellationToken::new(),
-        )
-        .unwrap()
+        common::bundle_at_level_1(&image, &keys, &dir.path().join(out), recompress)
     };
     let spliced = bundle_with(false, "spliced");
     let recompressed = bundle_with(true, "recompressed");

@@ -887,15 +887,9 @@ pub(crate) fn compressed_stream_heads(qcow2: &Path) -> Vec<Vec<u8>> {
 /// clusters' own deflate bits are in it.
 #[test]
 fn a_compressed_disk_bundles_spliced_as_qemu_s_raw_disk_recompressed() {
-    use image_store_proxy::bundle::gzip::GzipSettings;
-    use image_store_proxy::bundle::{self, BundleSink, SourceImage};
-    use image_store_proxy::status::Step;
+    use image_store_proxy::bundle::{self, SourceImage};
     if !have_qemu_img("a_compressed_disk_bundles_spliced_as_qemu_s_raw_disk_recompressed") {
         return;
-    }
-    struct Quiet;
-    impl BundleSink for Quiet {
-        fn step(&self, _: Step) {}
     }
     let dir = tempfile::tempdir().unwrap();
     let keys_dir = dir.path().join("keys");
@@ -944,24 +938,11 @@ fn a_compressed_disk_bundles_spliced_as_qemu_s_raw_disk_recompressed() {
                 kernel_id: None,
                 ramdisk_id: None,
             };
-            let gzip = GzipSettings {
-                level: 1,
-                threads: 2,
-                recompress,
-            };
             let out = dir.path().join(format!(
                 "{cluster_size}-{}",
                 if recompress { "r" } else { "s" }
             ));
-            bundle::bundle_artifact(
-                &image,
-                &keys,
-                &out,
-                gzip,
-                &Quiet,
-                &tokio_util::sync::CancellationToken::new(),
-            )
-            .unwrap()
+            common::bundle_at_level_1(&image, &keys, &out, recompress)
         };
         let spliced = bundle_with(false);
         let recompressed = bundle_with(true);

@@ -653,3 +653,31 @@ pub fn simplestreams_tool(name: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED: {missing}");
     None
 }
+
+/// Bundles `image` into `out` at level 1 on 2 threads with `keys` (spliced, or with
+/// `--recompress`), telling nobody of its steps.
+pub fn bundle_at_level_1(
+    image: &image_store_proxy::bundle::SourceImage<'_>,
+    keys: &image_store_proxy::bundle::keys::BundleKeys,
+    out: &Path,
+    recompress: bool,
+) -> image_store_proxy::bundle::Bundle {
+    struct Quiet;
+    impl image_store_proxy::bundle::BundleSink for Quiet {
+        fn step(&self, _: image_store_proxy::status::Step) {}
+    }
+    let gzip = image_store_proxy::bundle::gzip::GzipSettings {
+        level: 1,
+        threads: 2,
+        recompress,
+    };
+    image_store_proxy::bundle::bundle_artifact(
+        image,
+        keys,
+        out,
+        gzip,
+        &Quiet,
+        &CancellationToken::new(),
+    )
+    .unwrap()
+}
