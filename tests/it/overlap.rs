@@ -118,6 +118,19 @@ async fn first_part_put(moto: &Moto, env: &TestEnv) -> Vec<String> {
     }
 }
 
+/// Installs `uri` with its image file (`file`) cut once at 15 MiB (the proxy's retry delay makes
+/// the pause in which a part goes up, held by the peer, not by a pace), cancels once a part is
+/// sent, and waits until the install is back to uninstalled with no error.
+async fn cancel_once_a_part_is_sent(env: &TestEnv, uri: &str, file: &str) {
+    env.store
+        .inject(file, fake_store::Fault::DropAfter(15 << 20), Some(1));
+    env.act(uri, "install").await;
+    first_part_sent(env, uri).await;
+    env.act(uri, "cancel").await;
+    let state: Value = env.wait_for_status(uri, "uninstalled").await;
+    assert!(state.get("error-message").is_none(), "{state}");
+}
+
 /// Polls the proxy (cheap, unlike moto's recorder) until its one overlapped line says a part was
 /// sent (moto answered its PUT); returns that state.
 async fn first_part_sent(env: &TestEnv, uri: &str) -> Value {
@@ -310,16 +323,7 @@ async fn cancelled_during_the_overlap_nothing_is_registered_and_the_next_install
     // goes up in that pause, held by the peer, not by a pace.
     let (moto, env) = start(dir.path(), Some(60_000)).await;
     let uri = env.image_uri(SET);
-    env.store.inject(
-        "files/big/image",
-        fake_store::Fault::DropAfter(15 << 20),
-        Some(1),
-    );
-    env.act(&uri, "install").await;
-    first_part_sent(&env, &uri).await;
-    env.act(&uri, "cancel").await;
-    let state: Value = env.wait_for_status(&uri, "uninstalled").await;
-    assert!(state.get("error-message").is_none(), "{state}");
+    cancel_once_a_part_is_sent(&env, &uri, "files/big/image").await;
     let puts = moto.object_puts();
     assert!(
         !puts.iter().any(|p| p.ends_with(".manifest.xml")),
@@ -656,16 +660,7 @@ async fn a_paravirtual_install_cancelled_during_the_overlap_registers_nothing() 
     let dir = tempfile::tempdir().unwrap();
     let (moto, env) = start(dir.path(), Some(60_000)).await;
     let uri = env.image_uri(PV_SET);
-    env.store.inject(
-        "files/pv/image",
-        fake_store::Fault::DropAfter(15 << 20),
-        Some(1),
-    );
-    env.act(&uri, "install").await;
-    first_part_sent(&env, &uri).await;
-    env.act(&uri, "cancel").await;
-    let state: Value = env.wait_for_status(&uri, "uninstalled").await;
-    assert!(state.get("error-message").is_none(), "{state}");
+    cancel_once_a_part_is_sent(&env, &uri, "files/pv/image").await;
     assert!(moto.registrations().is_empty(), "nothing registered");
     let puts = moto.object_puts();
     assert!(
