@@ -118,6 +118,16 @@ async fn first_part_put(moto: &Moto, env: &TestEnv) -> Vec<String> {
     }
 }
 
+/// Installs `uri` slowly enough that a part goes up into moto before the download ends, then at
+/// full speed to its end; returns the error the install failed with.
+async fn failure_after_a_part_went_up(moto: &Moto, env: &TestEnv, uri: &str) -> String {
+    env.store.faults().bytes_per_second = Some(SLOW);
+    env.act(uri, "install").await;
+    first_part_put(moto, env).await;
+    env.store.faults().bytes_per_second = None;
+    failure(env, uri).await
+}
+
 /// Installs `uri` with its image file (`file`) cut once at 15 MiB (the proxy's retry delay makes
 /// the pause in which a part goes up, held by the peer, not by a pace), cancels once a part is
 /// sent, and waits until the install is back to uninstalled with no error.
@@ -251,11 +261,7 @@ async fn a_file_whose_signature_fails_after_its_parts_were_uploaded_leaves_no_ma
         &image,
         &env.images.join(SET).join("image.asc"),
     );
-    env.store.faults().bytes_per_second = Some(SLOW);
-    env.act(&uri, "install").await;
-    first_part_put(&moto, &env).await;
-    env.store.faults().bytes_per_second = None;
-    let error = failure(&env, &uri).await;
+    let error = failure_after_a_part_went_up(&moto, &env, &uri).await;
     assert!(
         error.starts_with(
             "Failure encountered while: Verifying machine image signature: made by a key not in the keyring"
@@ -281,11 +287,7 @@ async fn a_download_with_the_wrong_sha256_during_the_overlap_leaves_nothing_regi
         fake_store::Fault::Corrupt { offset: 20 << 20 },
         None,
     );
-    env.store.faults().bytes_per_second = Some(SLOW);
-    env.act(&uri, "install").await;
-    first_part_put(&moto, &env).await;
-    env.store.faults().bytes_per_second = None;
-    let error = failure(&env, &uri).await;
+    let error = failure_after_a_part_went_up(&moto, &env, &uri).await;
     assert!(error.contains("SHA-256 mismatch"), "{error}");
     let (puts, deletes) = assert_taken_back(&moto);
     println!(
@@ -306,11 +308,7 @@ async fn a_download_that_comes_up_short_during_the_overlap_leaves_nothing_regist
         .open(&image)
         .unwrap();
     file.set_len((SIZE - (3 << 20)) as u64).unwrap();
-    env.store.faults().bytes_per_second = Some(SLOW);
-    env.act(&uri, "install").await;
-    first_part_put(&moto, &env).await;
-    env.store.faults().bytes_per_second = None;
-    let error = failure(&env, &uri).await;
+    let error = failure_after_a_part_went_up(&moto, &env, &uri).await;
     assert!(error.contains("Downloading machine image"), "{error}");
     let (puts, deletes) = assert_taken_back(&moto);
     println!("FIGURE overlap-short: {error:?}; {puts} part PUTs, {deletes} DELETEs; nothing left");
