@@ -278,7 +278,7 @@ impl Fetcher {
             growth,
         };
         ranged.write_record()?;
-        let outcome = ranged.run(self, self.connections, progress, cancel).await;
+        let outcome = ranged.run(self, progress, cancel).await;
         match outcome {
             Ok(Some(digest)) => {
                 std::fs::remove_file(&record_path).map_err(|source| FetchError::Disk {
@@ -353,7 +353,6 @@ impl Ranged<'_> {
     async fn run(
         &self,
         fetcher: &Fetcher,
-        connections: usize,
         progress: &(dyn Fn(u64) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<Option<Sha256>, FetchError> {
@@ -408,7 +407,7 @@ impl Ranged<'_> {
             }
             Ok::<_, FetchError>(())
         };
-        let connections = (0..connections).map(|_| connection());
+        let connections = (0..fetcher.connections).map(|_| connection());
         let (_, hasher) = tokio::try_join!(
             futures_util::future::try_join_all(connections),
             self.follow(cancel)
