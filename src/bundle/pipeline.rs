@@ -48,6 +48,9 @@ pub fn bundle_artifact(
             path: dir.to_owned(),
             source,
         })?;
+        // A bundle is made whole under a fresh AES key: what an earlier, cut one left of its
+        // parts (and the records of those the cloud has) names bytes this one will not hold.
+        remove_parts(dir, image.prefix);
         let hint = size_hint(image)?;
         let first = bundle_pass(image, keys, dir, gzip, hint.size, sink, cancel);
         match first {
@@ -125,6 +128,7 @@ fn smallest_plausible_size(isize: u32, compressed: u64) -> u64 {
     size
 }
 
+/// Removes `prefix`'s parts from `dir`, and the records of those sent.
 fn remove_parts(dir: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

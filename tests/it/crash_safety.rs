@@ -470,8 +470,19 @@ async fn killed_mid_download_while_parts_go_up_the_download_resumes_and_register
     let manifests = puts.iter().filter(|p| p.ends_with(".manifest.xml")).count();
     assert_eq!(manifests, 1, "{puts:?}");
     assert!(puts.last().unwrap().ends_with(".manifest.xml"), "{puts:?}");
+    // Every part in the bucket is the new bundle's: none is left from the bundle the kill cut.
+    let opened = moto.open_bundle(
+        &bucket_of(&puts[0]),
+        BIG_PREFIX,
+        &env.dir.path().join("credentials/user-pk.pem"),
+        dir.path(),
+    );
+    assert!(
+        opened.image == std::fs::read(env.images.join(BIG_SET).join("image")).unwrap(),
+        "the registered bundle holds the image"
+    );
     println!(
-        "FIGURE overlap-mid-download: killed at {} with {before:?} in moto and {had} of          {BIG_SIZE} bytes on disk; resumed with Range: bytes={had}-; object PUTs in all {}          (the cut bundle's parts sent again), the manifest once; {} RegisterImage",
+        "FIGURE overlap-mid-download: killed at {} with {before:?} in moto and {had} of {BIG_SIZE} bytes on disk; resumed with Range: bytes={had}-; object PUTs in all {} (the cut bundle's parts sent again), the manifest once; {} RegisterImage",
         at_kill["status-detail"],
         puts.len(),
         moto.registrations().len()
@@ -511,7 +522,7 @@ async fn killed_after_the_last_part_before_verification_nothing_is_fetched_or_se
     let fetched = env.served("/files/big/image").len();
     assert_eq!(fetched, 1, "the image is not fetched again");
     println!(
-        "FIGURE overlap-after-last-part: killed at {} with {before:?} in moto and no manifest;          after the restart object PUTs in all {} (the manifest only); image fetched {fetched}          time; {} RegisterImage",
+        "FIGURE overlap-after-last-part: killed at {} with {before:?} in moto and no manifest; after the restart object PUTs in all {} (the manifest only); image fetched {fetched} time; {} RegisterImage",
         at_kill["status-detail"],
         puts.len(),
         moto.registrations().len()

@@ -295,7 +295,7 @@ impl image_store_proxy::publish::Progress for NoProgress {
 /// An HVM qcow2 disk published through the real Eucalyptus client: moto records a RegisterImage
 /// with `VirtualizationType=hvm`, no kernel or ramdisk and the stream identity as its Description
 /// (cut at 255 characters); the parts fetched back from moto, decrypted by openssl with the key
-/// and IV from the manifest, gunzipped by gzip and read by Python's `tarfile` are byte for byte
+/// and IV from the manifest, gunzipped by gzip and untarred by tar are byte for byte
 /// what `qemu-img convert -O raw` makes of the disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hvm_qcow2_disk_lands_in_moto_as_qemu_s_raw_disk_registered_hvm_with_its_description() {
@@ -392,52 +392,16 @@ async fn an_hvm_qcow2_disk_lands_in_moto_as_qemu_s_raw_disk_registered_hvm_with_
         "image-store-1/noble-20240725-image.manifest.xml"
     );
 
-    // The parts as moto holds them, opened with openssl, gzip and Python's tarfile.
-    let landed = dir.path().join("landed");
-    moto.check(&["download", "image-store-1", landed.to_str().unwrap()]);
-    let manifest =
-        std::fs::read_to_string(landed.join("noble-20240725-image.manifest.xml")).unwrap();
-    let user_key = dir.path().join("credentials/user-pk.pem");
-    let scratch = dir.path().join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let key = openssl::unwrap_hex(
-        &scratch,
-        &user_key,
-        openssl::element(&manifest, "user_encrypted_key"),
+    // The parts as moto holds them, opened with openssl, gzip and tar.
+    let opened = moto.open_bundle(
+        "image-store-1",
+        "noble-20240725-image",
+        &dir.path().join("credentials/user-pk.pem"),
+        dir.path(),
     );
-    let iv = openssl::unwrap_hex(
-        &scratch,
-        &user_key,
-        openssl::element(&manifest, "user_encrypted_iv"),
-    );
-    let mut encrypted = Vec::new();
-    for part in openssl::part_names(&manifest) {
-        encrypted.extend(std::fs::read(landed.join(part)).unwrap());
-    }
-    let compressed = openssl::run(
-        "openssl",
-        &["enc", "-d", "-aes-128-cbc", "-K", &key, "-iv", &iv],
-        Some(&encrypted),
-    );
-    let tar = scratch.join("image.tar");
-    std::fs::write(&tar, openssl::run("gzip", &["-dc"], Some(&compressed))).unwrap();
-    let untarred = scratch.join("image.raw");
-    openssl::run(
-        "python3",
-        &[
-            "-c",
-            "import sys, tarfile\n\
-             with tarfile.open(sys.argv[1]) as t:\n\
-             \x20   [m] = t.getmembers()\n\
-             \x20   assert m.name == 'noble-20240725-image' and m.isfile(), m\n\
-             \x20   open(sys.argv[2], 'wb').write(t.extractfile(m).read())",
-            tar.to_str().unwrap(),
-            untarred.to_str().unwrap(),
-        ],
-        None,
-    );
+    assert_eq!(opened.member, "noble-20240725-image");
     assert!(
-        std::fs::read(&untarred).unwrap() == std::fs::read(&qemu_raw).unwrap(),
+        opened.image == std::fs::read(&qemu_raw).unwrap(),
         "the registered bundle holds qemu-img's raw disk"
     );
 }

@@ -139,7 +139,6 @@ impl Moto {
             .clone()
     }
 
-    /// The RegisterImage calls moto received.
     /// Object PUTs moto received (bucket creation excluded), by path, in order.
     pub fn object_puts(&self) -> Vec<String> {
         self.requests()
@@ -150,11 +149,32 @@ impl Moto {
             .collect()
     }
 
+    /// The RegisterImage calls moto received.
     pub fn registrations(&self) -> Vec<Value> {
         self.requests()
             .into_iter()
             .filter(|r| r["params"]["Action"] == "RegisterImage")
             .collect()
+    }
+
+    /// The bundle `prefix` as moto holds it in `bucket`: every object fetched back by boto3 into
+    /// `dir/landed`, then opened with the standard tools as the cloud opens it, the AES key
+    /// unwrapped with `user_key` (`openssl::open_bundle`).
+    pub fn open_bundle(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        user_key: &Path,
+        dir: &Path,
+    ) -> super::openssl::Opened {
+        let landed = dir.join("landed");
+        self.check(&["download", bucket, landed.to_str().unwrap()]);
+        super::openssl::open_bundle(
+            &landed.join(format!("{prefix}.manifest.xml")),
+            user_key,
+            super::openssl::WrappedFor::User,
+            &dir.join("scratch"),
+        )
     }
 
     /// Switches the fault injector in front of moto (see `moto_peer.py`).
