@@ -150,6 +150,21 @@ fn assert_each_put_once(puts: &[String]) -> usize {
     seen.len()
 }
 
+/// The big image's bundle, as moto holds it in `bucket`, opens with the standard tools to the
+/// image fake-store serves: every part is of the bundle its manifest describes.
+fn assert_bucket_holds_the_big_image(moto: &Moto, env: &TestEnv, bucket: &str, dir: &Path) {
+    let opened = moto.open_bundle(
+        bucket,
+        BIG_PREFIX,
+        &env.dir.path().join("credentials/user-pk.pem"),
+        dir,
+    );
+    assert!(
+        opened.image == std::fs::read(env.images.join(BIG_SET).join("image")).unwrap(),
+        "the registered bundle holds the image"
+    );
+}
+
 /// How many times fake-store served each of karmic's files (signatures excluded).
 fn karmic_fetches(env: &TestEnv) -> [usize; 3] {
     [
@@ -380,6 +395,7 @@ async fn killed_between_part_uploads_the_parts_already_uploaded_are_not_sent_aga
         "after the restart only part 2 and then the manifest: {puts:?}"
     );
     assert_each_put_once(&puts);
+    assert_bucket_holds_the_big_image(&moto, &env, &bucket, dir.path());
     let heads = moto
         .requests()
         .into_iter()
@@ -471,16 +487,7 @@ async fn killed_mid_download_while_parts_go_up_the_download_resumes_and_register
     assert_eq!(manifests, 1, "{puts:?}");
     assert!(puts.last().unwrap().ends_with(".manifest.xml"), "{puts:?}");
     // Every part in the bucket is the new bundle's: none is left from the bundle the kill cut.
-    let opened = moto.open_bundle(
-        &bucket_of(&puts[0]),
-        BIG_PREFIX,
-        &env.dir.path().join("credentials/user-pk.pem"),
-        dir.path(),
-    );
-    assert!(
-        opened.image == std::fs::read(env.images.join(BIG_SET).join("image")).unwrap(),
-        "the registered bundle holds the image"
-    );
+    assert_bucket_holds_the_big_image(&moto, &env, &bucket_of(&puts[0]), dir.path());
     println!(
         "FIGURE overlap-mid-download: killed at {} with {before:?} in moto and {had} of {BIG_SIZE} bytes on disk; resumed with Range: bytes={had}-; object PUTs in all {} (the cut bundle's parts sent again), the manifest once; {} RegisterImage",
         at_kill["status-detail"],
