@@ -26,7 +26,7 @@
 use crate::bundle::gzip::GzipSettings;
 use crate::bundle::{self, Bundle, BundleSink, Part, SourceImage};
 use crate::catalog::model::{Compression, FileKind, Packing, Virtualization};
-use crate::cloud::{Cloud, CloudError, Registration, with_retries};
+use crate::cloud::{Cloud, CloudError, Registration, Sent, with_retries};
 use crate::fetch::RetryPolicy;
 use crate::limits;
 use crate::pause;
@@ -267,8 +267,8 @@ impl Publisher {
         let dir = self.bundles.join(bucket).join(&artifact.name);
         let manifest = bundle::manifest_name(&artifact.name);
         let location = format!("{bucket}/{manifest}");
-        let bundle = match self.bundle_on_disk(artifact, &dir)? {
-            Some(bundle) => bundle,
+        let (bundle, sent_earlier) = match self.bundle_on_disk(artifact, &dir)? {
+            Some(bundle) => (bundle, Sent::Maybe),
             None => {
                 // No bundle on disk: none was made yet, or an earlier run uploaded, registered
                 // and removed it, then stopped before the installer recorded the id. Only in the
@@ -291,10 +291,10 @@ impl Publisher {
                         return Ok(Staged::Registered(Published { image_id, location }));
                     }
                 }
-                self.bundle(artifact, &dir, progress, cancel)?
+                (self.bundle(artifact, &dir, progress, cancel)?, Sent::Never)
             }
         };
-        self.upload(artifact, bucket, &bundle, progress, cancel)
+        self.upload(artifact, bucket, &bundle, sent_earlier, progress, cancel)
             .await?;
         Ok(Staged::Uploaded(Uploaded {
             bundle,
@@ -496,7 +496,13 @@ impl Publisher {
         );
         let bucket = self.cloud.bucket(&artifact.bucket);
         self.cloud
-            .put_object(bucket, &bundle.manifest_name, &bundle.manifest_path, cancel)
+            .put_object(
+                bucket,
+                &bundle.manifest_name,
+                &bundle.manifest_path,
+                Sent::Maybe,
+                cancel,
+            )
             .await?;
         self.register(artifact, &bundle, &dir, location, progress, cancel)
             .await
@@ -590,6 +596,11 @@ impl Publisher {
                 }))
             }
         };
+        let sent_earlier = if on_disk.is_some() {
+            Sent::Maybe
+        } else {
+            Sent::Never
+        };
         let mut pending = std::collections::VecDeque::new();
         let mut in_air = futures_util::stream::FuturesUnordered::new();
         let mut bundle = None;
@@ -605,7 +616,7 @@ impl Publisher {
                 let cancel = cancel.clone();
                 in_air.push(async move {
                     let part: Part = part;
-                    put_part(&*cloud, &bucket, &part, &cancel)
+                    put_part(&*cloud, &bucket, &part, sent_earlier, &cancel)
                         .await
                         .map(|_| part.file_name)
                 });
@@ -681,6 +692,7 @@ impl Publisher {
         artifact: &Artifact,
         bucket: &str,
         bundle: &Bundle,
+        sent_earlier: Sent,
         progress: &dyn Progress,
         cancel: &CancellationToken,
     ) -> Result<(), CloudError> {
@@ -702,7 +714,7 @@ impl Publisher {
         let puts: Vec<_> = bundle
             .parts
             .iter()
-            .map(|part| put_part(cloud, bucket, part, cancel))
+            .map(|part| put_part(cloud, bucket, part, sent_earlier, cancel))
             .collect();
         let mut puts = futures_util::stream::iter(puts).buffer_unordered(self.upload_concurrency);
         let mut sent = 0;
@@ -722,7 +734,13 @@ impl Publisher {
         }
         progress.report(Step::UploadingManifest { kind }, size);
         cloud
-            .put_object(bucket, &bundle.manifest_name, &bundle.manifest_path, cancel)
+            .put_object(
+                bucket,
+                &bundle.manifest_name,
+                &bundle.manifest_path,
+                sent_earlier,
+                cancel,
+            )
             .await?;
         Ok(())
     }
@@ -735,13 +753,14 @@ async fn put_part(
     cloud: &dyn Cloud,
     bucket: &str,
     part: &Part,
+    sent: Sent,
     cancel: &CancellationToken,
 ) -> Result<(), CloudError> {
     if bundle::is_sent(part) {
         return Ok(());
     }
     cloud
-        .put_object(bucket, &part.file_name, &part.path, cancel)
+        .put_object(bucket, &part.file_name, &part.path, sent, cancel)
         .await?;
     bundle::part_sent(part).map_err(|source| CloudError::Local {
         action: "writing",
@@ -1046,6 +1065,7 @@ mod tests {
             _: &'a str,
             key: &'a str,
             _: &'a Path,
+            _: Sent,
             _: &'a CancellationToken,
         ) -> crate::cloud::CloudFuture<'a, bool> {
             use std::sync::atomic::Ordering::SeqCst;
@@ -1155,6 +1175,7 @@ mod tests {
                     &artifact(),
                     "b",
                     &bundle_of(&parts_dir, 9),
+                    Sent::Never,
                     &lines,
                     &CancellationToken::new(),
                 )
@@ -1202,6 +1223,7 @@ mod tests {
                 &artifact(),
                 "b",
                 &bundle_of(dir.path(), 9),
+                Sent::Never,
                 &Lines::default(),
                 &CancellationToken::new(),
             )
@@ -1228,6 +1250,7 @@ mod tests {
                 &artifact(),
                 "b",
                 &bundle_of(dir.path(), 9),
+                Sent::Never,
                 &Lines::default(),
                 &cancel,
             )
@@ -1274,7 +1297,7 @@ mod tests {
         let publisher = Publisher::new(cloud.clone(), dir.path());
         let lines = Lines::default();
         publisher
-            .upload(&image, "b", &made, &lines, &cancel)
+            .upload(&image, "b", &made, Sent::Never, &lines, &cancel)
             .await
             .unwrap();
         assert_eq!(
@@ -1292,7 +1315,7 @@ mod tests {
         assert_eq!(sizes(&again), sizes(&made));
         assert_eq!(again.bundled_size, made.bundled_size);
         publisher
-            .upload(&image, "b", &again, &Lines::default(), &cancel)
+            .upload(&image, "b", &again, Sent::Maybe, &Lines::default(), &cancel)
             .await
             .unwrap();
         let landed = cloud.landed.lock().unwrap().clone();

@@ -8,7 +8,7 @@ use super::aws::{self, Endpoint};
 use super::credentials::CloudCredentials;
 use super::ec2::Ec2;
 use super::s3::S3;
-use super::{AttemptFuture, Cloud, CloudError, CloudFuture, Registration};
+use super::{AttemptFuture, Cloud, CloudError, CloudFuture, Registration, Sent};
 use crate::bundle::keys::BundleKeys;
 use crate::fetch::RetryPolicy;
 use std::collections::HashSet;
@@ -105,9 +105,13 @@ impl Cloud for EucalyptusCloud {
         bucket: &'a str,
         key: &'a str,
         path: &'a Path,
+        sent: Sent,
         cancel: &'a CancellationToken,
     ) -> CloudFuture<'a, bool> {
-        Box::pin(self.s3.put_file_unless_present(bucket, key, path, cancel))
+        Box::pin(
+            self.s3
+                .put_file_unless_present(bucket, key, path, sent, cancel),
+        )
     }
 
     fn delete_object<'a>(

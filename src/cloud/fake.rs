@@ -7,7 +7,9 @@
 //! in `<data-dir>/fake-cloud/keys/`, so the bundles can be decrypted with `openssl` as the cloud
 //! would. Nothing leaves the machine.
 
-use super::{AttemptFuture, Cloud, CloudError, CloudFuture, Failure, Registration, id_prefix};
+use super::{
+    AttemptFuture, Cloud, CloudError, CloudFuture, Failure, Registration, Sent, id_prefix,
+};
 use crate::bundle::keys::{self, BundleKeys};
 use crate::catalog::model::FileKind;
 use md5::Md5;
@@ -289,6 +291,7 @@ impl Cloud for FakeCloud {
         bucket: &'a str,
         key: &'a str,
         path: &'a Path,
+        _sent: Sent,
         _cancel: &'a CancellationToken,
     ) -> CloudFuture<'a, bool> {
         Box::pin(async move { on_disk(|| self.put_blocking(bucket, key, path)) })

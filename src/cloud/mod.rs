@@ -105,6 +105,17 @@ pub type CloudFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, CloudError>>
 /// ([`with_retries`]).
 pub type AttemptFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + 'a>>;
 
+/// Whether the bytes of a put may be in the cloud already, which decides if its first try
+/// looks before it leaps (every later try does: the cloud may have kept a try whose reply was lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Read back from disk: an earlier run may have sent them.
+    Maybe,
+    /// Made by this run under a fresh AES key and not tried yet: nobody can have sent them,
+    /// so asking first would cost a round trip per part for nothing.
+    Never,
+}
+
 /// A cloud that receives bundles: a transport, with no opinion on what to send.
 pub trait Cloud: Send + Sync {
     /// Names this cloud in `cloud_objects`, so a registration is reused only in the cloud that has it.
@@ -131,12 +142,14 @@ pub trait Cloud: Send + Sync {
     fn has_object<'a>(&'a self, bucket: &'a str, key: &'a str) -> CloudFuture<'a, bool>;
 
     /// Puts the file at `path` as `bucket/key`, unless an object with the same MD5 is already
-    /// there; counts the bytes sent (`metrics`). Returns whether bytes were sent.
+    /// there (asked before each try, but the first of a [`Sent::Never`]); counts the bytes sent
+    /// (`metrics`). Returns whether bytes were sent.
     fn put_object<'a>(
         &'a self,
         bucket: &'a str,
         key: &'a str,
         path: &'a Path,
+        sent: Sent,
         cancel: &'a CancellationToken,
     ) -> CloudFuture<'a, bool>;
 

@@ -56,8 +56,10 @@ async fn an_image_offered_by_fake_store_lands_registered_in_moto_through_the_ui_
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path());
     let env = env_with_cloud(&moto, "toml", ACCESS_KEY, SECRET, "2").await;
-    // Two part uploads fail with a 500 first: retried with backoff, not fatal.
-    moto.faults(json!({"s3_put_500": 2})).await;
+    // The first two part PUTs (the kernel's one part, twice) answer 500: retried with backoff,
+    // not fatal.
+    moto.faults(json!({"s3_put_500": 2, "s3_put_500_on": ".part."}))
+        .await;
 
     let karmic = env.image_uri("karmic");
     env.act(&karmic, "install").await;
@@ -106,6 +108,20 @@ async fn an_image_offered_by_fake_store_lands_registered_in_moto_through_the_ui_
             "{put}"
         );
     }
+
+    // Each bundle was made by this run under a fresh key: no part is looked for before its first
+    // PUT. A retry looks first (the cloud may have kept a try whose reply was lost).
+    let part_heads: Vec<String> = moto
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "HEAD")
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .filter(|path| path.contains(".part."))
+        .collect();
+    assert_eq!(
+        part_heads,
+        vec![format!("/{bucket}/ubuntu-server-amd64-9.10-kernel.part.00"); 2]
+    );
 
     // moto checks no V2 signature: botocore's signers recompute every one as the oracle, and a
     // wrong secret shows the check can fail.

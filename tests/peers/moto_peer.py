@@ -8,6 +8,8 @@ Faults: POST http://127.0.0.1:EC2PORT/_faults with a JSON body, e.g.
   {"ec2": "down"}            every EC2 call answers 500, nothing reaches moto
   {"ec2": "lose-register"}   RegisterImage reaches moto, but its reply is replaced by a 500
   {"s3_put_500": 2}          the next 2 S3 PUTs answer 500 without reaching moto
+  {"s3_put_500": 2, "s3_put_500_on": ".part."}
+                             the same, counting only PUTs whose path holds that text
   {"s3_hold_put": "part.01"} a PUT whose path holds that text is read, then never answered (it never
                              reaches moto) until the faults are next set: a client killed meanwhile
                              leaves that object unsent
@@ -132,6 +134,8 @@ def s3_faults(app):
         if environ["REQUEST_METHOD"] == "PUT":
             with LOCK:
                 left = FAULTS.get("s3_put_500", 0)
+                if FAULTS.get("s3_put_500_on", "") not in environ["PATH_INFO"]:
+                    left = 0
                 if left:
                     FAULTS["s3_put_500"] = left - 1
                 held = FAULTS.get("s3_hold_put")
