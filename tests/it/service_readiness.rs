@@ -272,3 +272,36 @@ fn sighup_reloads_and_a_broken_config_keeps_the_running_one() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
+
+/// The daemon runs with its malloc settings (`src/main.rs`: one arena, a fixed mmap threshold)
+/// under the process id it was started with, as systemd tracks it; a threshold its environment
+/// sets is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_restarts_itself_in_place_with_its_malloc_settings() {
+    fn environment(pid: u32) -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .map(|entry| String::from_utf8_lossy(entry).into_owned())
+            .filter(|entry| entry.starts_with("MALLOC_"))
+            .collect()
+    }
+    let mut env = common::TestEnv::start().await;
+    let pid = env.proxy.as_ref().unwrap().pid();
+    let mut settings = environment(pid);
+    settings.sort();
+    assert_eq!(
+        settings,
+        ["MALLOC_ARENA_MAX=1", "MALLOC_MMAP_THRESHOLD_=131072"]
+    );
+
+    env.kill_proxy();
+    env.proxy_env = vec![("MALLOC_MMAP_THRESHOLD_".into(), "262144".into())];
+    env.start_proxy();
+    let mut settings = environment(env.proxy.as_ref().unwrap().pid());
+    settings.sort();
+    assert_eq!(
+        settings,
+        ["MALLOC_ARENA_MAX=1", "MALLOC_MMAP_THRESHOLD_=262144"]
+    );
+}
