@@ -20,6 +20,8 @@
 //! - `raw` (d): the image uncompressed: it must be deflated, so the install's input rate against
 //!   single-core `deflate -6` on the same bytes. Target: ≥ 140 %.
 //!
+//! Before each timed run, the install's and its baseline's alike, the machine is settled: `sync`,
+//! and the upstream's files read into the page cache (`Upstream::settle`).
 //! Alternates RUNS times the install and its baseline and prints each run, the medians and the
 //! ratio, the install's status-line timeline, the proxy's CPU seconds per GiB of image and its
 //! peak RSS (VmHWM), and a table of what each stage alone costs on one core. RUNS 0 installs once
@@ -101,6 +103,33 @@ struct Upstream {
     files: Vec<UpstreamFile>,
     /// Clear-signed documents the shell pipeline checks (the simplestreams mirror's).
     signed_documents: Vec<String>,
+    /// The directory it serves.
+    set: PathBuf,
+}
+
+impl Upstream {
+    /// Run before each timed run, the install's and its baseline's alike, so that neither pays
+    /// for the other: `sync` writes back what the last run left dirty (an install's fsyncs would
+    /// otherwise wait on the shell pipeline's gigabytes), and the files served are read once,
+    /// so that each run fetches them from the page cache, not from the disk.
+    fn settle(&self) {
+        assert!(Command::new("sync").status().unwrap().success());
+        let mut dirs = vec![self.set.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    std::io::copy(
+                        &mut std::fs::File::open(&path).unwrap(),
+                        &mut std::io::sink(),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Upstream {
@@ -372,6 +401,7 @@ impl Bench {
                     format!("{base}/streams/v1/index.sjson"),
                     format!("{base}/streams/v1/com.ubuntu.cloud:released:download.sjson"),
                 ],
+                set: set.to_owned(),
             };
         }
         let (child, api) = support::start_and_read_url(
@@ -393,6 +423,7 @@ impl Bench {
             title: TITLE,
             files,
             signed_documents: Vec::new(),
+            set: set.to_owned(),
         }
     }
 
@@ -403,6 +434,7 @@ impl Bench {
     fn install(&self, upstream: &Upstream, config: Option<&Path>, name: &str) -> Install {
         let data = self.work.join(format!("proxy-{name}"));
         let _ = std::fs::remove_dir_all(&data);
+        upstream.settle();
         let kept_keys = self.work.join("fake-cloud-keys");
         if config.is_none() {
             if !kept_keys.exists() {
@@ -591,6 +623,8 @@ impl Bench {
     /// boto3 putting every file of `dir` (a fake cloud's bundle) into a new bucket of `moto`, 4
     /// at a time; seconds timed inside Python, from the first PUT to the last answer.
     fn boto3_upload(&self, moto: &support::Moto, dir: &Path) -> f64 {
+        // As `Upstream::settle`: the bundle the install just wrote goes to disk before the timing.
+        assert!(Command::new("sync").status().unwrap().success());
         let script = r#"
 import os, sys, time, boto3
 from concurrent.futures import ThreadPoolExecutor
@@ -637,6 +671,7 @@ print(time.monotonic() - started)
             .iter()
             .map(|f| format!("curl -sSf -o /dev/null '{}'\n", f.url))
             .collect();
+        upstream.settle();
         bash(&self.work, &script)
     }
 
@@ -645,6 +680,7 @@ print(time.monotonic() - started)
         let dir = self.work.join("shell");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        upstream.settle();
         let keyring = self.keyring.display();
         let bundle = |name: &str| {
             format!(
@@ -716,6 +752,7 @@ print(time.monotonic() - started)
         let len = file_len(&path);
         let mut rows: Vec<(String, f64, u64)> = Vec::new();
 
+        upstream.settle();
         let started = Instant::now();
         bash(
             &self.work,
