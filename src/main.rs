@@ -51,9 +51,10 @@ fn main() -> ExitCode {
 /// - `MALLOC_MMAP_THRESHOLD_=131072`: glibc's own starting value, fixed. Left alone, the
 ///   threshold climbs to the size of each mmapped buffer freed, so the 1 MiB chunks then come
 ///   from the heap, which keeps their pages when they are freed: the 4 GiB uncompressed install
-///   peaked at 64.2 MiB, 46 MiB of it heap. Fixed, 1 GiB peaks at 54–56 MiB against 61–62
-///   uncompressed and 44–46 against 51 gzipped, for about 4 % more CPU (`bench/pipeline raw|gzip
-///   1024 0`).
+///   peaked at 64.2 MiB, 46 MiB of it heap; fixed, at 55.3. At 1 GiB it peaks at 54–56 MiB
+///   against 61–67 uncompressed and 44–46 against 51 gzipped (`bench/pipeline raw|gzip 1024 0`).
+///   The price: an uncompressed install takes about 5 % longer (16.3–16.8 s against 15.5–15.9),
+///   each 1 MiB chunk now mapped and its pages faulted in afresh.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_SETTINGS: [(&str, &str); 2] = [
     ("MALLOC_ARENA_MAX", "1"),
