@@ -48,9 +48,6 @@ pub fn bundle_artifact(
             path: dir.to_owned(),
             source,
         })?;
-        // A bundle is made whole under a fresh AES key: what an earlier, cut one left of its
-        // parts (and the records of those the cloud has) names bytes this one will not hold.
-        remove_parts(dir, image.prefix);
         let hint = size_hint(image)?;
         let first = bundle_pass(image, keys, dir, gzip, hint.size, sink, cancel);
         match first {
@@ -68,7 +65,6 @@ pub fn bundle_artifact(
                     kind,
                     &|done| sink.step(Step::Measuring { kind, done, total }),
                 )?;
-                remove_parts(dir, image.prefix);
                 bundle_pass(image, keys, dir, gzip, Some(size), sink, cancel)
             }
             other => other,
@@ -143,6 +139,10 @@ fn remove_parts(dir: &Path, prefix: &str) {
 
 /// One read of the source: spliced where the upstream's deflate data can be reused (`splice/`),
 /// else deflated.
+///
+/// Each pass makes the bundle whole under a fresh AES key, so it first removes what an earlier
+/// pass, or a bundle cut by a kill, left of its parts (and the records of those the cloud has):
+/// they name bytes this one will not hold.
 fn bundle_pass(
     image: &SourceImage<'_>,
     keys: &BundleKeys,
@@ -152,6 +152,7 @@ fn bundle_pass(
     sink: &dyn BundleSink,
     cancel: &CancellationToken,
 ) -> Result<Bundle, BundleError> {
+    remove_parts(dir, image.prefix);
     if splice::applies(image, gzip) {
         let kind = image.kind;
         let total = image.size;
