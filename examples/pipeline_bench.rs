@@ -113,7 +113,7 @@ impl Upstream {
     /// otherwise wait on the shell pipeline's gigabytes), and the files served are read once,
     /// so that each run fetches them from the page cache, not from the disk.
     fn settle(&self) {
-        assert!(Command::new("sync").status().unwrap().success());
+        write_back();
         let mut dirs = vec![self.set.clone()];
         while let Some(dir) = dirs.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
@@ -130,6 +130,11 @@ impl Upstream {
             }
         }
     }
+}
+
+/// `sync`: what earlier runs left dirty goes to disk now, not during the next timing.
+fn write_back() {
+    assert!(Command::new("sync").status().unwrap().success());
 }
 
 impl Drop for Upstream {
@@ -624,7 +629,7 @@ impl Bench {
     /// at a time; seconds timed inside Python, from the first PUT to the last answer.
     fn boto3_upload(&self, moto: &support::Moto, dir: &Path) -> f64 {
         // As `Upstream::settle`: the bundle the install just wrote goes to disk before the timing.
-        assert!(Command::new("sync").status().unwrap().success());
+        write_back();
         let script = r#"
 import os, sys, time, boto3
 from concurrent.futures import ThreadPoolExecutor
